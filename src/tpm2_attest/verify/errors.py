@@ -1,0 +1,74 @@
+"""Verifier failures: every check that does not pass raises ``VerificationError(reason)``."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+
+class Reason(StrEnum):
+    """Why a piece of evidence was refused (stable names; documented in docs/verifier.md)."""
+
+    # Parsing / format
+    MALFORMED = "MALFORMED"
+    """Bytes that do not parse as the expected structure (truncated, oversized, trailing)."""
+    UNSUPPORTED_FORMAT = "UNSUPPORTED_FORMAT"
+    """A blob magic, version or algorithm the verifier does not know."""
+    # AK key properties
+    AK_ATTRIBUTES = "AK_ATTRIBUTES"
+    """The AK is not a fixedTPM/fixedParent/sensitiveDataOrigin restricted signing key."""
+    WEAK_KEY = "WEAK_KEY"
+    """RSA shorter than 2048 bits, a non-NIST curve, or a refused hash."""
+    SCHEME_MISMATCH = "SCHEME_MISMATCH"
+    """Signature scheme or hash differs from the key's own scheme."""
+    # Attestation structure
+    BAD_MAGIC = "BAD_MAGIC"
+    """TPMS_ATTEST.magic is not TPM_GENERATED_VALUE."""
+    WRONG_TYPE = "WRONG_TYPE"
+    """TPMS_ATTEST.type is not the one expected (ATTEST_QUOTE / ATTEST_CREATION)."""
+    BAD_SIGNATURE = "BAD_SIGNATURE"
+    """The signature does not verify under the key."""
+    NONCE_MISMATCH = "NONCE_MISMATCH"
+    """extraData differs from the verifier's nonce."""
+    EMPTY_NONCE = "EMPTY_NONCE"
+    """No nonce was supplied and empty nonces were not explicitly allowed."""
+    NAME_MISMATCH = "NAME_MISMATCH"
+    """The attested object Name differs from the Name of the presented public area."""
+    CREATION_HASH_MISMATCH = "CREATION_HASH_MISMATCH"
+    """creationHash differs from the hash of the presented creation data."""
+    # Quotes
+    PCR_SELECTION = "PCR_SELECTION"
+    """Supplied PCRs and the quote's selection differ (missing, extra, more than one bank)."""
+    PCR_DIGEST_MISMATCH = "PCR_DIGEST_MISMATCH"
+    """The supplied PCR values do not hash to the quoted pcrDigest."""
+    PCR_VALUE_MISMATCH = "PCR_VALUE_MISMATCH"
+    """A quoted PCR differs from the expected value."""
+    # EK certificates
+    EK_CERT_CHAIN = "EK_CERT_CHAIN"
+    """The EK certificate does not chain to a given root."""
+    EK_CERT_MALFORMED = "EK_CERT_MALFORMED"
+    """The EK certificate cannot be parsed even leniently."""
+    EK_KEY_MISMATCH = "EK_KEY_MISMATCH"
+    """The EK certificate's key differs from the EK public area presented."""
+    EK_CERT_EXPIRED = "EK_CERT_EXPIRED"
+    """The EK certificate (or a CA in its chain) is outside its validity period."""
+    # Credential activation
+    CREDENTIAL_MISMATCH = "CREDENTIAL_MISMATCH"
+    """The secret returned by the device differs from the challenge's secret."""
+    # Event logs
+    EVENT_LOG_MALFORMED = "EVENT_LOG_MALFORMED"
+    """The event log does not parse."""
+    EVENT_LOG_REPLAY_MISMATCH = "EVENT_LOG_REPLAY_MISMATCH"
+    """A PCR replayed from the event log differs from the quoted value."""
+    EVENT_LOG_BANK_MISSING = "EVENT_LOG_BANK_MISSING"
+    """The event log has no digests for the quoted bank."""
+    SECURE_BOOT = "SECURE_BOOT"
+    """The Secure Boot events of PCR 7 are inconsistent (duplicate/out-of-order variables)."""
+
+
+class VerificationError(Exception):
+    """Evidence failed a check; ``reason`` is a :class:`Reason`, ``detail`` a human sentence."""
+
+    def __init__(self, reason: Reason, detail: str = "") -> None:
+        self.reason = Reason(reason)
+        self.detail = detail
+        super().__init__(f"{self.reason.value}: {detail}" if detail else self.reason.value)
