@@ -1,0 +1,136 @@
+"""Public areas <-> `cryptography` keys, SubjectPublicKeyInfo DER, and TPM object Names."""
+
+from __future__ import annotations
+
+import hashlib
+from typing import Final
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from .constants import HASH_NAMES, TPM_ALG, TPM_ECC_CURVE
+from .marshal import ParseError, Reader, u16
+from .structures import (
+    TPM2B_PUBLIC,
+    TPMS_ECC_PARMS,
+    TPMS_ECC_POINT,
+    TPMS_NV_PUBLIC,
+    TPMS_RSA_PARMS,
+    TPMT_PUBLIC,
+)
+
+PublicKey = rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+
+CURVES: Final[dict[int, type[ec.EllipticCurve]]] = {
+    TPM_ECC_CURVE.NIST_P192: ec.SECP192R1,
+    TPM_ECC_CURVE.NIST_P224: ec.SECP224R1,
+    TPM_ECC_CURVE.NIST_P256: ec.SECP256R1,
+    TPM_ECC_CURVE.NIST_P384: ec.SECP384R1,
+    TPM_ECC_CURVE.NIST_P521: ec.SECP521R1,
+}
+CURVE_IDS: Final[dict[str, int]] = {c().name: cid for cid, c in CURVES.items()}
+CURVE_BYTES: Final[dict[int, int]] = {
+    TPM_ECC_CURVE.NIST_P192: 24,
+    TPM_ECC_CURVE.NIST_P224: 28,
+    TPM_ECC_CURVE.NIST_P256: 32,
+    TPM_ECC_CURVE.NIST_P384: 48,
+    TPM_ECC_CURVE.NIST_P521: 66,
+}
+DEFAULT_RSA_EXPONENT: Final = 65537
+
+
+def parse_public(data: bytes | TPMT_PUBLIC | TPM2B_PUBLIC) -> TPMT_PUBLIC:
+    """Accept a TPM2B_PUBLIC or a bare TPMT_PUBLIC (e.g. tpm2-tools' ``-f tss`` vs ``tpmt``).
+
+    The two are told apart by the leading u16: a TPM2B size equals the rest of the input,
+    while a TPMT_PUBLIC starts with a type (0x0001, 0x0008, 0x0023, 0x0025).
+    """
+    if isinstance(data, TPMT_PUBLIC):
+        return data
+    if isinstance(data, TPM2B_PUBLIC):
+        return data.public_area
+    data = bytes(data)
+    if len(data) >= 2 and int.from_bytes(data[:2], "big") == len(data) - 2:
+        try:
+            return TPM2B_PUBLIC.from_bytes(data).public_area
+        except ParseError:
+            pass
+    return TPMT_PUBLIC.from_bytes(data)
+
+
+def object_name(public: TPMT_PUBLIC | bytes) -> bytes:
+    """The Name of an object: nameAlg (u16) || H_nameAlg(marshalled TPMT_PUBLIC)."""
+    pub = parse_public(public) if isinstance(public, bytes) else public
+    raw = pub.to_bytes()
+    return u16(pub.name_alg) + _hash(pub.name_alg, raw)
+
+
+def nv_name(nv: TPMS_NV_PUBLIC) -> bytes:
+    """The Name of an NV index: nameAlg || H(marshalled TPMS_NV_PUBLIC)."""
+    return u16(nv.name_alg) + _hash(nv.name_alg, nv.to_bytes())
+
+
+def handle_name(handle: int) -> bytes:
+    """The Name of a permanent, PCR or session handle: the handle itself (4 bytes)."""
+    return handle.to_bytes(4, "big")
+
+
+def _hash(alg: int, data: bytes) -> bytes:
+    name = HASH_NAMES.get(alg)
+    if name is None or name.startswith("sm3"):
+        raise ParseError(f"unsupported name algorithm 0x{alg:04x}", None, "nameAlg")
+    return hashlib.new(name, data).digest()
+
+
+def public_key_from_public(public: TPMT_PUBLIC | TPM2B_PUBLIC | bytes) -> PublicKey:
+    """The `cryptography` public key of an RSA or ECC public area (raises ParseError otherwise)."""
+    pub = parse_public(public)
+    if pub.type == TPM_ALG.RSA and isinstance(pub.parameters, TPMS_RSA_PARMS):
+        modulus = pub.unique
+        if not isinstance(modulus, bytes) or not modulus:
+            raise ParseError("RSA public area without a modulus", None, "TPMT_PUBLIC")
+        e = pub.parameters.exponent or DEFAULT_RSA_EXPONENT
+        n = int.from_bytes(modulus, "big")
+        if n.bit_length() < 512 or e < 3 or e % 2 == 0:
+            raise ParseError("RSA public key parameters out of range", None, "TPMT_PUBLIC")
+        try:
+            return rsa.RSAPublicNumbers(e, n).public_key()
+        except ValueError as exc:
+            raise ParseError(f"invalid RSA public key: {exc}", None, "TPMT_PUBLIC") from exc
+    if pub.type == TPM_ALG.ECC and isinstance(pub.parameters, TPMS_ECC_PARMS):
+        curve = CURVES.get(pub.parameters.curve_id)
+        if curve is None:
+            raise ParseError(f"unsupported curve 0x{pub.parameters.curve_id:04x}", None, "TPMT_PUBLIC")
+        point = pub.unique
+        if not isinstance(point, TPMS_ECC_POINT):  # pragma: no cover - parse guarantees it
+            raise ParseError("ECC public area without a point", None, "TPMT_PUBLIC")
+        size = CURVE_BYTES[pub.parameters.curve_id]
+        if not point.x or not point.y or len(point.x) > size or len(point.y) > size:
+            raise ParseError("ECC point has the wrong size for its curve", None, "TPMT_PUBLIC")
+        encoded = b"\x04" + point.x.rjust(size, b"\0") + point.y.rjust(size, b"\0")
+        try:
+            return ec.EllipticCurvePublicKey.from_encoded_point(curve(), encoded)
+        except ValueError as exc:
+            raise ParseError(f"ECC point not on the curve: {exc}", None, "TPMT_PUBLIC") from exc
+    raise ParseError(f"public area of type 0x{pub.type:04x} is not an asymmetric key", None, "TPMT_PUBLIC")
+
+
+def public_der(public: TPMT_PUBLIC | TPM2B_PUBLIC | bytes | PublicKey) -> bytes:
+    """SubjectPublicKeyInfo DER of a public area or key."""
+    key = public if isinstance(public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey) else public_key_from_public(public)
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def ecc_point_of(key: ec.EllipticCurvePublicKey) -> tuple[int, TPMS_ECC_POINT]:
+    """(curve id, TPMS_ECC_POINT) for a `cryptography` EC key."""
+    cid = CURVE_IDS.get(key.curve.name)
+    if cid is None:
+        raise ValueError(f"unsupported curve {key.curve.name}")
+    size = CURVE_BYTES[cid]
+    nums = key.public_numbers()
+    return cid, TPMS_ECC_POINT(nums.x.to_bytes(size, "big"), nums.y.to_bytes(size, "big"))
+
+
+def read_public_reader(r: Reader) -> TPMT_PUBLIC:
+    """Read a TPM2B_PUBLIC from a reader and return its public area."""
+    return TPM2B_PUBLIC.unmarshal(r).public_area
