@@ -1,0 +1,380 @@
+"""Evidence that crosses from device to verifier: AK blobs, quotes, EK info, credential challenges.
+
+Binary forms are big-endian like the TPM and documented in docs/formats.md; JSON forms carry
+binary fields as base64 and a ``version``. Parsing is strict: anything malformed raises
+``TpmError(code=BAD_BLOB)`` (the verifier turns that into ``VerificationError(MALFORMED)``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any, Final, Literal
+
+from .errors import ErrorCode, TpmError
+from .tpm2.constants import HASH_BY_NAME, HASH_NAMES, HASH_SIZES
+from .tpm2.keys import object_name, parse_public, public_der
+from .tpm2.marshal import ParseError, Reader, Writer
+from .tpm2.structures import (
+    TPM2B_CREATION_DATA,
+    TPM2B_PUBLIC,
+    TPMS_ATTEST,
+    TPMS_CREATION_DATA,
+    TPMT_PUBLIC,
+    TPMT_SIGNATURE,
+)
+
+AkFormat = Literal["TPW1", "PCP1", "PCP2"]
+AK_FORMATS: Final[tuple[AkFormat, ...]] = ("TPW1", "PCP1", "PCP2")
+SRK_RECREATE: Final = 0x40000001
+"""Parent value meaning "re-create the standard ECC P-256 SRK under the owner hierarchy"."""
+MAX_KEY_NAME: Final = 256
+MAX_BLOB: Final = 16384
+QUOTE_JSON_VERSION: Final = 1
+AK_JSON_VERSION: Final = 1
+
+
+def _bad(msg: str) -> TpmError:
+    return TpmError(msg, code=ErrorCode.BAD_BLOB)
+
+
+def b64e(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def b64d(text: object, what: str) -> bytes:
+    """Strict base64 decode; raises BAD_BLOB naming the field."""
+    if not isinstance(text, str):
+        raise _bad(f"{what}: expected a base64 string")
+    try:
+        return base64.b64decode(text.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+        raise _bad(f"{what}: invalid base64") from exc
+
+
+@dataclass(frozen=True)
+class AkBlob:
+    """An attestation key as the device stores it and the verifier receives it.
+
+    ``public`` is TPM2B_PUBLIC bytes, ``private`` TPM2B_PRIVATE contents (empty for PCP),
+    ``creation_data`` TPMS_CREATION_DATA bytes, ``attest`` TPMS_ATTEST bytes (type
+    ATTEST_CREATION, signed by the AK itself) and ``signature`` TPMT_SIGNATURE bytes.
+    """
+
+    format: AkFormat
+    public: bytes
+    private: bytes
+    creation_data: bytes
+    attest: bytes
+    signature: bytes
+    key_name: str = ""
+    parent: int = 0
+
+    def __post_init__(self) -> None:
+        if self.format not in AK_FORMATS:
+            raise _bad(f"unknown AK blob format {self.format!r}")
+        if len(self.key_name.encode("utf-8")) > MAX_KEY_NAME:
+            raise _bad("key name too long")
+        if self.format == "TPW1":
+            if self.key_name:
+                raise _bad("TPW1 blobs carry no key name")
+            if not self.private:
+                raise _bad("TPW1 blob without a private part")
+        else:
+            if self.private or self.parent:
+                raise _bad(f"{self.format} blobs carry no private part and no parent")
+            if not self.key_name:
+                raise _bad(f"{self.format} blob without a key name")
+
+    # -- derived views ------------------------------------------------------------------------
+
+    @property
+    def scope(self) -> Literal["user", "machine", "tpm"]:
+        """'user' (PCP1), 'machine' (PCP2) or 'tpm' (TPW1: a TPM-wrapped key)."""
+        return {"PCP1": "user", "PCP2": "machine"}.get(self.format, "tpm")  # type: ignore[return-value]
+
+    @cached_property
+    def public_area(self) -> TPMT_PUBLIC:
+        return TPM2B_PUBLIC.from_bytes(self.public).public_area
+
+    @cached_property
+    def name(self) -> bytes:
+        """The TPM Name of the AK (nameAlg || H(public area))."""
+        return object_name(self.public_area)
+
+    @cached_property
+    def ak_public_der(self) -> bytes:
+        """SubjectPublicKeyInfo DER of the AK."""
+        return public_der(self.public_area)
+
+    @cached_property
+    def creation_data_struct(self) -> TPMS_CREATION_DATA:
+        return TPMS_CREATION_DATA.from_bytes(self.creation_data)
+
+    @cached_property
+    def attest_struct(self) -> TPMS_ATTEST:
+        return TPMS_ATTEST.from_bytes(self.attest)
+
+    @cached_property
+    def signature_struct(self) -> TPMT_SIGNATURE:
+        return TPMT_SIGNATURE.from_bytes(self.signature)
+
+    # -- binary form --------------------------------------------------------------------------
+
+    def to_bytes(self) -> bytes:
+        w = Writer().raw(self.format.encode("ascii"))
+        w.tpm2b(self.key_name.encode("utf-8")).u32(self.parent)
+        w.raw(self.public).tpm2b(self.private)
+        w.tpm2b(self.creation_data).tpm2b(self.attest).raw(self.signature)
+        return w.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> AkBlob:
+        """Parse and validate every field; BAD_BLOB on anything malformed."""
+        data = bytes(data)
+        if len(data) > MAX_BLOB:
+            raise _bad(f"AK blob of {len(data)} bytes exceeds {MAX_BLOB}")
+        try:
+            r = Reader(data)
+            magic = r.raw(4, "magic")
+            fmt = magic.decode("ascii", "replace")
+            if fmt not in AK_FORMATS:
+                raise _bad(f"unknown AK blob magic {magic!r} (expected TPW1, PCP1 or PCP2)")
+            name_bytes = r.tpm2b("key_name", MAX_KEY_NAME)
+            parent = r.u32("parent")
+            p0 = r.pos
+            TPM2B_PUBLIC.unmarshal(r)
+            public = data[p0 : r.pos]
+            private = r.tpm2b("private")
+            p1 = r.pos
+            TPM2B_CREATION_DATA.unmarshal(r)
+            creation = data[p1 + 2 : r.pos]
+            attest = r.tpm2b("attest")
+            TPMS_ATTEST.from_bytes(attest)
+            p2 = r.pos
+            TPMT_SIGNATURE.unmarshal(r)
+            signature = data[p2 : r.pos]
+            r.done("AK blob")
+            key_name = name_bytes.decode("utf-8")
+        except ParseError as exc:
+            raise _bad(f"malformed AK blob: {exc}") from exc
+        except UnicodeDecodeError as exc:
+            raise _bad("AK blob key name is not UTF-8") from exc
+        return cls(fmt, public, private, creation, attest, signature, key_name, parent)  # type: ignore[arg-type]
+
+    # -- JSON form ----------------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps({
+            "version": AK_JSON_VERSION,
+            "format": self.format,
+            "key_name": self.key_name,
+            "blob": b64e(self.to_bytes()),
+            "ak_public_der": b64e(self.ak_public_der),
+            "name": self.name.hex(),
+        })
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> AkBlob:
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _bad(f"AK JSON: {exc}") from exc
+        if not isinstance(obj, dict) or obj.get("version") != AK_JSON_VERSION:
+            raise _bad("AK JSON: missing or unsupported version")
+        return cls.from_bytes(b64d(obj.get("blob"), "blob"))
+
+    @classmethod
+    def load(cls, data: bytes | str | AkBlob) -> AkBlob:
+        """Accept an AkBlob, its binary form, or its JSON form."""
+        if isinstance(data, AkBlob):
+            return data
+        if isinstance(data, str):
+            return cls.from_json(data)
+        stripped = bytes(data).lstrip()
+        if stripped.startswith(b"{"):
+            return cls.from_json(stripped)
+        return cls.from_bytes(data)
+
+
+PcrBanks = dict[str, dict[int, bytes]]
+
+
+@dataclass(frozen=True)
+class Quote:
+    """A quote: TPMS_ATTEST bytes, TPMT_SIGNATURE bytes, and the PCR values it covers
+    ({bank name: {index: digest}})."""
+
+    attest: bytes
+    signature: bytes
+    pcrs: PcrBanks = field(default_factory=dict)
+
+    @cached_property
+    def attest_struct(self) -> TPMS_ATTEST:
+        return TPMS_ATTEST.from_bytes(self.attest)
+
+    @property
+    def qualifying_data(self) -> bytes:
+        """The extraData the TPM signed (the verifier's nonce)."""
+        return self.attest_struct.extra_data
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "version": QUOTE_JSON_VERSION,
+            "attest": b64e(self.attest),
+            "signature": b64e(self.signature),
+            "pcrs": {bank: {str(i): b64e(v) for i, v in sorted(vals.items())}
+                     for bank, vals in self.pcrs.items()},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, obj: object) -> Quote:
+        if not isinstance(obj, dict) or obj.get("version") != QUOTE_JSON_VERSION:
+            raise _bad("quote JSON: missing or unsupported version")
+        pcrs_in = obj.get("pcrs", {})
+        if not isinstance(pcrs_in, dict):
+            raise _bad("quote JSON: pcrs must be an object")
+        pcrs: PcrBanks = {}
+        for bank, vals in pcrs_in.items():
+            alg = HASH_BY_NAME.get(bank)
+            if alg is None or not isinstance(vals, dict):
+                raise _bad(f"quote JSON: unknown PCR bank {bank!r}")
+            out: dict[int, bytes] = {}
+            for k, v in vals.items():
+                if not isinstance(k, str) or not k.isdigit() or len(k) > 3:
+                    raise _bad(f"quote JSON: bad PCR index {k!r}")
+                d = b64d(v, f"pcrs.{bank}.{k}")
+                if len(d) != HASH_SIZES[alg]:
+                    raise _bad(f"quote JSON: PCR {bank}:{k} has {len(d)} bytes")
+                out[int(k)] = d
+            pcrs[bank] = out
+        return cls(b64d(obj.get("attest"), "attest"), b64d(obj.get("signature"), "signature"), pcrs)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Quote:
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _bad(f"quote JSON: {exc}") from exc
+        return cls.from_dict(obj)
+
+
+@dataclass(frozen=True)
+class PublicKey:
+    """A TPM object's public part: TPM2B_PUBLIC bytes, Name, and SubjectPublicKeyInfo DER."""
+
+    public: bytes
+    name: bytes
+    handle: int | None = None
+
+    @cached_property
+    def public_area(self) -> TPMT_PUBLIC:
+        return parse_public(self.public)
+
+    @cached_property
+    def public_der(self) -> bytes:
+        return public_der(self.public_area)
+
+
+@dataclass(frozen=True)
+class EkInfo:
+    """The endorsement key: public area, Name, certificate (DER, TCG NV header stripped)."""
+
+    kind: str
+    public: bytes
+    name: bytes
+    certificate: bytes | None
+    handle: int | None = None
+    persistent: bool = False
+
+    @cached_property
+    def public_area(self) -> TPMT_PUBLIC:
+        return parse_public(self.public)
+
+    @cached_property
+    def public_der(self) -> bytes:
+        return public_der(self.public_area)
+
+
+TPM2_TOOLS_CRED_MAGIC: Final = 0xBADCC0DE
+
+
+@dataclass(frozen=True)
+class CredentialChallenge:
+    """MakeCredential output: TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET (each with its size)."""
+
+    credential_blob: bytes
+    encrypted_secret: bytes
+
+    def to_bytes(self) -> bytes:
+        """Our wire form: TPM2B_ID_OBJECT || TPM2B_ENCRYPTED_SECRET."""
+        return self.credential_blob + self.encrypted_secret
+
+    def to_tpm2_tools(self) -> bytes:
+        """tpm2-tools' credential file (magic 0xBADCC0DE, version 1, then our wire form)."""
+        return Writer().u32(TPM2_TOOLS_CRED_MAGIC).u32(1).raw(self.to_bytes()).getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes | bytearray | memoryview) -> CredentialChallenge:
+        """Our wire form or a tpm2-tools credential file (told apart by the magic)."""
+        try:
+            r = Reader(data)
+            if len(data) >= 8 and int.from_bytes(bytes(data[:4]), "big") == TPM2_TOOLS_CRED_MAGIC:
+                r.u32("magic")
+                version = r.u32("version")
+                if version != 1:
+                    raise _bad(f"tpm2-tools credential version {version}")
+            p0 = r.pos
+            if not r.tpm2b("credentialBlob"):
+                raise _bad("empty credential blob")
+            blob = r.buffer[p0 : r.pos]
+            p1 = r.pos
+            if not r.tpm2b("secret"):
+                raise _bad("empty encrypted secret")
+            secret = r.buffer[p1 : r.pos]
+            r.done("credential challenge")
+        except ParseError as exc:
+            raise _bad(f"malformed credential challenge: {exc}") from exc
+        return cls(blob, secret)
+
+    def to_json(self) -> str:
+        return json.dumps({"version": 1, "credential_blob": b64e(self.credential_blob),
+                           "encrypted_secret": b64e(self.encrypted_secret)})
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> CredentialChallenge:
+        try:
+            obj = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise _bad(f"challenge JSON: {exc}") from exc
+        if not isinstance(obj, dict) or obj.get("version") != 1:
+            raise _bad("challenge JSON: missing or unsupported version")
+        return cls.from_bytes(b64d(obj.get("credential_blob"), "credential_blob")
+                              + b64d(obj.get("encrypted_secret"), "encrypted_secret"))
+
+
+def bank_name(alg: int) -> str:
+    """'sha256' for TPM_ALG_SHA256."""
+    try:
+        return HASH_NAMES[alg]
+    except KeyError:
+        raise TpmError(f"unknown hash algorithm 0x{alg:04x}", code=ErrorCode.UNSUPPORTED) from None
+
+
+def bank_alg(name: str | int) -> int:
+    """TPM_ALG id for 'sha256' (or pass an id through)."""
+    if isinstance(name, int):
+        if name not in HASH_NAMES:
+            raise TpmError(f"unknown hash algorithm 0x{name:04x}", code=ErrorCode.INVALID_ARGUMENT)
+        return name
+    alg = HASH_BY_NAME.get(name.lower().replace("-", ""))
+    if alg is None:
+        raise TpmError(f"unknown PCR bank {name!r} (expected one of {', '.join(HASH_BY_NAME)})",
+                       code=ErrorCode.INVALID_ARGUMENT)
+    return alg
