@@ -175,6 +175,7 @@ class TPM_RC:
     POLICY_FAIL: Final = 0x09D
     INTEGRITY: Final = 0x09F
     BAD_AUTH: Final = 0x0A2
+    BINDING: Final = 0x0A5
     CURVE: Final = 0x0A6
     ECC_POINT: Final = 0x0A7
     CONTEXT_GAP: Final = 0x901

@@ -107,3 +107,24 @@ def matches_template(public: TPMT_PUBLIC, template: TPMT_PUBLIC) -> bool:
         and public.auth_policy == template.auth_policy
         and public.parameters == template.parameters
     )
+
+EK_POLICY_B_SHA384: Final = bytes.fromhex(
+    "b26e7d28d11a50bc53d882bcf5fd3a1a074148bb35d3b4e4cb1c0ad9bde419ca"
+    "cb47ba09699646150f9fc000f3f80e12"
+)
+"""PolicyB (SHA-384) of the TCG EK Credential Profile high-range templates."""
+
+EK_HIGH_ATTRIBUTES: Final = EK_ATTRIBUTES | int(A.userWithAuth)  # 0x000300f2
+
+EK_ECC_P384_TEMPLATE: Final = TPMT_PUBLIC(
+    type=TPM_ALG.ECC,
+    name_alg=TPM_ALG.SHA384,
+    object_attributes=EK_HIGH_ATTRIBUTES,
+    auth_policy=EK_POLICY_B_SHA384,
+    parameters=TPMS_ECC_PARMS(
+        TPMT_SYM_DEF_OBJECT(TPM_ALG.AES, 256, TPM_ALG.CFB), SCHEME_NULL, TPM_ECC_CURVE.NIST_P384, SCHEME_NULL
+    ),
+    unique=TPMS_ECC_POINT(b"", b""),
+)
+"""TCG EK Credential Profile high-range template H-4 (ECC NIST P-384, AES-256-CFB, SHA-384);
+swtpm_setup provisions it at 0x81010016."""
