@@ -1,0 +1,240 @@
+"""``Tpm``: the device-side API. Picks a transport and a backend, checks arguments, delegates."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from collections.abc import Callable, Iterable
+from types import TracebackType
+from typing import TYPE_CHECKING, Final, Self
+
+from .backends.base import Backend, EkKind, TpmInfo
+from .backends.raw import RawBackend
+from .commands import CommandStats, TpmCommands
+from .errors import ErrorCode, TpmError
+from .evidence import AkBlob, CredentialChallenge, EkInfo, PublicKey, Quote, bank_alg, bank_name
+from .tpm2.constants import HASH_SIZES
+from .transport import open_transport, resolve_tcti
+
+if TYPE_CHECKING:
+    from .swtpm import EmbeddedSwtpm
+    from .transport.base import Transport
+
+DEFAULT_QUOTE_PCRS: Final = (0, 1, 2, 3, 4, 5, 6, 7)
+MAX_PCR_INDEX: Final = 23
+
+
+def _check_indices(indices: Iterable[int], limit: int = MAX_PCR_INDEX) -> list[int]:
+    out = sorted(set(indices))
+    for i in out:
+        if not isinstance(i, int) or isinstance(i, bool) or not 0 <= i <= limit:
+            raise TpmError(f"PCR index {i!r} out of range 0..{limit}", code=ErrorCode.INVALID_ARGUMENT)
+    return out
+
+
+class PcrApi:
+    """``tpm.pcr``: banks, read, extend."""
+
+    def __init__(self, tpm: Tpm) -> None:
+        self._tpm = tpm
+
+    def banks(self) -> list[str]:
+        """Allocated PCR banks, e.g. ['sha1', 'sha256']."""
+        return self._tpm.backend.pcr_banks()
+
+    def read(self, indices: Iterable[int] | None = None, bank: str = "sha256") -> dict[int, bytes]:
+        """PCR values of one bank ({index: digest}); all 24 when ``indices`` is None."""
+        idx = _check_indices(range(MAX_PCR_INDEX + 1) if indices is None else indices)
+        if not idx:
+            return {}
+        return self._tpm.backend.pcr_read(idx, bank_name(bank_alg(bank)))
+
+    def extend(self, index: int, data: bytes, *, bank: str | None = None, digest: bool = False) -> None:
+        """Extend PCR ``index``: ``data`` is hashed per bank (all allocated banks, or ``bank``),
+        unless ``digest=True``, when it must already be one bank's digest.
+
+        Prefer PCRs 16-23: 0-7 hold firmware and Secure Boot measurements. On Windows a
+        standard user gets ``TpmError(REQUIRES_ELEVATION, hresult=0x80280400)``."""
+        _check_indices([index])
+        if not isinstance(data, bytes | bytearray | memoryview):
+            raise TpmError("data must be bytes", code=ErrorCode.INVALID_ARGUMENT)
+        banks = self.banks()
+        if digest:
+            if bank is None:
+                matches = [b for b in banks if HASH_SIZES[bank_alg(b)] == len(data)]
+                if len(matches) != 1:
+                    raise TpmError(f"a {len(data)}-byte digest matches banks {matches}; name the bank",
+                                   code=ErrorCode.INVALID_ARGUMENT)
+                bank = matches[0]
+            alg = bank_alg(bank)
+            if HASH_SIZES[alg] != len(data):
+                raise TpmError(f"digest of {len(data)} bytes does not fit bank {bank}",
+                               code=ErrorCode.INVALID_ARGUMENT)
+            digests = {bank_name(alg): bytes(data)}
+        else:
+            chosen = [bank_name(bank_alg(bank))] if bank is not None else banks
+            digests = {b: hashlib.new(b, bytes(data)).digest() for b in chosen}
+        for b in digests:
+            if b not in banks:
+                raise TpmError(f"PCR bank {b!r} is not allocated on this TPM", code=ErrorCode.INVALID_ARGUMENT)
+        self._tpm.backend.pcr_extend(index, digests)
+
+
+class Tpm:
+    """A TPM 2.0 for attestation. Open with :meth:`open` (a context manager); thread-safe."""
+
+    def __init__(self, backend: Backend, *, commands: TpmCommands | None = None,
+                 transport: Transport | None = None, embedded: EmbeddedSwtpm | None = None,
+                 tcti_source: str = "argument") -> None:
+        self.backend = backend
+        self.commands = commands
+        self.transport = transport
+        self.embedded = embedded
+        self.tcti_source = tcti_source
+        self.pcr = PcrApi(self)
+
+    # -- opening --------------------------------------------------------------------------------
+
+    @staticmethod
+    def is_available(tcti: str | None = None) -> bool:
+        """True when a TPM 2.0 answers at ``tcti`` (or the default); never raises for "no TPM"."""
+        try:
+            with Tpm.open(tcti) as tpm:
+                tpm.backend.pcr_banks()
+            return True
+        except TpmError:
+            return False
+        except OSError:
+            return False
+
+    @classmethod
+    def open(cls, tcti: str | None = None, *, timeout: float | None = None,
+             embedded_fallback: bool = False, srk_handle: int | None = None,
+             on_command: Callable[[str], None] | None = None) -> Tpm:
+        """Open the TPM at ``tcti``, else $TPM2_ATTEST_TCTI, $TPM2TOOLS_TCTI, else the platform
+        default. ``embedded_fallback=True`` starts the embedded swtpm when no TCTI was given
+        and no TPM device exists (an explicit or environment TCTI never falls back)."""
+        resolved, source = resolve_tcti(tcti)
+        try:
+            if resolved is None:
+                raise TpmError("no TPM found (no /dev/tpmrm0 or /dev/tpm0; set --tcti or "
+                               "$TPM2_ATTEST_TCTI to use another TPM)", code=ErrorCode.TPM_NOT_FOUND)
+            transport = open_transport(resolved, timeout=timeout)
+        except TpmError as exc:
+            if embedded_fallback and source == "default" and exc.code == ErrorCode.TPM_NOT_FOUND:
+                return cls.open_embedded(on_command=on_command)
+            raise
+        return cls._from_transport(transport, source, srk_handle=srk_handle, on_command=on_command)
+
+    @classmethod
+    def open_embedded(cls, *, on_command: Callable[[str], None] | None = None) -> Tpm:
+        """Start a fresh embedded swtpm (with EK certificates) and open it; stopped on close."""
+        from .swtpm import EmbeddedSwtpm
+
+        sw = EmbeddedSwtpm()
+        sw.start()
+        try:
+            transport = open_transport(sw.tcti)
+            tpm = cls._from_transport(transport, "embedded", on_command=on_command)
+        except BaseException:
+            sw.stop()
+            raise
+        tpm.embedded = sw
+        return tpm
+
+    @classmethod
+    def _from_transport(cls, transport: Transport, source: str, *, srk_handle: int | None = None,
+                        on_command: Callable[[str], None] | None = None) -> Tpm:
+        commands = TpmCommands(transport, on_command=on_command)
+        if transport.kind == "mssim":
+            commands.startup()
+        device_path = getattr(transport, "path", None)
+        backend: Backend
+        if transport.kind == "tbs" and sys.platform == "win32":  # pragma: no cover - Windows only
+            from .backends.pcp import PcpBackend
+
+            backend = PcpBackend.for_windows(commands, tcti=transport.tcti)
+        else:
+            backend = RawBackend(commands, tcti=transport.tcti, transport_kind=transport.kind,
+                                 device_path=device_path, srk_handle=srk_handle)
+        return cls(backend, commands=commands, transport=transport, tcti_source=source)
+
+    def close(self) -> None:
+        """Release the transport (and stop the embedded swtpm if this Tpm started it)."""
+        try:
+            self.backend.close()
+            if self.transport is not None:
+                self.transport.close()
+        finally:
+            if self.embedded is not None:
+                self.embedded.stop()
+                self.embedded = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, et: type[BaseException] | None, ev: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    # -- information ----------------------------------------------------------------------------
+
+    @property
+    def tcti(self) -> str:
+        return self.backend.tcti
+
+    @property
+    def stats(self) -> CommandStats:
+        """TPM commands sent through this Tpm so far (by name)."""
+        return self.commands.stats if self.commands is not None else CommandStats()
+
+    def info(self) -> TpmInfo:
+        return self.backend.info()
+
+    def get_random(self, n: int) -> bytes:
+        if not 0 <= n <= 1 << 16:
+            raise TpmError("n must be between 0 and 65536", code=ErrorCode.INVALID_ARGUMENT)
+        return self.backend.get_random(n)
+
+    def read_public(self, handle: int) -> PublicKey:
+        """Public area, Name and SubjectPublicKeyInfo of a loaded or persistent object."""
+        return self.backend.read_public(handle)
+
+    def ek(self, kind: EkKind = "rsa") -> EkInfo:
+        """The endorsement key ('rsa', 'ecc' P-256, or 'ecc384' as swtpm provisions) and its
+        certificate from NV (None when the TPM has none)."""
+        return self.backend.ek(kind)
+
+    def event_log(self) -> bytes:
+        """The raw TCG firmware event log (Linux securityfs, Windows TBS)."""
+        return self.backend.event_log()
+
+    # -- attestation ----------------------------------------------------------------------------
+
+    def provision_ak(self, *, key_name: str | None = None, scope: str = "user", overwrite: bool = False,
+                     nonce: bytes | None = None, algorithm: str | None = None) -> AkBlob:
+        """Create an attestation key and return its blob (TPW1 on a raw TPM; PCP1/PCP2 on
+        Windows). ``nonce`` is bound into the creation attestation for enrollment freshness."""
+        return self.backend.provision_ak(key_name=key_name, scope=scope, overwrite=overwrite,
+                                         nonce=nonce, algorithm=algorithm)
+
+    def quote(self, ak: AkBlob | bytes | str, *, pcrs: Iterable[int] | None = None, bank: str = "sha256",
+              qualifying_data: bytes = b"") -> Quote:
+        """Quote PCRs (default 0-7) of ``bank`` over ``qualifying_data`` (the verifier's nonce).
+        The returned PCR values are exactly the ones the quote's digest covers."""
+        blob = AkBlob.load(ak)
+        idx = _check_indices(DEFAULT_QUOTE_PCRS if pcrs is None else pcrs)
+        if not idx:
+            raise TpmError("quote needs at least one PCR", code=ErrorCode.INVALID_ARGUMENT)
+        if len(qualifying_data) > 64:
+            raise TpmError("qualifying_data longer than 64 bytes", code=ErrorCode.INVALID_ARGUMENT)
+        return self.backend.quote(blob, pcrs=idx, bank=bank_name(bank_alg(bank)),
+                                  qualifying_data=bytes(qualifying_data))
+
+    def activate_credential(self, ak: AkBlob | bytes | str,
+                            challenge: CredentialChallenge | bytes) -> bytes:
+        """Recover the secret of a credential challenge made for this TPM's EK and ``ak``'s Name
+        (accepts our challenge form or a tpm2-tools credential file)."""
+        blob = AkBlob.load(ak)
+        ch = challenge if isinstance(challenge, CredentialChallenge) else CredentialChallenge.from_bytes(challenge)
+        return self.backend.activate_credential(blob, ch)
