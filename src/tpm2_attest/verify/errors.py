@@ -51,6 +51,8 @@ class Reason(StrEnum):
     """The EK certificate's key differs from the EK public area presented."""
     EK_CERT_EXPIRED = "EK_CERT_EXPIRED"
     """The EK certificate (or a CA in its chain) is outside its validity period."""
+    EK_ATTRIBUTES = "EK_ATTRIBUTES"
+    """The EK public area is not a restricted decryption key with a usable symmetric definition."""
     # Credential activation
     CREDENTIAL_MISMATCH = "CREDENTIAL_MISMATCH"
     """The secret returned by the device differs from the challenge's secret."""
