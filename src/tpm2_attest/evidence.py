@@ -94,7 +94,11 @@ class AkBlob:
     @property
     def scope(self) -> Literal["user", "machine", "tpm"]:
         """'user' (PCP1), 'machine' (PCP2) or 'tpm' (TPW1: a TPM-wrapped key)."""
-        return {"PCP1": "user", "PCP2": "machine"}.get(self.format, "tpm")  # type: ignore[return-value]
+        if self.format == "PCP1":
+            return "user"
+        if self.format == "PCP2":
+            return "machine"
+        return "tpm"
 
     @cached_property
     def public_area(self) -> TPMT_PUBLIC:
@@ -140,8 +144,14 @@ class AkBlob:
         try:
             r = Reader(data)
             magic = r.raw(4, "magic")
-            fmt = magic.decode("ascii", "replace")
-            if fmt not in AK_FORMATS:
+            fmt: AkFormat
+            if magic == b"TPW1":
+                fmt = "TPW1"
+            elif magic == b"PCP1":
+                fmt = "PCP1"
+            elif magic == b"PCP2":
+                fmt = "PCP2"
+            else:
                 raise _bad(f"unknown AK blob magic {magic!r} (expected TPW1, PCP1 or PCP2)")
             name_bytes = r.tpm2b("key_name", MAX_KEY_NAME)
             parent = r.u32("parent")
@@ -163,7 +173,7 @@ class AkBlob:
             raise _bad(f"malformed AK blob: {exc}") from exc
         except UnicodeDecodeError as exc:
             raise _bad("AK blob key name is not UTF-8") from exc
-        return cls(fmt, public, private, creation, attest, signature, key_name, parent)  # type: ignore[arg-type]
+        return cls(fmt, public, private, creation, attest, signature, key_name, parent)
 
     # -- JSON form ----------------------------------------------------------------------------
 
