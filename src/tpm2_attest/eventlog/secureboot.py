@@ -1,0 +1,324 @@
+"""Secure Boot state from the PCR 7 events (PFP 1.06 section 3.3.4.8, UEFI 2.10 section 32).
+
+Event types are not covered by the digests, so every PCR 7 event is accepted only when its
+data hashes to its digest in the chosen bank, and only the event types PCR 7 may hold are
+allowed. As go-attestation does, a variable measured twice or after the PCR 7 separator, a
+second separator or an unexpected EV_EFI_ACTION is refused (SecureBootError). Use this on a
+log whose PCR 7 replay matched a quoted PCR (``verify_event_log`` does exactly that).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Final
+
+from cryptography import x509
+
+from . import guids
+from .banks import bank_name, resolve_bank
+from .decode import decode_variable
+from .efi import SignatureEntry, parse_certificate, parse_signature_lists
+from .errors import EventLogBankError, EventLogError, SecureBootError
+from .events import Event, EventLog, UefiVariableInfo
+from .types import EventType
+
+_SB: Final = (guids.EFI_GLOBAL_VARIABLE, "SecureBoot")
+_PK: Final = (guids.EFI_GLOBAL_VARIABLE, "PK")
+_KEK: Final = (guids.EFI_GLOBAL_VARIABLE, "KEK")
+_DB: Final = (guids.EFI_IMAGE_SECURITY_DATABASE, "db")
+_DBX: Final = (guids.EFI_IMAGE_SECURITY_DATABASE, "dbx")
+_DBT: Final = (guids.EFI_IMAGE_SECURITY_DATABASE, "dbt")
+_DBR: Final = (guids.EFI_IMAGE_SECURITY_DATABASE, "dbr")
+_SPEC_ORDER: Final = (_SB, _PK, _KEK, _DB, _DBX)
+_DATABASES: Final = frozenset({_PK, _KEK, _DB, _DBX, _DBT, _DBR})
+_ACTIONS: Final = {b"UEFI Debug Mode": "debug_mode", b"DMA Protection Disabled": "dma"}
+
+
+@dataclass(frozen=True, slots=True)
+class SignatureDatabase:
+    """A measured signature database (PK, KEK, db, dbx, dbt, dbr) and its parsed entries."""
+
+    name: str
+    guid: str
+    event_index: int
+    digest: bytes
+    value: bytes
+    entries: tuple[SignatureEntry, ...]
+
+    @property
+    def certificates(self) -> tuple[x509.Certificate, ...]:
+        """The X.509 certificates of the database (those that parsed)."""
+        return tuple(e.certificate for e in self.entries if e.certificate is not None)
+
+    @property
+    def sha256_hashes(self) -> tuple[bytes, ...]:
+        """The EFI_CERT_SHA256 entries (image hashes)."""
+        return tuple(e.data for e in self.entries
+                     if e.signature_type == guids.EFI_CERT_SHA256 and len(e.data) == 32)
+
+    @property
+    def value_sha256(self) -> bytes:
+        """SHA-256 of the variable's value (a bank-independent identity of the database)."""
+        return hashlib.sha256(self.value).digest()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description."""
+        return {
+            "name": self.name,
+            "guid": self.guid,
+            "event": self.event_index,
+            "digest": self.digest.hex(),
+            "value_sha256": self.value_sha256.hex(),
+            "entries": [e.to_dict() for e in self.entries],
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class MeasuredVariable:
+    """Another UEFI variable measured into PCR 7 (AuditMode, DeployedMode, SPDM databases...)."""
+
+    guid: str
+    name: str
+    value: bytes
+    event_index: int
+    event_type: str
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description."""
+        return {"guid": self.guid, "name": self.name, "value": self.value.hex(),
+                "event": self.event_index, "event_type": self.event_type}
+
+
+@dataclass(frozen=True, slots=True)
+class Authority:
+    """An EV_EFI_VARIABLE_AUTHORITY: the db entry (usually a certificate) that verified an
+    image. ``after_separator`` tells whether it verified a boot application (OS loader side)."""
+
+    event_index: int
+    guid: str
+    name: str
+    owner: str | None
+    value: bytes
+    certificate: x509.Certificate | None
+    after_separator: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description."""
+        d: dict[str, Any] = {"event": self.event_index, "variable": self.name, "guid": self.guid,
+                             "owner": self.owner, "after_separator": self.after_separator,
+                             "value_sha256": hashlib.sha256(self.value).hexdigest()}
+        if self.certificate is not None:
+            d["subject"] = self.certificate.subject.rfc4514_string()
+            d["issuer"] = self.certificate.issuer.rfc4514_string()
+            d["certificate_sha256"] = hashlib.sha256(
+                self.certificate.tbs_certificate_bytes).hexdigest()
+        return d
+
+
+@dataclass(frozen=True, slots=True)
+class SecureBootState:
+    """What PCR 7 says about UEFI Secure Boot (see :func:`secure_boot_state`)."""
+
+    bank: str
+    enabled: bool
+    pk: SignatureDatabase | None
+    kek: SignatureDatabase | None
+    db: SignatureDatabase | None
+    dbx: SignatureDatabase | None
+    dbt: SignatureDatabase | None
+    dbr: SignatureDatabase | None
+    authorities: tuple[Authority, ...]
+    other_variables: tuple[MeasuredVariable, ...]
+    debug_mode: bool
+    dma_protection_disabled: bool
+    separator_seen: bool
+    spec_order: bool
+    events: tuple[int, ...]
+
+    @property
+    def pre_separator_authorities(self) -> tuple[Authority, ...]:
+        """Authorities that verified firmware drivers/option ROMs (before the separator)."""
+        return tuple(a for a in self.authorities if not a.after_separator)
+
+    @property
+    def post_separator_authorities(self) -> tuple[Authority, ...]:
+        """Authorities that verified boot applications (after the separator)."""
+        return tuple(a for a in self.authorities if a.after_separator)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description."""
+        def db(x: SignatureDatabase | None) -> dict[str, Any] | None:
+            return x.to_dict() if x is not None else None
+
+        return {
+            "bank": self.bank,
+            "enabled": self.enabled,
+            "PK": db(self.pk),
+            "KEK": db(self.kek),
+            "db": db(self.db),
+            "dbx": db(self.dbx),
+            "dbt": db(self.dbt),
+            "dbr": db(self.dbr),
+            "authorities": [a.to_dict() for a in self.authorities],
+            "other_variables": [v.to_dict() for v in self.other_variables],
+            "debug_mode": self.debug_mode,
+            "dma_protection_disabled": self.dma_protection_disabled,
+            "separator_seen": self.separator_seen,
+            "spec_order": self.spec_order,
+            "events": list(self.events),
+        }
+
+
+def _variable(ev: Event) -> UefiVariableInfo:
+    """Decode the event's UEFI_VARIABLE_DATA strictly, whatever the parse mode was."""
+    try:
+        return decode_variable(ev.data, ev.offset)
+    except EventLogError as exc:
+        raise SecureBootError(f"{ev.type_name}: {exc.message}", exc.offset, ev.index) from None
+
+
+def _require_digest(ev: Event, alg: int, what: str, *alternatives: bytes) -> None:
+    if ev.digest(alg) is None:
+        raise EventLogBankError(f"PCR 7 event has no {bank_name(alg)} digest", ev.offset,
+                                ev.index)
+    if ev.digest_matches(alg):
+        return
+    if any(ev.digest_matches(alg, alt) for alt in alternatives):
+        return
+    raise SecureBootError(f"{what}: event data does not match its {bank_name(alg)} digest",
+                          ev.offset, ev.index)
+
+
+def _authority_certificate(value: bytes) -> tuple[str | None, x509.Certificate | None]:
+    """(owner, certificate) of an authority value: EFI_SIGNATURE_DATA, or a bare DER
+    certificate (old shim omitted the owner GUID)."""
+    if len(value) > 16:
+        cert, _ = parse_certificate(value[16:])
+        if cert is not None:
+            from ._le import guid_text
+
+            return guid_text(value), cert
+    cert, _ = parse_certificate(value)
+    return None, cert
+
+
+def _in_spec_order(seen: list[tuple[str, str]]) -> bool:
+    """True when SecureBoot, PK, KEK, db, dbx (those present) come first, in that order."""
+    present = [k for k in _SPEC_ORDER if k in seen]
+    return seen[: len(present)] == present
+
+
+def secure_boot_state(log: EventLog, bank: str | int | None = None) -> SecureBootState:
+    """Derive the Secure Boot state from the PCR 7 events of ``log``.
+
+    ``bank`` (default: sha256 when the log has it, else its first bank) is the bank whose
+    digests authenticate each event's data. Raises SecureBootError for inconsistent PCR 7
+    events (duplicate or post-separator variables, digest mismatches, unexpected event types,
+    malformed databases, Secure Boot enabled without PK/KEK/db or without any authority) and
+    EventLogBankError when the bank is missing. The caller must still check that PCR 7
+    replays to a quoted value (``verify_event_log`` does).
+    """
+    if bank is None:
+        algs = [a for a, _ in log.algorithms]
+        alg = int(resolve_bank("sha256")) if resolve_bank("sha256") in algs else algs[0]
+    else:
+        alg = resolve_bank(bank)
+    if alg not in dict(log.algorithms):
+        raise EventLogBankError(f"the log has no {bank_name(alg)} digests")
+
+    enabled = False
+    dbs: dict[tuple[str, str], SignatureDatabase] = {}
+    seen: list[tuple[str, str]] = []
+    others: list[MeasuredVariable] = []
+    authorities: list[Authority] = []
+    flags = {"debug_mode": False, "dma": False}
+    separator = False
+    used: list[int] = []
+
+    for ev in log.events:
+        if ev.pcr != 7 or not ev.extends:
+            continue
+        used.append(ev.index)
+        t = ev.type
+        if t == EventType.EV_SEPARATOR:
+            if separator:
+                raise SecureBootError("second separator in PCR 7", ev.offset, ev.index)
+            if ev.data != b"\0\0\0\0":
+                raise SecureBootError(f"PCR 7 separator data {ev.data.hex()} is not 00000000",
+                                      ev.offset, ev.index)
+            _require_digest(ev, alg, "separator")
+            separator = True
+        elif t == EventType.EV_EFI_ACTION:
+            _require_digest(ev, alg, "EV_EFI_ACTION")
+            flag = _ACTIONS.get(ev.data)
+            if flag is None:
+                raise SecureBootError(f"unexpected EV_EFI_ACTION {ev.data[:64]!r} in PCR 7",
+                                      ev.offset, ev.index)
+            flags[flag] = True
+        elif t == EventType.EV_EFI_VARIABLE_DRIVER_CONFIG:
+            var = _variable(ev)
+            _require_digest(ev, alg, f"variable {var.name}")
+            if var.key in seen:
+                raise SecureBootError(f"variable {var.name} measured twice", ev.offset, ev.index)
+            if separator:
+                raise SecureBootError(f"variable {var.name} measured after the separator",
+                                      ev.offset, ev.index)
+            seen.append(var.key)
+            if var.key == _SB:
+                # An absent variable is measured with no data: Secure Boot is off.
+                if len(var.value) > 1 or (var.value and var.value[0] > 1):
+                    raise SecureBootError(f"SecureBoot value {var.value.hex()} is not 00 or 01",
+                                          ev.offset, ev.index)
+                enabled = var.value == b"\x01"
+            elif var.key in _DATABASES:
+                try:
+                    entries = parse_signature_lists(var.value, ev.offset)
+                except EventLogError as exc:
+                    raise SecureBootError(f"{var.name}: {exc.message}", exc.offset,
+                                          ev.index) from None
+                dbs[var.key] = SignatureDatabase(var.name, var.guid, ev.index,
+                                                 ev.digest(alg) or b"", var.value, entries)
+            else:
+                others.append(MeasuredVariable(var.guid, var.name, var.value, ev.index,
+                                               ev.type_name))
+        elif t == EventType.EV_EFI_VARIABLE_AUTHORITY:
+            var = _variable(ev)
+            # Old shim logged one byte too many; go-attestation accepts the digest without it.
+            _require_digest(ev, alg, f"authority {var.name}", ev.data[:-1])
+            owner, cert = _authority_certificate(var.value)
+            authorities.append(Authority(ev.index, var.guid, var.name, owner, var.value, cert,
+                                         separator))
+        elif t in (EventType.EV_EFI_SPDM_DEVICE_POLICY, EventType.EV_EFI_SPDM_DEVICE_AUTHORITY):
+            var = _variable(ev)
+            _require_digest(ev, alg, ev.type_name)
+            others.append(MeasuredVariable(var.guid, var.name, var.value, ev.index,
+                                           ev.type_name))
+        else:
+            raise SecureBootError(f"unexpected {ev.type_name} event in PCR 7", ev.offset,
+                                  ev.index)
+
+    state = SecureBootState(
+        bank=bank_name(alg),
+        enabled=enabled,
+        pk=dbs.get(_PK),
+        kek=dbs.get(_KEK),
+        db=dbs.get(_DB),
+        dbx=dbs.get(_DBX),
+        dbt=dbs.get(_DBT),
+        dbr=dbs.get(_DBR),
+        authorities=tuple(authorities),
+        other_variables=tuple(others),
+        debug_mode=flags["debug_mode"],
+        dma_protection_disabled=flags["dma"],
+        separator_seen=separator,
+        spec_order=_in_spec_order(seen),
+        events=tuple(used),
+    )
+    if enabled:
+        for name, d in (("PK", state.pk), ("KEK", state.kek), ("db", state.db)):
+            if d is None or not d.entries:
+                raise SecureBootError(f"Secure Boot is enabled but {name} is empty or missing")
+        if not authorities:
+            raise SecureBootError("Secure Boot is enabled but no authority verified an image")
+    return state
