@@ -32,10 +32,21 @@ _SHA1: Final = int(TPM_ALG.SHA1)
 _ZERO20: Final = bytes(20)
 
 
-def _is_padding(buf: bytes, pos: int) -> bool:
-    """True when everything from ``pos`` is 0x00 (or 0xFF): unused log area, not events."""
-    left = len(buf) - pos
-    return buf.count(b"\0", pos) == left or buf.count(b"\xff", pos) == left
+class _Padding:
+    """Answers "is everything from ``pos`` 0x00 (or 0xFF)?" (unused log area, not events) in
+    O(1) after one linear scan, so a log of many all-zero headers stays linear."""
+
+    __slots__ = ("_buf", "_start")
+
+    def __init__(self, buf: bytes) -> None:
+        self._buf = buf
+        self._start: int | None = None
+
+    def __call__(self, pos: int) -> bool:
+        if self._start is None:
+            b = self._buf
+            self._start = min(len(b.rstrip(b"\0")), len(b.rstrip(b"\xff")))
+        return pos >= self._start
 
 
 class _Pcr0:
@@ -104,16 +115,17 @@ def _parse_sha1(buf: bytes, strict: bool) -> EventLog:
     pos = 0
     padding = 0
     hdr = _LEGACY
+    _is_padding = _Padding(buf)
     while pos < n:
         idx = len(events)
         if n - pos < hdr.size:
-            if _is_padding(buf, pos):
+            if _is_padding(pos):
                 padding = n - pos
                 break
             raise EventLogError(f"truncated event header ({n - pos} bytes left)", pos, idx)
         pcr, etype, digest, size = hdr.unpack_from(buf, pos)
-        if size == 0 and ((pcr == 0 and etype == 0 and digest == _ZERO20)
-                          or pcr == etype == 0xFFFFFFFF) and _is_padding(buf, pos):
+        if ((size == 0 and pcr == 0 and etype == 0 and digest == _ZERO20)
+                or pcr == etype == 0xFFFFFFFF) and _is_padding(pos):
             padding = n - pos
             break
         data_at = pos + hdr.size
@@ -156,18 +168,19 @@ def _parse_agile(buf: bytes, pcr: int, digest: bytes, first: bytes, strict: bool
     pcr0 = _Pcr0()
     pos = _LEGACY.size + len(first)
     padding = 0
+    _is_padding = _Padding(buf)
     hdr, u16, u32 = _HDR2, _U16, _U32
     while pos < n:
         idx = len(events)
         start = pos
         if n - pos < hdr.size:
-            if _is_padding(buf, pos):
+            if _is_padding(pos):
                 padding = n - pos
                 break
             raise EventLogError(f"truncated event header ({n - pos} bytes left)", pos, idx)
         pcr, etype, count = hdr.unpack_from(buf, pos)
         if ((count == 0 and pcr == 0 and etype == 0) or pcr == etype == 0xFFFFFFFF) \
-                and _is_padding(buf, pos):
+                and _is_padding(pos):
             padding = n - pos
             break
         if count > nalgs:

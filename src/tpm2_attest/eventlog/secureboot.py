@@ -205,7 +205,8 @@ def _authority_certificate(value: bytes) -> tuple[str | None, x509.Certificate |
 
 def _in_spec_order(seen: list[tuple[str, str]]) -> bool:
     """True when SecureBoot, PK, KEK, db, dbx (those present) come first, in that order."""
-    present = [k for k in _SPEC_ORDER if k in seen]
+    keys = set(seen)
+    present = [k for k in _SPEC_ORDER if k in keys]
     return seen[: len(present)] == present
 
 
@@ -230,6 +231,7 @@ def secure_boot_state(log: EventLog, bank: str | int | None = None) -> SecureBoo
     enabled = False
     dbs: dict[tuple[str, str], SignatureDatabase] = {}
     seen: list[tuple[str, str]] = []
+    seen_keys: set[tuple[str, str]] = set()
     others: list[MeasuredVariable] = []
     authorities: list[Authority] = []
     flags = {"debug_mode": False, "dma": False}
@@ -259,12 +261,13 @@ def secure_boot_state(log: EventLog, bank: str | int | None = None) -> SecureBoo
         elif t == EventType.EV_EFI_VARIABLE_DRIVER_CONFIG:
             var = _variable(ev)
             _require_digest(ev, alg, f"variable {var.name}")
-            if var.key in seen:
+            if var.key in seen_keys:
                 raise SecureBootError(f"variable {var.name} measured twice", ev.offset, ev.index)
             if separator:
                 raise SecureBootError(f"variable {var.name} measured after the separator",
                                       ev.offset, ev.index)
             seen.append(var.key)
+            seen_keys.add(var.key)
             if var.key == _SB:
                 # An absent variable is measured with no data: Secure Boot is off.
                 if len(var.value) > 1 or (var.value and var.value[0] > 1):
