@@ -1,0 +1,233 @@
+"""Secure Boot state from PCR 7: databases, authorities, flags, and go-attestation's rejections."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
+
+from tpm2_attest.eventlog import (
+    EventLogBankError,
+    SecureBootError,
+    parse_event_log,
+    parse_signature_lists,
+    secure_boot_state,
+)
+
+try:
+    import eventlog_synth as synth
+except ModuleNotFoundError:  # tests/ imported as a package
+    from tests import eventlog_synth as synth  # type: ignore[no-redef]
+
+LOGS = Path("/work/shared/testdata/eventlogs")
+
+
+def real(name: str) -> bytes:
+    return (LOGS / name).read_bytes()
+
+
+@pytest.mark.parametrize("bank", ["sha1", "sha256", "sha384"])
+def test_real_secure_boot_log(bank: str) -> None:
+    log = parse_event_log(real("sb_cert_eventlog"))
+    sb = secure_boot_state(log, bank)
+    assert sb.enabled and sb.bank == bank
+    assert sb.pk is not None and sb.pk.certificates[0].subject.rfc4514_string() == "CN=newpk"
+    assert sb.kek is not None
+    assert any("KEK CA 2011" in c.subject.rfc4514_string() for c in sb.kek.certificates)
+    assert sb.db is not None and len(sb.db.entries) == 4
+    assert sb.dbx is not None and len(sb.dbx.sha256_hashes) == len(sb.dbx.entries) == 77
+    assert sb.pk.digest == log.events[sb.pk.event_index].digest(bank)
+    assert len(sb.authorities) == 3 and sb.separator_seen and sb.spec_order
+    assert not sb.debug_mode and not sb.dma_protection_disabled
+    assert sb.pre_separator_authorities == ()
+    first = sb.post_separator_authorities[0]
+    assert first.certificate is not None and "Microsoft" in first.certificate.subject.rfc4514_string()
+    assert first.certificate in sb.db.certificates
+    json.dumps(sb.to_dict())
+
+
+@pytest.mark.parametrize("name", ["ubuntu_2104_shielded_vm_no_secure_boot_eventlog",
+                                  "coreos_36_shielded_vm_no_secure_boot_eventlog",
+                                  "crypto_agile_eventlog", "ebs_event_missing_eventlog"])
+def test_real_logs_without_secure_boot(name: str) -> None:
+    log = parse_event_log(real(name))
+    sb = log.secure_boot()  # default bank: sha256, or the log's only bank (SHA-1 log)
+    assert not sb.enabled
+    assert sb.pk is not None and sb.db is not None and sb.dbx is not None
+
+
+def test_absent_secure_boot_variable_measured_empty() -> None:
+    """crypto_agile_eventlog measures SecureBoot with no data: the variable does not exist."""
+    sb = parse_event_log(real("crypto_agile_eventlog")).secure_boot("sha256")
+    assert not sb.enabled
+
+
+@pytest.mark.parametrize("banks", [("sha256",), ("sha1", "sha384", "sha512")])
+def test_synthesized_secure_boot(banks: tuple[str, ...]) -> None:
+    s = synth.secure_boot_log(banks)
+    log = parse_event_log(s.build())
+    for bank in banks:
+        sb = secure_boot_state(log, bank)
+        assert sb.enabled
+        assert sb.pk is not None
+        assert sb.pk.certificates[0].public_bytes(Encoding.DER) == s.certs["PK"]
+        assert sb.dbx is not None and list(sb.dbx.sha256_hashes) == s.dbx_hashes
+        assert sb.dbx.value_sha256 == hashlib.sha256(log.events[sb.dbx.event_index].info.value).digest()
+        (auth,) = sb.authorities
+        assert auth.after_separator and auth.owner == synth.OWNER
+        assert sb.db is not None and auth.certificate == sb.db.certificates[0]
+
+
+def test_sha1_legacy_secure_boot() -> None:
+    log = parse_event_log(synth.secure_boot_log(legacy=True).build())
+    assert secure_boot_state(log).enabled and secure_boot_state(log, "sha1").bank == "sha1"
+    with pytest.raises(EventLogBankError):
+        secure_boot_state(log, "sha256")
+
+
+def test_debug_mode_and_dma_flags() -> None:
+    sb = parse_event_log(synth.secure_boot_log(debug=True).build()).secure_boot()
+    assert sb.debug_mode and sb.enabled
+
+    def dma(b: synth.LogBuilder) -> None:
+        b.event(7, synth.EV_EFI_ACTION, b"DMA Protection Disabled")
+
+    sb = parse_event_log(synth.secure_boot_log(extra_pcr7=dma).build()).secure_boot()
+    assert sb.dma_protection_disabled
+
+
+def test_other_variables_are_reported() -> None:
+    def extra(b: synth.LogBuilder) -> None:
+        b.event(7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
+                synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "AuditMode", b"\x00"))
+        b.event(7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
+                synth.uefi_variable(synth.EFI_IMAGE_SECURITY_DATABASE, "dbt", b""))
+
+    sb = parse_event_log(synth.secure_boot_log(extra_pcr7=extra).build()).secure_boot()
+    assert [v.name for v in sb.other_variables] == ["AuditMode"]
+    assert sb.dbt is not None and sb.dbt.entries == ()
+
+
+def _fails(extra, match: str, **kw: object) -> None:
+    log = parse_event_log(synth.secure_boot_log(extra_pcr7=extra, **kw).build())
+    with pytest.raises(SecureBootError, match=match) as exc:
+        log.secure_boot()
+    assert exc.value.offset is None or 0 < exc.value.offset < log.size
+
+
+def test_duplicate_variable_is_rejected() -> None:
+    def dup(b: synth.LogBuilder) -> None:
+        b.event(7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
+                synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x00"))
+
+    _fails(dup, "measured twice")
+
+
+def test_variable_after_separator_is_rejected() -> None:
+    s = synth.secure_boot_log()
+    s.builder.event(7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
+                    synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "MokSBState", b"\x00"))
+    with pytest.raises(SecureBootError, match="after the separator"):
+        parse_event_log(s.build()).secure_boot()
+
+
+def test_second_separator_is_rejected() -> None:
+    s = synth.secure_boot_log()
+    s.builder.event(7, synth.EV_SEPARATOR, b"\0\0\0\0")
+    with pytest.raises(SecureBootError, match="second separator"):
+        parse_event_log(s.build()).secure_boot()
+
+
+def test_error_separator_is_rejected() -> None:
+    def err(b: synth.LogBuilder) -> None:
+        b.event(7, synth.EV_SEPARATOR, b"\xff\xff\xff\xff")
+
+    _fails(err, "separator data")
+
+
+def test_relabelled_event_is_not_trusted() -> None:
+    """A variable whose digest covers only its value (an EV_EFI_VARIABLE_BOOT measurement)
+    presented as EV_EFI_VARIABLE_DRIVER_CONFIG: its data no longer hashes to the digest."""
+    def relabel(b: synth.LogBuilder) -> None:
+        b.event(7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
+                synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "DeployedMode", b"\x01"),
+                measured=b"\x01")
+
+    _fails(relabel, "does not match its sha256 digest")
+
+
+@pytest.mark.parametrize("etype", [synth.EV_IPL, synth.EV_EFI_VARIABLE_BOOT, 0x12345678])
+def test_unexpected_event_type_in_pcr7_is_rejected(etype: int) -> None:
+    def odd(b: synth.LogBuilder) -> None:
+        b.event(7, etype, synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x01"))
+
+    _fails(odd, "unexpected")
+
+
+def test_unknown_efi_action_is_rejected() -> None:
+    def action(b: synth.LogBuilder) -> None:
+        b.event(7, synth.EV_EFI_ACTION, b"Something else")
+
+    _fails(action, "unexpected EV_EFI_ACTION")
+
+
+def test_enabled_without_authority_or_keys_is_rejected() -> None:
+    log = parse_event_log(synth.secure_boot_log(authorities=False).build())
+    with pytest.raises(SecureBootError, match="no authority"):
+        log.secure_boot()
+    b = synth.LogBuilder()
+    b.event(7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
+            synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x01"))
+    b.event(7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
+            synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "PK", b""))
+    with pytest.raises(SecureBootError, match="PK is empty"):
+        parse_event_log(b.build()).secure_boot()
+
+
+def test_bad_secure_boot_value_and_malformed_database() -> None:
+    b = synth.LogBuilder().event(
+        7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
+        synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x02"))
+    with pytest.raises(SecureBootError, match="not 00 or 01"):
+        parse_event_log(b.build()).secure_boot()
+    bad_db = synth.signature_list(synth.EFI_CERT_SHA256, [(synth.OWNER, bytes(32))], sig_size=0)
+    b = synth.LogBuilder().event(
+        7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
+        synth.uefi_variable(synth.EFI_IMAGE_SECURITY_DATABASE, "db", bad_db))
+    with pytest.raises(SecureBootError, match="SignatureSize 0"):
+        parse_event_log(b.build()).secure_boot()
+
+
+def test_variable_decoded_strictly_even_after_lenient_parse() -> None:
+    b = synth.LogBuilder().event(
+        7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
+        synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x01", name_len=2**62))
+    log = parse_event_log(b.build(), strict=False)
+    with pytest.raises(SecureBootError, match="UnicodeNameLength"):
+        log.secure_boot()
+
+
+def test_old_shim_authority_with_one_extra_byte() -> None:
+    s = synth.secure_boot_log()
+    var = synth.uefi_variable(synth.SHIM_LOCK, "Shim", synth.guid(synth.OWNER) + s.certs["db"])
+    s.builder.event(7, synth.EV_EFI_VARIABLE_AUTHORITY, var + b"\0", measured=var)
+    sb = parse_event_log(s.build()).secure_boot()
+    assert [a.name for a in sb.authorities] == ["db", "Shim"]
+    assert sb.authorities[1].certificate is not None
+
+
+def test_signature_lists() -> None:
+    cert = synth.self_signed_cert("x")
+    raw = (synth.signature_list(synth.EFI_CERT_X509, [(synth.OWNER, cert)])
+           + synth.signature_list(synth.EFI_CERT_SHA256, [(synth.OWNER, b"\x11" * 32)] * 2)
+           + synth.signature_list(synth.EFI_CERT_X509, [(synth.OWNER, b"not DER")]))
+    entries = parse_signature_lists(raw)
+    assert [e.type_name for e in entries] == ["EFI_CERT_X509", "EFI_CERT_SHA256",
+                                              "EFI_CERT_SHA256", "EFI_CERT_X509"]
+    assert entries[0].certificate is not None and entries[1].hash_value == b"\x11" * 32
+    assert entries[3].certificate is None and entries[3].certificate_error
+    json.dumps([e.to_dict() for e in entries])
+    assert parse_signature_lists(b"") == ()
