@@ -1,5 +1,28 @@
-"""The verifier: pure functions over evidence that raise ``VerificationError`` on any failure."""
+"""The verifier: pure functions over evidence that raise ``VerificationError`` on any failure.
 
+Nothing here returns a boolean verdict: a function returns only when every check passed.
+"""
+
+from .ak import AkPublic, CreationResult, check_ak, verify_creation
+from .credential import make_credential, verify_activation
+from .ekcert import EkCertificate, verify_ek_certificate
 from .errors import Reason, VerificationError
+from .eventlog import EventLogResult, verify_event_log
+from .quote import QuoteResult, verify_quote
 
-__all__ = ["Reason", "VerificationError"]
+__all__ = [
+    "AkPublic",
+    "CreationResult",
+    "EkCertificate",
+    "EventLogResult",
+    "QuoteResult",
+    "Reason",
+    "VerificationError",
+    "check_ak",
+    "make_credential",
+    "verify_activation",
+    "verify_creation",
+    "verify_ek_certificate",
+    "verify_event_log",
+    "verify_quote",
+]

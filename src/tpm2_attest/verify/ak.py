@@ -1,0 +1,486 @@
+"""Attestation keys: ``AkPublic`` (a checked AK public area), ``check_ak`` and ``verify_creation``.
+
+An AK is acceptable when its public area says the TPM made it and keeps it (fixedTPM,
+fixedParent, sensitiveDataOrigin), it only signs TPM-generated data (restricted, sign, not
+decrypt), its key is strong enough (RSA >= 2048 bits, NIST P-256/P-384/P-521) and its own
+signing scheme is one we verify (RSASSA, RSAPSS, ECDSA with SHA-1/256/384/512). Everything
+the quote hot path needs (the `cryptography` key, padding/hash objects, the expected
+TPMT_SIGNATURE header) is computed once here and cached on the ``AkPublic``.
+
+Nonces in creation attestations: a ``TPW1`` blob (TPM2_CertifyCreation) carries the
+enrollment nonce verbatim in ``attest.extraData``. A Windows PCP blob (``PCP1``/``PCP2``)
+carries ``SHA-1(nonce)``: the provider's PCP_TPM12_IDBINDING property takes a 20-byte
+SHA-1 nonce and places it both in ``creationData.outsideInfo`` and in ``attest.extraData``,
+so ``check_ak`` compares both against ``SHA-1(nonce)`` for PCP blobs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import struct
+from collections.abc import Callable
+from dataclasses import FrozenInstanceError, dataclass
+from typing import Any, Final, TypeAlias
+
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+
+from ..errors import TpmError
+from ..evidence import AK_FORMATS, AkBlob, AkFormat
+from ..tpm2.constants import (
+    HASH_SIZES,
+    TPM_ALG,
+    TPM_ECC_CURVE,
+    TPM_GENERATED_VALUE,
+    TPM_ST,
+    TPMA_OBJECT,
+)
+from ..tpm2.keys import CURVE_BYTES, PublicKey, public_der, public_key_from_public
+from ..tpm2.marshal import ParseError
+from ..tpm2.structures import (
+    TPMS_ATTEST,
+    TPMS_CLOCK_INFO,
+    TPMS_CREATION_DATA,
+    TPMS_CREATION_INFO,
+    TPMS_ECC_PARMS,
+    TPMS_RSA_PARMS,
+    TPMT_PUBLIC,
+    TPMT_SCHEME,
+)
+from .errors import Reason, VerificationError
+
+__all__ = ["AkPublic", "CreationResult", "check_ak", "verify_creation"]
+
+AK_REQUIRED: Final = int(
+    TPMA_OBJECT.fixedTPM
+    | TPMA_OBJECT.fixedParent
+    | TPMA_OBJECT.sensitiveDataOrigin
+    | TPMA_OBJECT.restricted
+    | TPMA_OBJECT.sign_encrypt
+)
+"""Object attributes every AK must have."""
+AK_FORBIDDEN: Final = int(TPMA_OBJECT.decrypt)
+"""Object attributes no AK may have."""
+MIN_RSA_BITS: Final = 2048
+NIST_CURVES: Final = frozenset({TPM_ECC_CURVE.NIST_P256, TPM_ECC_CURVE.NIST_P384, TPM_ECC_CURVE.NIST_P521})
+
+_HASHES: Final[dict[int, tuple[Callable[[], hashes.HashAlgorithm], Callable[..., Any]]]] = {
+    TPM_ALG.SHA1: (hashes.SHA1, hashlib.sha1),
+    TPM_ALG.SHA256: (hashes.SHA256, hashlib.sha256),
+    TPM_ALG.SHA384: (hashes.SHA384, hashlib.sha384),
+    TPM_ALG.SHA512: (hashes.SHA512, hashlib.sha512),
+}
+"""Hashes we verify signatures with: (`cryptography` class, hashlib constructor)."""
+
+_KIND_RSASSA: Final = 0
+_KIND_RSAPSS: Final = 1
+_KIND_ECDSA: Final = 2
+_SCHEMES: Final[dict[tuple[int, int], int]] = {
+    (TPM_ALG.RSA, TPM_ALG.RSASSA): _KIND_RSASSA,
+    (TPM_ALG.RSA, TPM_ALG.RSAPSS): _KIND_RSAPSS,
+    (TPM_ALG.ECC, TPM_ALG.ECDSA): _KIND_ECDSA,
+}
+_U16: Final = struct.Struct(">H")
+_SIG_HEAD: Final = struct.Struct(">HH")
+_ATTEST_HEAD: Final = struct.Struct(">IH")
+QuoteLayout: TypeAlias = tuple[struct.Struct, tuple[int, ...], str, int, bool]
+"""A learnt quote TPMS_ATTEST layout (see verify.quote): precompiled struct, the values it
+fixes (magic, type, bank, lengths), bank name, bank digest size, bank is SHA-1."""
+
+
+def _fail(reason: Reason, detail: str) -> VerificationError:
+    return VerificationError(reason, detail)
+
+
+def _alg_name(alg: int) -> str:
+    try:
+        return TPM_ALG(alg).name
+    except ValueError:
+        return f"0x{alg:04x}"
+
+
+def _split_public(data: bytes) -> bytes:
+    """The TPMT_PUBLIC bytes of a TPM2B_PUBLIC or bare TPMT_PUBLIC (same rule as parse_public)."""
+    if len(data) >= 2 and _U16.unpack_from(data, 0)[0] == len(data) - 2:
+        return data[2:]
+    return data
+
+
+def _der_int(b: bytes) -> bytes:
+    b = b.lstrip(b"\0") or b"\0"
+    if b[0] & 0x80:
+        b = b"\0" + b
+    return b"\x02" + bytes((len(b),)) + b
+
+
+def ecdsa_der(r: bytes, s: bytes) -> bytes:
+    """DER ``Ecdsa-Sig-Value`` of the big-endian r and s of a TPMS_SIGNATURE_ECDSA."""
+    body = _der_int(r) + _der_int(s)
+    n = len(body)
+    if n < 0x80:
+        return b"\x30" + bytes((n,)) + body
+    return b"\x30\x81" + bytes((n,)) + body  # P-521 only: the body stays under 256 bytes
+
+
+class AkPublic:
+    """A checked AK public area and everything derived from it (immutable).
+
+    ``public`` is the TPM2B_PUBLIC bytes, ``public_area`` the parsed TPMT_PUBLIC,
+    ``public_der`` SubjectPublicKeyInfo DER, ``name`` the TPM Name (nameAlg || H(public
+    area bytes as received)), ``key`` the `cryptography` public key, ``scheme`` the signing
+    scheme and hash the key itself mandates, ``format`` the AK blob format it came from
+    (``TPW1``/``PCP1``/``PCP2``) or None. Build it with :meth:`from_public` or ``check_ak``.
+    """
+
+    __slots__ = (
+        "_coord",
+        "_hash",
+        "_kind",
+        "_pad",
+        "_pcr_hash",
+        "_quote_layouts",
+        "_sha1",
+        "_sig_head",
+        "_sig_len",
+        "format",
+        "key",
+        "name",
+        "public",
+        "public_area",
+        "public_der",
+        "scheme",
+    )
+
+    public: bytes
+    public_area: TPMT_PUBLIC
+    public_der: bytes
+    name: bytes
+    key: PublicKey
+    scheme: TPMT_SCHEME
+    format: AkFormat | None
+    # Hot-path caches (private): see verify.quote.
+    _kind: int
+    _sig_head: bytes
+    _sig_len: int
+    _pad: Any
+    _hash: hashes.HashAlgorithm
+    _pcr_hash: Callable[..., Any]
+    _coord: int
+    _sha1: bool
+    _quote_layouts: dict[int, QuoteLayout]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise FrozenInstanceError(f"cannot assign to field {name!r}")
+
+    def __delattr__(self, name: str) -> None:
+        raise FrozenInstanceError(f"cannot delete field {name!r}")
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AkPublic):
+            return NotImplemented
+        return self.name == other.name and self.format == other.format
+
+    def __hash__(self) -> int:
+        return hash((self.name, self.format))
+
+    def __repr__(self) -> str:
+        return (f"AkPublic({_alg_name(self.public_area.type)} {_alg_name(self.scheme.scheme)}-"
+                f"{_alg_name(self.scheme.hash_alg)}, name={self.name.hex()}, format={self.format})")
+
+    @property
+    def name_alg(self) -> int:
+        """The AK's nameAlg (TPM_ALG id)."""
+        return self.public_area.name_alg
+
+    @property
+    def hash_alg(self) -> int:
+        """The hash of the AK's signing scheme (also the hash of a quote's pcrDigest)."""
+        return self.scheme.hash_alg
+
+    @classmethod
+    def from_public(cls, public: bytes | bytearray | memoryview | TPMT_PUBLIC, *,
+                    allow_sha1: bool = True) -> AkPublic:
+        """Check a TPM2B_PUBLIC or TPMT_PUBLIC (e.g. tpm2-tools' ``ak.pub``) is a usable AK.
+
+        Raises ``VerificationError``: MALFORMED (does not parse exactly), AK_ATTRIBUTES (not a
+        fixedTPM/fixedParent/sensitiveDataOrigin restricted signing key, or no signing
+        scheme), UNSUPPORTED_FORMAT (key type, scheme or hash we do not verify), WEAK_KEY
+        (RSA < 2048 bits, a non-NIST curve, or SHA-1 when ``allow_sha1`` is False).
+        """
+        if isinstance(public, TPMT_PUBLIC):
+            area = public
+            tpmt = area.to_bytes()
+        else:
+            data = bytes(public)
+            tpmt = _split_public(data)
+            try:
+                area = TPMT_PUBLIC.from_bytes(tpmt)
+            except ParseError as exc:
+                raise _fail(Reason.MALFORMED, f"AK public area: {exc}") from exc
+        return cls._build(area, tpmt, allow_sha1=allow_sha1, fmt=None)
+
+    @classmethod
+    def _build(cls, area: TPMT_PUBLIC, tpmt: bytes, *, allow_sha1: bool, fmt: AkFormat | None) -> AkPublic:
+        attrs = area.object_attributes
+        missing = AK_REQUIRED & ~attrs
+        if missing or attrs & AK_FORBIDDEN:
+            problems = [f"{f.name} clear" for f in TPMA_OBJECT if f & missing]
+            if attrs & AK_FORBIDDEN:
+                problems.append("decrypt set")
+            raise _fail(Reason.AK_ATTRIBUTES,
+                        f"objectAttributes 0x{attrs:08x} is not a restricted signing key "
+                        f"held by the TPM ({', '.join(problems)})")
+        params = area.parameters
+        if not isinstance(params, TPMS_RSA_PARMS | TPMS_ECC_PARMS):
+            raise _fail(Reason.UNSUPPORTED_FORMAT, f"AK of type {_alg_name(area.type)}: only RSA and ECC AKs")
+        scheme = params.scheme
+        if scheme.scheme == TPM_ALG.NULL:
+            raise _fail(Reason.AK_ATTRIBUTES, "a restricted signing key must name its signing scheme")
+        kind = _SCHEMES.get((area.type, scheme.scheme))
+        if kind is None:
+            raise _fail(Reason.UNSUPPORTED_FORMAT,
+                        f"signing scheme {_alg_name(scheme.scheme)} of a {_alg_name(area.type)} key")
+        hash_pair = _HASHES.get(scheme.hash_alg)
+        if hash_pair is None:
+            raise _fail(Reason.UNSUPPORTED_FORMAT, f"signing hash {_alg_name(scheme.hash_alg)}")
+        if area.name_alg not in _HASHES:
+            raise _fail(Reason.UNSUPPORTED_FORMAT, f"nameAlg {_alg_name(area.name_alg)}")
+        sha1 = TPM_ALG.SHA1 in (scheme.hash_alg, area.name_alg)
+        if sha1 and not allow_sha1:
+            raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1 (allow_sha1=False)")
+        coord = 0
+        if isinstance(params, TPMS_RSA_PARMS):
+            modulus = area.unique if isinstance(area.unique, bytes) else b""
+            bits = int.from_bytes(modulus, "big").bit_length()
+            if params.key_bits < MIN_RSA_BITS or bits < MIN_RSA_BITS:
+                raise _fail(Reason.WEAK_KEY, f"RSA key of {min(params.key_bits, bits)} bits (< {MIN_RSA_BITS})")
+            if params.key_bits % 8 or len(modulus) * 8 != params.key_bits or bits != params.key_bits:
+                raise _fail(Reason.MALFORMED, f"RSA modulus of {bits} bits for keyBits {params.key_bits}")
+        else:
+            if params.curve_id not in NIST_CURVES:
+                try:
+                    curve = TPM_ECC_CURVE(params.curve_id).name
+                except ValueError:
+                    curve = f"0x{params.curve_id:04x}"
+                raise _fail(Reason.WEAK_KEY, f"curve {curve}: only NIST P-256, P-384 and P-521")
+            coord = CURVE_BYTES[params.curve_id]
+        try:
+            key = public_key_from_public(area)
+        except ParseError as exc:
+            raise _fail(Reason.MALFORMED, f"AK public key: {exc}") from exc
+
+        hash_obj = hash_pair[0]()
+        pad: Any
+        if kind == _KIND_RSASSA:
+            pad = padding.PKCS1v15()
+        elif kind == _KIND_RSAPSS:
+            pad = padding.PSS(mgf=padding.MGF1(hash_obj), salt_length=padding.PSS.AUTO)
+        else:
+            pad = ec.ECDSA(hash_obj)
+        head = _SIG_HEAD.pack(scheme.scheme, scheme.hash_alg)
+        sig_len = 0
+        if isinstance(key, rsa.RSAPublicKey):
+            nbytes = params.key_bits // 8 if isinstance(params, TPMS_RSA_PARMS) else 0
+            head += _U16.pack(nbytes)
+            sig_len = len(head) + nbytes
+
+        self = object.__new__(cls)
+        put = object.__setattr__
+        put(self, "public", _U16.pack(len(tpmt)) + tpmt)
+        put(self, "public_area", area)
+        put(self, "public_der", public_der(key))
+        put(self, "name", _U16.pack(area.name_alg) + _HASHES[area.name_alg][1](tpmt).digest())
+        put(self, "key", key)
+        put(self, "scheme", TPMT_SCHEME(scheme.scheme, scheme.hash_alg))
+        put(self, "format", fmt)
+        put(self, "_kind", kind)
+        put(self, "_sig_head", head)
+        put(self, "_sig_len", sig_len)
+        put(self, "_pad", pad)
+        put(self, "_hash", hash_obj)
+        put(self, "_pcr_hash", hash_pair[1])
+        put(self, "_coord", coord)
+        put(self, "_sha1", sha1)
+        put(self, "_quote_layouts", {})
+        return self
+
+    def _with_format(self, fmt: AkFormat) -> AkPublic:
+        other = object.__new__(AkPublic)
+        for slot in AkPublic.__slots__:
+            object.__setattr__(other, slot, getattr(self, slot))
+        object.__setattr__(other, "format", fmt)
+        object.__setattr__(other, "_quote_layouts", {})
+        return other
+
+    def verify_signature(self, message: bytes, signature: bytes, *, allow_sha1: bool = True) -> None:
+        """Check a TPMT_SIGNATURE over ``message`` made with this AK under its own scheme.
+
+        Raises SCHEME_MISMATCH (another algorithm or hash than the key's scheme), WEAK_KEY
+        (SHA-1 refused), MALFORMED (not exactly one TPMT_SIGNATURE) or BAD_SIGNATURE.
+        """
+        if self._sha1 and not allow_sha1:
+            raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1 (allow_sha1=False)")
+        sig = bytes(signature)
+        if sig[:4] != self._sig_head[:4]:
+            if len(sig) < 4:
+                raise _fail(Reason.MALFORMED, f"TPMT_SIGNATURE of {len(sig)} bytes")
+            alg, h = _SIG_HEAD.unpack_from(sig, 0)
+            raise _fail(Reason.SCHEME_MISMATCH,
+                        f"signature {_alg_name(alg)}-{_alg_name(h)} but the AK's scheme is "
+                        f"{_alg_name(self.scheme.scheme)}-{_alg_name(self.scheme.hash_alg)}")
+        try:
+            if self._kind == _KIND_ECDSA:
+                self.key.verify(self._ecdsa_signature(sig), message, self._pad)  # type: ignore[call-arg]
+            else:
+                if len(sig) != self._sig_len or sig[4:6] != self._sig_head[4:6]:
+                    raise _fail(Reason.MALFORMED,
+                                f"RSA TPMT_SIGNATURE of {len(sig)} bytes, expected {self._sig_len}")
+                self.key.verify(sig[6:], message, self._pad, self._hash)  # type: ignore[call-arg]
+        except InvalidSignature:
+            raise _fail(Reason.BAD_SIGNATURE, "the signature does not verify under the AK") from None
+
+    def _ecdsa_signature(self, sig: bytes) -> bytes:
+        """DER signature from an ECDSA TPMT_SIGNATURE (exact length, coordinates in range)."""
+        try:
+            (rn,) = _U16.unpack_from(sig, 4)
+            (sn,) = _U16.unpack_from(sig, 6 + rn)
+        except struct.error:
+            raise _fail(Reason.MALFORMED, "truncated ECDSA TPMT_SIGNATURE") from None
+        if 8 + rn + sn != len(sig):
+            raise _fail(Reason.MALFORMED, "ECDSA TPMT_SIGNATURE with wrong lengths or trailing bytes")
+        if not 0 < rn <= self._coord or not 0 < sn <= self._coord:
+            raise _fail(Reason.MALFORMED, "ECDSA r or s larger than the curve")
+        return ecdsa_der(sig[6 : 6 + rn], sig[8 + rn :])
+
+
+@dataclass(frozen=True, slots=True)
+class CreationResult:
+    """What a verified creation attestation says (returned only when every check passed)."""
+
+    object_name: bytes
+    """Name of the certified object."""
+    creation_data: TPMS_CREATION_DATA
+    extra_data: bytes
+    """attest.extraData (the qualifying data / nonce)."""
+    signer_name: bytes
+    """attest.qualifiedSigner."""
+    clock_info: TPMS_CLOCK_INFO
+    firmware_version: int
+
+
+def _as_signer(signer: AkPublic | bytes | bytearray | memoryview | TPMT_PUBLIC, allow_sha1: bool) -> AkPublic:
+    if isinstance(signer, AkPublic):
+        return signer
+    return AkPublic.from_public(signer, allow_sha1=allow_sha1)
+
+
+def _creation_bytes(creation_data: bytes) -> bytes:
+    """TPMS_CREATION_DATA bytes from TPMS or TPM2B form.
+
+    A TPMS_CREATION_DATA starts with a u32 count whose high u16 is 0, so a leading u16 equal
+    to the rest of the input can only be a TPM2B size."""
+    if len(creation_data) >= 2 and _U16.unpack_from(creation_data, 0)[0] == len(creation_data) - 2:
+        return creation_data[2:]
+    return creation_data
+
+
+def verify_creation(
+    signer: AkPublic | bytes | bytearray | memoryview | TPMT_PUBLIC,
+    public: bytes | bytearray | memoryview,
+    creation_data: bytes | bytearray | memoryview,
+    attest: bytes | bytearray | memoryview,
+    signature: bytes | bytearray | memoryview,
+    *,
+    nonce: bytes | None = None,
+    allow_sha1: bool = True,
+) -> CreationResult:
+    """Check that ``signer`` certified the creation of the key ``public`` (TPM2_CertifyCreation).
+
+    ``public`` is the created key's TPM2B_PUBLIC/TPMT_PUBLIC, ``creation_data`` its
+    TPMS_CREATION_DATA (or TPM2B_CREATION_DATA), ``attest`` the TPMS_ATTEST bytes and
+    ``signature`` the TPMT_SIGNATURE over them. Order: signature (under the signer's own
+    scheme), magic, type ATTEST_CREATION, objectName == Name(public), creationHash ==
+    H_nameAlg(creation data), and ``nonce`` == extraData (constant time) when given.
+    """
+    ak = _as_signer(signer, allow_sha1)
+    attest_b = bytes(attest)
+    ak.verify_signature(attest_b, bytes(signature), allow_sha1=allow_sha1)
+    if len(attest_b) < 6:
+        raise _fail(Reason.MALFORMED, f"TPMS_ATTEST of {len(attest_b)} bytes")
+    magic, typ = _ATTEST_HEAD.unpack_from(attest_b, 0)
+    if magic != TPM_GENERATED_VALUE:
+        raise _fail(Reason.BAD_MAGIC, f"magic 0x{magic:08x} is not TPM_GENERATED_VALUE")
+    if typ != TPM_ST.ATTEST_CREATION:
+        raise _fail(Reason.WRONG_TYPE, f"attestation type 0x{typ:04x}, expected ATTEST_CREATION")
+    try:
+        att = TPMS_ATTEST.from_bytes(attest_b)
+    except ParseError as exc:
+        raise _fail(Reason.MALFORMED, f"creation TPMS_ATTEST: {exc}") from exc
+    info = att.attested
+    assert isinstance(info, TPMS_CREATION_INFO)
+
+    tpmt = _split_public(bytes(public))
+    try:
+        area = TPMT_PUBLIC.from_bytes(tpmt)
+    except ParseError as exc:
+        raise _fail(Reason.MALFORMED, f"certified public area: {exc}") from exc
+    hash_pair = _HASHES.get(area.name_alg)
+    if hash_pair is None:
+        raise _fail(Reason.UNSUPPORTED_FORMAT, f"nameAlg {_alg_name(area.name_alg)}")
+    name = _U16.pack(area.name_alg) + hash_pair[1](tpmt).digest()
+    if info.object_name != name:
+        raise _fail(Reason.NAME_MISMATCH, "the attested objectName is not the Name of the public area")
+
+    cd = _creation_bytes(bytes(creation_data))
+    try:
+        cd_struct = TPMS_CREATION_DATA.from_bytes(cd)
+    except ParseError as exc:
+        raise _fail(Reason.MALFORMED, f"creation data: {exc}") from exc
+    if len(info.creation_hash) != HASH_SIZES[area.name_alg] or info.creation_hash != hash_pair[1](cd).digest():
+        raise _fail(Reason.CREATION_HASH_MISMATCH,
+                    "creationHash is not the nameAlg hash of the presented creation data")
+    if nonce is not None and not hmac.compare_digest(att.extra_data, bytes(nonce)):
+        raise _fail(Reason.NONCE_MISMATCH, "extraData of the creation attestation is not the nonce")
+    return CreationResult(name, cd_struct, att.extra_data, att.qualified_signer, att.clock_info,
+                          att.firmware_version)
+
+
+def _load_blob(blob: AkBlob | bytes | bytearray | memoryview | str) -> AkBlob:
+    if isinstance(blob, AkBlob):
+        return blob
+    if not isinstance(blob, str):
+        data = bytes(blob)
+        head = data.lstrip()[:1]
+        if head != b"{" and data[:4].decode("ascii", "replace") not in AK_FORMATS:
+            raise _fail(Reason.UNSUPPORTED_FORMAT,
+                        f"AK blob magic {data[:4]!r}: expected TPW1, PCP1 or PCP2")
+        blob = data
+    try:
+        return AkBlob.load(blob)
+    except TpmError as exc:
+        raise _fail(Reason.MALFORMED, str(exc)) from exc
+
+
+def check_ak(blob: AkBlob | bytes | bytearray | memoryview | str, *, nonce: bytes | None = None,
+             allow_sha1: bool = True) -> AkPublic:
+    """Check an AK blob (``TPW1``, ``PCP1`` or ``PCP2``; binary, JSON or AkBlob) and return its key.
+
+    Checks the key (see :meth:`AkPublic.from_public`) and its creation attestation, signed by
+    the AK itself (:func:`verify_creation`). With ``nonce``: a ``TPW1`` blob's extraData must
+    equal the nonce; a PCP blob's extraData and creationData.outsideInfo must both equal
+    SHA-1(nonce), because PCP's IDBINDING takes a SHA-1 digest as its nonce. ``allow_sha1``
+    False refuses SHA-1 keys, among them every PCP identity key (RSASSA-SHA1).
+    """
+    ak_blob = _load_blob(blob)
+    ak = AkPublic.from_public(ak_blob.public, allow_sha1=allow_sha1)._with_format(ak_blob.format)
+    pcp = ak_blob.format != "TPW1"
+    expected = None
+    if nonce is not None:
+        expected = hashlib.sha1(bytes(nonce)).digest() if pcp else bytes(nonce)
+    res = verify_creation(ak, ak_blob.public, ak_blob.creation_data, ak_blob.attest, ak_blob.signature,
+                          nonce=expected, allow_sha1=allow_sha1)
+    if pcp and expected is not None and not hmac.compare_digest(res.creation_data.outside_info, expected):
+        raise _fail(Reason.NONCE_MISMATCH, "creationData.outsideInfo of the PCP blob is not SHA-1(nonce)")
+    return ak

@@ -1,0 +1,119 @@
+"""Credential challenges: prove an AK lives in the same TPM as an EK (TPM 2.0 Part 1 §24).
+
+``make_credential`` encrypts a fresh secret so that only the TPM holding the EK can recover
+it, and only for the object whose Name is the AK's (TPM2_ActivateCredential). The
+symmetric algorithm and the hash used come from the EK's public area, as the TPM uses them.
+``verify_activation`` compares what the device returned with the secret, in constant time.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+from typing import Final
+
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from ..evidence import CredentialChallenge, EkInfo, PublicKey
+from ..tpm2 import crypto
+from ..tpm2.constants import HASH_SIZES, TPM_ALG, TPMA_OBJECT
+from ..tpm2.keys import public_key_from_public
+from ..tpm2.marshal import ParseError
+from ..tpm2.structures import TPMS_ECC_PARMS, TPMS_RSA_PARMS, TPMT_PUBLIC
+from .ak import AkPublic
+from .errors import Reason, VerificationError
+
+__all__ = ["DEFAULT_SECRET_SIZE", "make_credential", "verify_activation"]
+
+DEFAULT_SECRET_SIZE: Final = 32
+"""Bytes of the random secret (capped at the digest size of the EK's nameAlg)."""
+MIN_RSA_EK_BITS: Final = 2048
+
+EkPublicInput = (
+    bytes | bytearray | memoryview | TPMT_PUBLIC | EkInfo | PublicKey
+    | rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+)
+
+
+def _fail(reason: Reason, detail: str) -> VerificationError:
+    return VerificationError(reason, detail)
+
+
+def _ek_parameters(ek_public: EkPublicInput) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, int, int, int]:
+    """(key, nameAlg, symmetric algorithm, symmetric key bits) of an EK; refuses non-EK keys."""
+    if isinstance(ek_public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
+        key = ek_public
+        if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_EK_BITS:
+            raise _fail(Reason.WEAK_KEY, f"RSA EK of {key.key_size} bits")
+        # A bare key carries no public area: assume the TCG default templates.
+        return key, TPM_ALG.SHA256, TPM_ALG.AES, 128
+    if isinstance(ek_public, EkInfo | PublicKey):
+        ek_public = ek_public.public
+    if isinstance(ek_public, TPMT_PUBLIC):
+        area = ek_public
+    else:
+        data = bytes(ek_public)
+        if len(data) >= 2 and int.from_bytes(data[:2], "big") == len(data) - 2:
+            data = data[2:]
+        try:
+            area = TPMT_PUBLIC.from_bytes(data)
+        except ParseError as exc:
+            raise _fail(Reason.MALFORMED, f"EK public area: {exc}") from exc
+    attrs = area.object_attributes
+    if not attrs & TPMA_OBJECT.restricted or not attrs & TPMA_OBJECT.decrypt or attrs & TPMA_OBJECT.sign_encrypt:
+        raise _fail(Reason.EK_ATTRIBUTES,
+                    f"objectAttributes 0x{attrs:08x}: an EK is a restricted decryption key that does not sign")
+    params = area.parameters
+    if not isinstance(params, TPMS_RSA_PARMS | TPMS_ECC_PARMS):
+        raise _fail(Reason.UNSUPPORTED_FORMAT, f"EK of type 0x{area.type:04x}: only RSA and ECC EKs")
+    sym = params.symmetric
+    if sym.algorithm != TPM_ALG.AES or sym.mode != TPM_ALG.CFB or sym.key_bits not in (128, 192, 256):
+        raise _fail(Reason.EK_ATTRIBUTES,
+                    f"EK symmetric definition 0x{sym.algorithm:04x}/{sym.key_bits}/0x{sym.mode:04x}: "
+                    "a storage key needs AES-CFB")
+    if area.name_alg not in crypto.SUPPORTED_HASHES:
+        raise _fail(Reason.UNSUPPORTED_FORMAT, f"EK nameAlg 0x{area.name_alg:04x}")
+    if isinstance(params, TPMS_RSA_PARMS) and params.key_bits < MIN_RSA_EK_BITS:
+        raise _fail(Reason.WEAK_KEY, f"RSA EK of {params.key_bits} bits")
+    try:
+        key = public_key_from_public(area)
+    except ParseError as exc:
+        raise _fail(Reason.MALFORMED, f"EK public key: {exc}") from exc
+    return key, area.name_alg, sym.algorithm, sym.key_bits
+
+
+def make_credential(
+    ek_public: EkPublicInput,
+    ak_name: bytes | AkPublic,
+    secret: bytes | None = None,
+) -> tuple[CredentialChallenge, bytes]:
+    """Encrypt a secret to the EK for the AK Name; return (challenge, secret).
+
+    ``ek_public``: the EK's TPM2B_PUBLIC/TPMT_PUBLIC bytes, an ``EkInfo``, or a `cryptography`
+    RSA/EC public key (then the TCG default template is assumed: nameAlg SHA-256, AES-128).
+    A public area must be a restricted decryption key with an AES-CFB symmetric definition
+    (EK_ATTRIBUTES otherwise). ``ak_name``: the AK's Name (``AkPublic.name``) or the AkPublic.
+    ``secret``: random 32 bytes by default; at most the digest size of the EK's nameAlg.
+    Send ``challenge`` (``to_bytes()`` / ``to_json()``) to the device, keep ``secret``.
+    """
+    key, name_alg, sym_alg, sym_bits = _ek_parameters(ek_public)
+    name = ak_name.name if isinstance(ak_name, AkPublic) else bytes(ak_name)
+    size = HASH_SIZES[name_alg]
+    if len(name) < 2 or HASH_SIZES.get(int.from_bytes(name[:2], "big")) != len(name) - 2:
+        raise _fail(Reason.MALFORMED, f"ak_name of {len(name)} bytes is not a TPM object Name")
+    if secret is None:
+        secret = os.urandom(min(DEFAULT_SECRET_SIZE, size))
+    elif not 1 <= len(secret) <= size:
+        raise ValueError(f"secret must be 1..{size} bytes for this EK's nameAlg, not {len(secret)}")
+    try:
+        id_object, encrypted_secret = crypto.make_credential(
+            key, ek_name_alg=name_alg, sym_alg=sym_alg, sym_bits=sym_bits, ak_name=name, secret=bytes(secret))
+    except ValueError as exc:
+        raise _fail(Reason.UNSUPPORTED_FORMAT, f"cannot make a credential for this EK: {exc}") from exc
+    return CredentialChallenge(id_object, encrypted_secret), bytes(secret)
+
+
+def verify_activation(secret: bytes, returned: bytes) -> None:
+    """Raise CREDENTIAL_MISMATCH unless the device returned the challenge's secret."""
+    if not hmac.compare_digest(bytes(secret), bytes(returned)):
+        raise _fail(Reason.CREDENTIAL_MISMATCH, "the device returned another secret")

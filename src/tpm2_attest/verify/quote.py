@@ -1,0 +1,443 @@
+"""Quote verification: ``verify_quote`` and its ``QuoteResult``.
+
+Order of checks (each failure raises ``VerificationError`` with its own ``Reason``):
+
+1. the signature, before any byte of the attestation is interpreted: TPMT_SIGNATURE
+   algorithm and hash must be the AK's own scheme (SCHEME_MISMATCH), SHA-1 only when
+   ``allow_sha1`` (WEAK_KEY), and it must verify over the exact TPMS_ATTEST bytes
+   (BAD_SIGNATURE). The AK itself was checked to be a restricted signing key when its
+   ``AkPublic`` was built, so a quote-shaped blob signed by any other key cannot pass;
+2. magic TPM_GENERATED_VALUE (BAD_MAGIC), type ATTEST_QUOTE (WRONG_TYPE), the whole
+   TPMS_ATTEST parsed with no trailing byte (MALFORMED);
+3. extraData == nonce, constant time (NONCE_MISMATCH); an empty nonce is refused unless
+   ``allow_empty_nonce`` (EMPTY_NONCE);
+4. exactly one bank and at least one PCR in the quote's selection; the supplied PCR values
+   are exactly that bank and exactly the selected indices, nothing missing and nothing
+   extra (PCR_SELECTION: the CVE-2022-0317 class);
+5. pcrDigest == H(values of the selected PCRs in ascending index order), where H is the hash
+   of the signing scheme (TPM 2.0 Part 3, TPM2_Quote: the PCR digest is computed with the
+   hash algorithm of the signing scheme, not the AK's nameAlg). Because each value is taken
+   from the index the signed selection gives it, a value relabeled under another PCR index
+   fails here or at step 4. PCP identity keys sign RSASSA-SHA1, so their pcrDigest is SHA-1
+   even over the SHA-256 bank (PCR_DIGEST_MISMATCH);
+6. optional ``expected_pcrs`` (PCR_VALUE_MISMATCH).
+
+Speed: the hot path is built to stay within a few microseconds of the bare OpenSSL signature
+verification. The AK's key, padding, hash objects and the expected TPMT_SIGNATURE header are
+cached on the ``AkPublic``; a quote's TPMS_ATTEST is unpacked by one precompiled
+``struct.Struct`` per layout (learnt from the first quote of that layout, which goes through
+the generic parser and must unpack identically); PCR selections map to cached index tuples
+and ``operator.itemgetter``s; the PCR values are hashed with one hashlib object. The result
+defers building Python objects (the PCR dict, TPMS_CLOCK_INFO) to first access: every check
+has already run when ``verify_quote`` returns.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable, Mapping
+from hmac import compare_digest as _compare_digest
+from operator import itemgetter
+from types import MappingProxyType
+from typing import Any, Final, TypeAlias, cast
+
+from cryptography.exceptions import InvalidSignature
+
+from ..errors import TpmError
+from ..evidence import AK_FORMATS, AkBlob, Quote
+from ..tpm2.constants import (
+    HASH_BY_NAME,
+    HASH_NAMES,
+    HASH_SIZES,
+    TPM_ALG,
+    TPM_GENERATED_VALUE,
+    TPM_ST,
+)
+from ..tpm2.marshal import ParseError
+from ..tpm2.structures import TPMS_ATTEST, TPMS_CLOCK_INFO, TPMS_QUOTE_INFO, TPMT_PUBLIC
+from .ak import _KIND_ECDSA, AkPublic, QuoteLayout, check_ak
+from .errors import Reason, VerificationError
+
+__all__ = ["QuoteResult", "verify_quote"]
+
+PcrValues: TypeAlias = Mapping[int, bytes]
+PcrInput: TypeAlias = Mapping[str, PcrValues] | PcrValues
+QuoteInput: TypeAlias = Quote | tuple[bytes, bytes, PcrInput] | str
+AkInput: TypeAlias = AkPublic | AkBlob | bytes | bytearray | memoryview | str | TPMT_PUBLIC
+ExpectedPcrs: TypeAlias = Mapping[int, bytes] | Mapping[str, Mapping[int, bytes]] | Mapping[int | str, Any]
+
+_ATTEST_HEAD: Final = struct.Struct(">IH")
+_LAYOUT_KEY: Final = itemgetter(0, 1, 2, 4, 11, 12, 13, 15)
+"""Fields of the unpacked quote that a cached layout fixes: magic, type, bank, every length."""
+_MAX_LAYOUTS: Final = 16
+_MAX_SELECTIONS: Final = 256
+_new = object.__new__
+_set = object.__setattr__
+
+# Banks we accept in a quote's selection: alg -> (name, digest size).
+_BANKS: Final[dict[int, tuple[str, int]]] = {alg: (HASH_NAMES[alg], size) for alg, size in HASH_SIZES.items()}
+
+Selection: TypeAlias = tuple[tuple[int, ...], Callable[[Any], Any]]
+_SELECTIONS: dict[bytes, Selection] = {}
+"""pcrSelect bitmap -> (ascending indices, getter returning their values as a tuple)."""
+
+
+def _fail(reason: Reason, detail: str) -> VerificationError:
+    return VerificationError(reason, detail)
+
+
+def _selection(bitmap: bytes) -> Selection:
+    """Decode a pcrSelect bitmap once; refuse a selection of no PCR."""
+    sel = _SELECTIONS.get(bitmap)
+    if sel is not None:
+        return sel
+    idx = tuple(8 * j + i for j, byte in enumerate(bitmap) for i in range(8) if byte >> i & 1)
+    if not idx:
+        raise _fail(Reason.PCR_SELECTION, "the quote selects no PCR")
+    getter: Callable[[Any], Any]
+    if len(idx) == 1:
+        only = idx[0]
+
+        def getter(values: Any) -> tuple[Any]:
+            return (values[only],)
+    else:
+        getter = itemgetter(*idx)
+    if len(_SELECTIONS) >= _MAX_SELECTIONS:
+        _SELECTIONS.clear()
+    sel = _SELECTIONS[bitmap] = (idx, getter)
+    return sel
+
+
+class QuoteResult:
+    """A verified quote (immutable; only ever returned when every check passed).
+
+    ``pcrs`` {index: value} of the one quoted bank ``bank`` ("sha256"), ``hash_alg`` its
+    TPM_ALG id, ``clock_info`` (and ``clock``, ``reset_count``, ``restart_count``, ``safe``),
+    ``firmware_version``, ``signer_name`` (qualifiedSigner), ``extra_data`` (the nonce),
+    ``pcr_digest``.
+    """
+
+    __slots__ = ("_pcrs", "_v")
+    _v: tuple[tuple[Any, ...], str, tuple[int, ...], tuple[bytes, ...]]
+    _pcrs: Mapping[int, bytes]
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"QuoteResult is immutable (cannot set {name!r})")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"QuoteResult is immutable (cannot delete {name!r})")
+
+    @property
+    def pcrs(self) -> Mapping[int, bytes]:
+        """{PCR index: value} of the quoted bank, ascending (read-only)."""
+        try:
+            return self._pcrs
+        except AttributeError:
+            _, _, idx, vals = self._v
+            m = MappingProxyType({i: bytes(v) for i, v in zip(idx, vals, strict=True)})
+            _set(self, "_pcrs", m)
+            return m
+
+    @property
+    def bank(self) -> str:
+        """Name of the quoted PCR bank ("sha256")."""
+        return self._v[1]
+
+    @property
+    def hash_alg(self) -> int:
+        """TPM_ALG id of the quoted PCR bank."""
+        return int(self._v[0][12])
+
+    @property
+    def extra_data(self) -> bytes:
+        """attest.extraData: the nonce the quote was made over."""
+        return bytes(self._v[0][5])
+
+    @property
+    def signer_name(self) -> bytes:
+        """attest.qualifiedSigner: the AK's qualified Name."""
+        return bytes(self._v[0][3])
+
+    @property
+    def clock(self) -> int:
+        return int(self._v[0][6])
+
+    @property
+    def reset_count(self) -> int:
+        return int(self._v[0][7])
+
+    @property
+    def restart_count(self) -> int:
+        return int(self._v[0][8])
+
+    @property
+    def safe(self) -> bool:
+        return bool(self._v[0][9])
+
+    @property
+    def clock_info(self) -> TPMS_CLOCK_INFO:
+        f = self._v[0]
+        return TPMS_CLOCK_INFO(f[6], f[7], f[8], bool(f[9]))
+
+    @property
+    def firmware_version(self) -> int:
+        return int(self._v[0][10])
+
+    @property
+    def pcr_digest(self) -> bytes:
+        """pcrDigest as signed (hash of the signing scheme over the selected values)."""
+        return bytes(self._v[0][16])
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-friendly form (hex strings)."""
+        return {
+            "bank": self.bank,
+            "pcrs": {str(i): v.hex() for i, v in self.pcrs.items()},
+            "extra_data": self.extra_data.hex(),
+            "signer_name": self.signer_name.hex(),
+            "clock": self.clock,
+            "reset_count": self.reset_count,
+            "restart_count": self.restart_count,
+            "safe": self.safe,
+            "firmware_version": self.firmware_version,
+            "pcr_digest": self.pcr_digest.hex(),
+        }
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, QuoteResult):
+            return NotImplemented
+        return self._v[0] == other._v[0] and self.pcrs == other.pcrs
+
+    def __hash__(self) -> int:
+        return hash(self._v[0])
+
+    def __repr__(self) -> str:
+        return (f"QuoteResult(bank={self.bank!r}, pcrs={sorted(self.pcrs)}, "
+                f"reset_count={self.reset_count}, restart_count={self.restart_count}, "
+                f"firmware_version=0x{self.firmware_version:x})")
+
+
+# -- slow paths (first quote of a layout, errors, unusual inputs) -------------------------------
+
+
+def _to_ak(ak: AkInput, allow_sha1: bool) -> AkPublic:
+    if isinstance(ak, AkPublic):
+        return ak
+    if isinstance(ak, AkBlob | str):
+        return check_ak(ak, allow_sha1=allow_sha1)
+    if isinstance(ak, TPMT_PUBLIC):
+        return AkPublic.from_public(ak, allow_sha1=allow_sha1)
+    data = bytes(ak)
+    if data[:4].decode("ascii", "replace") in AK_FORMATS or data.lstrip()[:1] == b"{":
+        return check_ak(data, allow_sha1=allow_sha1)
+    return AkPublic.from_public(data, allow_sha1=allow_sha1)
+
+
+def _split_quote(quote: QuoteInput) -> tuple[bytes, bytes, PcrInput]:
+    if isinstance(quote, Quote):
+        return bytes(quote.attest), bytes(quote.signature), quote.pcrs
+    if isinstance(quote, str):
+        try:
+            q = Quote.from_json(quote)
+        except TpmError as exc:
+            raise _fail(Reason.MALFORMED, str(exc)) from exc
+        return q.attest, q.signature, q.pcrs
+    if isinstance(quote, tuple | list) and len(quote) == 3:
+        attest, sig, pcrs = quote
+        return bytes(attest), bytes(sig), pcrs if pcrs is not None else {}
+    raise TypeError("quote must be a Quote, its JSON, or (attest_bytes, signature_bytes, pcrs)")
+
+
+def _parse_attest(ak: AkPublic, attest: bytes) -> tuple[tuple[Any, ...], QuoteLayout]:
+    """Generic parse of a quote's TPMS_ATTEST into the fast path's tuple; learns its layout."""
+    attest = bytes(attest)
+    if len(attest) < 6:
+        raise _fail(Reason.MALFORMED, f"TPMS_ATTEST of {len(attest)} bytes")
+    magic, typ = _ATTEST_HEAD.unpack_from(attest, 0)
+    if magic != TPM_GENERATED_VALUE:
+        raise _fail(Reason.BAD_MAGIC, f"magic 0x{magic:08x} is not TPM_GENERATED_VALUE")
+    if typ != TPM_ST.ATTEST_QUOTE:
+        raise _fail(Reason.WRONG_TYPE, f"attestation type 0x{typ:04x}, expected ATTEST_QUOTE")
+    try:
+        att = TPMS_ATTEST.from_bytes(attest)
+    except ParseError as exc:
+        raise _fail(Reason.MALFORMED, f"quote TPMS_ATTEST: {exc}") from exc
+    info = att.attested
+    assert isinstance(info, TPMS_QUOTE_INFO)
+    sels = info.pcr_select.selections
+    if len(sels) != 1:
+        raise _fail(Reason.PCR_SELECTION, f"the quote selects {len(sels)} PCR banks; exactly one is accepted")
+    sel = sels[0]
+    bank_info = _BANKS.get(sel.hash)
+    if bank_info is None:
+        raise _fail(Reason.UNSUPPORTED_FORMAT, f"PCR bank 0x{sel.hash:04x}")
+    c = att.clock_info
+    signer, extra, bitmap, digest = att.qualified_signer, att.extra_data, sel.pcr_select, info.pcr_digest
+    fields = (magic, typ, len(signer), signer, len(extra), extra, c.clock, c.reset_count,
+              c.restart_count, int(c.safe), att.firmware_version, 1, sel.hash, len(bitmap), bitmap,
+              len(digest), digest)
+    st = struct.Struct(f">IHH{len(signer)}sH{len(extra)}sQIIBQIHB{len(bitmap)}sH{len(digest)}s")
+    layout: QuoteLayout = (st, _LAYOUT_KEY(fields), bank_info[0], bank_info[1], sel.hash == TPM_ALG.SHA1)
+    if st.size == len(attest) and st.unpack(attest) == fields:
+        layouts = ak._quote_layouts
+        if len(layouts) >= _MAX_LAYOUTS:
+            layouts.clear()
+        layouts[len(attest)] = layout
+    return fields, layout
+
+
+def _pcr_values_slow(pcrs: PcrInput, bank: str, bank_alg: int) -> PcrValues:
+    """The supplied values of the quoted bank; PCR_SELECTION when another bank is supplied."""
+    if not isinstance(pcrs, Mapping):
+        raise _fail(Reason.MALFORMED, "PCR values must be a mapping")
+    if pcrs and all(isinstance(k, int) and not isinstance(v, Mapping) for k, v in pcrs.items()):
+        return cast(PcrValues, pcrs)  # {index: value}: the quoted bank's values
+    banks = {HASH_BY_NAME.get(k.lower()) if isinstance(k, str) else k for k in pcrs}
+    if len(pcrs) != 1 or banks != {bank_alg}:
+        names = sorted(str(k) for k in pcrs)
+        raise _fail(Reason.PCR_SELECTION,
+                    f"PCR values supplied for bank(s) {names or 'none'}; the quote covers {bank} only")
+    for k, v in pcrs.items():
+        if isinstance(v, Mapping):
+            return v
+        raise _fail(Reason.MALFORMED, f"PCR values of bank {k!r} must be a mapping")
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _selection_mismatch(values: PcrValues, idx: tuple[int, ...], bank: str) -> VerificationError:
+    supplied = set(values)
+    selected = set(idx)
+    parts = []
+    if supplied - selected:
+        parts.append(f"supplied but not quoted: {sorted(supplied - selected, key=str)}")
+    if selected - supplied:
+        parts.append(f"quoted but not supplied: {sorted(selected - supplied)}")
+    return _fail(Reason.PCR_SELECTION, f"bank {bank}: " + "; ".join(parts or ["index mismatch"]))
+
+
+def _check_expected(expected: ExpectedPcrs, bank: str, bank_alg: int, idx: tuple[int, ...],
+                    vals: tuple[bytes, ...]) -> None:
+    got = dict(zip(idx, vals, strict=True))
+    flat: dict[int, bytes] = {}
+    for k, v in expected.items():
+        if isinstance(k, int) and not isinstance(v, Mapping):
+            flat[k] = v
+            continue
+        alg = HASH_BY_NAME.get(k.lower()) if isinstance(k, str) else k
+        if not isinstance(v, Mapping):
+            raise TypeError("expected_pcrs: {index: bytes} or {bank: {index: bytes}}")
+        if alg != bank_alg:
+            if v:
+                raise _fail(Reason.PCR_VALUE_MISMATCH, f"expected values for bank {k}, the quote covers {bank}")
+            continue
+        flat.update(v)
+    for i, want in sorted(flat.items()):
+        have = got.get(i)
+        if have is None:
+            raise _fail(Reason.PCR_VALUE_MISMATCH, f"PCR {bank}:{i} is expected but not quoted")
+        if bytes(have) != bytes(want):
+            raise _fail(Reason.PCR_VALUE_MISMATCH,
+                        f"PCR {bank}:{i} is {bytes(have).hex()}, expected {bytes(want).hex()}")
+
+
+# -- the verifier ---------------------------------------------------------------------------------
+
+
+def verify_quote(
+    ak: AkInput,
+    quote: QuoteInput,
+    *,
+    nonce: bytes,
+    expected_pcrs: ExpectedPcrs | None = None,
+    allow_empty_nonce: bool = False,
+    allow_sha1: bool = True,
+) -> QuoteResult:
+    """Verify a TPM2_Quote made by ``ak`` over ``nonce``; return what it proves, or raise.
+
+    ``ak``: an ``AkPublic`` (fastest; from ``check_ak`` or ``AkPublic.from_public``), an AK
+    blob (checked with ``check_ak``) or TPM2B_PUBLIC/TPMT_PUBLIC bytes. ``quote``: a
+    ``Quote``, its JSON, or ``(attest_bytes, signature_bytes, pcrs)`` where pcrs is
+    ``{bank: {index: value}}`` or ``{index: value}``. ``expected_pcrs``: ``{index: value}``
+    (for the quoted bank) or ``{bank: {index: value}}``. See the module docstring for the
+    order of checks and the ``Reason`` of each failure.
+    """
+    if type(ak) is not AkPublic:
+        ak = _to_ak(ak, allow_sha1)
+    if type(quote) is Quote:
+        attest = quote.attest
+        sig = quote.signature
+        pcrs: PcrInput = quote.pcrs
+    else:
+        attest, sig, pcrs = _split_quote(quote)
+    if not nonce and not allow_empty_nonce:
+        raise _fail(Reason.EMPTY_NONCE, "no nonce given (pass allow_empty_nonce=True to accept replayable quotes)")
+    if not allow_sha1 and ak._sha1:
+        raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1 (allow_sha1=False)")
+
+    # 1. Signature, under the AK's own scheme, before anything of the attest is believed.
+    try:
+        if ak._kind == _KIND_ECDSA:
+            if sig[:4] != ak._sig_head:
+                ak.verify_signature(attest, sig, allow_sha1=allow_sha1)  # raises the precise error
+            ak.key.verify(ak._ecdsa_signature(sig), attest, ak._pad)  # type: ignore[call-arg]
+        else:
+            if len(sig) != ak._sig_len or sig[:6] != ak._sig_head:
+                ak.verify_signature(attest, sig, allow_sha1=allow_sha1)  # raises the precise error
+            ak.key.verify(sig[6:], attest, ak._pad, ak._hash)  # type: ignore[call-arg]
+    except InvalidSignature:
+        raise _fail(Reason.BAD_SIGNATURE, "the quote signature does not verify under the AK") from None
+
+    # 2. Magic, type, exact parse: one precompiled unpack for a known layout (which also
+    #    fixes magic, type, the bank and every length field).
+    layout = ak._quote_layouts.get(len(attest))
+    if layout is not None:
+        f = layout[0].unpack(attest)
+        if _LAYOUT_KEY(f) != layout[1]:
+            layout = None
+    if layout is None:
+        f, layout = _parse_attest(ak, attest)
+    if f[9] > 1:
+        raise _fail(Reason.MALFORMED, f"TPMS_CLOCK_INFO.safe is {f[9]}")
+
+    # 3. Nonce, constant time.
+    if not _compare_digest(f[5], nonce):
+        raise _fail(Reason.NONCE_MISMATCH, "extraData of the quote is not the nonce")
+
+    # 4. One bank; supplied values == selected indices, exactly.
+    bank = layout[2]
+    if not allow_sha1 and layout[4]:
+        raise _fail(Reason.WEAK_KEY, "the quote covers the SHA-1 PCR bank (allow_sha1=False)")
+    sel = _SELECTIONS.get(f[14])
+    if sel is None:
+        sel = _selection(f[14])
+    idx, getter = sel
+    values = pcrs.get(bank) if type(pcrs) is dict and len(pcrs) == 1 else None
+    if values is None:
+        values = _pcr_values_slow(pcrs, bank, f[12])
+    if len(values) != len(idx):
+        raise _selection_mismatch(values, idx, bank)
+    try:
+        vals = getter(values)
+    except KeyError:
+        raise _selection_mismatch(values, idx, bank) from None
+    size = layout[3]
+    for v in vals:
+        if len(v) != size:
+            raise _fail(Reason.MALFORMED, f"a {bank} PCR value of {len(v)} bytes")
+
+    # 5. pcrDigest under the signing scheme's hash, over the values in selection order.
+    try:
+        digest = ak._pcr_hash(b"".join(vals)).digest()
+    except TypeError:
+        raise _fail(Reason.MALFORMED, "PCR values must be bytes") from None
+    if digest != f[16]:
+        raise _fail(Reason.PCR_DIGEST_MISMATCH,
+                    "the supplied PCR values do not hash to the quoted pcrDigest")
+
+    # 6. Expected values.
+    if expected_pcrs is not None:
+        _check_expected(expected_pcrs, bank, f[12], idx, vals)
+
+    res = _new(QuoteResult)
+    _set(res, "_v", (f, bank, idx, vals))
+    return res
