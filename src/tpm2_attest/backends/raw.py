@@ -47,6 +47,7 @@ from ..tpm2.structures import (
     TPMT_HA,
     TPMT_PUBLIC,
     TPMT_SCHEME,
+    TPMT_SIGNATURE,
     pcr_selection,
 )
 from .base import EkKind, Platform, TpmInfo
@@ -322,31 +323,10 @@ class RawBackend:
         )
 
     def quote(self, ak: AkBlob, *, pcrs: list[int], bank: str, qualifying_data: bytes) -> Quote:
-        alg = bank_alg(bank)
         scheme = _quote_scheme(ak.public_area)
-        sel = pcr_selection(alg, pcrs)
         with self._loaded(ak) as handle:
-            for _ in range(QUOTE_ATTEMPTS):
-                signed = self.cmd.quote(handle, qualifying_data, scheme, sel)
-                try:
-                    info = TPMS_ATTEST.from_bytes(signed.attest)
-                except ParseError as exc:
-                    raise TpmError(f"malformed quote: {exc}", code=ErrorCode.BAD_RESPONSE,
-                                   command="TPM2_Quote") from exc
-                if info.type != TPM_ST.ATTEST_QUOTE or not isinstance(info.attested, TPMS_QUOTE_INFO):
-                    raise TpmError("TPM2_Quote returned a non-quote attestation",
-                                   code=ErrorCode.BAD_RESPONSE, command="TPM2_Quote")
-                _counter, values = self.cmd.pcr_read(alg, pcrs)
-                # PCR_Read and Quote are not atomic: keep the values only if they are the ones the
-                # quote's digest covers; otherwise a PCR moved in between and we quote again.
-                digest_alg = scheme.hash_alg if scheme.hash_alg != TPM_ALG.NULL else TPM_ALG.SHA1
-                h = hashlib.new(HASH_NAMES[digest_alg])
-                for i in sorted(values):
-                    h.update(values[i])
-                if hmac.compare_digest(h.digest(), info.attested.pcr_digest):
-                    return Quote(signed.attest, signed.signature, {bank_name(alg): values})
-        raise TpmError(f"PCRs kept changing during {QUOTE_ATTEMPTS} quote attempts",
-                       code=ErrorCode.RETRY_EXHAUSTED, command="TPM2_Quote")
+            return quote_consistent(self.cmd, handle, scheme=scheme, bank=bank_alg(bank), pcrs=pcrs,
+                                    qualifying_data=qualifying_data)
 
     def activate_credential(self, ak: AkBlob, challenge: CredentialChallenge) -> bytes:
         return self._activate(ak, challenge, challenge_ek_kind(challenge))
@@ -379,6 +359,43 @@ class RawBackend:
 
     def close(self) -> None:
         pass
+
+
+def quote_consistent(cmd: TpmCommands, handle: int, *, scheme: TPMT_SCHEME, bank: int,
+                     pcrs: list[int], qualifying_data: bytes,
+                     attempts: int = QUOTE_ATTEMPTS) -> Quote:
+    """TPM2_Quote with ``handle``, then PCR_Read on the same channel, until the values read are the
+    ones the quote covers. Shared by every backend that quotes (raw TPM, Windows PCP).
+
+    PCR_Read and Quote are not atomic: the values are kept only if they hash to the quote's
+    pcrDigest (with the hash of the scheme the TPM signed with, which the TPMT_SIGNATURE names;
+    SHA-1 for PCP keys quoting with scheme NULL), otherwise a PCR moved in between and we quote
+    again, up to ``attempts`` times (then RETRY_EXHAUSTED).
+    """
+    sel = pcr_selection(bank, pcrs)
+    for _ in range(attempts):
+        signed = cmd.quote(handle, qualifying_data, scheme, sel)
+        try:
+            info = TPMS_ATTEST.from_bytes(signed.attest)
+            sig = TPMT_SIGNATURE.from_bytes(signed.signature)
+        except ParseError as exc:
+            raise TpmError(f"malformed quote: {exc}", code=ErrorCode.BAD_RESPONSE,
+                           command="TPM2_Quote") from exc
+        if info.type != TPM_ST.ATTEST_QUOTE or not isinstance(info.attested, TPMS_QUOTE_INFO):
+            raise TpmError("TPM2_Quote returned a non-quote attestation",
+                           code=ErrorCode.BAD_RESPONSE, command="TPM2_Quote")
+        digest_name = HASH_NAMES.get(sig.hash_alg)
+        if digest_name is None:
+            raise TpmError(f"TPM2_Quote signed with unknown hash 0x{sig.hash_alg:04x}",
+                           code=ErrorCode.BAD_RESPONSE, command="TPM2_Quote")
+        _counter, values = cmd.pcr_read(bank, pcrs)
+        h = hashlib.new(digest_name)
+        for i in sorted(values):
+            h.update(values[i])
+        if hmac.compare_digest(h.digest(), info.attested.pcr_digest):
+            return Quote(signed.attest, signed.signature, {bank_name(bank): values})
+    raise TpmError(f"PCRs kept changing during {attempts} quote attempts",
+                   code=ErrorCode.RETRY_EXHAUSTED, command="TPM2_Quote")
 
 
 def challenge_ek_kind(challenge: CredentialChallenge) -> EkKind:
