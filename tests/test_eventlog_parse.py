@@ -197,10 +197,12 @@ def test_every_spec_event_type_has_its_name() -> None:
 def test_trailing_unused_log_area_is_padding(fill: bytes, legacy: bool) -> None:
     b = synth.rich_log(legacy=legacy, no_action=False)
     raw = b.build()
-    for extra in (1, 15, 16, 64, 4096):
+    for extra in (32, 33, 64, 4096):
         log = parse_event_log(raw + fill * extra)
         assert log.padding == extra
         assert len(log) == len(parse_event_log(raw))
+    with pytest.raises(EventLogError, match="truncated"):
+        parse_event_log(raw + fill * 11)  # not even a whole header: truncation, not padding
 
 
 def test_trailing_garbage_is_not_padding() -> None:

@@ -145,16 +145,18 @@ def _image_load_with(data: bytes, base: int, uintn: int) -> ImageLoadInfo:
 
 
 def decode_image_load(data: bytes, base: int, uintn: int = 8) -> ImageLoadInfo:
-    """Decode UEFI_IMAGE_LOAD_EVENT (UINTN fields of ``uintn`` bytes, 4-byte fallback)."""
-    try:
+    """Decode UEFI_IMAGE_LOAD_EVENT with UINTN fields of ``uintn`` bytes.
+
+    ``uintn`` 0 means the log does not say (SHA-1 logs): 8 bytes, else 4 bytes when that
+    layout accounts for the data exactly.
+    """
+    if uintn:
         return _image_load_with(data, base, uintn)
+    try:
+        return _image_load_with(data, base, 8)
     except EventLogError:
-        if uintn != 8:
-            raise
-        try:
+        if len(data) >= 20 and int.from_bytes(data[16:20], "little") == len(data) - 20:
             return _image_load_with(data, base, 4)
-        except EventLogError:
-            pass
         raise
 
 
@@ -332,9 +334,12 @@ def decode_event_data(
 ) -> EventInfo:
     """Decode ``data`` of an event of type ``etype`` (``base`` = its offset in the log).
 
+    ``uintn`` is the UINTN size from the Spec ID event (4 or 8; 0 when the log does not say).
     Raises EventLogError for structurally impossible data of strictly-framed types when
     ``strict``; otherwise returns MalformedInfo for those. Never raises for other types.
     """
+    if etype not in IMAGE_LOAD_EVENTS and uintn == 0:
+        uintn = 8
     dec = _STRICT.get(etype)
     if dec is not None:
         try:

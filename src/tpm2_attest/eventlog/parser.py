@@ -88,7 +88,8 @@ def parse_event_log(data: bytes | bytearray | memoryview, *, strict: bool = True
 
     The crypto-agile format is recognised by its first record, a legacy-format EV_NO_ACTION
     holding "Spec ID Event03"; anything else is parsed as a SHA-1 log. Trailing bytes that
-    are all 0x00 or all 0xFF are unused log area and are reported in ``padding``.
+    are all 0x00 or all 0xFF, starting with a whole null event header (the kernel's end
+    marker), are unused log area and are reported in ``padding``; a partial header is an error.
 
     ``strict`` (default) makes structurally impossible data of strictly framed event types
     (UEFI variables, image loads, firmware blobs, H-CRTM) fail the parse; with
@@ -119,9 +120,6 @@ def _parse_sha1(buf: bytes, strict: bool) -> EventLog:
     while pos < n:
         idx = len(events)
         if n - pos < hdr.size:
-            if _is_padding(pos):
-                padding = n - pos
-                break
             raise EventLogError(f"truncated event header ({n - pos} bytes left)", pos, idx)
         pcr, etype, digest, size = hdr.unpack_from(buf, pos)
         if ((size == 0 and pcr == 0 and etype == 0 and digest == _ZERO20)
@@ -134,7 +132,7 @@ def _parse_sha1(buf: bytes, strict: bool) -> EventLog:
         data = buf[data_at : data_at + size]
         if pcr > MAX_PCR_INDEX and etype != _NO_ACTION:
             raise EventLogError(f"PCR index {pcr} out of range", pos, idx)
-        info = decode_event_data(etype, data, data_at, 8, strict=strict)
+        info = decode_event_data(etype, data, data_at, 0, strict=strict)
         if pcr == 0:
             pcr0.see(idx, pos, etype, data)
         events.append(Event(idx, pos, pcr, etype, (Digest(_SHA1, digest),), data, info))
@@ -159,7 +157,7 @@ def _parse_agile(buf: bytes, pcr: int, digest: bytes, first: bytes, strict: bool
             raise EventLogError(f"Spec ID digest size {size} for algorithm 0x{alg:04x}",
                                 _LEGACY.size, 0)
         sizes[alg] = size
-    uintn = 4 if spec.uintn_size == 1 else 8
+    uintn = {1: 4, 2: 8}.get(spec.uintn_size, 0)
     nalgs = len(sizes)
     n = len(buf)
     events: list[Event] = [
@@ -174,9 +172,6 @@ def _parse_agile(buf: bytes, pcr: int, digest: bytes, first: bytes, strict: bool
         idx = len(events)
         start = pos
         if n - pos < hdr.size:
-            if _is_padding(pos):
-                padding = n - pos
-                break
             raise EventLogError(f"truncated event header ({n - pos} bytes left)", pos, idx)
         pcr, etype, count = hdr.unpack_from(buf, pos)
         if ((count == 0 and pcr == 0 and etype == 0) or pcr == etype == 0xFFFFFFFF) \

@@ -62,7 +62,7 @@ def _read_linux(device_path: str | None) -> bytes:
         raise TpmError(f"cannot read the event log {path}: {exc.strerror}",
                        code=ErrorCode.REQUIRES_ELEVATION, hint=_ROOT_HINT) from None
     except FileNotFoundError:
-        if not SECURITYFS.is_dir() or not os.access(SECURITYFS, os.R_OK | os.X_OK):
+        if SECURITYFS.is_dir() and not os.access(SECURITYFS, os.R_OK | os.X_OK):
             raise TpmError(f"cannot read the event log {path}: securityfs is not accessible",
                            code=ErrorCode.REQUIRES_ELEVATION, hint=_ROOT_HINT) from None
         hint = ("is securityfs mounted? (mount -t securityfs securityfs /sys/kernel/security); "

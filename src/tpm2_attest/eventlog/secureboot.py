@@ -15,6 +15,7 @@ from typing import Any, Final
 
 from cryptography import x509
 
+from ..tpm2.constants import HASH_SIZES, TPM_ALG
 from . import guids
 from .banks import bank_name, resolve_bank
 from .decode import decode_variable
@@ -221,8 +222,10 @@ def secure_boot_state(log: EventLog, bank: str | int | None = None) -> SecureBoo
     replays to a quoted value (``verify_event_log`` does).
     """
     if bank is None:
-        algs = [a for a, _ in log.algorithms]
-        alg = int(resolve_bank("sha256")) if resolve_bank("sha256") in algs else algs[0]
+        known = [a for a, _ in log.algorithms if a in HASH_SIZES]
+        if not known:
+            raise EventLogBankError("the log has no digests of a known hash algorithm")
+        alg = int(TPM_ALG.SHA256) if TPM_ALG.SHA256 in known else known[0]
     else:
         alg = resolve_bank(bank)
     if alg not in dict(log.algorithms):
