@@ -9,6 +9,7 @@ hostile variants (lying lengths, truncation, impossible values).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import hashlib
 import struct
@@ -398,3 +399,60 @@ def rich_log(banks: Sequence[str] = ("sha256",), *, legacy: bool = False,
     b.event(9, EV_IPL, b"/boot/vmlinuz\0", measured=b"kernel image")
     b.event(14, EV_IPL, b"MokList\0", measured=b"moklist")
     return b
+
+
+# ---------------------------------------------------------------------------------------------
+# Fuzzing oracle (shared by the hypothesis test and the atheris script)
+# ---------------------------------------------------------------------------------------------
+
+
+def seed_logs() -> list[bytes]:
+    """Real logs plus synthesized ones in the formats the real ones lack."""
+    from pathlib import Path
+
+    logs = [p.read_bytes() for p in sorted(Path("/work/shared/testdata/eventlogs").glob("*"))
+            if p.is_file()]
+    rich = rich_log(("sha1", "sha256", "sha384", "sha512"))
+    rich.hcrtm_event()
+    return [
+        *logs,
+        rich.build(),
+        rich_log(legacy=True).build(),
+        secure_boot_log(("sha256", "sha384")).build(),
+        secure_boot_log(legacy=True, debug=True).build(),
+    ]
+
+
+def exercise(data: bytes) -> None:
+    """Drive every entry point with ``data``; anything but the documented errors escaping
+    (EventLogError, ValueError for unknown banks, VerificationError) is a bug."""
+    import json
+
+    from tpm2_attest.eventlog import EventLogError, parse_event_log
+    from tpm2_attest.tpm2.constants import HASH_SIZES
+    from tpm2_attest.verify.errors import VerificationError
+    from tpm2_attest.verify.eventlog import verify_event_log
+
+    for strict in (True, False):
+        try:
+            log = parse_event_log(data, strict=strict)
+        except EventLogError as exc:
+            assert exc.offset is None or 0 <= exc.offset <= len(data), exc
+            continue
+        assert sum(len(e.data) for e in log.events) <= len(data)
+        json.dumps(log.to_dict())
+        for alg, _ in log.algorithms:
+            if alg not in HASH_SIZES:
+                continue
+            try:
+                pcrs = log.replay(alg)
+            except EventLogError:
+                continue
+            try:
+                result = verify_event_log(log, pcrs, bank=alg)
+            except VerificationError:
+                continue
+            assert result.verified == frozenset(pcrs)
+            json.dumps(result.to_dict())
+        with contextlib.suppress(EventLogError):
+            json.dumps(log.secure_boot().to_dict())

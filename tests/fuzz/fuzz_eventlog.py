@@ -1,0 +1,46 @@
+"""Coverage-guided fuzzing of the event-log parser with atheris (libFuzzer for Python).
+
+    python tests/fuzz/fuzz_eventlog.py -max_total_time=60        # time-boxed CI run
+    python tests/fuzz/fuzz_eventlog.py -runs=100000 CORPUS_DIR    # keep a corpus
+
+The real and synthesized logs seed the corpus (written to a temporary directory unless a
+corpus directory is given). The oracle is eventlog_synth.exercise, shared with the hypothesis
+tests in tests/test_eventlog_fuzz.py. Requires ``pip install atheris``; nothing else imports
+this file.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import atheris
+
+with atheris.instrument_imports(include=["tpm2_attest"]):
+    import eventlog_synth
+    import tpm2_attest.eventlog
+    import tpm2_attest.verify.eventlog  # noqa: F401
+
+
+def test_one_input(data: bytes) -> None:
+    eventlog_synth.exercise(data)
+
+
+def main() -> None:
+    argv = list(sys.argv)
+    if not any(not a.startswith("-") for a in argv[1:]):
+        corpus = Path(tempfile.mkdtemp(prefix="eventlog-corpus-"))
+        for i, seed in enumerate(eventlog_synth.seed_logs()):
+            (corpus / f"seed{i}").write_bytes(seed)
+        argv.append(str(corpus))
+    if not any(a.startswith("-max_len") for a in argv):
+        argv.insert(1, "-max_len=65536")
+    atheris.Setup(argv, test_one_input)
+    atheris.Fuzz()
+
+
+if __name__ == "__main__":
+    main()
