@@ -513,3 +513,35 @@ def test_make_credential_activates_on_swtpm(swtpm_tools: Tools, kind: str) -> No
     idobj, enc = make_credential(ek_key, ek_name_alg=name_alg, ak_name=other, secret=b"nope")
     res = _activate_with_tools(t, kind, write_tpm2_tools_credential(idobj, enc))
     assert res.returncode != 0
+
+
+def test_make_credential_p384_sha384_aes256_activates_on_swtpm(swtpm_tools: Tools) -> None:
+    """A high-range style EK (P-384, nameAlg SHA-384, AES-256-CFB) with a 48-byte secret.
+
+    The EK-shaped primary uses userWithAuth (password) so that tpm2-tools need no policy.
+    """
+    t = swtpm_tools
+    t("tpm2_createprimary", "-C", "e", "-G", "ecc384:aes256cfb", "-g", "sha384", "-a",
+      "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|decrypt",
+      "-c", "ek384.ctx", "-o", "ek384.pub")  # fmt: skip
+    t("tpm2_create", "-C", "ek384.ctx", "-G", "ecc256:ecdsa-sha256:null", "-g", "sha256", "-a",
+      "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign",
+      "-u", "ak384.pub", "-r", "ak384.priv")  # fmt: skip
+    t("tpm2_flushcontext", "-t")
+    t("tpm2_load", "-C", "ek384.ctx", "-u", "ak384.pub", "-r", "ak384.priv",
+      "-n", "ak384.name", "-c", "ak384.ctx")  # fmt: skip
+    t("tpm2_flushcontext", "-t")
+    ek_key, name_alg = _parse_ek_pub((t.cwd / "ek384.pub").read_bytes())
+    assert name_alg == TPM_ALG.SHA384 and isinstance(ek_key, ec.EllipticCurvePublicKey)
+    secret = os.urandom(48)
+    idobj, enc = make_credential(
+        ek_key, ek_name_alg=name_alg, sym_bits=256,
+        ak_name=(t.cwd / "ak384.name").read_bytes(), secret=secret,
+    )  # fmt: skip
+    (t.cwd / "cred384.bin").write_bytes(write_tpm2_tools_credential(idobj, enc))
+    try:
+        t("tpm2_activatecredential", "-c", "ak384.ctx", "-C", "ek384.ctx",
+          "-i", "cred384.bin", "-o", "out384.bin")  # fmt: skip
+    finally:
+        t("tpm2_flushcontext", "-t")
+    assert (t.cwd / "out384.bin").read_bytes() == secret

@@ -9,13 +9,15 @@ No I/O: everything here is a pure function over bytes and `cryptography` keys.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import os
 import struct
+from collections.abc import Callable
 from typing import Final
 
-from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
@@ -53,29 +55,16 @@ _HASH_CLASSES: Final[dict[int, type[hashes.HashAlgorithm]]] = {
 }
 
 
-def _hashlib_name(alg: int) -> str | None:
-    """The hashlib name for a TPM hash, or None when this Python/OpenSSL lacks it."""
-    name = HASH_NAMES.get(alg)
-    if name is None:
-        return None
-    if name == "sm3_256":
-        name = "sm3"
-    try:
-        hashlib.new(name)
-    except ValueError:
-        return None
-    return name
-
-
-_HASHLIB_NAMES: Final[dict[int, str]] = {
-    alg: name for alg in _HASH_CLASSES if (name := _hashlib_name(alg)) is not None
+# hashlib constructors (faster than lookups by name in hmac.digest and for KDFe).
+_HASHLIB: Final[dict[int, Callable[..., hashlib._Hash]]] = {
+    alg: getattr(hashlib, HASH_NAMES[alg]) for alg in _HASH_CLASSES
 }
 
-SUPPORTED_HASHES: Final[frozenset[int]] = frozenset(_HASHLIB_NAMES)
+SUPPORTED_HASHES: Final[frozenset[int]] = frozenset(_HASHLIB)
 """TPM_ALG hash identifiers every function of this module accepts."""
 
 IDENTITY_LABEL: Final = b"IDENTITY\x00"
-"""OAEP label / KDFe use for credential protection (Part 1 §24.4, with its NUL)."""
+"""OAEP label / KDFe use for credential protection (Part 1 §24, with its NUL)."""
 
 TPM2_TOOLS_CREDENTIAL_MAGIC: Final = 0xBADCC0DE
 """Header magic of tpm2-tools' tpm2_makecredential output (then u32 version 1)."""
@@ -84,7 +73,16 @@ _TPM2_TOOLS_CREDENTIAL_VERSION: Final = 1
 _SYM_MODES_KEY_BITS: Final[dict[int, frozenset[int]]] = {TPM_ALG.AES: frozenset({128, 192, 256})}
 
 
+def _hash_ctor(alg: int) -> Callable[..., hashlib._Hash]:
+    """The hashlib constructor of a supported TPM hash; ValueError otherwise."""
+    ctor = _HASHLIB.get(alg)
+    if ctor is None:
+        raise ValueError(f"unsupported hash algorithm 0x{alg:04x}")
+    return ctor
+
+
 def _digest_size(alg: int) -> int:
+    """Digest size of a supported TPM hash; ValueError otherwise."""
     if alg not in SUPPORTED_HASHES:
         raise ValueError(f"unsupported hash algorithm 0x{alg:04x}")
     return HASH_SIZES[alg]
@@ -114,6 +112,7 @@ def _truncate(stream: bytes, bits: int) -> bytes:
 
 
 def _check_bits(bits: int) -> None:
+    """KDF output sizes travel as a u16 byte count in the TPM: refuse 0 and oversizes."""
     if bits <= 0 or bits > 0xFFFF * 8:
         raise ValueError(f"bits must be in 1..{0xFFFF * 8}, not {bits}")
 
@@ -127,11 +126,11 @@ def kdfa(
     result is ceil(bits/8) bytes with the unused high bits of the first byte cleared.
     """
     _check_bits(bits)
-    name = _HASHLIB_NAMES.get(hash_alg)
-    if name is None:
-        raise ValueError(f"unsupported hash algorithm 0x{hash_alg:04x}")
+    name = _hash_ctor(hash_alg)
     tail = _with_nul(label) + context_u + context_v + _U32.pack(bits)
     nbytes = (bits + 7) // 8
+    if nbytes <= HASH_SIZES[hash_alg] and not bits % 8:  # the usual case: one block, whole bytes
+        return hmac.digest(key, b"\x00\x00\x00\x01" + tail, name)[:nbytes]
     size = HASH_SIZES[hash_alg]
     blocks = [
         hmac.digest(key, _U32.pack(i) + tail, name)
@@ -148,16 +147,11 @@ def kdfe(
     K(i) = H([i]32 || Z || label || 0x00 || partyUInfo || partyVInfo); truncated like KDFa.
     """
     _check_bits(bits)
-    name = _HASHLIB_NAMES.get(hash_alg)
-    if name is None:
-        raise ValueError(f"unsupported hash algorithm 0x{hash_alg:04x}")
+    h = _hash_ctor(hash_alg)
     tail = z + _with_nul(label) + party_u_info + party_v_info
     nbytes = (bits + 7) // 8
     size = HASH_SIZES[hash_alg]
-    blocks = [
-        hashlib.new(name, _U32.pack(i) + tail).digest()
-        for i in range(1, (nbytes + size - 1) // size + 1)
-    ]
+    blocks = [h(_U32.pack(i) + tail).digest() for i in range(1, (nbytes + size - 1) // size + 1)]
     return _truncate(b"".join(blocks), bits)
 
 
@@ -171,26 +165,37 @@ def _check_name(name: bytes) -> None:
         raise ValueError(f"ak_name is not a TPM object Name (alg 0x{alg:04x}, {len(name)} bytes)")
 
 
+_ECDH: Final = ec.ECDH()
+_X962: Final = serialization.Encoding.X962
+_UNCOMPRESSED: Final = serialization.PublicFormat.UncompressedPoint
+
+
 def _ecc_seed(
     ek_key: ec.EllipticCurvePublicKey,
     name_alg: int,
     ephemeral_key: ec.EllipticCurvePrivateKey | None,
 ) -> tuple[bytes, bytes]:
-    """ECDH seed and its TPMS_ECC_POINT (Part 1 §24.4 / C.6.1): KDFe over Z = x(d_e * Q_ek)."""
+    """ECDH seed and its TPMS_ECC_POINT (Part 1 §24): KDFe over Z = x(d_e * Q_ek)."""
     curve = ek_key.curve
     if ephemeral_key is None:
         ephemeral_key = ec.generate_private_key(curve)
     elif ephemeral_key.curve.name != curve.name:
         raise ValueError("ephemeral_key is not on the EK's curve")
     size = (curve.key_size + 7) // 8
-    z = ephemeral_key.exchange(ec.ECDH(), ek_key)
-    pub = ephemeral_key.public_key().public_numbers()
-    ek_pub = ek_key.public_numbers()
-    eph_x = pub.x.to_bytes(size, "big")
-    eph_y = pub.y.to_bytes(size, "big")
-    ek_x = ek_pub.x.to_bytes(size, "big")
+    z = ephemeral_key.exchange(_ECDH, ek_key)
+    # Uncompressed SEC1 points (04 || x || y) give fixed-size coordinates, as the TPM uses.
+    eph = ephemeral_key.public_key().public_bytes(_X962, _UNCOMPRESSED)
+    eph_x, eph_y = eph[1 : 1 + size], eph[1 + size :]
+    ek_x = ek_key.public_bytes(_X962, _UNCOMPRESSED)[1 : 1 + size]
     seed = kdfe(name_alg, z, b"IDENTITY", eph_x, ek_x, HASH_SIZES[name_alg] * 8)
     return seed, tpm2b(eph_x) + tpm2b(eph_y)
+
+
+@functools.cache
+def _identity_oaep(name_alg: int) -> padding.OAEP:
+    """OAEP with MGF1, both over the EK nameAlg, label "IDENTITY\\0" (Part 1 §24)."""
+    h = hash_for(name_alg)
+    return padding.OAEP(mgf=padding.MGF1(algorithm=h), algorithm=h, label=IDENTITY_LABEL)
 
 
 def make_credential(
@@ -204,7 +209,7 @@ def make_credential(
     seed: bytes | None = None,
     ephemeral_key: ec.EllipticCurvePrivateKey | None = None,
 ) -> tuple[bytes, bytes]:
-    """TPM2_MakeCredential in software (Part 1 §24, Part 3 §12.6).
+    """TPM2_MakeCredential in software (Part 1 §24, Part 3 TPM2_MakeCredential).
 
     Returns (TPM2B_ID_OBJECT, TPM2B_ENCRYPTED_SECRET), both marshalled with their
     u16 size, ready for TPM2_ActivateCredential with this EK and the object named
@@ -226,11 +231,7 @@ def make_credential(
             seed = os.urandom(size)
         elif not 1 <= len(seed) <= size:
             raise ValueError(f"seed must be 1..{size} bytes")
-        h = hash_for(ek_name_alg)
-        encrypted = ek_key.encrypt(
-            seed,
-            padding.OAEP(mgf=padding.MGF1(algorithm=h), algorithm=h, label=IDENTITY_LABEL),
-        )
+        encrypted = ek_key.encrypt(seed, _identity_oaep(ek_name_alg))
     elif isinstance(ek_key, ec.EllipticCurvePublicKey):
         if seed is not None:
             raise ValueError("an ECC EK's seed comes from ECDH; pass ephemeral_key instead")
@@ -238,7 +239,7 @@ def make_credential(
     else:
         raise TypeError(f"unsupported EK key type {type(ek_key).__name__}")
 
-    hname = _HASHLIB_NAMES[ek_name_alg]
+    hname = _HASHLIB[ek_name_alg]
     sym_key = kdfa(ek_name_alg, seed, b"STORAGE", ak_name, b"", sym_bits)
     hmac_key = kdfa(ek_name_alg, seed, b"INTEGRITY", b"", b"", size * 8)
     encryptor = Cipher(algorithms.AES(sym_key), CFB(bytes(16))).encryptor()
@@ -289,11 +290,8 @@ def read_tpm2_tools_credential(data: bytes) -> tuple[bytes, bytes]:
 
 def pcr_digest(hash_alg: int, values: list[bytes]) -> bytes:
     """The quote's pcrDigest: H(PCR[i1] || PCR[i2] || ...) in selection order."""
-    name = _HASHLIB_NAMES.get(hash_alg)
-    if name is None:
-        raise ValueError(f"unsupported hash algorithm 0x{hash_alg:04x}")
+    h = _hash_ctor(hash_alg)(b"")
     size = HASH_SIZES[hash_alg]
-    h = hashlib.new(name)
     for i, v in enumerate(values):
         if len(v) != size:
             raise ValueError(f"PCR value {i} is {len(v)} bytes, expected {size}")
