@@ -349,8 +349,10 @@ def test_intermediate_as_trust_anchor_and_root_without_extensions(pki) -> None:
 )
 def test_intermediate_must_be_a_ca(pki, kwargs: dict, why: str) -> None:  # type: ignore[type-arg]
     inter = make_ca("Weak EK CA", pki["root"], **kwargs)
-    with pytest.raises(VerificationError) as e:
-        check(make_ek(inter), [pki["root"][0]], [inter[0]])
+    leaf = make_ek(inter)
+    assert len(check(leaf, [inter[0]]).chain) == 2  # fine as an explicit trust anchor
+    with pytest.raises(VerificationError) as e:  # not as an intermediate (cached links or not)
+        check(leaf, [pki["root"][0]], [inter[0]])
     assert e.value.reason is Reason.EK_CERT_CHAIN and why in e.value.detail
 
 

@@ -50,7 +50,7 @@ import hashlib
 import re
 import warnings
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Final
 
@@ -413,6 +413,13 @@ class _Parsed:
     strict: bool
     tolerated: tuple[str, ...]
     fingerprint: bytes
+    subject: x509.Name = field(init=False)
+    issuer: x509.Name = field(init=False)
+
+    def __post_init__(self) -> None:
+        # `cryptography` builds new Name objects on every access: keep one of each.
+        object.__setattr__(self, "subject", self.cert.subject)
+        object.__setattr__(self, "issuer", self.cert.issuer)
 
 
 def _fail(reason: Reason, detail: str) -> VerificationError:
@@ -581,9 +588,26 @@ def _validity(cert: x509.Certificate) -> tuple[datetime, datetime]:
     return cert.not_valid_before_utc, cert.not_valid_after_utc
 
 
+_VERIFIED_LINKS: dict[tuple[bytes, bytes], None] = {}
+"""(child, issuer) DER fingerprints whose signature already verified: CA links recur."""
+_MAX_VERIFIED_LINKS: Final = 4096
+
+
 def _verify_signature(child: _Parsed, issuer: _Parsed) -> str | None:
     """None when `issuer` signed `child`; otherwise why not."""
-    if child.cert.issuer != issuer.cert.subject:
+    link = (child.fingerprint, issuer.fingerprint)
+    if link in _VERIFIED_LINKS:
+        return None
+    error = _check_signature(child, issuer)
+    if error is None:
+        if len(_VERIFIED_LINKS) >= _MAX_VERIFIED_LINKS:
+            _VERIFIED_LINKS.clear()
+        _VERIFIED_LINKS[link] = None
+    return error
+
+
+def _check_signature(child: _Parsed, issuer: _Parsed) -> str | None:
+    if child.issuer != issuer.subject:
         return "issuer name differs"
     try:
         if child.strict:
@@ -631,10 +655,7 @@ def _ca_problem(ca: _Parsed, intermediates_below: int) -> str | None:
 
 
 def _describe(p: _Parsed) -> str:
-    return (
-        p.cert.subject.rfc4514_string()
-        or f"<empty subject, issuer {p.cert.issuer.rfc4514_string()}>"
-    )
+    return p.subject.rfc4514_string() or f"<empty subject, issuer {p.issuer.rfc4514_string()}>"
 
 
 class _Search:
@@ -675,7 +696,7 @@ class _Search:
         seen = {p.fingerprint for p in path}
         found_issuer = False
         for cand in self.candidates:
-            if cand.fingerprint in seen or cand.cert.subject != cur.cert.issuer:
+            if cand.fingerprint in seen or cand.subject != cur.issuer:
                 continue
             found_issuer = True
             if self.checks >= _MAX_SIGNATURE_CHECKS:
@@ -700,7 +721,7 @@ class _Search:
             if found is not None:
                 return found
         if not found_issuer:
-            self.problems.append(f"no certificate named {cur.cert.issuer.rfc4514_string()!r}")
+            self.problems.append(f"no certificate named {cur.issuer.rfc4514_string()!r}")
         return None
 
 
@@ -789,8 +810,8 @@ def verify_ek_certificate(
         der=leaf.der,
         public_key=public_key,
         public_key_der=public_key_der,
-        subject=leaf_cert.subject.rfc4514_string(),
-        issuer=leaf_cert.issuer.rfc4514_string(),
+        subject=leaf.subject.rfc4514_string(),
+        issuer=leaf.issuer.rfc4514_string(),
         serial_number=leaf.serial,
         not_before=not_before,
         not_after=not_after,
@@ -803,10 +824,19 @@ def verify_ek_certificate(
     )
 
 
-@functools.lru_cache(maxsize=256)
-def _load_ca(item: bytes | x509.Certificate) -> tuple[_Parsed, ...]:
-    """Roots and intermediates recur from call to call: parse each input once."""
+_CACHEABLE_INPUT: Final = 64 * 1024
+
+
+@functools.lru_cache(maxsize=64)
+def _load_ca_cached(item: bytes | x509.Certificate) -> tuple[_Parsed, ...]:
     return tuple(_load_many(item, "certificate", single=False))
+
+
+def _load_ca(item: bytes | x509.Certificate) -> tuple[_Parsed, ...]:
+    """Roots and intermediates recur from call to call: parse each (bounded) input once."""
+    if isinstance(item, bytes) and len(item) > _CACHEABLE_INPUT:
+        return tuple(_load_many(item, "certificate", single=False))
+    return _load_ca_cached(item)
 
 
 def _flatten(items: Iterable[CertInput], what: str) -> list[_Parsed]:
