@@ -101,9 +101,17 @@ def test_pcr_extend_matches_software(tpm: Any) -> None:
 
 
 def test_pcr_extend_seen_by_tpm2_tools(tpm: Any, swtpm: Any) -> None:
-    tpm.pcr.extend(17, b"x", bank="sha256")
-    theirs = parse_pcrread(tools(swtpm, "tpm2_pcrread", "sha256:17").stdout)
-    assert theirs["sha256"][17] == tpm.pcr.read([17])[17]
+    tpm.pcr.extend(23, b"x", bank="sha256")
+    theirs = parse_pcrread(tools(swtpm, "tpm2_pcrread", "sha256:23").stdout)
+    assert theirs["sha256"][23] == tpm.pcr.read([23])[23]
+
+
+def test_locality_restricted_pcr_gives_a_hint(tpm: Any) -> None:
+    # PCRs 17-22 are DRTM PCRs: extending them from locality 0 is refused by the TPM.
+    with pytest.raises(TpmError) as ei:
+        tpm.pcr.extend(17, b"x")
+    assert ei.value.rc_name == "TPM_RC_LOCALITY"
+    assert ei.value.hint and "16 or 23" in ei.value.hint
 
 
 @pytest.mark.parametrize("bad", [-1, 24, 99])
@@ -252,8 +260,11 @@ def test_quote_with_a_persistent_srk_uses_fewer_commands(fresh_swtpm: Any) -> No
         assert t.stats.by_command.get("TPM2_CreatePrimary", 0) == primaries
 
 
-def test_quote_rejects_foreign_and_garbage_blobs(tpm: Any, fresh_swtpm: Any) -> None:
-    with Tpm.open(fresh_swtpm.tcti) as other:
+def test_quote_rejects_foreign_and_garbage_blobs(tpm: Any) -> None:
+    from tpm2_attest.swtpm import EmbeddedSwtpm
+
+    # A TPM with other seeds (a freshly manufactured identity) wraps keys we cannot load.
+    with EmbeddedSwtpm(fresh_identity=True) as sw, Tpm.open(sw.tcti) as other:
         foreign = other.provision_ak()
     with pytest.raises(TpmError) as ei:
         tpm.quote(foreign, pcrs=[0])

@@ -185,6 +185,12 @@ class TpmCommands:
         self.on_command = on_command
         self._lock = threading.RLock()
 
+    @property
+    def lock(self) -> threading.RLock:
+        """Held across a multi-command operation (load, quote, flush) so threads sharing this
+        channel never interleave and exhaust the TPM's few transient object slots."""
+        return self._lock
+
     # -- the executor -------------------------------------------------------------------------
 
     def execute(

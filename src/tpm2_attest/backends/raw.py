@@ -7,12 +7,13 @@ re-created transiently (ECC primaries are cheap and deterministic).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import struct
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from typing import Final
+from typing import Any, Final, TypeVar
 
 from ..commands import PW, CreateResult, TpmCommands
 from ..errors import ErrorCode, TpmError
@@ -95,6 +96,20 @@ def _fixed_string(values: Iterable[int]) -> str:
     return raw.replace(b"\0", b"").decode("ascii", "replace").strip()
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _serialized(fn: _F) -> _F:
+    """Run a backend operation under the command channel's lock (whole sequence, not per command)."""
+
+    @functools.wraps(fn)
+    def wrapper(self: RawBackend, *args: Any, **kwargs: Any) -> Any:
+        with self.cmd.lock:
+            return fn(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
 class RawBackend:
     """Attestation with TPM-wrapped keys over a command channel."""
 
@@ -161,6 +176,7 @@ class RawBackend:
 
     # -- EK -------------------------------------------------------------------------------------
 
+    @_serialized
     def ek(self, kind: EkKind) -> EkInfo:
         handle, cert_index, _nonce, _tmpl, template = self._ek_slot(kind)
         cert = self._read_ek_cert(cert_index)
@@ -285,6 +301,7 @@ class RawBackend:
             finally:
                 self.cmd.flush_context(handle)
 
+    @_serialized
     def provision_ak(self, *, key_name: str | None, scope: str, overwrite: bool,
                      nonce: bytes | None, algorithm: str | None) -> AkBlob:
         if key_name:
@@ -322,12 +339,14 @@ class RawBackend:
             parent=parent,
         )
 
+    @_serialized
     def quote(self, ak: AkBlob, *, pcrs: list[int], bank: str, qualifying_data: bytes) -> Quote:
         scheme = _quote_scheme(ak.public_area)
         with self._loaded(ak) as handle:
             return quote_consistent(self.cmd, handle, scheme=scheme, bank=bank_alg(bank), pcrs=pcrs,
                                     qualifying_data=qualifying_data)
 
+    @_serialized
     def activate_credential(self, ak: AkBlob, challenge: CredentialChallenge) -> bytes:
         return self._activate(ak, challenge, challenge_ek_kind(challenge))
 
