@@ -85,9 +85,10 @@ _SCHEMES: Final[dict[tuple[int, int], int]] = {
 _U16: Final = struct.Struct(">H")
 _SIG_HEAD: Final = struct.Struct(">HH")
 _ATTEST_HEAD: Final = struct.Struct(">IH")
-QuoteLayout: TypeAlias = tuple[struct.Struct, tuple[int, ...], str, int, bool]
+QuoteLayout: TypeAlias = tuple[struct.Struct, tuple[int, ...], str, int, bool, int, int]
 """A learnt quote TPMS_ATTEST layout (see verify.quote): precompiled struct, the values it
-fixes (magic, type, bank, lengths), bank name, bank digest size, bank is SHA-1."""
+fixes (magic, type, bank, lengths), bank name, bank digest size, bank is SHA-1, and the
+qualifiedSigner / extraData sizes (to find the fields the struct skips)."""
 
 
 def _fail(reason: Reason, detail: str) -> VerificationError:
@@ -136,6 +137,10 @@ class AkPublic:
 
     __slots__ = (
         "_coord",
+        "_coord_u16",
+        "_der_heads",
+        "_der_mids",
+        "_ecdsa_len",
         "_hash",
         "_kind",
         "_pad",
@@ -144,6 +149,7 @@ class AkPublic:
         "_sha1",
         "_sig_head",
         "_sig_len",
+        "_verify",
         "format",
         "key",
         "name",
@@ -168,6 +174,11 @@ class AkPublic:
     _hash: hashes.HashAlgorithm
     _pcr_hash: Callable[..., Any]
     _coord: int
+    _coord_u16: bytes
+    _der_heads: tuple[bytes, ...]
+    _der_mids: tuple[bytes, ...]
+    _ecdsa_len: int
+    _verify: Callable[..., None]
     _sha1: bool
     _quote_layouts: dict[int, QuoteLayout]
 
@@ -302,6 +313,12 @@ class AkPublic:
         put(self, "_hash", hash_obj)
         put(self, "_pcr_hash", hash_pair[1])
         put(self, "_coord", coord)
+        put(self, "_coord_u16", _U16.pack(coord))
+        put(self, "_ecdsa_len", 8 + 2 * coord)
+        heads, mids = _der_templates(coord) if coord else ((), ())
+        put(self, "_der_heads", heads)
+        put(self, "_der_mids", mids)
+        put(self, "_verify", key.verify)
         put(self, "_sha1", sha1)
         put(self, "_quote_layouts", {})
         return self
@@ -343,6 +360,14 @@ class AkPublic:
 
     def _ecdsa_signature(self, sig: bytes) -> bytes:
         """DER signature from an ECDSA TPMT_SIGNATURE (exact length, coordinates in range)."""
+        c = self._coord
+        if len(sig) == self._ecdsa_len and sig[4:6] == self._coord_u16 and sig[6 + c : 8 + c] == self._coord_u16:
+            # Full-width r and s (what TPMs send): splice them into a prepared DER frame.
+            r0 = sig[6]
+            s0 = sig[8 + c]
+            if r0 and s0:
+                hs = s0 >> 7
+                return self._der_heads[(r0 >> 7) << 1 | hs] + sig[6 : 6 + c] + self._der_mids[hs] + sig[8 + c :]
         try:
             (rn,) = _U16.unpack_from(sig, 4)
             (sn,) = _U16.unpack_from(sig, 6 + rn)
@@ -350,9 +375,24 @@ class AkPublic:
             raise _fail(Reason.MALFORMED, "truncated ECDSA TPMT_SIGNATURE") from None
         if 8 + rn + sn != len(sig):
             raise _fail(Reason.MALFORMED, "ECDSA TPMT_SIGNATURE with wrong lengths or trailing bytes")
-        if not 0 < rn <= self._coord or not 0 < sn <= self._coord:
+        if not 0 < rn <= c or not 0 < sn <= c:
             raise _fail(Reason.MALFORMED, "ECDSA r or s larger than the curve")
         return ecdsa_der(sig[6 : 6 + rn], sig[8 + rn :])
+
+
+def _der_templates(coord: int) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
+    """DER frames for full-width r and s without a leading zero byte.
+
+    heads[hr << 1 | hs] = SEQUENCE header + INTEGER header of r (+ 0x00 when r's top bit is
+    set, hr); mids[hs] = INTEGER header of s (+ 0x00 when s's top bit is set)."""
+    heads = []
+    for hr in (0, 1):
+        for hs in (0, 1):
+            n = 2 + coord + hr + 2 + coord + hs
+            seq = b"\x30" + (bytes((n,)) if n < 0x80 else b"\x81" + bytes((n,)))
+            heads.append(seq + b"\x02" + bytes((coord + hr,)) + b"\x00" * hr)
+    mids = tuple(b"\x02" + bytes((coord + hs,)) + b"\x00" * hs for hs in (0, 1))
+    return tuple(heads), mids
 
 
 @dataclass(frozen=True, slots=True)

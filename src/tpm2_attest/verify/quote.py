@@ -67,8 +67,14 @@ AkInput: TypeAlias = AkPublic | AkBlob | bytes | bytearray | memoryview | str | 
 ExpectedPcrs: TypeAlias = Mapping[int, bytes] | Mapping[str, Mapping[int, bytes]] | Mapping[int | str, Any]
 
 _ATTEST_HEAD: Final = struct.Struct(">IH")
-_LAYOUT_KEY: Final = itemgetter(0, 1, 2, 4, 11, 12, 13, 15)
-"""Fields of the unpacked quote that a cached layout fixes: magic, type, bank, every length."""
+_LAYOUT_KEY: Final = itemgetter(0, 1, 2, 3, 6, 7, 8, 10)
+"""Fields of the unpacked quote that a cached layout fixes: magic, type, bank, every length.
+
+The hot struct unpacks (0 magic, 1 type, 2 signer size, 3 extraData size, 4 extraData,
+5 safe, 6 selection count, 7 bank, 8 sizeofSelect, 9 pcrSelect, 10 digest size, 11 pcrDigest)
+and skips qualifiedSigner, clock, resetCount, restartCount and firmwareVersion, which the
+result decodes from the (verified) attest bytes only if they are asked for."""
+_CLOCK: Final = struct.Struct(">QIIBQ")
 _MAX_LAYOUTS: Final = 16
 _MAX_SELECTIONS: Final = 256
 _new = object.__new__
@@ -118,7 +124,8 @@ class QuoteResult:
     """
 
     __slots__ = ("_pcrs", "_v")
-    _v: tuple[tuple[Any, ...], str, tuple[int, ...], tuple[bytes, ...]]
+    _v: tuple[tuple[Any, ...], str, tuple[int, ...], tuple[bytes, ...], bytes, QuoteLayout]
+    """(hot fields, bank name, indices, values, attest bytes, layout)."""
     _pcrs: Mapping[int, bytes]
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -127,13 +134,18 @@ class QuoteResult:
     def __delattr__(self, name: str) -> None:
         raise AttributeError(f"QuoteResult is immutable (cannot delete {name!r})")
 
+    def _info(self) -> tuple[int, int, int, int, int]:
+        """(clock, resetCount, restartCount, safe, firmwareVersion) from the verified attest."""
+        _, _, _, _, attest, layout = self._v
+        return _CLOCK.unpack_from(attest, 10 + layout[5] + layout[6])
+
     @property
     def pcrs(self) -> Mapping[int, bytes]:
         """{PCR index: value} of the quoted bank, ascending (read-only)."""
         try:
             return self._pcrs
         except AttributeError:
-            _, _, idx, vals = self._v
+            idx, vals = self._v[2], self._v[3]
             m = MappingProxyType({i: bytes(v) for i, v in zip(idx, vals, strict=True)})
             _set(self, "_pcrs", m)
             return m
@@ -146,47 +158,48 @@ class QuoteResult:
     @property
     def hash_alg(self) -> int:
         """TPM_ALG id of the quoted PCR bank."""
-        return int(self._v[0][12])
+        return int(self._v[0][7])
 
     @property
     def extra_data(self) -> bytes:
         """attest.extraData: the nonce the quote was made over."""
-        return bytes(self._v[0][5])
+        return bytes(self._v[0][4])
 
     @property
     def signer_name(self) -> bytes:
         """attest.qualifiedSigner: the AK's qualified Name."""
-        return bytes(self._v[0][3])
+        attest, layout = self._v[4], self._v[5]
+        return attest[8 : 8 + layout[5]]
 
     @property
     def clock(self) -> int:
-        return int(self._v[0][6])
+        return self._info()[0]
 
     @property
     def reset_count(self) -> int:
-        return int(self._v[0][7])
+        return self._info()[1]
 
     @property
     def restart_count(self) -> int:
-        return int(self._v[0][8])
+        return self._info()[2]
 
     @property
     def safe(self) -> bool:
-        return bool(self._v[0][9])
+        return bool(self._v[0][5])
 
     @property
     def clock_info(self) -> TPMS_CLOCK_INFO:
-        f = self._v[0]
-        return TPMS_CLOCK_INFO(f[6], f[7], f[8], bool(f[9]))
+        clock, reset, restart, safe, _ = self._info()
+        return TPMS_CLOCK_INFO(clock, reset, restart, bool(safe))
 
     @property
     def firmware_version(self) -> int:
-        return int(self._v[0][10])
+        return self._info()[4]
 
     @property
     def pcr_digest(self) -> bytes:
         """pcrDigest as signed (hash of the signing scheme over the selected values)."""
-        return bytes(self._v[0][16])
+        return bytes(self._v[0][11])
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-friendly form (hex strings)."""
@@ -206,10 +219,10 @@ class QuoteResult:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, QuoteResult):
             return NotImplemented
-        return self._v[0] == other._v[0] and self.pcrs == other.pcrs
+        return self._v[4] == other._v[4] and self.pcrs == other.pcrs
 
     def __hash__(self) -> int:
-        return hash(self._v[0])
+        return hash(self._v[4])
 
     def __repr__(self) -> str:
         return (f"QuoteResult(bank={self.bank!r}, pcrs={sorted(self.pcrs)}, "
@@ -273,11 +286,11 @@ def _parse_attest(ak: AkPublic, attest: bytes) -> tuple[tuple[Any, ...], QuoteLa
         raise _fail(Reason.UNSUPPORTED_FORMAT, f"PCR bank 0x{sel.hash:04x}")
     c = att.clock_info
     signer, extra, bitmap, digest = att.qualified_signer, att.extra_data, sel.pcr_select, info.pcr_digest
-    fields = (magic, typ, len(signer), signer, len(extra), extra, c.clock, c.reset_count,
-              c.restart_count, int(c.safe), att.firmware_version, 1, sel.hash, len(bitmap), bitmap,
+    fields = (magic, typ, len(signer), len(extra), extra, int(c.safe), 1, sel.hash, len(bitmap), bitmap,
               len(digest), digest)
-    st = struct.Struct(f">IHH{len(signer)}sH{len(extra)}sQIIBQIHB{len(bitmap)}sH{len(digest)}s")
-    layout: QuoteLayout = (st, _LAYOUT_KEY(fields), bank_info[0], bank_info[1], sel.hash == TPM_ALG.SHA1)
+    st = struct.Struct(f">IHH{len(signer)}xH{len(extra)}s16xB8xIHB{len(bitmap)}sH{len(digest)}s")
+    layout: QuoteLayout = (st, _LAYOUT_KEY(fields), bank_info[0], bank_info[1], sel.hash == TPM_ALG.SHA1,
+                           len(signer), len(extra))
     if st.size == len(attest) and st.unpack(attest) == fields:
         layouts = ak._quote_layouts
         if len(layouts) >= _MAX_LAYOUTS:
@@ -363,7 +376,7 @@ def verify_quote(
     """
     if type(ak) is not AkPublic:
         ak = _to_ak(ak, allow_sha1)
-    if type(quote) is Quote:
+    if type(quote) is Quote and type(quote.attest) is bytes:
         attest = quote.attest
         sig = quote.signature
         pcrs: PcrInput = quote.pcrs
@@ -379,11 +392,11 @@ def verify_quote(
         if ak._kind == _KIND_ECDSA:
             if sig[:4] != ak._sig_head:
                 ak.verify_signature(attest, sig, allow_sha1=allow_sha1)  # raises the precise error
-            ak.key.verify(ak._ecdsa_signature(sig), attest, ak._pad)  # type: ignore[call-arg]
+            ak._verify(ak._ecdsa_signature(sig), attest, ak._pad)
         else:
             if len(sig) != ak._sig_len or sig[:6] != ak._sig_head:
                 ak.verify_signature(attest, sig, allow_sha1=allow_sha1)  # raises the precise error
-            ak.key.verify(sig[6:], attest, ak._pad, ak._hash)  # type: ignore[call-arg]
+            ak._verify(sig[6:], attest, ak._pad, ak._hash)
     except InvalidSignature:
         raise _fail(Reason.BAD_SIGNATURE, "the quote signature does not verify under the AK") from None
 
@@ -396,24 +409,24 @@ def verify_quote(
             layout = None
     if layout is None:
         f, layout = _parse_attest(ak, attest)
-    if f[9] > 1:
-        raise _fail(Reason.MALFORMED, f"TPMS_CLOCK_INFO.safe is {f[9]}")
+    if f[5] > 1:
+        raise _fail(Reason.MALFORMED, f"TPMS_CLOCK_INFO.safe is {f[5]}")
 
     # 3. Nonce, constant time.
-    if not _compare_digest(f[5], nonce):
+    if not _compare_digest(f[4], nonce):
         raise _fail(Reason.NONCE_MISMATCH, "extraData of the quote is not the nonce")
 
     # 4. One bank; supplied values == selected indices, exactly.
     bank = layout[2]
     if not allow_sha1 and layout[4]:
         raise _fail(Reason.WEAK_KEY, "the quote covers the SHA-1 PCR bank (allow_sha1=False)")
-    sel = _SELECTIONS.get(f[14])
+    sel = _SELECTIONS.get(f[9])
     if sel is None:
-        sel = _selection(f[14])
+        sel = _selection(f[9])
     idx, getter = sel
     values = pcrs.get(bank) if type(pcrs) is dict and len(pcrs) == 1 else None
     if values is None:
-        values = _pcr_values_slow(pcrs, bank, f[12])
+        values = _pcr_values_slow(pcrs, bank, f[7])
     if len(values) != len(idx):
         raise _selection_mismatch(values, idx, bank)
     try:
@@ -430,14 +443,14 @@ def verify_quote(
         digest = ak._pcr_hash(b"".join(vals)).digest()
     except TypeError:
         raise _fail(Reason.MALFORMED, "PCR values must be bytes") from None
-    if digest != f[16]:
+    if digest != f[11]:
         raise _fail(Reason.PCR_DIGEST_MISMATCH,
                     "the supplied PCR values do not hash to the quoted pcrDigest")
 
     # 6. Expected values.
     if expected_pcrs is not None:
-        _check_expected(expected_pcrs, bank, f[12], idx, vals)
+        _check_expected(expected_pcrs, bank, f[7], idx, vals)
 
     res = _new(QuoteResult)
-    _set(res, "_v", (f, bank, idx, vals))
+    _set(res, "_v", (f, bank, idx, vals, attest, layout))
     return res
