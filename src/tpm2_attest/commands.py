@@ -9,6 +9,7 @@ outputs, which must consume the response exactly.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -548,7 +549,8 @@ class TpmCommands:
     def start_auth_session(self, session_type: int = TPM_SE.POLICY, hash_alg: int = TPM_ALG.SHA256,
                            nonce_caller: bytes | None = None) -> PolicySession:
         """An unbound, unsalted session (policy by default)."""
-        nonce = nonce_caller if nonce_caller is not None else self.get_random(HASH_SIZES[hash_alg])
+        # The caller's nonce only has to be fresh, not TPM-generated: the host RNG saves a round trip.
+        nonce = nonce_caller if nonce_caller is not None else os.urandom(HASH_SIZES[hash_alg])
         w = Writer().tpm2b(nonce).tpm2b(b"").u8(session_type)
         TPMT_SYM_DEF_OBJECT().marshal(w)
         w.u16(hash_alg)
