@@ -1,0 +1,189 @@
+"""Device-side cost: TPM commands and wall time per quote and per enrollment.
+
+Compares, against one embedded swtpm in one run:
+  * tpm2-attest (`Tpm.quote`, `Tpm.provision_ak` + `activate_credential`),
+  * the bare-socket floor: the very command bytes our library sent, replayed over a raw
+    socket with no marshalling or parsing (what the TPM itself costs),
+  * the same flow as tpm2-tools processes (how people script it today).
+
+Run: .venv/bin/python bench/bench_device.py [--rounds N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from tpm2_attest import Tpm, verify
+from tpm2_attest.swtpm import EmbeddedSwtpm
+from tpm2_attest.tpm2 import templates as T
+from tpm2_attest.tpm2.constants import TPM_RH
+
+PCRS = [0, 1, 2, 3, 4, 5, 6, 7, 16]
+
+
+def median_ms(fn: Callable[[], object], rounds: int) -> float:
+    times = []
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times) * 1000
+
+
+class Recorder:
+    """Wraps a transport and keeps the command bytes sent (for the bare-socket replay)."""
+
+    def __init__(self, inner: object) -> None:
+        self.inner = inner
+        self.sent: list[bytes] = []
+        self.recording = False
+
+    def send(self, cmd: bytes) -> bytes:
+        if self.recording:
+            self.sent.append(cmd)
+        return self.inner.send(cmd)  # type: ignore[attr-defined]
+
+
+def bare_replay(port: int, commands: list[bytes]) -> None:
+    for cmd in commands:
+        with socket.create_connection(("127.0.0.1", port)) as s:
+            s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            s.sendall(cmd)
+            buf = b""
+            while len(buf) < 10 or len(buf) < int.from_bytes(buf[2:6], "big"):
+                chunk = s.recv(65536)
+                if not chunk:
+                    raise RuntimeError("swtpm closed the connection")
+                buf += chunk
+            if buf[6:10] != b"\0\0\0\0":
+                raise RuntimeError(f"replayed command failed: rc {buf[6:10].hex()}")
+
+
+def tools(sw: EmbeddedSwtpm, *args: str) -> None:
+    subprocess.run(list(args), env={**os.environ, "TPM2TOOLS_TCTI": sw.tcti}, check=True,
+                   capture_output=True, timeout=60)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--rounds", type=int, default=30)
+    args = ap.parse_args()
+    n = args.rounds
+
+    with EmbeddedSwtpm() as sw, tempfile.TemporaryDirectory() as tmp:
+        d = Path(tmp)
+        tpm = Tpm.open(sw.tcti)
+        rec = Recorder(tpm.commands.channel)  # type: ignore[union-attr]
+        tpm.commands.channel = rec  # type: ignore[union-attr]
+
+        print(f"swtpm at {sw.tcti}; {n} rounds each; medians\n")
+        print(f"{'flow':58s} {'cmds':>5s} {'ms':>8s}")
+
+        # -- quote, transient SRK -------------------------------------------------------------
+        blob = tpm.provision_ak()
+        before = tpm.stats.total
+        rec.sent.clear()
+        rec.recording = True
+        tpm.quote(blob, pcrs=PCRS, qualifying_data=b"n" * 32)
+        rec.recording = False
+        cmds_transient = tpm.stats.total - before
+        replay_transient = list(rec.sent)
+        ours = median_ms(lambda: tpm.quote(blob, pcrs=PCRS, qualifying_data=b"n" * 32), n)
+        floor = median_ms(lambda: bare_replay(sw.port, replay_transient), n)
+        print(f"{'tpm2-attest quote (transient SRK re-created)':58s} {cmds_transient:5d} {ours:8.2f}")
+        print(f"{'  bare-socket floor (same command bytes)':58s} {cmds_transient:5d} {floor:8.2f}   "
+              f"ours/floor {ours / floor:.2f}x")
+
+        # -- quote, persistent SRK ------------------------------------------------------------
+        res = tpm.commands.create_primary(TPM_RH.OWNER, T.SRK_ECC_TEMPLATE)  # type: ignore[union-attr]
+        tpm.commands.evict_control(res.handle, 0x81000001)  # type: ignore[union-attr]
+        tpm.commands.flush_context(res.handle)  # type: ignore[union-attr]
+        tpm.close()
+        tpm = Tpm.open(sw.tcti)
+        rec = Recorder(tpm.commands.channel)  # type: ignore[union-attr]
+        tpm.commands.channel = rec  # type: ignore[union-attr]
+        blob_p = tpm.provision_ak()
+        before = tpm.stats.total
+        rec.sent.clear()
+        rec.recording = True
+        tpm.quote(blob_p, pcrs=PCRS, qualifying_data=b"n" * 32)
+        rec.recording = False
+        cmds_persist = tpm.stats.total - before
+        replay_persist = list(rec.sent)
+        ours_p = median_ms(lambda: tpm.quote(blob_p, pcrs=PCRS, qualifying_data=b"n" * 32), n)
+        floor_p = median_ms(lambda: bare_replay(sw.port, replay_persist), n)
+        print(f"{'tpm2-attest quote (persistent SRK 0x81000001)':58s} {cmds_persist:5d} {ours_p:8.2f}")
+        print(f"{'  bare-socket floor (same command bytes)':58s} {cmds_persist:5d} {floor_p:8.2f}   "
+              f"ours/floor {ours_p / floor_p:.2f}x")
+
+        # -- tpm2-tools quote ----------------------------------------------------------------
+        tools(sw, "tpm2_createprimary", "-C", "o", "-g", "sha256", "-G", "ecc256:null:aes128cfb", "-c", str(d / "p.ctx"))
+        tools(sw, "tpm2_create", "-C", str(d / "p.ctx"), "-G", "ecc256:ecdsa-sha256:null", "-a",
+              "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign|noda",
+              "-u", str(d / "ak.pub"), "-r", str(d / "ak.priv"))
+        tools(sw, "tpm2_flushcontext", "-t")
+        pcr_arg = "sha256:" + ",".join(map(str, PCRS))
+
+        def tools_quote() -> None:
+            tools(sw, "tpm2_load", "-C", "0x81000001", "-u", str(d / "ak.pub"), "-r", str(d / "ak.priv"),
+                  "-c", str(d / "ak.ctx"))
+            tools(sw, "tpm2_quote", "-c", str(d / "ak.ctx"), "-l", pcr_arg, "-q", "6e" * 32,
+                  "-m", str(d / "m"), "-s", str(d / "s"), "-o", str(d / "o"), "-g", "sha256")
+            tools(sw, "tpm2_flushcontext", "-t")
+
+        # The persistent SRK above is what tpm2_load uses; re-create the AK under it.
+        tools(sw, "tpm2_create", "-C", "0x81000001", "-G", "ecc256:ecdsa-sha256:null", "-a",
+              "fixedtpm|fixedparent|sensitivedataorigin|userwithauth|restricted|sign|noda",
+              "-u", str(d / "ak.pub"), "-r", str(d / "ak.priv"))
+        tq = median_ms(tools_quote, max(5, n // 3))
+        print(f"{'tpm2-tools load + quote + flushcontext (3 processes)':58s} {'':>5s} {tq:8.2f}   "
+              f"ours {tq / ours_p:.1f}x faster")
+
+        # -- enrollment -------------------------------------------------------------------------
+        def enroll() -> None:
+            nonce = os.urandom(32)
+            ek = tpm.ek("rsa")
+            ak = tpm.provision_ak(nonce=nonce)
+            akp = verify.check_ak(ak, nonce=nonce)
+            ch, secret = verify.make_credential(ek.public, akp.name)
+            if tpm.activate_credential(ak, ch) != secret:
+                raise RuntimeError("secret mismatch")
+
+        before = tpm.stats.total
+        enroll()
+        enroll_cmds = tpm.stats.total - before
+        te = median_ms(enroll, max(5, n // 3))
+        print(f"{'tpm2-attest enrollment (EK, AK+certify, verify, make+activate)':58s} {enroll_cmds:5d} {te:8.2f}")
+
+        def tools_enroll() -> None:
+            tools(sw, "tpm2_createek", "-c", str(d / "ek.ctx"), "-G", "rsa", "-u", str(d / "ek.pub"))
+            tools(sw, "tpm2_createak", "-C", str(d / "ek.ctx"), "-c", str(d / "ak2.ctx"), "-G", "ecc",
+                  "-g", "sha256", "-s", "ecdsa", "-u", str(d / "ak2.pub"), "-n", str(d / "ak2.name"))
+            tools(sw, "tpm2_flushcontext", "-t")
+            (d / "sec").write_bytes(os.urandom(32))
+            name = (d / "ak2.name").read_bytes().hex()
+            tools(sw, "tpm2_makecredential", "-T", "none", "-u", str(d / "ek.pub"), "-s", str(d / "sec"),
+                  "-n", name, "-o", str(d / "cred"))
+            tools(sw, "tpm2_startauthsession", "--policy-session", "-S", str(d / "sess.ctx"))
+            tools(sw, "tpm2_policysecret", "-S", str(d / "sess.ctx"), "-c", "e")
+            tools(sw, "tpm2_activatecredential", "-c", str(d / "ak2.ctx"), "-C", str(d / "ek.ctx"),
+                  "-i", str(d / "cred"), "-o", str(d / "out"), "-P", f"session:{d / 'sess.ctx'}")
+            tools(sw, "tpm2_flushcontext", str(d / "sess.ctx"))
+            tools(sw, "tpm2_flushcontext", "-t")
+
+        tte = median_ms(tools_enroll, 5)
+        print(f"{'tpm2-tools enrollment (createek, createak, make/activate: 9 processes)':58s} {'':>5s} "
+              f"{tte:8.2f}   ours {tte / te:.1f}x faster")
+        tpm.close()
+
+
+if __name__ == "__main__":
+    main()
