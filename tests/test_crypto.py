@@ -12,10 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography.hazmat.decrepit.ciphers.modes import CFB
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
+
+try:
+    from cryptography.hazmat.decrepit.ciphers.modes import CFB
+except ImportError:  # cryptography < 43
+    from cryptography.hazmat.primitives.ciphers.modes import CFB
 
 from tpm2_attest.tpm2.constants import HASH_SIZES, TPM_ALG
 from tpm2_attest.tpm2.crypto import (

@@ -570,9 +570,11 @@ def test_lenient_repairs(mv_ca, case: str) -> None:
     ca, key, root = mv_ca
     overrides, note = LENIENT_CASES[case]
     der = assemble(leaf_parts(**overrides).tbs(), key)
-    assert strict_refuses(der)
     got = verify_ek_certificate(der, [root], [ca])
-    assert got.lenient and note in got.tolerated, got.tolerated
+    if strict_refuses(der):  # every case, with the cryptography this project pins today
+        assert got.lenient and note in got.tolerated, got.tolerated
+    else:  # older cryptography releases read some of these directly
+        assert not got.lenient
     assert got.der == der and got.chain[1:] == [ca, root]
     if "extensions" not in overrides:
         assert got.tpm_model == "NPCT75x"

@@ -461,10 +461,11 @@ def _strict_load(der: bytes, given: x509.Certificate | None = None) -> tuple[x50
         warnings.simplefilter("ignore", CryptographyDeprecationWarning)
         cert = given if given is not None else x509.load_der_x509_certificate(der)
         # `cryptography` decodes several fields lazily: touch every one used later.
-        if cert.public_key_algorithm_oid.dotted_string not in _KNOWN_KEY_ALGORITHMS:
+        key_oid = getattr(cert, "public_key_algorithm_oid", None)  # cryptography >= 43
+        if key_oid is None or key_oid.dotted_string not in _KNOWN_KEY_ALGORITHMS:
             cert.public_key()  # raises for what `cryptography` cannot load
         list(cert.extensions)
-        _ = (cert.issuer, cert.subject, cert.not_valid_before_utc, cert.not_valid_after_utc)
+        _ = (cert.issuer, cert.subject, _validity(cert))
         _ = cert.signature_algorithm_oid
         return cert, cert.serial_number
 
@@ -585,7 +586,12 @@ def _utc(dt: datetime) -> datetime:
 
 
 def _validity(cert: x509.Certificate) -> tuple[datetime, datetime]:
-    return cert.not_valid_before_utc, cert.not_valid_after_utc
+    """notBefore/notAfter as aware UTC datetimes (``*_utc`` exist from cryptography 42)."""
+    if hasattr(cert, "not_valid_before_utc"):
+        return cert.not_valid_before_utc, cert.not_valid_after_utc
+    before: datetime = getattr(cert, "not_valid_before")  # noqa: B009
+    after: datetime = getattr(cert, "not_valid_after")  # noqa: B009
+    return before.replace(tzinfo=UTC), after.replace(tzinfo=UTC)
 
 
 _VERIFIED_LINKS: dict[tuple[bytes, bytes], None] = {}
