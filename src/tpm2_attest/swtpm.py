@@ -139,6 +139,10 @@ def _manufacture(layout: _Layout) -> None:
     shutil.rmtree(layout.root / "tmp", ignore_errors=True)
 
 
+TEMPLATE_ENV: Final = "TPM2_ATTEST_SWTPM_TEMPLATE"
+"""A directory from :func:`template_dir` of another process: copy it instead of manufacturing
+(saves a second per process in test suites that spawn programs using the embedded swtpm)."""
+
 _template: _Layout | None = None
 _template_lock = threading.Lock()
 
@@ -147,11 +151,20 @@ def _remove_template(path: Path) -> None:
     shutil.rmtree(path, ignore_errors=True)
 
 
+def _usable(layout: _Layout) -> bool:
+    return ((layout.state / "tpm2-00.permall").is_file() and layout.certs.is_dir()
+            and (layout.ca / "swtpm-localca-rootca-cert.pem").is_file())
+
+
 def _manufactured_template() -> _Layout:
     """The per-process manufactured TPM that instances copy (made on first use)."""
     global _template
     with _template_lock:
         if _template is None:
+            given = os.environ.get(TEMPLATE_ENV)
+            if given and _usable(_Layout(Path(given))):
+                _template = _Layout(Path(given))  # someone else's: never removed by us
+                return _template
             layout = _Layout(Path(tempfile.mkdtemp(prefix="tpm2-attest-swtpm-template-")))
             try:
                 _manufacture(layout)
@@ -161,6 +174,13 @@ def _manufactured_template() -> _Layout:
             atexit.register(_remove_template, layout.root)
             _template = layout
         return _template
+
+
+def template_dir() -> Path:
+    """This process's manufactured template (made now if needed); hand it to child processes
+    as ``$TPM2_ATTEST_SWTPM_TEMPLATE`` so they skip manufacturing. Removed when we exit."""
+    _require_binaries()
+    return _manufactured_template().root
 
 
 def _copy_tree(src: Path, dst: Path) -> None:
