@@ -5,10 +5,7 @@ from __future__ import annotations
 import hmac
 import os
 import shutil
-import socket
 import subprocess
-import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -372,61 +369,11 @@ def test_tpm2_tools_makecredential_output_activates_in_software(
 # ---------------------------------------------------------------- the real TPM (swtpm)
 
 
-def _free_port_pair() -> int:
-    """A data port P with P+1 also free (the swtpm TCTI assumes control = data + 1)."""
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        if port >= 65535:
-            continue
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair")
-
-
-def start_swtpm(state: Path) -> tuple[subprocess.Popen[bytes], int]:
-    """swtpm as a child process on fresh ports; ready when the data port accepts."""
-    state.mkdir(parents=True, exist_ok=True)
-    for _ in range(5):
-        port = _free_port_pair()
-        proc = subprocess.Popen(
-            ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={state}",
-             "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
-             "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
-             "--flags", "not-need-init,startup-clear"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline and proc.poll() is None:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                return proc, port
-            except OSError:
-                time.sleep(0.005)
-        proc.kill()
-        proc.wait()
-    raise RuntimeError("swtpm did not start")
-
-
-def stop_swtpm(proc: subprocess.Popen[bytes]) -> None:
-    proc.terminate()
-    try:
-        proc.wait(timeout=5)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait()
-
-
 class Tools:
     """tpm2-tools against one swtpm, in one working directory."""
 
-    def __init__(self, port: int, cwd: Path) -> None:
-        self.env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={port}"}
+    def __init__(self, env: dict[str, str], cwd: Path) -> None:
+        self.env = {**os.environ, **env}
         self.cwd = cwd
 
     def __call__(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[bytes]:
@@ -434,15 +381,11 @@ class Tools:
 
 
 @pytest.fixture(scope="module")
-def swtpm_tools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tools]:
-    if not (shutil.which("swtpm") and shutil.which("tpm2_activatecredential")):
-        pytest.skip("swtpm / tpm2-tools not installed")
-    base = tmp_path_factory.mktemp("swtpm-cred")
-    proc, port = start_swtpm(base / "state")
-    try:
-        yield Tools(port, base)
-    finally:
-        stop_swtpm(proc)
+def swtpm_tools(swtpm, tmp_path_factory: pytest.TempPathFactory) -> Tools:
+    """tpm2-tools against conftest's session swtpm; objects are flushed after each step."""
+    if not shutil.which("tpm2_activatecredential"):
+        pytest.skip("tpm2-tools not installed")
+    return Tools(swtpm.tools_env(), tmp_path_factory.mktemp("swtpm-cred"))
 
 
 def _parse_ek_pub(data: bytes) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, int]:

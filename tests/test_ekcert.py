@@ -6,12 +6,9 @@ import contextlib
 import datetime as dt
 import os
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 import pytest
 from cryptography import x509
@@ -38,56 +35,6 @@ SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 # ---------------------------------------------------------------- swtpm_setup's EK certificates
 
 
-def _free_port_pair() -> int:
-    for _ in range(100):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = int(s.getsockname()[1])
-        try:
-            with socket.socket() as s2:
-                s2.bind(("127.0.0.1", port + 1))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free port pair")
-
-
-def swtpm_manufacture(base: Path) -> dict[str, Path]:
-    """swtpm_setup with private config files (nothing under /var/lib): a TPM state with EK certs.
-
-    Returns the paths of the local CA root, its issuer certificate, the EK certificates
-    and the state directory.
-    """
-    state, ca, out = base / "state", base / "ca", base / "out"
-    for d in (state, ca, out):
-        d.mkdir(parents=True, exist_ok=True)
-    (base / "swtpm-localca.conf").write_text(
-        f"statedir = {ca}\nsigningkey = {ca}/signkey.pem\n"
-        f"issuercert = {ca}/issuercert.pem\ncertserial = {ca}/certserial\n"
-    )
-    (base / "swtpm-localca.options").write_text(
-        "--platform-manufacturer X\n--platform-version 2.1\n--platform-model swtpm\n"
-    )
-    (base / "swtpm_setup.conf").write_text(
-        "create_certs_tool = /usr/bin/swtpm_localca\n"
-        f"create_certs_tool_config = {base}/swtpm-localca.conf\n"
-        f"create_certs_tool_options = {base}/swtpm-localca.options\n"
-    )
-    subprocess.run(
-        ["swtpm_setup", "--tpm2", "--tpmstate", str(state), "--config",
-         str(base / "swtpm_setup.conf"), "--create-ek-cert", "--create-platform-cert",
-         "--pcr-banks", "sha1,sha256", "--write-ek-cert-files", str(out), "--overwrite"],
-        check=True, capture_output=True,
-    )  # fmt: skip
-    return {
-        "root": ca / "swtpm-localca-rootca-cert.pem",
-        "issuer": ca / "issuercert.pem",
-        "ek_rsa": out / "ek-rsa2048.crt",
-        "ek_ecc": out / "ek-secp384r1.crt",
-        "state": state,
-    }
-
-
 @dataclass
 class Manufactured:
     root: bytes
@@ -100,45 +47,25 @@ class Manufactured:
 
 
 @pytest.fixture(scope="module")
-def swtpm_ek(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Manufactured]:
-    if not all(shutil.which(t) for t in ("swtpm", "swtpm_setup", "tpm2_readpublic")):
-        pytest.skip("swtpm / swtpm-tools / tpm2-tools not installed")
+def swtpm_ek(swtpm, tmp_path_factory: pytest.TempPathFactory) -> Manufactured:
+    """swtpm_setup's artefacts (from conftest's session swtpm) plus what the TPM itself reports."""
+    if not shutil.which("tpm2_readpublic"):
+        pytest.skip("tpm2-tools not installed")
     base = tmp_path_factory.mktemp("swtpm-ek")
-    paths = swtpm_manufacture(base)
-    port = _free_port_pair()
-    proc = subprocess.Popen(
-        ["swtpm", "socket", "--tpm2", "--tpmstate", f"dir={paths['state']}",
-         "--server", f"type=tcp,port={port},bindaddr=127.0.0.1",
-         "--ctrl", f"type=tcp,port={port + 1},bindaddr=127.0.0.1",
-         "--flags", "not-need-init,startup-clear"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    try:
-        deadline = time.monotonic() + 5
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise
-                time.sleep(0.005)
-        env = {**os.environ, "TPM2TOOLS_TCTI": f"swtpm:host=127.0.0.1,port={port}"}
+    env = {**os.environ, **swtpm.tools_env()}
 
-        def tool(*args: str) -> None:
-            subprocess.run(args, cwd=base, env=env, check=True, capture_output=True)
+    def tool(*args: str) -> None:
+        subprocess.run(args, cwd=base, env=env, check=True, capture_output=True)
 
-        tool("tpm2_readpublic", "-c", "0x81010001", "-o", "rsa.pub")
-        tool("tpm2_readpublic", "-c", "0x81010016", "-o", "ecc.pub")
-        tool("tpm2_nvread", "-C", "0x01c00002", "0x01c00002", "-o", "nv.der")
-    finally:
-        proc.terminate()
-        proc.wait(timeout=5)
-    yield Manufactured(
-        root=paths["root"].read_bytes(),
-        issuer=paths["issuer"].read_bytes(),
-        ek_rsa=paths["ek_rsa"].read_bytes(),
-        ek_ecc=paths["ek_ecc"].read_bytes(),
+    tool("tpm2_readpublic", "-c", "0x81010001", "-o", "rsa.pub")
+    tool("tpm2_readpublic", "-c", "0x81010016", "-o", "ecc.pub")
+    tool("tpm2_nvread", "-C", "0x01c00002", "0x01c00002", "-o", "nv.der")
+    files = swtpm.ek_cert_files
+    return Manufactured(
+        root=swtpm.ca_root_path.read_bytes(),
+        issuer=swtpm.ca_intermediate_path.read_bytes(),
+        ek_rsa=files["rsa"].read_bytes(),
+        ek_ecc=files["ecc"].read_bytes(),
         rsa_public=(base / "rsa.pub").read_bytes(),
         ecc_public=(base / "ecc.pub").read_bytes(),
         nv_cert=(base / "nv.der").read_bytes(),
