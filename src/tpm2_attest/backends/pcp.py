@@ -1,0 +1,614 @@
+"""The Windows backend: attestation keys held by the Microsoft Platform Crypto Provider (PCP).
+
+Written against ``ncrypt_api.NCryptProvider`` and a TBS command channel only, so the same code
+runs over ncrypt.dll + TBS on Windows (:meth:`PcpBackend.for_windows`) and over the swtpm-backed
+:class:`~tpm2_attest.backends.pcp_emulator.PcpEmulator` on any OS
+(:meth:`PcpBackend.for_emulator`). What PCP does, and where each fact comes from, is in
+docs/windows.md; the NCrypt binding itself is described in docs/windows-binding.md.
+
+- AKs are PCP identity keys (RSA-2048, RSASSA-SHA1) persisted by *name*: ``PCP1`` blobs are
+  user-scope keys, ``PCP2`` machine-scope keys (NCRYPT_MACHINE_KEY_FLAG) whose DACL lets Built-in
+  Users open them, so a standard user can quote with a key SYSTEM provisioned. A blob is a
+  locator plus the creation evidence (``PCP_TPM12_IDBINDING``), never a secret.
+- An enrollment nonce is bound as SHA-1(nonce): PCP takes a 20-byte IDBINDING nonce, which lands
+  in ``creationData.outsideInfo`` and the creation attestation's ``extraData``. A verifier
+  therefore checks ``extraData == SHA-1(nonce)`` for PCP blobs.
+- Quotes go to the TPM through the PCP's own TBS context (``PCP_PLATFORMHANDLE`` on the provider
+  handle), with the key's TPM handle (``PCP_PLATFORMHANDLE`` on the key handle) and scheme NULL,
+  so the TPM signs with the key's RSASSA-SHA1 (as go-attestation does).
+- PCR read/extend, GetRandom, ReadPublic and TPM info reuse :class:`RawBackend` over the
+  caller's TBS channel; TBS answers a blocked command (PCR_Extend for a standard user) with
+  TPM_E_COMMAND_BLOCKED, which the command layer reports as REQUIRES_ELEVATION.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import hashlib
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import TYPE_CHECKING, Final
+
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from ..commands import Channel, TpmCommands
+from ..errors import ELEVATION_HRESULTS, ErrorCode, TpmError
+from ..evidence import AkBlob, CredentialChallenge, EkInfo, PublicKey, Quote, bank_alg
+from ..tpm2 import templates as T
+from ..tpm2.constants import TPM_ST
+from ..tpm2.keys import ecc_point_of, object_name
+from ..tpm2.marshal import ParseError, Reader
+from ..tpm2.structures import (
+    TPM2B_CREATION_DATA,
+    TPM2B_PUBLIC,
+    TPMS_ATTEST,
+    TPMS_CREATION_INFO,
+    TPMS_RSA_PARMS,
+    TPMT_SCHEME,
+    TPMT_SIGNATURE,
+)
+from .base import EkKind, Platform, TpmInfo
+from .ncrypt_api import (
+    DACL_SECURITY_INFORMATION,
+    MS_PLATFORM_CRYPTO_PROVIDER,
+    NCRYPT_LENGTH_PROPERTY,
+    NCRYPT_MACHINE_KEY_FLAG,
+    NCRYPT_MAX_KEY_NAME_LENGTH,
+    NCRYPT_PCP_ECC_EKNVCERT_PROPERTY,
+    NCRYPT_PCP_EKNVCERT_PROPERTY,
+    NCRYPT_PCP_EKPUB_PROPERTY,
+    NCRYPT_PCP_IDENTITY_KEY,
+    NCRYPT_PCP_KEY_USAGE_POLICY_PROPERTY,
+    NCRYPT_PCP_PLATFORM_TYPE_PROPERTY,
+    NCRYPT_PCP_PLATFORMHANDLE_PROPERTY,
+    NCRYPT_PCP_PROVIDER_VERSION_PROPERTY,
+    NCRYPT_PCP_RSA_EKNVCERT_PROPERTY,
+    NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY,
+    NCRYPT_PCP_TPM12_IDBINDING_PROPERTY,
+    NCRYPT_RSA_ALGORITHM,
+    NCRYPT_SECURITY_DESCR_PROPERTY,
+    NCRYPT_SECURITY_DESCR_SUPPORT_PROPERTY,
+    NTE_NOT_SUPPORTED,
+    PCP_IDENTITY_KEY_BITS,
+    NCryptError,
+    NCryptProvider,
+    pack_dword,
+    parse_rsa_public_blob,
+    pcp_machine_key_security_descriptor,
+    unpack_dword,
+    unpack_handle,
+    unpack_wstr,
+)
+from .raw import RawBackend, challenge_ek_kind, quote_consistent
+
+if TYPE_CHECKING:
+    import os
+
+    from .pcp_emulator import Privilege
+
+# --------------------------------------------------------------------------------------
+# HRESULTs the PCP logic (and the emulator) interprets; winerror.h values, checked against
+# the mingw-w64 header by tests/test_pcp.py.
+# --------------------------------------------------------------------------------------
+NTE_BAD_FLAGS: Final = 0x80090009
+NTE_BAD_KEY_STATE: Final = 0x8009000B
+NTE_EXISTS: Final = 0x8009000F
+"""NCryptCreatePersistedKey: a key of that name exists (PCP ignores NCRYPT_OVERWRITE_KEY_FLAG)."""
+NTE_PERM: Final = 0x80090010
+"""NCrypt's "Access denied."; the emulator's answer to a standard user creating, deleting or
+opening a machine key it may not use (see docs/windows.md for why this code)."""
+NTE_NOT_FOUND: Final = 0x80090011
+NTE_BAD_PROVIDER: Final = 0x80090013
+NTE_BAD_KEYSET: Final = 0x80090016
+"""NCryptOpenKey: no key of that name in that namespace."""
+NTE_INVALID_HANDLE: Final = 0x80090026
+NTE_INVALID_PARAMETER: Final = 0x80090027
+
+_NOT_FOUND_HRESULTS: Final = frozenset({NTE_BAD_KEYSET, NTE_NOT_FOUND})
+_TPM_E_BASE: Final = 0x80280000
+"""TBS/PCP report a TPM response code rc as the HRESULT 0x80280000 | rc."""
+
+AK_NAME_PREFIX: Final = "ak-"
+"""Random user-scope key names are ``ak-`` + 16 hex digits: vendor-neutral, no library name."""
+NONCE_BINDING_SIZE: Final = 20
+"""PCP_TPM12_IDBINDING takes a 20-byte nonce: we pass SHA-1(enrollment nonce)."""
+IDACTIVATION_BUFFER: Final = 256
+"""Buffer for the PCP_TPM12_IDACTIVATION GET (as go-attestation reads it; secrets are <= 64 bytes)."""
+_POINTER_SIZE: Final = ctypes.sizeof(ctypes.c_void_p)
+
+TbsChannelFactory = Callable[[int], Channel]
+"""Turns the PCP's TBS context (PCP_PLATFORMHANDLE on the provider handle) into a channel."""
+
+
+def idbinding_nonce(nonce: bytes) -> bytes:
+    """What PCP binds for an enrollment nonce: SHA-1(nonce), the 20 bytes IDBINDING accepts.
+
+    The verifier expects ``creationData.outsideInfo`` and the creation attestation's
+    ``extraData`` to equal this value for PCP1/PCP2 blobs provisioned with a nonce."""
+    return hashlib.sha1(nonce).digest()
+
+
+def default_key_name() -> str:
+    """A fresh random user-scope key name: 'ak-' + 16 hex digits."""
+    return AK_NAME_PREFIX + secrets.token_hex(8)
+
+
+def parse_idbinding(data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
+    """Split PCP_TPM12_IDBINDING (TPM 2.0 layout) into its four parts, strictly.
+
+    Input: TPM2B_PUBLIC || TPM2B_CREATION_DATA || TPM2B_ATTEST || TPMT_SIGNATURE, nothing after.
+    Returns (TPM2B_PUBLIC bytes, TPMS_CREATION_DATA bytes, TPMS_ATTEST bytes, TPMT_SIGNATURE
+    bytes) as AkBlob stores them. The attestation must be a creation attestation of exactly this
+    public area; anything else is BAD_RESPONSE.
+    """
+    what = "PCP_TPM12_IDBINDING"
+    try:
+        r = Reader(data)
+        p0 = r.pos
+        public_area = TPM2B_PUBLIC.unmarshal(r).public_area
+        public = data[p0 : r.pos]
+        p1 = r.pos
+        TPM2B_CREATION_DATA.unmarshal(r)
+        creation = data[p1 + 2 : r.pos]
+        attest = r.tpm2b("TPM2B_ATTEST")
+        info = TPMS_ATTEST.from_bytes(attest)
+        p2 = r.pos
+        TPMT_SIGNATURE.unmarshal(r)
+        signature = data[p2 : r.pos]
+        r.done(what)
+        name = object_name(public_area)
+    except ParseError as exc:
+        raise TpmError(f"{what}: {exc}", code=ErrorCode.BAD_RESPONSE) from exc
+    if info.type != TPM_ST.ATTEST_CREATION or not isinstance(info.attested, TPMS_CREATION_INFO):
+        raise TpmError(f"{what}: the attestation is not a creation attestation",
+                       code=ErrorCode.BAD_RESPONSE)
+    if info.attested.object_name != name:
+        raise TpmError(f"{what}: the creation attestation names another object than the key",
+                       code=ErrorCode.BAD_RESPONSE)
+    return public, creation, attest, signature
+
+
+def ek_public_from_rsa(key: rsa.RSAPublicKey) -> bytes:
+    """TPM2B_PUBLIC of an RSA EK rebuilt from its public key and the TCG template L-1.
+
+    PCP_EKPUB carries only modulus and exponent; the EK's Name (which MakeCredential needs) is
+    computed from this rebuilt area, so it is right when the EK was made from the default TCG
+    template (no EK template/nonce NV indices), as Windows-provisioned EKs are."""
+    numbers = key.public_numbers()
+    params = T.EK_RSA_TEMPLATE.parameters
+    assert isinstance(params, TPMS_RSA_PARMS)
+    bits = numbers.n.bit_length()
+    params = dataclasses.replace(params, key_bits=bits,
+                                 exponent=0 if numbers.e == 65537 else numbers.e)
+    area = dataclasses.replace(T.EK_RSA_TEMPLATE, parameters=params,
+                               unique=numbers.n.to_bytes((bits + 7) // 8, "big"))
+    return TPM2B_PUBLIC(area).to_bytes()
+
+
+_ECC_EK_TEMPLATES: Final = {"ecc": T.EK_ECC_TEMPLATE, "ecc384": T.EK_ECC_P384_TEMPLATE}
+
+
+def ek_public_from_ecc(key: ec.EllipticCurvePublicKey, kind: str = "ecc") -> bytes:
+    """TPM2B_PUBLIC of an ECC EK rebuilt from its certificate's key and the TCG template of
+    ``kind`` ("ecc": L-2, NIST P-256; "ecc384": H-4, NIST P-384); UNSUPPORTED on another curve."""
+    template = _ECC_EK_TEMPLATES[kind]
+    curve, point = ecc_point_of(key)
+    if getattr(template.parameters, "curve_id", None) != curve:
+        raise TpmError(f"the ECC EK certificate's key is not on the curve of the {kind!r} EK "
+                       "template", code=ErrorCode.UNSUPPORTED)
+    return TPM2B_PUBLIC(dataclasses.replace(template, unique=point)).to_bytes()
+
+
+def ncrypt_error(exc: NCryptError, action: str, *, lookup: bool = False) -> TpmError:
+    """The TpmError for a failed NCrypt call (``lookup``: the call looked a key up by name).
+
+    Privilege HRESULTs (access denied, NTE_PERM, NTE_DEVICE_NOT_READY, TPM_E_COMMAND_BLOCKED...)
+    become REQUIRES_ELEVATION; NTE_BAD_KEYSET/NTE_NOT_FOUND on a lookup KEY_NOT_FOUND; NTE_EXISTS
+    KEY_EXISTS; a wrapped TPM response code keeps its ``tpm_rc``; the HRESULT is always kept."""
+    hr = exc.hresult
+    if hr in ELEVATION_HRESULTS:
+        return TpmError(f"{action}: the account lacks the privilege (run elevated or as SYSTEM)",
+                        code=ErrorCode.REQUIRES_ELEVATION, hresult=hr, command=exc.function)
+    if lookup and hr in _NOT_FOUND_HRESULTS:
+        return TpmError(f"{action}: no such key", code=ErrorCode.KEY_NOT_FOUND, hresult=hr,
+                        command=exc.function)
+    if hr == NTE_EXISTS:
+        return TpmError(f"{action}: a key of that name exists (pass overwrite=True to replace it)",
+                        code=ErrorCode.KEY_EXISTS, hresult=hr, command=exc.function)
+    if hr & 0xFFFF0000 == _TPM_E_BASE and hr & 0xFFFF < 0x400:
+        return TpmError(action, tpm_rc=hr & 0xFFFF, hresult=hr, command=exc.function)
+    return TpmError(action, code=ErrorCode.TPM_ERROR, hresult=hr, command=exc.function)
+
+
+@contextmanager
+def _mapped(action: str, *, lookup: bool = False) -> Iterator[None]:
+    """Run NCrypt calls, turning NCryptError into the matching TpmError."""
+    try:
+        yield
+    except NCryptError as exc:
+        raise ncrypt_error(exc, action, lookup=lookup) from exc
+
+
+def _check_key_name(name: str) -> None:
+    if not isinstance(name, str) or not name:
+        raise TpmError("key_name must be a non-empty string", code=ErrorCode.INVALID_ARGUMENT)
+    if "\0" in name or any(ord(c) < 0x20 for c in name):
+        raise TpmError("key_name must not contain control characters",
+                       code=ErrorCode.INVALID_ARGUMENT)
+    if len(name) > NCRYPT_MAX_KEY_NAME_LENGTH or len(name.encode("utf-8")) > 256:
+        raise TpmError("key_name is longer than 256 UTF-8 bytes (AK blob limit)",
+                       code=ErrorCode.INVALID_ARGUMENT)
+
+
+class PcpBackend:
+    """The :class:`~tpm2_attest.backends.base.Backend` for Windows: PCP identity keys + TBS."""
+
+    platform: Platform = "windows"
+
+    def __init__(
+        self,
+        ncrypt: NCryptProvider,
+        commands: TpmCommands,
+        *,
+        tcti: str,
+        tbs_channel: TbsChannelFactory,
+        tpm_version: Callable[[], int] | None = None,
+        event_log_reader: Callable[[], bytes] | None = None,
+        provider_name: str = MS_PLATFORM_CRYPTO_PROVIDER,
+        on_close: Callable[[], None] | None = None,
+        extra_info: dict[str, object] | None = None,
+    ) -> None:
+        """``commands`` talk to the TPM through the caller's own TBS context (PCR read/extend,
+        info, GetRandom, ReadPublic); ``tbs_channel(context)`` wraps the PCP's TBS context for
+        quoting with a PCP key's handle; ``tpm_version()`` is TBS device info's TPM version."""
+        self.ncrypt = ncrypt
+        self.cmd = commands
+        self.tcti = tcti
+        self.provider_name = provider_name
+        self._tbs_channel = tbs_channel
+        self._tpm_version = tpm_version
+        self._event_log_reader = event_log_reader
+        self._on_close = on_close
+        self._extra_info = dict(extra_info or {})
+        self._raw = RawBackend(commands, tcti=tcti, transport_kind="tbs")
+
+    # -- constructors ---------------------------------------------------------------------------
+
+    @classmethod
+    def for_windows(cls, commands: TpmCommands, tcti: str) -> PcpBackend:  # pragma: no cover
+        """The real thing: ncrypt.dll through ctypes, TBS through transport/tbs.py (Windows only)."""
+        from ..transport import tbs
+        from .ncrypt import WindowsNCrypt
+
+        return cls(WindowsNCrypt(), commands, tcti=tcti, tbs_channel=tbs.channel_for_context,
+                   tpm_version=lambda: tbs.tbs_device_info().tpm_version,
+                   event_log_reader=tbs.get_tcg_log)
+
+    @classmethod
+    def for_emulator(
+        cls,
+        swtpm_tcti: str,
+        state_dir: str | os.PathLike[str],
+        privilege: Privilege = "standard",
+        security_descr_support: bool = True,
+        *,
+        account: str | None = None,
+        on_command: Callable[[str], None] | None = None,
+    ) -> PcpBackend:
+        """This backend over :class:`PcpEmulator`: PCP keys live in the swtpm at ``swtpm_tcti``
+        and their names in ``state_dir``; ``privilege`` is "standard", "admin" or "system".
+
+        The Windows code path, runnable on Linux: two backends on the same swtpm and state
+        directory see the same machine keys (SYSTEM provisions, a standard user quotes)."""
+        from ..transport import open_transport
+        from .pcp_emulator import PcpEmulator
+
+        transport = open_transport(swtpm_tcti)
+        try:
+            TpmCommands(transport).startup()
+            emulator = PcpEmulator(transport, Path(state_dir), privilege=privilege,
+                                   security_descr_support=security_descr_support, account=account)
+            commands = TpmCommands(emulator.tbs_channel(emulator.tbs_context), on_command=on_command)
+            return cls(emulator, commands, tcti=f"pcp-emulator:{swtpm_tcti}",
+                       tbs_channel=emulator.tbs_channel, tpm_version=emulator.tbs_tpm_version,
+                       on_close=transport.close,
+                       extra_info={"pcp_emulator": True, "privilege": privilege,
+                                   "account": emulator.account})
+        except BaseException:
+            transport.close()
+            raise
+
+    @staticmethod
+    def windows_tpm_available() -> bool:  # pragma: no cover - Windows only
+        """True when TBS reports a TPM 2.0 on this Windows machine; never raises."""
+        try:
+            from ..transport import tbs
+
+            return int(tbs.tbs_device_info().tpm_version) == 2
+        except Exception:
+            return False
+
+    # -- identity and PCRs (TBS, the raw TPM logic) ---------------------------------------------
+
+    def is_available(self) -> bool:
+        """True when TBS device info reports a TPM 2.0 (never raises)."""
+        if self._tpm_version is None:
+            try:
+                self._raw.pcr_banks()
+                return True
+            except (TpmError, OSError):
+                return False
+        try:
+            return self._tpm_version() == 2
+        except (TpmError, OSError, NCryptError):
+            return False
+
+    def info(self) -> TpmInfo:
+        info = self._raw.info()
+        extra: dict[str, object] = {"provider": self.provider_name, **self._extra_info}
+        for key, prop in (("pcp_platform_type", NCRYPT_PCP_PLATFORM_TYPE_PROPERTY),
+                          ("pcp_provider_version", NCRYPT_PCP_PROVIDER_VERSION_PROPERTY)):
+            with suppress(NCryptError, TpmError), self._provider() as prov:
+                extra[key] = unpack_wstr(self.ncrypt.get_property(prov, prop))
+        return dataclasses.replace(info, extra={**info.extra, **extra})
+
+    def get_random(self, n: int) -> bytes:
+        return self._raw.get_random(n)
+
+    def pcr_banks(self) -> list[str]:
+        return self._raw.pcr_banks()
+
+    def pcr_read(self, indices: Iterable[int], bank: str) -> dict[int, bytes]:
+        return self._raw.pcr_read(indices, bank)
+
+    def pcr_extend(self, index: int, digests: dict[str, bytes]) -> None:
+        """PCR_Extend over TBS; a standard user gets REQUIRES_ELEVATION (TPM_E_COMMAND_BLOCKED)."""
+        self._raw.pcr_extend(index, digests)
+
+    def read_public(self, handle: int) -> PublicKey:
+        return self._raw.read_public(handle)
+
+    def event_log(self) -> bytes:
+        if self._event_log_reader is None:
+            raise TpmError("no TCG event log on this PCP backend", code=ErrorCode.UNSUPPORTED)
+        return self._event_log_reader()
+
+    # -- NCrypt plumbing ------------------------------------------------------------------------
+
+    @contextmanager
+    def _provider(self) -> Iterator[int]:
+        with _mapped(f"opening {self.provider_name!r}"):
+            prov = self.ncrypt.open_storage_provider(self.provider_name, 0)
+        try:
+            yield prov
+        finally:
+            self._free(prov)
+
+    @contextmanager
+    def _key(self, prov: int, name: str, machine: bool) -> Iterator[int]:
+        scope = "machine" if machine else "user"
+        with _mapped(f"opening {scope} PCP key {name!r}", lookup=True):
+            key = self.ncrypt.open_key(prov, name, 0, NCRYPT_MACHINE_KEY_FLAG if machine else 0)
+        try:
+            yield key
+        finally:
+            self._free(key)
+
+    def _free(self, handle: int) -> None:
+        # Release is best effort: a failure here must not hide the operation's own error.
+        with suppress(NCryptError):
+            self.ncrypt.free_object(handle)
+
+    def _require_security_descr_support(self, prov: int) -> None:
+        """Machine keys need the provider to honour key DACLs ("Security Descr Support" == 1)."""
+        try:
+            value = unpack_dword(self.ncrypt.get_property(prov, NCRYPT_SECURITY_DESCR_SUPPORT_PROPERTY))
+        except NCryptError as exc:
+            if exc.hresult not in (NTE_NOT_SUPPORTED, NTE_NOT_FOUND):
+                raise ncrypt_error(exc, "reading 'Security Descr Support'") from exc
+            value = 0
+        except TpmError:
+            value = 0
+        if value != 1:
+            raise TpmError(
+                "this Platform Crypto Provider does not advertise 'Security Descr Support', so a "
+                "machine key's DACL cannot grant standard users access; machine-scope (PCP2) AKs "
+                "are unavailable (use scope='user')", code=ErrorCode.UNSUPPORTED)
+
+    def _delete_if_exists(self, prov: int, name: str, flags: int) -> None:
+        """overwrite=True: PCP ignores NCRYPT_OVERWRITE_KEY_FLAG, so open and delete first."""
+        try:
+            key = self.ncrypt.open_key(prov, name, 0, flags)
+        except NCryptError as exc:
+            if exc.hresult in _NOT_FOUND_HRESULTS:
+                return
+            raise ncrypt_error(exc, f"opening PCP key {name!r} to replace it", lookup=True) from exc
+        with _mapped(f"deleting PCP key {name!r} to replace it"):
+            self.ncrypt.delete_key(key, 0)  # frees the handle, success or not
+
+    # -- attestation keys -----------------------------------------------------------------------
+
+    def provision_ak(self, *, key_name: str | None, scope: str, overwrite: bool,
+                     nonce: bytes | None, algorithm: str | None) -> AkBlob:
+        """Create a PCP identity key and return its PCP1 (user) or PCP2 (machine) blob."""
+        if scope not in ("user", "machine"):
+            raise TpmError(f"unknown scope {scope!r} (expected 'user' or 'machine')",
+                           code=ErrorCode.INVALID_ARGUMENT)
+        if algorithm is not None and algorithm.lower() not in ("rsa", "rsa2048"):
+            raise TpmError(f"PCP attestation keys are RSA-2048; algorithm={algorithm!r} is not "
+                           "available on Windows", code=ErrorCode.UNSUPPORTED)
+        machine = scope == "machine"
+        if machine and not key_name:
+            raise TpmError("scope='machine' needs a stable key_name (for example "
+                           "'my-app-device-ak', prefixed with your product): it is how every "
+                           "account on the machine finds the key", code=ErrorCode.INVALID_ARGUMENT)
+        name = key_name or default_key_name()
+        _check_key_name(name)
+        if nonce is not None and not isinstance(nonce, bytes | bytearray | memoryview):
+            raise TpmError("nonce must be bytes", code=ErrorCode.INVALID_ARGUMENT)
+        binding = idbinding_nonce(bytes(nonce)) if nonce is not None else None
+        flags = NCRYPT_MACHINE_KEY_FLAG if machine else 0
+        what = f"{'machine' if machine else 'user'} PCP key {name!r}"
+
+        with self._provider() as prov:
+            if machine:
+                self._require_security_descr_support(prov)
+            if overwrite:
+                self._delete_if_exists(prov, name, flags)
+            with _mapped(f"creating {what}"):
+                key = self.ncrypt.create_persisted_key(prov, NCRYPT_RSA_ALGORITHM, name, 0, flags)
+            live, finalized = True, False
+            try:
+                with _mapped(f"creating {what}"):
+                    self.ncrypt.set_property(key, NCRYPT_LENGTH_PROPERTY, pack_dword(PCP_IDENTITY_KEY_BITS))
+                    self.ncrypt.set_property(key, NCRYPT_PCP_KEY_USAGE_POLICY_PROPERTY,
+                                             pack_dword(NCRYPT_PCP_IDENTITY_KEY))
+                    if binding is not None:
+                        self.ncrypt.set_property(key, NCRYPT_PCP_TPM12_IDBINDING_PROPERTY, binding)
+                    if machine:
+                        self.ncrypt.set_property(key, NCRYPT_SECURITY_DESCR_PROPERTY,
+                                                 pcp_machine_key_security_descriptor(),
+                                                 DACL_SECURITY_INFORMATION)
+                    self.ncrypt.finalize_key(key, 0)
+                    finalized = True
+                    idbinding = self.ncrypt.get_property(key, NCRYPT_PCP_TPM12_IDBINDING_PROPERTY)
+                public, creation, attest, signature = parse_idbinding(idbinding)
+                return AkBlob(format="PCP2" if machine else "PCP1", public=public, private=b"",
+                              creation_data=creation, attest=attest, signature=signature,
+                              key_name=name, parent=0)
+            except BaseException:
+                if finalized:
+                    # Do not leave a key behind whose evidence the caller never received.
+                    live = False
+                    with suppress(NCryptError):
+                        self.ncrypt.delete_key(key, 0)
+                raise
+            finally:
+                if live:
+                    self._free(key)
+
+    def _pcp_blob(self, ak: AkBlob) -> bool:
+        """True for a machine (PCP2) blob; BAD_BLOB for a TPM-wrapped (TPW1) one."""
+        if ak.format == "TPW1":
+            raise TpmError("TPW1 blobs are TPM-wrapped keys for a raw TPM; on Windows AKs are PCP "
+                           "keys (PCP1/PCP2 blobs)", code=ErrorCode.BAD_BLOB)
+        return ak.format == "PCP2"
+
+    def quote(self, ak: AkBlob, *, pcrs: list[int], bank: str, qualifying_data: bytes) -> Quote:
+        """Quote with the PCP key the blob names, through the PCP's TBS context, scheme NULL."""
+        machine = self._pcp_blob(ak)
+        with self._provider() as prov, self._key(prov, ak.key_name, machine) as key:
+            with _mapped("reading the PCP's TBS context (PCP_PLATFORMHANDLE)"):
+                context = unpack_handle(self.ncrypt.get_property(
+                    prov, NCRYPT_PCP_PLATFORMHANDLE_PROPERTY, size=_POINTER_SIZE))
+            with _mapped(f"reading the TPM handle of PCP key {ak.key_name!r}"):
+                handle = unpack_handle(self.ncrypt.get_property(
+                    key, NCRYPT_PCP_PLATFORMHANDLE_PROPERTY, size=4))
+            if handle > 0xFFFFFFFF:
+                raise TpmError(f"PCP returned TPM handle 0x{handle:x}, wider than 32 bits",
+                               code=ErrorCode.BAD_RESPONSE)
+            channel = self._tbs_channel(context)
+            try:
+                cmd = TpmCommands(channel)
+                if cmd.read_public(handle).name != ak.name:
+                    raise TpmError(f"PCP key {ak.key_name!r} is not the key this blob was made for "
+                                   "(was it re-provisioned with overwrite=True?)",
+                                   code=ErrorCode.BAD_BLOB)
+                return quote_consistent(cmd, handle, scheme=TPMT_SCHEME(), bank=bank_alg(bank),
+                                        pcrs=pcrs, qualifying_data=qualifying_data)
+            finally:
+                # A borrowed TBS context is never closed; closing its wrapper only drops it.
+                close = getattr(channel, "close", None)
+                if callable(close):
+                    close()
+
+    def activate_credential(self, ak: AkBlob, challenge: CredentialChallenge) -> bytes:
+        """TPM2_ActivateCredential through PCP: SET then GET PCP_TPM12_IDACTIVATION."""
+        machine = self._pcp_blob(ak)
+        if challenge_ek_kind(challenge) != "rsa":
+            raise TpmError("PCP activates credentials with the RSA EK; make the challenge for the "
+                           "RSA EK (tpm.ek('rsa'))", code=ErrorCode.UNSUPPORTED)
+        action = f"activating a credential with PCP key {ak.key_name!r}"
+        with (self._provider() as prov, self._key(prov, ak.key_name, machine) as key,
+              _mapped(action)):
+            self.ncrypt.set_property(key, NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY,
+                                     challenge.credential_blob + challenge.encrypted_secret)
+            return self.ncrypt.get_property(key, NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY,
+                                            size=IDACTIVATION_BUFFER)
+
+    # -- EK -------------------------------------------------------------------------------------
+
+    def ek(self, kind: EkKind) -> EkInfo:
+        """The EK as PCP exposes it: RSA from PCP_EKPUB (any account), its certificate from the NV
+        certificate properties when this account may read them (None otherwise); an ECC EK
+        ("ecc" P-256, "ecc384" P-384) only from its certificate (admin/SYSTEM)."""
+        with self._provider() as prov:
+            if kind == "rsa":
+                with _mapped("reading PCP_EKPUB"):
+                    key = parse_rsa_public_blob(self.ncrypt.get_property(prov, NCRYPT_PCP_EKPUB_PROPERTY))
+                public = ek_public_from_rsa(key)
+                cert = self._ek_certificate(prov, key)
+                return EkInfo(kind, public, object_name(public), cert, None, False)
+            if kind in _ECC_EK_TEMPLATES:
+                for der in self._certificates(prov, NCRYPT_PCP_ECC_EKNVCERT_PROPERTY):
+                    cert_key = _cert_key(der)
+                    if not isinstance(cert_key, ec.EllipticCurvePublicKey):
+                        continue
+                    with suppress(TpmError, ValueError):
+                        public = ek_public_from_ecc(cert_key, kind)
+                        return EkInfo(kind, public, object_name(public), der, None, False)
+                raise TpmError(f"PCP exposes an ECC EK only through its NV certificate; no {kind!r} "
+                               "EK certificate is present or readable by this account",
+                               code=ErrorCode.UNSUPPORTED)
+        raise TpmError(f"unknown EK kind {kind!r} (expected 'rsa', 'ecc' or 'ecc384')",
+                       code=ErrorCode.INVALID_ARGUMENT)
+
+    def _certificates(self, prov: int, prop: str) -> list[bytes]:
+        # Standard users may only read PCP_EKPUB: an unreadable store means "no certificate".
+        try:
+            return self.ncrypt.get_certificates(prov, prop)
+        except (NCryptError, TpmError):
+            return []
+
+    def _ek_certificate(self, prov: int, key: rsa.RSAPublicKey) -> bytes | None:
+        """The RSA EK certificate whose key is ``key`` (or an unparseable RSA-store one)."""
+        want = key.public_numbers()
+        candidates: list[bytes] = []
+        for prop in (NCRYPT_PCP_RSA_EKNVCERT_PROPERTY, NCRYPT_PCP_EKNVCERT_PROPERTY):
+            for der in self._certificates(prov, prop):
+                cert_key = _cert_key(der)
+                if isinstance(cert_key, rsa.RSAPublicKey) and cert_key.public_numbers() == want:
+                    return der
+                if cert_key is None and prop == NCRYPT_PCP_RSA_EKNVCERT_PROPERTY:
+                    candidates.append(der)  # unparseable here; the verifier will judge it
+        return candidates[0] if candidates else None
+
+    def close(self) -> None:
+        if self._on_close is not None:
+            on_close, self._on_close = self._on_close, None
+            on_close()
+
+
+def _cert_key(der: bytes) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey | None:
+    """The RSA/EC key of a DER certificate, or None when it cannot be parsed."""
+    try:
+        key = x509.load_der_x509_certificate(der).public_key()
+    except ValueError:
+        return None
+    return key if isinstance(key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey) else None
+
+
+__all__ = [
+    "AK_NAME_PREFIX",
+    "NONCE_BINDING_SIZE",
+    "PcpBackend",
+    "default_key_name",
+    "ek_public_from_rsa",
+    "idbinding_nonce",
+    "ncrypt_error",
+    "parse_idbinding",
+]
