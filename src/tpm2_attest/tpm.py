@@ -17,6 +17,9 @@ from .tpm2.constants import HASH_SIZES
 from .transport import open_transport, resolve_tcti
 
 if TYPE_CHECKING:
+    import os
+
+    from .backends.pcp_emulator import Privilege
     from .swtpm import EmbeddedSwtpm
     from .transport.base import Transport
 
@@ -141,6 +144,20 @@ class Tpm:
             raise
         tpm.embedded = sw
         return tpm
+
+    @classmethod
+    def open_pcp_emulator(cls, swtpm_tcti: str, state_dir: str | os.PathLike[str], *,
+                          privilege: Privilege = "standard", security_descr_support: bool = True,
+                          account: str | None = None,
+                          on_command: Callable[[str], None] | None = None) -> Tpm:
+        """The Windows PCP backend over ``PcpEmulator``: PCP keys in the swtpm at ``swtpm_tcti``,
+        their names in ``state_dir``, as a "standard" user, elevated "admin" or "system".
+        Tests the Windows flow (provision as SYSTEM, quote as a standard user) on any OS."""
+        from .backends.pcp import PcpBackend
+
+        backend = PcpBackend.for_emulator(swtpm_tcti, state_dir, privilege, security_descr_support,
+                                          account=account, on_command=on_command)
+        return cls(backend, commands=backend.cmd, tcti_source="argument")
 
     @classmethod
     def _from_transport(cls, transport: Transport, source: str, *, srk_handle: int | None = None,
