@@ -4,7 +4,10 @@ EK certificates are not web-PKI certificates (no serverAuth/clientAuth EKU, an
 empty subject, a critical SubjectAltName), so the path is built here rather than
 with `cryptography`'s web-PKI verifier: from the leaf, issuers are looked up among
 the intermediates and roots by name, every signature is checked, CA constraints
-and validity periods are enforced, and the search stops at a caller-given root.
+and validity periods are enforced (the root's too), and the search stops at a
+caller-given root. Parsed CA inputs and verified (child, issuer) signature links
+are cached by DER fingerprint across calls (bounded); validity and constraints
+are checked on every call.
 
 Some TPM vendors ship certificates that strict DER parsers refuse (see the
 "Lenient parsing" section below); those are accepted through a bounded repair
@@ -34,7 +37,8 @@ For a repaired certificate ``EkCertificate.certificate`` is the re-encoded copy
 (``lenient`` is True): read fields from it, but its own signature does not cover
 its bytes; the chain check verified the original TBSCertificate bytes instead.
 
-Refused (``Reason.EK_CERT_MALFORMED``): more than 64 KiB, indefinite lengths,
+Refused (``Reason.EK_CERT_MALFORMED``): more than 64 KiB; and, on the repair
+path (when `cryptography` alone refused the bytes), indefinite lengths,
 high tag numbers, lengths past the end of their container, nesting deeper than
 32, a Certificate that is not exactly SEQUENCE {tbs, algorithm, BIT STRING},
 a signature BIT STRING with unused bits, duplicate extensions, and anything
@@ -613,6 +617,7 @@ def _verify_signature(child: _Parsed, issuer: _Parsed) -> str | None:
 
 
 def _check_signature(child: _Parsed, issuer: _Parsed) -> str | None:
+    """Issuer name and signature; a repaired child is checked over its original TBS bytes."""
     if child.issuer != issuer.subject:
         return "issuer name differs"
     try:
