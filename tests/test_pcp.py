@@ -39,6 +39,7 @@ from tpm2_attest.backends.pcp_emulator import (
     PCP_AK_TEMPLATE,
     KeyRecord,
     PcpEmulator,
+    Privilege,
     users_may_use,
 )
 from tpm2_attest.errors import (
@@ -73,7 +74,7 @@ def pcp(swtpm: Any, state: Path) -> Any:
     """``with pcp("system") as tpm:`` opens a Tpm over a PcpEmulator on the shared state."""
 
     @contextmanager
-    def open_(privilege: str = "standard", **kw: Any) -> Iterator[Tpm]:
+    def open_(privilege: Privilege = "standard", **kw: Any) -> Iterator[Tpm]:
         with Tpm.open_pcp_emulator(swtpm.tcti, state, privilege=privilege, **kw) as tpm:
             yield tpm
             # Every provider and key handle was freed, whatever happened.
@@ -341,7 +342,7 @@ def test_ek_through_pcp(pcp: Any, swtpm: Any, privilege: str) -> None:
                 assert ecc.name == expected[kind].name
                 assert ecc.certificate == expected[kind].certificate
         with raises(ErrorCode.INVALID_ARGUMENT):
-            tpm.ek("dsa")  # type: ignore[arg-type]
+            tpm.ek("dsa")
 
 
 # -----------------------------------------------------------------------------------------------
