@@ -80,7 +80,13 @@ class PcrApi:
         for b in digests:
             if b not in banks:
                 raise TpmError(f"PCR bank {b!r} is not allocated on this TPM", code=ErrorCode.INVALID_ARGUMENT)
-        self._tpm.backend.pcr_extend(index, digests)
+        try:
+            self._tpm.backend.pcr_extend(index, digests)
+        except TpmError as exc:
+            if exc.rc_name == "TPM_RC_LOCALITY" and exc.hint is None:
+                exc.hint = (f"PCR {index} can only be extended from a higher locality "
+                            "(17-22 are DRTM PCRs); use PCR 16 or 23")
+            raise
 
 
 class Tpm:
