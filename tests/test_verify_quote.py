@@ -188,6 +188,7 @@ def test_expected_pcrs(ak: AkPublic, quote: Quote) -> None:
 def test_empty_nonce(tpm: Tpm, blob: AkBlob, ak: AkPublic) -> None:
     q = tpm.quote(blob, pcrs=[0], qualifying_data=b"")
     assert reason_of(ak, q, nonce=b"") == Reason.EMPTY_NONCE
+    assert reason_of(ak, q, nonce=None) == Reason.EMPTY_NONCE
     assert verify_quote(ak, q, nonce=b"", allow_empty_nonce=True).extra_data == b""
     assert reason_of(ak, q, nonce=NONCE) == Reason.NONCE_MISMATCH
 

@@ -133,6 +133,7 @@ class AkPublic:
     area bytes as received)), ``key`` the `cryptography` public key, ``scheme`` the signing
     scheme and hash the key itself mandates, ``format`` the AK blob format it came from
     (``TPW1``/``PCP1``/``PCP2``) or None. Build it with :meth:`from_public` or ``check_ak``.
+    Two AkPublic are equal when they are the same key (same Name).
     """
 
     __slots__ = (
@@ -191,10 +192,10 @@ class AkPublic:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, AkPublic):
             return NotImplemented
-        return self.name == other.name and self.format == other.format
+        return self.name == other.name
 
     def __hash__(self) -> int:
-        return hash((self.name, self.format))
+        return hash(self.name)
 
     def __repr__(self) -> str:
         return (f"AkPublic({_alg_name(self.public_area.type)} {_alg_name(self.scheme.scheme)}-"

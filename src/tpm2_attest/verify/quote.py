@@ -360,7 +360,7 @@ def verify_quote(
     ak: AkInput,
     quote: QuoteInput,
     *,
-    nonce: bytes,
+    nonce: bytes | None,
     expected_pcrs: ExpectedPcrs | None = None,
     allow_empty_nonce: bool = False,
     allow_sha1: bool = True,
@@ -382,8 +382,10 @@ def verify_quote(
         pcrs: PcrInput = quote.pcrs
     else:
         attest, sig, pcrs = _split_quote(quote)
-    if not nonce and not allow_empty_nonce:
-        raise _fail(Reason.EMPTY_NONCE, "no nonce given (pass allow_empty_nonce=True to accept replayable quotes)")
+    if not nonce:
+        if not allow_empty_nonce:
+            raise _fail(Reason.EMPTY_NONCE, "no nonce given (pass allow_empty_nonce=True to accept replayable quotes)")
+        nonce = b""
     if not allow_sha1 and ak._sha1:
         raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1 (allow_sha1=False)")
 
