@@ -300,9 +300,14 @@ def test_device_nonexistent_path(tmp_path: Path) -> None:
 
 
 _EACCES = """
-import sys
+import os, sys, types
+# Load the transport without the package __init__ (whose verifier needs a recent cryptography
+# that the system interpreter may lack).
+pkg = types.ModuleType("tpm2_attest")
+pkg.__path__ = [os.path.join(os.environ["PYTHONPATH"], "tpm2_attest")]
+sys.modules["tpm2_attest"] = pkg
 from tpm2_attest.transport.device import DeviceTransport
-from tpm2_attest import TpmError
+from tpm2_attest.errors import TpmError
 try:
     DeviceTransport(sys.argv[1])
 except TpmError as e:
@@ -512,6 +517,7 @@ HOSTILE_CASES = {
     "oversized": (struct.pack(">HII", 0x8001, 0x7FFFFFFF, 0), "exceeds"),
     "undersized": (struct.pack(">HII", 0x8001, 6, 0), "smaller than its header"),
     "garbage": (b"SSH-2.0-OpenSSH_9.2p1 Debian\r\n", "not a TPM response"),
+    "trailing bytes": (GOOD + b"junk", "4 unexpected bytes"),
 }
 
 

@@ -109,7 +109,8 @@ class Transport(ABC):
 
     def send(self, command: bytes) -> bytes:
         """Send ``command`` (a complete TPM command) and return the complete response."""
-        command = bytes(command)
+        if type(command) is not bytes:
+            command = bytes(command)
         check_command(command)
         with self._lock:
             if self._closed:

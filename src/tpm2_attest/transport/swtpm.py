@@ -24,7 +24,10 @@ from .base import (
 
 DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 2321
+RECV_SIZE: Final = 8192
+"""First read size: TPM responses are at most a few KiB (TPM_PT_MAX_RESPONSE_SIZE)."""
 
+_SLACK: Final = 0.05
 SockAddr = tuple[Any, ...]
 """(host, port) for IPv4, (host, port, flowinfo, scope_id) for IPv6."""
 
@@ -32,18 +35,20 @@ SockAddr = tuple[Any, ...]
 class StreamReader:
     """Reads exact byte counts from a socket under one overall deadline.
 
-    The socket's own timeout is set once by the caller; a later read only lowers it when the
-    remaining budget is smaller, so a peer that trickles bytes cannot stretch the deadline.
+    The caller sets the socket's timeout once; a read lowers it only when the remaining budget
+    is clearly smaller (by 50 ms), so a peer that trickles bytes cannot stretch the deadline
+    and the common case costs no extra system call.
     """
 
     __slots__ = ("_buf", "_deadline", "_sock", "_timeout", "_where")
 
-    def __init__(self, sock: socket.socket, deadline: float, timeout: float, where: str) -> None:
+    def __init__(self, sock: socket.socket, deadline: float, timeout: float, where: str,
+                 initial: bytes = b"") -> None:
         self._sock = sock
         self._deadline = deadline
         self._timeout = timeout
         self._where = where
-        self._buf = b""
+        self._buf = initial
 
     @property
     def pending(self) -> int:
@@ -58,15 +63,13 @@ class StreamReader:
             return buf[:n]
         parts = [buf]
         have = len(buf)
-        first = True
         while have < n:
-            if not first:
-                remaining = self._deadline - time.monotonic()
-                if remaining <= 0:
-                    raise TimeoutError
-                if remaining < self._timeout:
-                    self._sock.settimeout(remaining)
-            first = False
+            remaining = self._deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            if remaining < self._timeout - _SLACK:
+                self._sock.settimeout(remaining)
+                self._timeout = remaining
             chunk = self._sock.recv(max(n - have, 4096))
             if not chunk:
                 raise transport_error(
@@ -158,7 +161,15 @@ class SwtpmTransport(Transport):
         sock = connect(self._family, self._address, timeout, self.tcti)
         try:
             sock.sendall(command)
-            return StreamReader(sock, deadline, timeout, self.tcti).read_response()
+            data = sock.recv(RECV_SIZE)
+            if len(data) >= HEADER_SIZE and response_size(data, self.tcti) == len(data):
+                return data  # the usual case: the whole response in one segment
+            reader = StreamReader(sock, deadline, timeout, self.tcti, data)
+            response = reader.read_response()
+            if reader.pending:
+                raise transport_error(f"{self.tcti}: {reader.pending} unexpected bytes after "
+                                      "the response")
+            return response
         except OSError as exc:
             raise io_error(self.tcti, exc, timeout) from None
         finally:
