@@ -218,3 +218,17 @@ def test_a_crashed_or_killed_program_leaves_no_swtpm(tmp_path: Path) -> None:
             if p.poll() is None:
                 p.kill()
                 p.wait()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_a_forked_child_cannot_stop_the_parents_swtpm(fresh_swtpm: EmbeddedSwtpm) -> None:
+    pid = os.fork()
+    if pid == 0:  # the child runs the cleanup a normal exit would run, then leaves
+        try:
+            fresh_swtpm.stop()
+        finally:
+            os._exit(0)
+    os.waitpid(pid, 0)
+    assert fresh_swtpm.running and fresh_swtpm.root_dir.is_dir()
+    with open_transport(fresh_swtpm.tcti) as t:
+        assert t.send(bytes.fromhex("80010000000c0000017b0008"))[6:10] == bytes(4)

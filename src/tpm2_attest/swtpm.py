@@ -147,8 +147,9 @@ _template: _Layout | None = None
 _template_lock = threading.Lock()
 
 
-def _remove_template(path: Path) -> None:
-    shutil.rmtree(path, ignore_errors=True)
+def _remove_template(path: Path, owner: int) -> None:
+    if os.getpid() == owner:  # not in a fork()ed child that happens to exit normally
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def _usable(layout: _Layout) -> bool:
@@ -169,9 +170,9 @@ def _manufactured_template() -> _Layout:
             try:
                 _manufacture(layout)
             except BaseException:
-                _remove_template(layout.root)
+                _remove_template(layout.root, os.getpid())
                 raise
-            atexit.register(_remove_template, layout.root)
+            atexit.register(_remove_template, layout.root, os.getpid())
             _template = layout
         return _template
 
@@ -242,8 +243,13 @@ def control(port: int, command: int, payload: bytes = b"", *, timeout: float = 5
     return int(_U32.unpack(data)[0])
 
 
-def _stop_process(proc: subprocess.Popen[bytes], ctrl_port: int, root: Path | None) -> None:
-    """Shut swtpm down through its control port, kill it if that does not work, remove files."""
+def _stop_process(proc: subprocess.Popen[bytes], ctrl_port: int, root: Path | None,
+                  owner: int | None = None) -> None:
+    """Shut swtpm down through its control port, kill it if that does not work, remove files.
+
+    ``owner``: the pid that started it; a fork()ed child running finalizers does nothing."""
+    if owner is not None and os.getpid() != owner:
+        return
     try:
         if proc.poll() is None:
             with contextlib.suppress(OSError, TpmError):
@@ -308,7 +314,8 @@ class EmbeddedSwtpm:
                 shutil.rmtree(layout.root, ignore_errors=True)
                 raise
             self._layout, self._proc, self._port = layout, proc, port
-            self._finalizer = weakref.finalize(self, _stop_process, proc, port + 1, layout.root)
+            self._finalizer = weakref.finalize(self, _stop_process, proc, port + 1, layout.root,
+                                               os.getpid())
             return self
 
     def _launch(self, layout: _Layout) -> tuple[subprocess.Popen[bytes], int]:

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import select
+import threading
 import time
 from typing import Final
 
@@ -39,6 +40,11 @@ def default_device_path() -> str | None:
         if os.path.exists(path):
             return path
     return None
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
 
 
 def _open_error(path: str, exc: OSError) -> TpmError:
@@ -92,8 +98,9 @@ class DeviceTransport(Transport):
         try:
             return self._read_response(fd, deadline)
         except BaseException:
-            # A pending or half-read response would poison the next command.
-            self._drop()
+            # A pending or half-read response would poison the next command. Closing waits
+            # for a command still running in the TPM, so do that off this thread.
+            self._drop(background=True)
             raise
 
     def _read_response(self, fd: int, deadline: float) -> bytes:
@@ -122,11 +129,13 @@ class DeviceTransport(Transport):
                                   f"got {len(data)}")
         return data
 
-    def _drop(self) -> None:
+    def _drop(self, *, background: bool = False) -> None:
         if self._fd is not None:
             fd, self._fd = self._fd, None
-            with contextlib.suppress(OSError):
-                os.close(fd)
+            if background:
+                threading.Thread(target=_close_quietly, args=(fd,), daemon=True).start()
+            else:
+                _close_quietly(fd)
 
     def _close(self) -> None:
         self._drop()
