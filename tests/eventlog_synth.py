@@ -406,12 +406,21 @@ def rich_log(banks: Sequence[str] = ("sha256",), *, legacy: bool = False,
 # ---------------------------------------------------------------------------------------------
 
 
+def regression_inputs() -> list[bytes]:
+    """Inputs that once broke the parser (found by fuzzing), kept in tests/fuzz/regressions."""
+    from pathlib import Path
+
+    folder = Path(__file__).resolve().parent / "fuzz" / "regressions"
+    return [p.read_bytes() for p in sorted(folder.glob("*.bin"))]
+
+
 def seed_logs() -> list[bytes]:
     """Real logs plus synthesized ones in the formats the real ones lack."""
     from pathlib import Path
 
     logs = [p.read_bytes() for p in sorted(Path("/work/shared/testdata/eventlogs").glob("*"))
             if p.is_file()]
+    logs += regression_inputs()
     rich = rich_log(("sha1", "sha256", "sha384", "sha512"))
     rich.hcrtm_event()
     return [

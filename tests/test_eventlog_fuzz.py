@@ -78,7 +78,7 @@ def mutate(seed: int, muts: list[tuple[str, int, object]]) -> bytes:
     return bytes(data)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow],
+@settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.too_slow],
           database=None)
 @given(seed=st.integers(0, len(SEEDS) - 1), muts=st.lists(mutation, min_size=1, max_size=4))
 def test_mutated_logs(seed: int, muts: list[tuple[str, int, object]]) -> None:
@@ -101,6 +101,15 @@ def test_random_events_after_a_valid_spec_id(banks: tuple[str, ...], tail: bytes
 def test_seeds_pass_the_oracle() -> None:
     for s in SEEDS:
         synth.exercise(s)
+
+
+def test_fuzz_regressions() -> None:
+    """lazy-x509-subject.bin (atheris): a db certificate that loads but whose subject only
+    fails when read; it must be reported as unparseable, not crash to_dict()."""
+    inputs = synth.regression_inputs()
+    assert inputs
+    for data in inputs:
+        synth.exercise(data)
 
 
 ATHERIS_SCRIPT = Path(__file__).parent / "fuzz" / "fuzz_eventlog.py"

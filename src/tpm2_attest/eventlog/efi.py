@@ -82,11 +82,20 @@ class SignatureEntry:
 
 
 def parse_certificate(der: bytes) -> tuple[x509.Certificate | None, str | None]:
-    """Parse a DER X.509 certificate; return (certificate, None) or (None, reason)."""
+    """Parse a DER X.509 certificate; return (certificate, None) or (None, reason).
+
+    cryptography decodes some fields lazily, so the ones this package reads (names, serial,
+    validity, TBS bytes) are touched here: a certificate returned will not raise later.
+    """
     try:
-        return x509.load_der_x509_certificate(der), None
+        cert = x509.load_der_x509_certificate(der)
+        cert.subject.rfc4514_string()
+        cert.issuer.rfc4514_string()
+        _ = (cert.serial_number, cert.not_valid_before_utc, cert.not_valid_after_utc,
+             cert.tbs_certificate_bytes)
     except Exception as exc:  # cryptography raises ValueError and friends
         return None, f"{type(exc).__name__}: {exc}"
+    return cert, None
 
 
 def parse_signature_lists(data: bytes, base: int = 0) -> tuple[SignatureEntry, ...]:
