@@ -407,6 +407,7 @@ class EmbeddedSwtpm:
 
     @property
     def pid(self) -> int:
+        """The swtpm child's process id."""
         self._started()
         assert self._proc is not None
         return self._proc.pid
@@ -434,10 +435,12 @@ class EmbeddedSwtpm:
 
     @property
     def state_dir(self) -> Path:
+        """swtpm's --tpmstate directory (tpm2-00.permall) of this instance."""
         return self._started().state
 
     @property
     def log_path(self) -> Path:
+        """swtpm's log file (level 1 by default: errors only)."""
         return self._started().root / "swtpm.log"
 
     @property

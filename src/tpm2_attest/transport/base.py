@@ -134,6 +134,7 @@ class Transport(ABC):
 
     @property
     def closed(self) -> bool:
+        """True after :meth:`close`."""
         return self._closed
 
     def __enter__(self) -> Self:
