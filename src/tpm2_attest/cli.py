@@ -272,6 +272,10 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--allow-empty-nonce", action="store_true")
     s.set_defaults(func=cmd_verify_quote)
 
+    from .probe import add_parser as add_probe
+
+    add_probe(sub)
+
     try:
         from .eventlog.cli import add_parser as add_eventlog
     except ImportError:  # pragma: no cover - the event log package is part of the distribution
