@@ -15,6 +15,7 @@ from ._files import write_atomic
 from ._version import __version__
 from .errors import ErrorCode, TpmError
 from .evidence import AkBlob, CredentialChallenge, Quote
+from .progress import terminal_progress
 from .tpm import Tpm
 from .verify import VerificationError
 
@@ -24,10 +25,11 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_TPM = 0, 1, 2, 3
 def _open(args: argparse.Namespace, *, fallback: bool) -> Tpm:
     """Open --tcti / the environment / the device; the embedded swtpm only when allowed and
     nothing was named (an explicit TPM that is down is an error, not a silent swap)."""
+    progress = terminal_progress()  # a spinner on a terminal for slow key creation; None when piped
     if getattr(args, "embedded", False):
-        tpm = Tpm.open_embedded()
+        tpm = Tpm.open_embedded(on_command=progress)
     else:
-        tpm = Tpm.open(args.tcti, embedded_fallback=fallback)
+        tpm = Tpm.open(args.tcti, embedded_fallback=fallback, on_command=progress)
     if tpm.embedded is not None and not getattr(args, "json", False):
         print(f"No TPM found: using an embedded software TPM (swtpm at {tpm.tcti})", file=sys.stderr)
     return tpm
