@@ -19,7 +19,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager, nullcontext, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, Literal, cast
@@ -30,7 +30,7 @@ from ._version import __version__
 from .demo import Step
 from .errors import ErrorCode, TpmError
 from .evidence import AkBlob, EkInfo
-from .progress import terminal_progress
+from .progress import Progress, terminal_progress
 from .tpm import Tpm
 from .verify import VerificationError
 
@@ -175,8 +175,10 @@ class _Prober:
     """Runs steps against one open Tpm, sharing the EK and AK between them."""
 
     def __init__(self, tpm: Tpm | None, report: ProbeReport, options: ProbeOptions, *,
-                 explicit: bool, on_step: Callable[[ProbeStep], None] | None) -> None:
+                 explicit: bool, on_step: Callable[[ProbeStep], None] | None,
+                 progress: Progress | None = None) -> None:
         self.tpm = tpm
+        self.progress = progress
         self.report = report
         self.options = options
         self.explicit = explicit
@@ -269,9 +271,10 @@ class _Prober:
 
     def _provision(self) -> tuple[AkBlob, bytes]:
         nonce = os.urandom(32)
-        blob = self._need_tpm().provision_ak(key_name=self.options.key_name, scope=self.options.scope,
-                                             overwrite=self.options.overwrite, nonce=nonce,
-                                             algorithm=self.options.algorithm)
+        with self.progress.activity("creating the attestation key") if self.progress else nullcontext():
+            blob = self._need_tpm().provision_ak(key_name=self.options.key_name, scope=self.options.scope,
+                                                 overwrite=self.options.overwrite, nonce=nonce,
+                                                 algorithm=self.options.algorithm)
         return blob, nonce
 
     def ak_step(self, st: ProbeStep) -> None:
@@ -456,11 +459,13 @@ def check_options(step: str, options: ProbeOptions, *, force: bool) -> None:
 
 def run_probe(tpm: Tpm, step: str = "all", options: ProbeOptions | None = None, *,
               target: dict[str, object] | None = None,
-              on_step: Callable[[ProbeStep], None] | None = None) -> ProbeReport:
+              on_step: Callable[[ProbeStep], None] | None = None,
+              progress: Progress | None = None) -> ProbeReport:
     """Run ``step`` (or ``all``) against an open ``tpm``; never raises for a failed step."""
     options = options or ProbeOptions()
     report = ProbeReport(target or {"tcti": tpm.tcti, "source": tpm.tcti_source})
-    prober = _Prober(tpm, report, options, explicit=step != "all", on_step=on_step)
+    prober = _Prober(tpm, report, options, explicit=step != "all", on_step=on_step,
+                     progress=progress)
     actions: dict[str, Callable[[ProbeStep], None]] = {
         "info": prober.info, "pcrs": prober.pcrs, "ek": prober.ek_step, "ak": prober.ak_step,
         "quote": prober.quote, "extend": prober.extend, "activate": prober.activate,
@@ -578,7 +583,8 @@ def _probe(args: argparse.Namespace, options: ProbeOptions,
                 report.no_tpm = code == ErrorCode.TPM_NOT_FOUND.value
                 return report
             tpm, target = opened[0]
-            sub = run_probe(tpm, args.step, options, target=target, on_step=show)
+            sub = run_probe(tpm, args.step, options, target=target, on_step=show,
+                            progress=progress)
             report.steps.extend(sub.steps)
             report.tpm = sub.tpm
     finally:

@@ -16,6 +16,8 @@ import atexit
 import sys
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Final, TextIO
 
 SLOW_COMMANDS: Final[dict[str, str]] = {
@@ -65,6 +67,29 @@ class Progress:
                                                     daemon=True)
                     self._thread.start()
                 self._cond.notify_all()
+
+    @contextmanager
+    def activity(self, label: str) -> Iterator[None]:
+        """Show ``label`` while the block runs longer than ``delay``: for slow work the hook
+        cannot see (Windows PCP creates its keys inside the provider, not through our TBS
+        context). Commands sent meanwhile take the line over, as usual."""
+        if not self.enabled:
+            yield
+            return
+        with self._cond:
+            self._clear_locked()
+            self._generation += 1
+            self._label = label
+            self._started = time.monotonic()
+            if self._thread is None and not self._closed:
+                self._thread = threading.Thread(target=self._run, name="tpm2-attest-progress",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify_all()
+        try:
+            yield
+        finally:
+            self.done()
 
     def done(self) -> None:
         """Erase the line now (the operation finished without a further command)."""
