@@ -98,8 +98,9 @@ def run_demo(tpm: Tpm, *, ek_roots: list[bytes] | None = None, ek_intermediates:
     ek = None
     with r.step("Read the EK and its certificate") as st:
         ek = tpm.ek("rsa")
-        st.detail = (f"RSA EK {'persistent at 0x%08x' % ek.handle if ek.persistent and ek.handle else 'created from the TCG template'}; "
-                     f"certificate {'%d bytes' % len(ek.certificate) if ek.certificate else 'absent'}")
+        where = f"persistent at 0x{ek.handle:08x}" if ek.persistent and ek.handle else "created from the TCG template"
+        cert = f"{len(ek.certificate)} bytes" if ek.certificate else "absent"
+        st.detail = f"RSA EK {where}; certificate {cert}"
         st.data = {"ek_name": ek.name.hex()}
 
     with r.step("Verify the EK certificate chain") as st:

@@ -17,7 +17,16 @@ from typing import Any, Final, TypeVar
 
 from ..commands import PW, CreateResult, TpmCommands
 from ..errors import ErrorCode, TpmError
-from ..evidence import SRK_RECREATE, AkBlob, CredentialChallenge, EkInfo, PublicKey, Quote, bank_alg, bank_name
+from ..evidence import (
+    SRK_RECREATE,
+    AkBlob,
+    CredentialChallenge,
+    EkInfo,
+    PublicKey,
+    Quote,
+    bank_alg,
+    bank_name,
+)
 from ..tpm2 import templates as T
 from ..tpm2.constants import (
     EK_ECC_HANDLE,
