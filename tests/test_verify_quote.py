@@ -445,3 +445,53 @@ def test_hot_path_two_layouts_of_one_length() -> None:
         assert res.extra_data == NONCE[:-1] and list(res.pcrs) == [0, 16]
     assert reason_of(ak, q1, nonce=NONCE[:-1]) == Reason.NONCE_MISMATCH
     assert reason_of(ak, q2, nonce=NONCE) == Reason.NONCE_MISMATCH
+
+
+# -- hostile bytes: only VerificationError, whatever the mutation ----------------------------------
+
+
+def test_mutated_and_resigned_quotes_fail_cleanly() -> None:
+    """Truncations, extensions and byte changes of a signed quote, re-signed so that the
+    parser (generic and learnt-layout paths) meets them: the verifier either accepts a
+    consistent quote or raises VerificationError, never anything else."""
+    import random
+
+    rnd = random.Random(1234)
+    key, ak = soft_key()
+    base = soft_quote(key)
+    verify_quote(ak, base, nonce=NONCE)  # learn the layout
+    outcomes: set[str] = set()
+    for _ in range(400):
+        att = bytearray(base.attest)
+        op = rnd.randrange(3)
+        if op == 0:
+            for _ in range(rnd.randint(1, 3)):
+                att[rnd.randrange(len(att))] = rnd.randrange(256)
+        elif op == 1:
+            del att[rnd.randrange(len(att)):]
+        else:
+            att[rnd.randrange(len(att)):rnd.randrange(len(att))] = rnd.randbytes(rnd.randint(1, 8))
+        q = _resign(key, replace(base, attest=bytes(att)))
+        try:
+            verify_quote(ak, q, nonce=NONCE)
+            outcomes.add("ok")
+        except VerificationError as exc:
+            outcomes.add(exc.reason.value)
+    assert {"MALFORMED", "NONCE_MISMATCH", "PCR_DIGEST_MISMATCH"} <= outcomes
+
+
+def test_hostile_signatures_and_pcrs_fail_cleanly(ak: AkPublic, quote: Quote) -> None:
+    import random
+
+    rnd = random.Random(99)
+    for _ in range(200):
+        sig = bytearray(quote.signature)
+        cut = rnd.randrange(len(sig))
+        sig[cut:cut + rnd.randint(0, 3)] = rnd.randbytes(rnd.randint(0, 3))
+        if sig == quote.signature:
+            continue
+        with pytest.raises(VerificationError):
+            verify_quote(ak, replace(quote, signature=bytes(sig)), nonce=NONCE)
+    for bad in ({"sha256": {0: "00" * 32}}, {"sha256": None}, {"sha256": {"0": bytes(32)}}, {0: None}):
+        with pytest.raises(VerificationError):
+            verify_quote(ak, replace(quote, pcrs=bad), nonce=NONCE)  # type: ignore[arg-type]

@@ -376,10 +376,12 @@ def verify_quote(
     """
     if type(ak) is not AkPublic:
         ak = _to_ak(ak, allow_sha1)
-    if type(quote) is Quote and type(quote.attest) is bytes:
+    if type(quote) is Quote:
         attest = quote.attest
         sig = quote.signature
         pcrs: PcrInput = quote.pcrs
+        if type(attest) is not bytes or type(sig) is not bytes:
+            attest, sig = bytes(attest), bytes(sig)
     else:
         attest, sig, pcrs = _split_quote(quote)
     if not nonce:
@@ -392,11 +394,11 @@ def verify_quote(
     # 1. Signature, under the AK's own scheme, before anything of the attest is believed.
     try:
         if ak._kind == _KIND_ECDSA:
-            if sig[:4] != ak._sig_head:
+            if not sig.startswith(ak._sig_head):
                 ak.verify_signature(attest, sig, allow_sha1=allow_sha1)  # raises the precise error
             ak._verify(ak._ecdsa_signature(sig), attest, ak._pad)
         else:
-            if len(sig) != ak._sig_len or sig[:6] != ak._sig_head:
+            if len(sig) != ak._sig_len or not sig.startswith(ak._sig_head):
                 ak.verify_signature(attest, sig, allow_sha1=allow_sha1)  # raises the precise error
             ak._verify(sig[6:], attest, ak._pad, ak._hash)
     except InvalidSignature:
