@@ -2,14 +2,35 @@
 
 Device side: :class:`Tpm`. Evidence: :class:`AkBlob`, :class:`Quote`, :class:`EkInfo`,
 :class:`CredentialChallenge`. Verifier: :mod:`tpm2_attest.verify`.
+
+The heavy parts (the device API, ``cryptography.x509`` for the verifier) load on first use,
+so ``import tpm2_attest`` and the CLI start fast.
 """
 
-from . import verify
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from ._version import __version__
-from .backends.base import TpmInfo
 from .errors import ErrorCode, TpmError
-from .evidence import AkBlob, CredentialChallenge, EkInfo, PublicKey, Quote
-from .tpm import Tpm
+
+if TYPE_CHECKING:
+    from . import verify
+    from .backends.base import TpmInfo
+    from .evidence import AkBlob, CredentialChallenge, EkInfo, PublicKey, Quote
+    from .tpm import Tpm
+
+_LAZY: dict[str, tuple[str, str | None]] = {
+    "verify": (".verify", None),
+    "TpmInfo": (".backends.base", "TpmInfo"),
+    "AkBlob": (".evidence", "AkBlob"),
+    "CredentialChallenge": (".evidence", "CredentialChallenge"),
+    "EkInfo": (".evidence", "EkInfo"),
+    "PublicKey": (".evidence", "PublicKey"),
+    "Quote": (".evidence", "Quote"),
+    "Tpm": (".tpm", "Tpm"),
+}
 
 __all__ = [
     "AkBlob",
@@ -24,3 +45,15 @@ __all__ = [
     "__version__",
     "verify",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """Import the public names on first access (PEP 562)."""
+    try:
+        module, attr = _LAZY[name]
+    except KeyError:
+        raise AttributeError(f"module 'tpm2_attest' has no attribute {name!r}") from None
+    mod = importlib.import_module(module, __name__)
+    value = mod if attr is None else getattr(mod, attr)
+    globals()[name] = value
+    return value
