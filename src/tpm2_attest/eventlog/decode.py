@@ -50,13 +50,18 @@ def _text(data: bytes) -> TextInfo | None:
     s = data.rstrip(b"\0")
     if not s:
         return None
-    try:
-        t = s.decode("utf-8")
-    except UnicodeDecodeError:
-        pass
+    if s.isascii():
+        t = s.decode("ascii")
+        if t.isprintable() or t.translate(_WS).isprintable():
+            return TextInfo(t, "ascii")
     else:
-        if t.translate(_WS).isprintable():
-            return TextInfo(t, "utf-8" if not t.isascii() else "ascii")
+        try:
+            t = s.decode("utf-8")
+        except UnicodeDecodeError:
+            pass
+        else:
+            if t.translate(_WS).isprintable():
+                return TextInfo(t, "utf-8")
     if len(data) % 2 == 0:
         t = data.decode("utf-16-le", "replace").rstrip("\0")
         if t and t.isascii() and t.translate(_WS).isprintable():

@@ -116,6 +116,7 @@ def _parse_sha1(buf: bytes, strict: bool) -> EventLog:
     pos = 0
     padding = 0
     hdr = _LEGACY
+    new_digest = tuple.__new__
     _is_padding = _Padding(buf)
     while pos < n:
         idx = len(events)
@@ -135,7 +136,8 @@ def _parse_sha1(buf: bytes, strict: bool) -> EventLog:
         info = decode_event_data(etype, data, data_at, 0, strict=strict)
         if pcr == 0:
             pcr0.see(idx, pos, etype, data)
-        events.append(Event(idx, pos, pcr, etype, (Digest(_SHA1, digest),), data, info))
+        events.append(Event(idx, pos, pcr, etype, (new_digest(Digest, (_SHA1, digest)),), data,
+                            info))
         pos = data_at + size
     return EventLog(LogFormat.SHA1, tuple(events), ((_SHA1, 20),), None, pcr0.locality,
                     pcr0.hcrtm, n, padding)
@@ -168,6 +170,7 @@ def _parse_agile(buf: bytes, pcr: int, digest: bytes, first: bytes, strict: bool
     padding = 0
     _is_padding = _Padding(buf)
     hdr, u16, u32 = _HDR2, _U16, _U32
+    new_digest = tuple.__new__  # Digest(alg, value) without NamedTuple's Python-level __new__
     while pos < n:
         idx = len(events)
         start = pos
@@ -194,7 +197,7 @@ def _parse_agile(buf: bytes, pcr: int, digest: bytes, first: bytes, strict: bool
             pos += 2
             if n - pos < dsize:
                 raise EventLogError(f"truncated {bank_name(alg)} digest", pos, idx)
-            digests.append(Digest(alg, buf[pos : pos + dsize]))
+            digests.append(new_digest(Digest, (alg, buf[pos : pos + dsize])))
             pos += dsize
         if count > 1 and len({d.alg for d in digests}) != count:
             raise EventLogError("an algorithm appears twice in one event", start + 12, idx)
