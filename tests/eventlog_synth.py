@@ -12,10 +12,17 @@ from __future__ import annotations
 import contextlib
 import datetime
 import hashlib
+import os
 import struct
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
+
+LOGS_DIR = Path(os.environ.get(
+    "TPM2_ATTEST_EVENTLOGS",
+    Path(__file__).resolve().parents[2] / "shared" / "testdata" / "eventlogs"))
+"""The real logs (../shared/testdata/eventlogs from the checkout; env TPM2_ATTEST_EVENTLOGS)."""
 
 # TPM_ALG ids, digest sizes and hash functions of the banks a log may carry.
 BANKS: dict[str, tuple[int, int, Callable[[bytes], bytes]]] = {
@@ -408,18 +415,13 @@ def rich_log(banks: Sequence[str] = ("sha256",), *, legacy: bool = False,
 
 def regression_inputs() -> list[bytes]:
     """Inputs that once broke the parser (found by fuzzing), kept in tests/fuzz/regressions."""
-    from pathlib import Path
-
     folder = Path(__file__).resolve().parent / "fuzz" / "regressions"
     return [p.read_bytes() for p in sorted(folder.glob("*.bin"))]
 
 
 def seed_logs() -> list[bytes]:
     """Real logs plus synthesized ones in the formats the real ones lack."""
-    from pathlib import Path
-
-    logs = [p.read_bytes() for p in sorted(Path("/work/shared/testdata/eventlogs").glob("*"))
-            if p.is_file()]
+    logs = [p.read_bytes() for p in sorted(LOGS_DIR.glob("*")) if p.is_file()]
     logs += regression_inputs()
     rich = rich_log(("sha1", "sha256", "sha384", "sha512"))
     rich.hcrtm_event()

@@ -21,7 +21,7 @@ try:
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
-LOGS = Path("/work/shared/testdata/eventlogs")
+LOGS = synth.LOGS_DIR
 REAL = sorted(LOGS.glob("*"))
 
 

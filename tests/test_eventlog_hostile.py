@@ -6,7 +6,6 @@ from __future__ import annotations
 import hashlib
 import struct
 import time
-from pathlib import Path
 
 import pytest
 
@@ -23,7 +22,7 @@ try:
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
-LOGS = Path("/work/shared/testdata/eventlogs")
+LOGS = synth.LOGS_DIR
 SHA1, SHA256, SHA384 = 0x4, 0xB, 0xC
 U32_MAX = 0xFFFFFFFF
 

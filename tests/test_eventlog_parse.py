@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -41,7 +40,7 @@ try:
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
-LOGS = Path("/work/shared/testdata/eventlogs")
+LOGS = synth.LOGS_DIR
 REAL = sorted(LOGS.glob("*")) if LOGS.is_dir() else []
 
 

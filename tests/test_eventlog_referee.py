@@ -27,9 +27,7 @@ try:
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
-LOGS = Path(__file__).resolve().parents[2] / "shared" / "testdata" / "eventlogs"
-if not LOGS.is_dir():  # the checkout may live elsewhere than /work/main
-    LOGS = Path("/work/shared/testdata/eventlogs")
+LOGS = synth.LOGS_DIR
 REAL = sorted(p for p in LOGS.glob("*") if p.is_file()) if LOGS.is_dir() else []
 TPM2_EVENTLOG = shutil.which("tpm2_eventlog")
 

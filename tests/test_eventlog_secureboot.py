@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -22,7 +21,7 @@ try:
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
-LOGS = Path("/work/shared/testdata/eventlogs")
+LOGS = synth.LOGS_DIR
 
 
 def real(name: str) -> bytes:

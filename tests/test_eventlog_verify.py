@@ -17,7 +17,7 @@ try:
 except ModuleNotFoundError:  # tests/ imported as a package
     from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
-LOGS = Path("/work/shared/testdata/eventlogs")
+LOGS = synth.LOGS_DIR
 REAL = sorted(p for p in LOGS.glob("*") if p.name != "short_no_action_eventlog")
 
 
