@@ -143,6 +143,8 @@ def test_hcrtm_lies() -> None:
     fails(agile(ev(0, synth.EV_POST_CODE, b"x"), ev(0, synth.EV_EFI_HCRTM_EVENT, b"HCRTM")),
           "H-CRTM event after")
     fails(agile(ev(0, synth.EV_EFI_HCRTM_EVENT, b"NOT IT")), "HCRTM")
+    ok = agile(ev(0, synth.EV_EFI_HCRTM_EVENT, b"HCRTM"), ev(0, synth.EV_EFI_HCRTM_EVENT, b"HCRTM"))
+    assert parse_event_log(ok).hcrtm  # one H-CRTM event per sequence, several are fine
 
 
 # --- event data ------------------------------------------------------------------------------

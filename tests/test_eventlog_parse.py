@@ -15,6 +15,7 @@ from tpm2_attest.eventlog import (
     GptInfo,
     GuidInfo,
     HandoffTablesInfo,
+    HcrtmComponentInfo,
     ImageLoadInfo,
     LogFormat,
     MalformedInfo,
@@ -148,6 +149,24 @@ def test_hcrtm_event_starts_pcr0_at_4() -> None:
     assert log.hcrtm and log.events[1].type_name == "EV_EFI_HCRTM_EVENT"
     for bank in ("sha256", "sha384"):
         assert log.replay(bank) == b.expected(bank)
+
+
+def test_several_hcrtm_sequences_and_component_events() -> None:
+    """StartupLocality 4, TCG_HCRTMComponentEvent(s) and one EV_EFI_HCRTM_EVENT per H-CRTM
+    sequence, all before any other PCR 0 measurement."""
+    b = synth.LogBuilder(banks=("sha256",)).startup_locality(4)
+    comp = (b"H-CRTM CompMeas\0" + bytes((7,)) + b"S-CRTM\0" + b"\x80"
+            + struct.pack("<H", 4) + b"code")
+    b.no_action(comp)
+    b.hcrtm_event(b"first")
+    b.hcrtm_event(b"second")
+    b.event(0, synth.EV_POST_CODE, b"later")
+    log = parse_event_log(b.build())
+    assert log.hcrtm and log.startup_locality == 4
+    info = log.events[2].info
+    assert isinstance(info, HcrtmComponentInfo)
+    assert (info.description, info.format, info.measurement) == ("S-CRTM", 0x80, b"code")
+    assert log.replay("sha256") == b.expected("sha256")
 
 
 def test_hcrtm_wins_over_startup_locality() -> None:

@@ -91,11 +91,12 @@ def test_debug_mode_and_dma_flags() -> None:
     sb = parse_event_log(synth.secure_boot_log(debug=True).build()).secure_boot()
     assert sb.debug_mode and sb.enabled
 
-    def dma(b: synth.LogBuilder) -> None:
-        b.event(7, synth.EV_EFI_ACTION, b"DMA Protection Disabled")
+    for text in (b"DMA Protection Disabled", b"DMA Protection Disabled\0"):
+        def dma(b: synth.LogBuilder, text: bytes = text) -> None:
+            b.event(7, synth.EV_EFI_ACTION, text)
 
-    sb = parse_event_log(synth.secure_boot_log(extra_pcr7=dma).build()).secure_boot()
-    assert sb.dma_protection_disabled
+        sb = parse_event_log(synth.secure_boot_log(extra_pcr7=dma).build()).secure_boot()
+        assert sb.dma_protection_disabled
 
 
 def test_other_variables_are_reported() -> None:

@@ -22,6 +22,7 @@ from .events import (
     GptPartition,
     GuidInfo,
     HandoffTablesInfo,
+    HcrtmComponentInfo,
     ImageLoadInfo,
     MalformedInfo,
     NoActionInfo,
@@ -38,6 +39,7 @@ from .types import IMAGE_LOAD_EVENTS, VARIABLE_EVENTS, EventType
 
 SPEC_ID_EVENT03: Final = b"Spec ID Event03\0"
 STARTUP_LOCALITY: Final = b"StartupLocality\0"
+HCRTM_COMPONENT: Final = b"H-CRTM CompMeas\0"
 _RAW: Final = RawInfo()
 _WS: Final = {9: None, 10: None, 13: None}
 
@@ -298,6 +300,16 @@ def decode_no_action(data: bytes, base: int, uintn: int = 8) -> EventInfo:
         return StartupLocalityInfo(data[16])
     if sig == SPEC_ID_EVENT03:
         return decode_spec_id(data, base)
+    if sig == HCRTM_COMPONENT:
+        try:
+            r = LeReader(data, base, 16)
+            desc = r.raw(r.u8("ComponentDescriptionSize"), "ComponentDescription")
+            fmt = r.u8("MeasurementFormatType")
+            measurement = r.raw(r.u16("ComponentMeasurementSize"), "ComponentMeasurement")
+            if not r.remaining:
+                return HcrtmComponentInfo(desc.rstrip(b"\0").decode("latin-1"), fmt, measurement)
+        except EventLogError:
+            pass
     if len(data) >= 16:
         name = sig.split(b"\0", 1)[0]
         if name and name.isascii() and name.decode("ascii").isprintable():

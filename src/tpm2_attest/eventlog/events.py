@@ -171,6 +171,21 @@ class NoActionInfo(EventInfo):
 
 
 @dataclass(frozen=True, slots=True)
+class HcrtmComponentInfo(EventInfo):
+    """TCG_HCRTMComponentEvent (EV_NO_ACTION "H-CRTM CompMeas"): what an H-CRTM sequence
+    measured; ``format`` 0 means ``measurement`` is a TPMT_HA digest, 0x80 raw data."""
+
+    kind: ClassVar[str] = "hcrtm_component"
+    description: str
+    format: int
+    measurement: bytes
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "description": self.description, "format": self.format,
+                "measurement": self.measurement.hex()}
+
+
+@dataclass(frozen=True, slots=True)
 class UefiVariableInfo(EventInfo):
     """UEFI_VARIABLE_DATA: vendor GUID, UCS-2 name and value (``trailing`` bytes after it)."""
 

@@ -54,6 +54,8 @@ class _Pcr0:
 
     __slots__ = ("extended", "hcrtm", "locality")
 
+    # ``extended``: PCR 0 received a measurement other than an H-CRTM one.
+
     def __init__(self) -> None:
         self.extended = False
         self.hcrtm = False
@@ -77,9 +79,12 @@ class _Pcr0:
             self.locality = data[16]
             return
         if etype == _HCRTM:
+            # One EV_EFI_HCRTM_EVENT per H-CRTM sequence, all before TPM2_Startup: they come
+            # before any other PCR 0 measurement.
             if self.extended:
                 raise EventLogError("H-CRTM event after PCR 0 was extended", offset, index)
             self.hcrtm = True
+            return
         self.extended = True
 
 

@@ -256,7 +256,7 @@ def secure_boot_state(log: EventLog, bank: str | int | None = None) -> SecureBoo
             separator = True
         elif t == EventType.EV_EFI_ACTION:
             _require_digest(ev, alg, "EV_EFI_ACTION")
-            flag = _ACTIONS.get(ev.data)
+            flag = _ACTIONS.get(ev.data.rstrip(b"\0"))  # some firmware NUL-terminates
             if flag is None:
                 raise SecureBootError(f"unexpected EV_EFI_ACTION {ev.data[:64]!r} in PCR 7",
                                       ev.offset, ev.index)
