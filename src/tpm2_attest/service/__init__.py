@@ -1,0 +1,43 @@
+"""Enrollment + attestation over HTTP: the server (``create_app``) and the device client.
+
+The client (:func:`enroll`, :func:`attest`), :class:`Settings` and the error types need only the
+standard library. The server needs the ``service`` extra (FastAPI, uvicorn, SQLAlchemy,
+pydantic: ``pip install 'tpm2-attest[service]'``); ``create_app`` and ``Store`` are imported on
+first use so that a device without the extra can still enroll and attest.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from .client import Enrollment, ServiceClient, attest, enroll
+from .errors import ServiceCode, ServiceError
+from .settings import Settings
+
+if TYPE_CHECKING:
+    from .app import create_app
+    from .store import Store
+
+__all__ = [
+    "Enrollment",
+    "ServiceClient",
+    "ServiceCode",
+    "ServiceError",
+    "Settings",
+    "Store",
+    "attest",
+    "create_app",
+    "enroll",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from .app import create_app
+
+        return create_app
+    if name == "Store":
+        from .store import Store
+
+        return Store
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,0 +1,178 @@
+"""The device side of the protocol: ``enroll`` and ``attest`` over HTTP with the standard library.
+
+Runs wherever the device runs (no FastAPI, no HTTP client package): ``urllib`` carries JSON,
+the :class:`~tpm2_attest.Tpm` does the TPM work. Refusals raise :class:`ServiceError` with the
+server's ``code`` (a ``ServiceCode`` or the verifier's ``Reason``), ``detail`` and HTTP status.
+
+Nothing the device sends here is secret from the server's point of view; the credential
+secret goes back to the server that made it, over the channel you chose (use ``https://`` in
+production: the protocol itself does not authenticate the server).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Final, Literal
+
+from ..evidence import AK_JSON_VERSION, AkBlob, CredentialChallenge
+from ..tpm import Tpm
+from .errors import ServiceCode, ServiceError
+
+MAX_RESPONSE: Final = 4 << 20
+"""Bytes read from any response at most (the largest legitimate one is a few KiB)."""
+DEFAULT_TIMEOUT: Final = 30.0
+
+
+@dataclass(frozen=True)
+class Enrollment:
+    """The outcome of :func:`enroll`: keep both, the AK blob is needed for every quote."""
+
+    device_id: str
+    ak_blob: AkBlob
+    server: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+    """The server's answer to ``/v1/enroll/finish`` (ak_name, ek_name, ek_certificate_verified...)."""
+
+    def to_json(self) -> str:
+        """The AK blob's JSON form plus ``device_id`` and ``server``; ``AkBlob.load`` reads it."""
+        obj = json.loads(self.ak_blob.to_json())
+        obj.update(device_id=self.device_id, server=self.server)
+        return json.dumps(obj, indent=2)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Enrollment:
+        obj = json.loads(text)
+        if not isinstance(obj, dict) or obj.get("version") != AK_JSON_VERSION or not isinstance(obj.get("device_id"), str):
+            raise ValueError("not an enrollment file (AK JSON with a device_id)")
+        return cls(obj["device_id"], AkBlob.from_json(text), str(obj.get("server", "")))
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _unb64(obj: Mapping[str, Any], key: str) -> bytes:
+    value = obj.get(key)
+    try:
+        if not isinstance(value, str):
+            raise ValueError("not a string")
+        return base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError) as exc:
+        raise ServiceError(ServiceCode.BAD_RESPONSE, f"{key}: expected base64 ({exc})") from None
+
+
+def _str(obj: Mapping[str, Any], key: str) -> str:
+    value = obj.get(key)
+    if not isinstance(value, str) or not value:
+        raise ServiceError(ServiceCode.BAD_RESPONSE, f"{key}: expected a string")
+    return value
+
+
+class ServiceClient:
+    """POST JSON to one service; returns the decoded object or raises ServiceError.
+
+    ``post`` is the only transport method: a subclass may carry the same requests another way
+    (the tests drive the in-process application through it)."""
+
+    def __init__(self, server_url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+        parts = urllib.parse.urlsplit(server_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            raise ValueError(f"server URL must be http:// or https://, not {server_url!r}")
+        self.base = server_url.rstrip("/")
+        self.timeout = timeout
+
+    def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
+        data = json.dumps(body).encode("utf-8")
+        req = urllib.request.Request(self.base + path, data=data, method="POST", headers={
+            "Content-Type": "application/json", "Accept": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+                raw = resp.read(MAX_RESPONSE + 1)
+                status = int(resp.status)
+        except urllib.error.HTTPError as exc:
+            with exc:
+                raise self._refusal(exc.code, exc.read(MAX_RESPONSE + 1)) from None
+        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise ServiceError(ServiceCode.UNREACHABLE, f"{self.base}: {reason}") from None
+        return self._decode(status, raw)
+
+    def _decode(self, status: int, raw: bytes) -> dict[str, Any]:
+        if len(raw) > MAX_RESPONSE:
+            raise ServiceError(ServiceCode.BAD_RESPONSE, f"response larger than {MAX_RESPONSE} bytes", status=status)
+        try:
+            obj = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise ServiceError(ServiceCode.BAD_RESPONSE, f"HTTP {status} without a JSON body", status=status) from None
+        if not isinstance(obj, dict):
+            raise ServiceError(ServiceCode.BAD_RESPONSE, "expected a JSON object", status=status)
+        return obj
+
+    def _refusal(self, status: int, raw: bytes) -> ServiceError:
+        try:
+            err = self._decode(status, raw).get("error")
+        except ServiceError:
+            err = None
+        if not isinstance(err, dict) or not isinstance(err.get("code"), str):
+            if status == 413:  # the framework's own limit answers a declared oversize body in text
+                return ServiceError(ServiceCode.BODY_TOO_LARGE, "the request body is too large", status=status)
+            return ServiceError(ServiceCode.BAD_RESPONSE, f"HTTP {status} without an error object", status=status)
+        reason = err.get("reason")
+        return ServiceError(err["code"], str(err.get("detail") or ""), status=status,
+                            reason=reason if isinstance(reason, str) else None)
+
+
+def _client(server: str | ServiceClient, timeout: float) -> ServiceClient:
+    return server if isinstance(server, ServiceClient) else ServiceClient(server, timeout=timeout)
+
+
+def enroll(tpm: Tpm, server: str | ServiceClient, *, ek_kind: Literal["rsa", "ecc"] = "rsa", key_name: str | None = None,
+           scope: str = "user", overwrite: bool = False, algorithm: str | None = None,
+           timeout: float = DEFAULT_TIMEOUT) -> Enrollment:
+    """Enroll this TPM: send the EK (and its certificate), make an AK over the server's nonce,
+    activate the server's credential challenge, and get a device id.
+
+    ``ek_kind``: "rsa" or "ecc" (the EK the challenge is made for). ``key_name``, ``scope``,
+    ``overwrite``, ``algorithm`` go to ``Tpm.provision_ak`` (Windows PCP: machine scope needs a
+    stable ``key_name`` and an elevated caller). ``server``: the service's base URL, or a
+    ServiceClient. Raises ServiceError or TpmError.
+    """
+    client = _client(server, timeout)
+    ek = tpm.ek(ek_kind)
+    begun = client.post("/v1/enroll/begin", {
+        "ek_public": _b64(ek.public),
+        "ek_certificate": _b64(ek.certificate) if ek.certificate else None})
+    enrollment_id = _str(begun, "enrollment_id")
+    blob = tpm.provision_ak(key_name=key_name, scope=scope, overwrite=overwrite,
+                            nonce=_unb64(begun, "nonce"), algorithm=algorithm)
+    sent = client.post("/v1/enroll/ak", {"enrollment_id": enrollment_id, "ak_blob": _b64(blob.to_bytes())})
+    ch = sent.get("challenge")
+    if not isinstance(ch, dict):
+        raise ServiceError(ServiceCode.BAD_RESPONSE, "challenge: expected an object")
+    challenge = CredentialChallenge.from_bytes(_unb64(ch, "credential_blob") + _unb64(ch, "encrypted_secret"))
+    secret = tpm.activate_credential(blob, challenge)
+    done = client.post("/v1/enroll/finish", {"enrollment_id": enrollment_id, "secret": _b64(secret)})
+    return Enrollment(_str(done, "device_id"), blob, client.base, done)
+
+
+def attest(tpm: Tpm, server: str | ServiceClient, device_id: str, ak_blob: AkBlob | bytes | str, *,
+           pcrs: Iterable[int] | None = None, bank: str = "sha256", event_log: bytes | None = None,
+           timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
+    """Ask for a challenge, quote ``pcrs`` (default 0-7) of ``bank`` over its nonce, send the
+    quote (and ``event_log`` when given) and return the server's verdict (``ok``, ``pcrs``...).
+    Raises ServiceError when the server refuses (``code`` says why) or TpmError."""
+    client = _client(server, timeout)
+    blob = AkBlob.load(ak_blob)
+    issued = client.post("/v1/attest/challenge", {"device_id": device_id})
+    quote = tpm.quote(blob, pcrs=pcrs, bank=bank, qualifying_data=_unb64(issued, "nonce"))
+    body: dict[str, Any] = {"challenge_id": _str(issued, "challenge_id"), "quote": quote.to_dict()}
+    if event_log is not None:
+        body["event_log"] = _b64(event_log)
+    return client.post("/v1/attest", body)

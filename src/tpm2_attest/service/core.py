@@ -1,0 +1,305 @@
+"""The enrollment and attestation protocol, without HTTP: state machine, policy, records.
+
+What each step proves (see docs/service.md):
+
+* ``begin``: the EK certificate chains to a configured root and certifies this EK public
+  area (so the EK belongs to a genuine TPM); the service issues a fresh enrollment nonce.
+* ``submit_ak``: the AK is a restricted signing key created inside a TPM (``check_ak``: key
+  attributes and the creation attestation, signed by the AK itself, bound to the nonce; for
+  PCP blobs the binding is SHA-1(nonce), which ``check_ak`` handles). The service encrypts
+  a secret to the EK for the AK's Name (``make_credential``).
+* ``finish``: the device recovered the secret, which a TPM releases only when it holds both
+  the EK's private key and an object with that AK Name: the AK lives in the same TPM as the
+  EK. Only then is the device registered, once.
+* ``attest``: a quote signed by the registered AK over a single-use nonce: the enrolled TPM
+  still holds the AK and its PCRs had these values. It says nothing about which process or
+  user asked for the quote (the brief's threat model).
+
+Verification is delegated to :mod:`tpm2_attest.verify`; this module decides what is asked,
+what is remembered and in which order steps may come.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import logging
+import os
+import secrets
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Final
+
+from .. import verify
+from ..errors import TpmError
+from ..evidence import CredentialChallenge, Quote
+from ..tpm2.keys import object_name, parse_public
+from ..verify import Reason, VerificationError
+from .errors import ServiceCode, ServiceError
+from .settings import Settings
+from .store import (
+    AK_RECEIVED,
+    BEGUN,
+    FAILED,
+    AlreadyEnrolled,
+    AttestationRecord,
+    ChallengeRecord,
+    DeviceRecord,
+    EnrollmentRecord,
+    StateConflict,
+    Store,
+)
+
+log = logging.getLogger("tpm2_attest.service")
+
+NONCE_SIZE: Final = 32
+"""Bytes of every nonce: within TPM2_Quote's 64-byte qualifyingData limit on any TPM."""
+
+Clock = Callable[[], datetime]
+
+_NEXT_STEP: Final = {BEGUN: "POST /v1/enroll/ak", AK_RECEIVED: "POST /v1/enroll/finish"}
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _short(identifier: str) -> str:
+    """Enrollment and challenge ids are bearer capabilities: log a prefix only."""
+    return identifier[:8] + "..."
+
+
+@dataclass(frozen=True)
+class EnrollmentBegun:
+    enrollment_id: str
+    nonce: bytes
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class DeviceEnrolled:
+    device_id: str
+    ek_name: bytes
+    ak_name: bytes
+    ak_format: str
+    ek_certificate_verified: bool
+    replaced_devices: list[str]
+
+
+@dataclass(frozen=True)
+class ChallengeIssued:
+    challenge_id: str
+    nonce: bytes
+    expires_at: datetime
+
+
+@dataclass(frozen=True)
+class AttestationPassed:
+    attestation_id: int
+    device_id: str
+    result: dict[str, Any]
+    """bank, pcrs {index: hex}, clock, reset_count, restart_count, safe, firmware_version,
+    and event_log (the ``EventLogResult`` summary) when a log was posted."""
+
+
+@functools.lru_cache(maxsize=1024)
+def _ak_public(public: bytes, allow_sha1: bool) -> verify.AkPublic:
+    """AkPublic of a stored AK, parsed once (it also caches the AK's quote layouts)."""
+    return verify.AkPublic.from_public(public, allow_sha1=allow_sha1)
+
+
+def ek_name(ek_public: bytes) -> bytes:
+    """The TPM Name of an EK public area (TPM2B_PUBLIC or TPMT_PUBLIC): the EK's identity."""
+    try:
+        return object_name(parse_public(ek_public))
+    except ValueError as exc:  # ParseError, unsupported nameAlg
+        raise VerificationError(Reason.MALFORMED, f"EK public area: {exc}") from None
+
+
+class AttestationService:
+    """The protocol over a :class:`Store`; raises ServiceError or VerificationError to refuse.
+
+    ``clock`` returns the current UTC time (tests inject one to expire nonces).
+    """
+
+    def __init__(self, settings: Settings, store: Store, *, clock: Clock | None = None) -> None:
+        self.settings = settings
+        self.store = store
+        self.clock: Clock = clock or utc_now
+        self.ek_roots = settings.load_ek_roots()
+        self.ek_intermediates = settings.load_ek_intermediates()
+        if settings.require_ek_certificate and not self.ek_roots:
+            raise ValueError("require_ek_certificate is set but no EK root CA is configured "
+                             "(give ek_roots, or turn require_ek_certificate off to trust EKs on first use)")
+
+    # -- enrollment -----------------------------------------------------------------------------
+
+    def begin_enrollment(self, ek_public: bytes, ek_certificate: bytes | None) -> EnrollmentBegun:
+        """Check the EK (and its certificate) and open an enrollment with a fresh nonce."""
+        name = ek_name(ek_public)
+        # make_credential is the verifier's EK check (a restricted decryption key with AES-CFB
+        # of adequate strength): run it now so a bad EK fails before the device makes an AK.
+        verify.make_credential(ek_public, name)
+        fingerprint: str | None = None
+        verified = False
+        if ek_certificate is not None:
+            if self.ek_roots:
+                cert = verify.verify_ek_certificate(ek_certificate, roots=self.ek_roots,
+                                                    intermediates=self.ek_intermediates,
+                                                    ek_public=ek_public)
+                fingerprint = hashlib.sha256(cert.der).hexdigest()
+                verified = True
+            else:  # no roots configured: the certificate is remembered, not trusted
+                fingerprint = hashlib.sha256(ek_certificate).hexdigest()
+        elif self.settings.require_ek_certificate:
+            raise ServiceError(ServiceCode.EK_CERTIFICATE_REQUIRED,
+                               "this service enrolls only TPMs whose EK certificate chains to its roots")
+        if not self.settings.allow_reenroll and self.store.active_device_for_ek(name) is not None:
+            raise ServiceError(ServiceCode.ALREADY_ENROLLED, "this EK already belongs to an enrolled device")
+        now = self.clock()
+        record = EnrollmentRecord(
+            id=secrets.token_urlsafe(24), state=BEGUN, created_at=now,
+            expires_at=now + timedelta(seconds=self.settings.enrollment_ttl),
+            ek_public=bytes(ek_public), ek_name=name, ek_cert_fingerprint=fingerprint,
+            ek_cert_verified=verified, nonce=os.urandom(NONCE_SIZE))
+        self.store.add(record)
+        log.info("enrollment %s begun: EK %s, certificate %s", _short(record.id), name.hex()[:16],
+                 "verified" if verified else ("unverified" if fingerprint else "absent"))
+        return EnrollmentBegun(record.id, record.nonce, record.expires_at)
+
+    def submit_ak(self, enrollment_id: str, ak_blob: bytes) -> CredentialChallenge:
+        """Check the AK blob against the enrollment nonce; answer with a credential challenge."""
+        rec = self._open_enrollment(enrollment_id, BEGUN)
+        try:
+            ak = verify.check_ak(ak_blob, nonce=rec.nonce, allow_sha1=self.settings.allow_sha1)
+            challenge, secret = verify.make_credential(rec.ek_public, ak.name)
+        except VerificationError as exc:
+            self._fail(rec, BEGUN, exc.reason.value)
+            raise
+        if not self.store.advance_enrollment(
+                rec.id, BEGUN, AK_RECEIVED, ak_public=ak.public, ak_public_der=ak.public_der,
+                ak_name=ak.name, ak_format=ak.format, secret_hash=hashlib.sha256(secret).digest()):
+            raise ServiceError(ServiceCode.ENROLLMENT_STATE, "the AK step of this enrollment already ran")
+        log.info("enrollment %s: %s AK %s accepted, credential challenge sent", _short(rec.id),
+                 ak.format, ak.name.hex()[:16])
+        return challenge
+
+    def finish_enrollment(self, enrollment_id: str, secret: bytes) -> DeviceEnrolled:
+        """Compare the activated secret (constant time, as hashes) and register the device."""
+        rec = self._open_enrollment(enrollment_id, AK_RECEIVED)
+        assert rec.secret_hash is not None and rec.ak_public is not None
+        assert rec.ak_public_der is not None and rec.ak_name is not None and rec.ak_format is not None
+        try:
+            verify.verify_activation(rec.secret_hash, hashlib.sha256(secret).digest())
+        except VerificationError as exc:
+            self._fail(rec, AK_RECEIVED, exc.reason.value)
+            raise
+        now = self.clock()
+        device = DeviceRecord(
+            id=str(uuid.uuid4()), enrolled_at=now, revoked_at=None, ek_public=rec.ek_public,
+            ek_name=rec.ek_name, ek_cert_fingerprint=rec.ek_cert_fingerprint,
+            ek_cert_verified=rec.ek_cert_verified, ak_public=rec.ak_public,
+            ak_public_der=rec.ak_public_der, ak_name=rec.ak_name, ak_format=rec.ak_format)
+        try:
+            replaced = self.store.register_device(rec.id, device, replace=self.settings.allow_reenroll, now=now)
+        except StateConflict:
+            raise ServiceError(ServiceCode.ENROLLMENT_STATE, "this enrollment already finished") from None
+        except AlreadyEnrolled:
+            self._fail(rec, AK_RECEIVED, ServiceCode.ALREADY_ENROLLED.value)
+            raise ServiceError(ServiceCode.ALREADY_ENROLLED,
+                               "this EK already belongs to an enrolled device") from None
+        log.info("device %s enrolled (%s AK, EK certificate %s)%s", device.id, device.ak_format,
+                 "verified" if device.ek_cert_verified else "not verified",
+                 f", replacing {', '.join(replaced)}" if replaced else "")
+        return DeviceEnrolled(device.id, device.ek_name, device.ak_name, device.ak_format,
+                              device.ek_cert_verified, replaced)
+
+    def _open_enrollment(self, enrollment_id: str, state: str) -> EnrollmentRecord:
+        rec = self.store.enrollment(enrollment_id)
+        if rec is None:
+            raise ServiceError(ServiceCode.UNKNOWN_ENROLLMENT, "no such enrollment")
+        if rec.state != state:
+            expected = _NEXT_STEP.get(rec.state)
+            raise ServiceError(ServiceCode.ENROLLMENT_STATE,
+                               f"enrollment is {rec.state}" + (f"; the next step is {expected}" if expected
+                                                               else "; start again with POST /v1/enroll/begin"))
+        if self.clock() >= rec.expires_at:
+            self._fail(rec, state, ServiceCode.ENROLLMENT_EXPIRED.value)
+            raise ServiceError(ServiceCode.ENROLLMENT_EXPIRED,
+                               f"enrollments must finish within {self.settings.enrollment_ttl:g} s")
+        return rec
+
+    def _fail(self, rec: EnrollmentRecord, state: str, code: str) -> None:
+        self.store.advance_enrollment(rec.id, state, FAILED, failure=code)
+        log.warning("enrollment %s failed: %s", _short(rec.id), code)
+
+    # -- attestation ----------------------------------------------------------------------------
+
+    def issue_challenge(self, device_id: str) -> ChallengeIssued:
+        """A fresh single-use nonce for ``device_id`` to quote over."""
+        device = self.store.device(device_id)
+        if device is None or device.revoked_at is not None:
+            raise ServiceError(ServiceCode.UNKNOWN_DEVICE, "no enrolled device has this id")
+        now = self.clock()
+        record = ChallengeRecord(id=secrets.token_urlsafe(24), device_id=device.id,
+                                 nonce=os.urandom(NONCE_SIZE), created_at=now,
+                                 expires_at=now + timedelta(seconds=self.settings.nonce_ttl),
+                                 consumed_at=None)
+        self.store.add(record)
+        return ChallengeIssued(record.id, record.nonce, record.expires_at)
+
+    def attest(self, challenge_id: str, quote: Quote | Mapping[str, Any],
+               event_log: bytes | None = None) -> AttestationPassed:
+        """Verify a quote over a challenge's nonce with the device's enrolled AK.
+
+        The challenge is spent first (committed), whatever follows; every outcome of a known
+        challenge is recorded. ``quote`` is a Quote or its JSON object form; ``event_log`` the
+        raw TCG log, replayed against the quoted PCRs when given.
+        """
+        now = self.clock()
+        got = self.store.consume_challenge(challenge_id, now)
+        if got is None:
+            raise ServiceError(ServiceCode.UNKNOWN_CHALLENGE, "no such challenge")
+        challenge, first = got
+        try:
+            result = self._verify(challenge, first, now, quote, event_log)
+        except (ServiceError, VerificationError) as exc:
+            code = exc.code if isinstance(exc, ServiceError) else exc.reason.value
+            self.store.record_attestation(AttestationRecord(
+                device_id=challenge.device_id, challenge_id=challenge.id, at=now, ok=False,
+                code=code, detail=exc.detail, result=None))
+            log.warning("attestation of device %s refused: %s", challenge.device_id, code)
+            raise
+        attestation_id = self.store.record_attestation(AttestationRecord(
+            device_id=challenge.device_id, challenge_id=challenge.id, at=now, ok=True,
+            code=None, detail=None, result=result))
+        log.info("attestation of device %s passed (%d PCRs)", challenge.device_id, len(result["pcrs"]))
+        return AttestationPassed(attestation_id, challenge.device_id, result)
+
+    def _verify(self, challenge: ChallengeRecord, first: bool, now: datetime,
+                quote: Quote | Mapping[str, Any], event_log: bytes | None) -> dict[str, Any]:
+        if not first:
+            raise ServiceError(ServiceCode.CHALLENGE_USED, "this challenge was already answered")
+        if now >= challenge.expires_at:
+            raise ServiceError(ServiceCode.CHALLENGE_EXPIRED,
+                               f"challenges must be answered within {self.settings.nonce_ttl:g} s")
+        device = self.store.device(challenge.device_id)
+        if device is None or device.revoked_at is not None:
+            raise ServiceError(ServiceCode.UNKNOWN_DEVICE, "the device was revoked")
+        if not isinstance(quote, Quote):
+            try:
+                quote = Quote.from_dict(dict(quote))
+            except TpmError as exc:
+                raise VerificationError(Reason.MALFORMED, str(exc)) from None
+        allow_sha1 = self.settings.allow_sha1
+        res = verify.verify_quote(_ak_public(device.ak_public, allow_sha1), quote, nonce=challenge.nonce,
+                                  expected_pcrs=self.settings.policy_for(device.id), allow_sha1=allow_sha1)
+        out = res.to_dict()
+        for key in ("extra_data", "signer_name", "pcr_digest"):  # the nonce and what we already know
+            out.pop(key, None)
+        out["event_log"] = None
+        if event_log is not None:
+            out["event_log"] = verify.verify_event_log(event_log, res).to_dict()
+        return out

@@ -1,0 +1,160 @@
+"""The /v1 wire format as pydantic models: JSON objects, binary fields as standard base64.
+
+Requests forbid unknown fields (a typo is an error, not a silently ignored option). The quote
+travels in the evidence layer's JSON form (``Quote.to_dict()``) and is parsed by
+``Quote.from_dict`` only after its challenge is spent, so a malformed quote still uses up the
+nonce and is recorded like any other refused attestation.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    EncodedBytes,
+    EncoderProtocol,
+    Field,
+    PlainSerializer,
+    WithJsonSchema,
+)
+from pydantic_core import PydanticCustomError
+
+
+class StrictBase64(EncoderProtocol):
+    """Standard base64 that refuses characters outside the alphabet (pydantic's own
+    ``Base64Bytes`` skips them, so two different strings could carry the same evidence)."""
+
+    @classmethod
+    def decode(cls, data: bytes) -> bytes:
+        try:
+            return base64.b64decode(data, validate=True)
+        except (binascii.Error, ValueError) as exc:
+            raise PydanticCustomError("base64_decode", "invalid base64: {error}", {"error": str(exc)}) from None
+
+    @classmethod
+    def encode(cls, value: bytes) -> bytes:
+        return base64.b64encode(value)
+
+    @classmethod
+    def get_json_format(cls) -> Literal["base64"]:
+        return "base64"
+
+
+B64 = Annotated[bytes, EncodedBytes(encoder=StrictBase64)]
+"""A request field: base64 text in, bytes after validation."""
+B64Out = Annotated[
+    bytes,
+    PlainSerializer(lambda v: base64.b64encode(v).decode("ascii"), return_type=str, when_used="json"),
+    WithJsonSchema({"type": "string", "format": "base64"}),
+]
+"""A response field: built from bytes, sent as base64 text."""
+Id = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+class Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class Response(BaseModel):
+    pass
+
+
+class EnrollBeginRequest(Request):
+    ek_public: B64 = Field(description="The EK's TPM2B_PUBLIC")
+    ek_certificate: B64 | None = Field(default=None, description="The EK certificate (DER, as read from NV)")
+
+
+class EnrollBeginResponse(Response):
+    enrollment_id: str
+    nonce: B64Out = Field(description="Pass to provision_ak(nonce=...): it is bound into the AK's creation attestation")
+    expires_at: datetime
+
+
+class EnrollAkRequest(Request):
+    enrollment_id: Id
+    ak_blob: B64 = Field(description="AkBlob.to_bytes(): TPW1, PCP1 or PCP2")
+
+
+class CredentialChallengeModel(Response):
+    """``CredentialChallenge.to_json()``: TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET."""
+
+    version: Literal[1] = 1
+    credential_blob: B64Out
+    encrypted_secret: B64Out
+
+
+class EnrollAkResponse(Response):
+    challenge: CredentialChallengeModel
+
+
+class EnrollFinishRequest(Request):
+    enrollment_id: Id
+    secret: B64 = Field(description="What activate_credential returned")
+
+
+class EnrollFinishResponse(Response):
+    device_id: str
+    ak_name: str = Field(description="hex")
+    ak_format: str
+    ek_name: str = Field(description="hex")
+    ek_certificate_verified: bool
+    replaced_devices: list[str] = Field(description="Devices of the same EK revoked by this enrollment")
+
+
+class ChallengeRequest(Request):
+    device_id: Id
+
+
+class ChallengeResponse(Response):
+    challenge_id: str
+    nonce: B64Out = Field(description="Quote with qualifying_data=nonce")
+    expires_at: datetime
+
+
+class QuoteModel(Request):
+    """``Quote.to_dict()``: base64 TPMS_ATTEST and TPMT_SIGNATURE, PCR values by bank and index."""
+
+    version: int
+    attest: str
+    signature: str
+    pcrs: dict[str, dict[str, str]]
+
+
+class AttestRequest(Request):
+    challenge_id: Id
+    quote: QuoteModel
+    event_log: B64 | None = Field(default=None, description="Raw TCG event log, replayed against the quote")
+
+
+class AttestResponse(Response):
+    ok: Literal[True] = True
+    attestation_id: int
+    device_id: str
+    bank: str
+    pcrs: dict[str, str] = Field(description="{index: hex} of the quoted bank")
+    clock: int
+    reset_count: int
+    restart_count: int
+    safe: bool
+    firmware_version: int
+    event_log: dict[str, Any] | None = Field(default=None, description="EventLogResult summary")
+
+
+class ErrorDetail(Response):
+    code: str = Field(description="A ServiceCode, or the verifier's Reason")
+    reason: str | None = Field(description="The verifier's Reason for refused evidence, else null")
+    detail: str
+
+
+class ErrorResponse(Response):
+    error: ErrorDetail
+
+
+class HealthResponse(Response):
+    ok: Literal[True] = True
+    version: str
