@@ -285,6 +285,13 @@ def build_parser() -> argparse.ArgumentParser:
     else:
         add_eventlog(sub)
 
+    try:  # serve / enroll / attest; 'serve' itself says how to install the service extra
+        from .service.cli import add_parsers as add_service
+    except ImportError:  # pragma: no cover - the client part is stdlib-only and always present
+        pass
+    else:
+        add_service(sub, parents=[common])
+
     return p
 
 
