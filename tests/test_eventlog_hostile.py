@@ -216,6 +216,20 @@ def test_many_events_parse_linearly() -> None:
     assert len(log) == 50_001
 
 
+def test_thousands_of_banks_stay_linear() -> None:
+    """A Spec ID listing 10 000 (unknown, 1-byte) algorithms and events carrying all of them:
+    duplicate detection and parsing stay linear in the input."""
+    algs = [(0x1000 + i, 1) for i in range(10_000)]
+    spec = synth.legacy_record(0, synth.EV_NO_ACTION, bytes(20), synth.spec_id_data(algs))
+    rec = synth.agile_record(0, synth.EV_POST_CODE, [(a, b"\x00") for a, _ in algs], b"")
+    t0 = time.perf_counter()
+    log = parse_event_log(spec + rec * 5)
+    assert time.perf_counter() - t0 < 3.0
+    assert len(log.algorithms) == 10_000 and len(log.events[1].digests) == 10_000
+    dup = synth.agile_record(0, synth.EV_POST_CODE, [(0x1000, b"\x00")] * 2, b"")
+    fails(spec + dup, "twice")
+
+
 def test_many_null_headers_before_garbage_stay_linear() -> None:
     """All-zero headers (candidate padding) followed by one non-zero byte: each header is a
     real (empty, digest-less) event, and detecting that must not rescan the tail each time."""

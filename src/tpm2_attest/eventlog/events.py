@@ -534,12 +534,14 @@ class EventLog:
         pcrs: dict[int, bytes] = {}
         if self.hcrtm or self.startup_locality is not None:
             pcrs[0] = self.initial_value(0, size)
+        get = pcrs.get
         for ev in self.events:
             if ev.type == EV_NO_ACTION:
                 continue
-            for d in ev.digests:
-                if d.alg == alg:
-                    pcrs[ev.pcr] = h(pcrs.get(ev.pcr, zero) + d.value).digest()
+            for a, value in ev.digests:  # tuple unpacking: cheaper than attribute access
+                if a == alg:
+                    pcr = ev.pcr
+                    pcrs[pcr] = h(get(pcr, zero) + value).digest()
                     break
             else:
                 raise EventLogBankError(
