@@ -109,9 +109,10 @@ def run_demo(tpm: Tpm, *, ek_roots: list[bytes] | None = None, ek_intermediates:
         elif not ek_roots:
             st.status, st.detail = "SKIP", "no EK root CA given (--ek-roots)"
         else:
-            cert = verify.verify_ek_certificate(ek.certificate, roots=ek_roots,
-                                                intermediates=ek_intermediates or [], ek_public=ek.public)
-            st.detail = f"chains to the given root; subject {cert.subject}"
+            ekcert = verify.verify_ek_certificate(ek.certificate, roots=ek_roots,
+                                                  intermediates=ek_intermediates or [], ek_public=ek.public)
+            st.detail = (f"chains to the given root ({len(ekcert.chain)} certificates), key matches the EK; "
+                         f"TPM {ekcert.tpm_manufacturer or '?'} {ekcert.tpm_model or ''}".rstrip())
 
     enroll_nonce = os.urandom(32)
     ak_blob = None
