@@ -214,6 +214,21 @@ def test_bad_blob_exits_1(swtpm: Any, tmp_path: Path, capsys: pytest.CaptureFixt
     assert step["hint"] == HINTS[ErrorCode.BAD_BLOB]
 
 
+def test_tampered_blob_fails_verification(swtpm: Any, tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    blob = tmp_path / "ak.blob"
+    assert main(["probe", "ak", "--tcti", swtpm.tcti, "--save-blob", str(blob), "--json"]) == 0
+    capsys.readouterr()
+    data = bytearray(blob.read_bytes())
+    data[-1] ^= 1  # the creation signature's last byte
+    blob.write_bytes(bytes(data))
+    rc, report = probe_json(capsys, "ak", "--tcti", swtpm.tcti, "--blob", str(blob))
+    assert rc == 1
+    step = by_name(report)["ak"]
+    assert step["status"] == "FAIL" and step["error"]["reason"] == "BAD_SIGNATURE"
+    assert "--blob" in step["hint"]
+
+
 @pytest.mark.parametrize("args", [
     ["extend", "--pcr", "3"],                         # boot PCRs need --force
     ["extend", "--pcr", "24"],

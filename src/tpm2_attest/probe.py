@@ -198,13 +198,15 @@ class _Prober:
             st.status, st.detail = "FAIL", str(exc)
             st.error, st.hint = exc.to_dict(), hint_for(exc)
             if (not self.explicit and exc.code == ErrorCode.REQUIRES_ELEVATION
+                    and exc.hresult is not None  # Windows' own refusal, not a Linux EACCES
                     and (name in ELEVATED_STEPS or (name == "ak" and self.options.scope == "machine"))):
                 st.status = "SKIP"
                 st.detail = f"needs elevation, as for any standard user: {exc}"
         except VerificationError as exc:
             st.status, st.detail = "FAIL", f"the verifier refused the TPM's evidence: {exc}"
             st.error = {"reason": exc.reason.value, "detail": exc.detail}
-            st.hint = "the TPM produced evidence our verifier rejects: report it with --json output"
+            st.hint = ("a --blob file was altered or is not an AK blob; otherwise the TPM made "
+                       "evidence our verifier rejects: report it with the --json output")
         except _Mismatch as exc:
             st.status, st.detail = "FAIL", str(exc)
         except OSError as exc:
