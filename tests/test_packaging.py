@@ -3,8 +3,8 @@
 embedded swtpm. Also: pure py3-none-any, py.typed shipped, ``tpm2-attest --version`` is the one
 version in ``_version.py``.
 
-Offline by design where it can be: the wheel builds with ``--no-build-isolation`` from the dev
-environment's setuptools; installing its one dependency (cryptography) uses pip's configuration
+Offline by design where it can be: ``python -m build --no-isolation`` uses the dev
+environment's setuptools (the ``dev`` extra); installing its one dependency (cryptography) uses pip's configuration
 (a local index or wheelhouse when configured, PyPI otherwise — CI reaches PyPI).
 """
 
@@ -15,6 +15,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -47,21 +48,38 @@ def _clean_env(venv: Path | None = None) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Build the wheel from a copy of the tree (so the build leaves nothing in the checkout)."""
+def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``python -m build --no-isolation`` (sdist, then the wheel from the sdist) on a copy of the
+    tree, so the build leaves nothing in the checkout and needs no network."""
     work = tmp_path_factory.mktemp("build")
     src = work / "src-copy"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md", "MANIFEST.in"):
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in", "run"):
         shutil.copy2(ROOT / name, src / name)
-    shutil.copytree(ROOT / "src", src / "src",
-                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc"))
+    skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc", ".hypothesis")
+    for name in ("src", "docs", "examples", "tests"):
+        shutil.copytree(ROOT / name, src / name, ignore=skip)
     out = work / "dist"
-    res = _run(sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation",
-               "--disable-pip-version-check", "-w", out, src, cwd=work, env=_clean_env())
-    assert res.returncode == 0, res.stdout + res.stderr
-    (whl,) = out.glob("*.whl")
+    res = _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, src, cwd=work,
+               env=_clean_env())
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    return out
+
+
+@pytest.fixture(scope="module")
+def wheel(dist: Path) -> Path:
+    (whl,) = dist.glob("*.whl")
     return whl
+
+
+def test_sdist_carries_docs_examples_and_tests(dist: Path) -> None:
+    (sdist,) = dist.glob("*.tar.gz")
+    assert sdist.name == f"tpm2_attest-{__version__}.tar.gz"
+    with tarfile.open(sdist) as t:
+        names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
+    assert {"pyproject.toml", "README.md", "src/tpm2_attest/py.typed", "docs/index.md",
+            "examples/smoke_test.py", "tests/conftest.py", "tests/test_docs.py"} <= names
+    assert not any(n.endswith(".pyc") or "__pycache__" in n for n in names)
 
 
 @pytest.fixture(scope="module")
