@@ -28,6 +28,9 @@ SLOW_COMMANDS: Final[dict[str, str]] = {
 """Commands worth a progress line, and what to say while they run."""
 DEFAULT_DELAY: Final = 0.3
 """Seconds a slow command may run before the line appears (swtpm and fast TPMs show nothing)."""
+ERASE: Final = "" if sys.platform == "win32" else "\x1b[K"
+"""ANSI erase-to-end-of-line; on Windows (whose legacy console prints escape codes literally)
+the line is blanked with spaces instead."""
 FRAMES: Final = "|/-\\"
 TICK: Final = 0.1
 
@@ -46,6 +49,7 @@ class Progress:
         self._started = 0.0
         self._generation = 0
         self._drawn = False
+        self._width = 0
         self._thread: threading.Thread | None = None
         self._closed = False
         if self.enabled:
@@ -125,7 +129,9 @@ class Progress:
                     self._cond.wait(remaining)
                     continue
                 elapsed = time.monotonic() - self._started
-                self._write(f"\r{FRAMES[frame % len(FRAMES)]} {self._label}... {elapsed:.1f} s\x1b[K")
+                line = f"{FRAMES[frame % len(FRAMES)]} {self._label}... {elapsed:.1f} s"
+                self._write(f"\r{line}{ERASE}" if ERASE else f"\r{line.ljust(self._width)}")
+                self._width = max(self._width, len(line))
                 self._drawn = True
                 frame += 1
                 deadline = time.monotonic() + TICK
@@ -137,7 +143,7 @@ class Progress:
 
     def _clear_locked(self) -> None:
         if self._drawn:
-            self._write("\r\x1b[K")
+            self._write(f"\r{ERASE}" if ERASE else f"\r{' ' * self._width}\r")
             self._drawn = False
 
     def _write(self, text: str) -> None:
