@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Start a throwaway PostgreSQL cluster for the service's PostgreSQL tests and print the
+# TPM2_ATTEST_TEST_POSTGRES_URL to use. Installs the server when missing (Debian, as root).
+# Usage: eval "$(.ci/postgres.sh start)" ... .ci/postgres.sh stop
+set -euo pipefail
+DIR=${PGTEST_DIR:-/tmp/tpm2-attest-pgtest}
+PORT=${PGTEST_PORT:-55432}
+
+bin_dir() {
+    local d
+    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1)
+    [ -n "$d" ] && echo "$d"
+}
+
+case "${1:-start}" in
+start)
+    if [ -z "$(bin_dir)" ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+    fi
+    B=$(bin_dir)
+    id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql postgres
+    rm -rf "$DIR"; mkdir -p "$DIR"; chown postgres "$DIR"
+    runuser -u postgres -- "$B/initdb" -D "$DIR/data" -U postgres --auth=trust -E UTF8 >/dev/null
+    runuser -u postgres -- "$B/pg_ctl" -D "$DIR/data" -l "$DIR/log" -w -t 60 \
+        -o "-p $PORT -k $DIR -c listen_addresses=127.0.0.1 -c fsync=off" start >/dev/null
+    runuser -u postgres -- "$B/createdb" -h 127.0.0.1 -p "$PORT" -U postgres tpm2attest
+    echo "export TPM2_ATTEST_TEST_POSTGRES_URL=postgresql+psycopg://postgres@127.0.0.1:$PORT/tpm2attest"
+    ;;
+stop)
+    B=$(bin_dir)
+    [ -n "$B" ] && [ -d "$DIR/data" ] && runuser -u postgres -- "$B/pg_ctl" -D "$DIR/data" -m fast stop >/dev/null || true
+    rm -rf "$DIR"
+    ;;
+esac
