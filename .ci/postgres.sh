@@ -15,7 +15,7 @@ bin_dir() {
 case "${1:-start}" in
 start)
     if [ -z "$(bin_dir)" ]; then
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends postgresql >/dev/null
     fi
     B=$(bin_dir)
     id postgres >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql postgres
