@@ -95,6 +95,23 @@ def _fail(reason: Reason, detail: str) -> VerificationError:
     return VerificationError(reason, detail)
 
 
+def parse_attest(attest: bytes, expected_type: int) -> TPMS_ATTEST:
+    """Parse a signed TPMS_ATTEST: magic must be TPM_GENERATED_VALUE (BAD_MAGIC), the type the
+    expected one (WRONG_TYPE), and the bytes exactly one structure (MALFORMED)."""
+    if len(attest) < 6:
+        raise _fail(Reason.MALFORMED, f"TPMS_ATTEST of {len(attest)} bytes")
+    magic, typ = _ATTEST_HEAD.unpack_from(attest, 0)
+    if magic != TPM_GENERATED_VALUE:
+        raise _fail(Reason.BAD_MAGIC, f"magic 0x{magic:08x} is not TPM_GENERATED_VALUE")
+    if typ != expected_type:
+        raise _fail(Reason.WRONG_TYPE, f"attestation type 0x{typ:04x}, expected "
+                    f"{TPM_ST(expected_type).name}")
+    try:
+        return TPMS_ATTEST.from_bytes(attest)
+    except ParseError as exc:
+        raise _fail(Reason.MALFORMED, f"TPMS_ATTEST ({TPM_ST(expected_type).name}): {exc}") from exc
+
+
 def _alg_name(alg: int) -> str:
     try:
         return TPM_ALG(alg).name
@@ -448,17 +465,7 @@ def verify_creation(
     ak = _as_signer(signer, allow_sha1)
     attest_b = bytes(attest)
     ak.verify_signature(attest_b, bytes(signature), allow_sha1=allow_sha1)
-    if len(attest_b) < 6:
-        raise _fail(Reason.MALFORMED, f"TPMS_ATTEST of {len(attest_b)} bytes")
-    magic, typ = _ATTEST_HEAD.unpack_from(attest_b, 0)
-    if magic != TPM_GENERATED_VALUE:
-        raise _fail(Reason.BAD_MAGIC, f"magic 0x{magic:08x} is not TPM_GENERATED_VALUE")
-    if typ != TPM_ST.ATTEST_CREATION:
-        raise _fail(Reason.WRONG_TYPE, f"attestation type 0x{typ:04x}, expected ATTEST_CREATION")
-    try:
-        att = TPMS_ATTEST.from_bytes(attest_b)
-    except ParseError as exc:
-        raise _fail(Reason.MALFORMED, f"creation TPMS_ATTEST: {exc}") from exc
+    att = parse_attest(attest_b, TPM_ST.ATTEST_CREATION)
     info = att.attested
     assert isinstance(info, TPMS_CREATION_INFO)
 

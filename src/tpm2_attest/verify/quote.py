@@ -50,12 +50,10 @@ from ..tpm2.constants import (
     HASH_NAMES,
     HASH_SIZES,
     TPM_ALG,
-    TPM_GENERATED_VALUE,
     TPM_ST,
 )
-from ..tpm2.marshal import ParseError
-from ..tpm2.structures import TPMS_ATTEST, TPMS_CLOCK_INFO, TPMS_QUOTE_INFO, TPMT_PUBLIC
-from .ak import _KIND_ECDSA, AkPublic, QuoteLayout, check_ak
+from ..tpm2.structures import TPMS_CLOCK_INFO, TPMS_QUOTE_INFO, TPMT_PUBLIC
+from .ak import _KIND_ECDSA, AkPublic, QuoteLayout, check_ak, parse_attest
 from .errors import Reason, VerificationError
 
 __all__ = ["QuoteResult", "verify_quote"]
@@ -66,7 +64,6 @@ QuoteInput: TypeAlias = Quote | tuple[bytes, bytes, PcrInput] | str
 AkInput: TypeAlias = AkPublic | AkBlob | bytes | bytearray | memoryview | str | TPMT_PUBLIC
 ExpectedPcrs: TypeAlias = Mapping[int, bytes] | Mapping[str, Mapping[int, bytes]] | Mapping[int | str, Any]
 
-_ATTEST_HEAD: Final = struct.Struct(">IH")
 _LAYOUT_KEY: Final = itemgetter(0, 1, 2, 3, 6, 7, 8, 10)
 """Fields of the unpacked quote that a cached layout fixes: magic, type, bank, every length.
 
@@ -263,18 +260,7 @@ def _split_quote(quote: QuoteInput) -> tuple[bytes, bytes, PcrInput]:
 
 def _parse_attest(ak: AkPublic, attest: bytes) -> tuple[tuple[Any, ...], QuoteLayout]:
     """Generic parse of a quote's TPMS_ATTEST into the fast path's tuple; learns its layout."""
-    attest = bytes(attest)
-    if len(attest) < 6:
-        raise _fail(Reason.MALFORMED, f"TPMS_ATTEST of {len(attest)} bytes")
-    magic, typ = _ATTEST_HEAD.unpack_from(attest, 0)
-    if magic != TPM_GENERATED_VALUE:
-        raise _fail(Reason.BAD_MAGIC, f"magic 0x{magic:08x} is not TPM_GENERATED_VALUE")
-    if typ != TPM_ST.ATTEST_QUOTE:
-        raise _fail(Reason.WRONG_TYPE, f"attestation type 0x{typ:04x}, expected ATTEST_QUOTE")
-    try:
-        att = TPMS_ATTEST.from_bytes(attest)
-    except ParseError as exc:
-        raise _fail(Reason.MALFORMED, f"quote TPMS_ATTEST: {exc}") from exc
+    att = parse_attest(bytes(attest), TPM_ST.ATTEST_QUOTE)
     info = att.attested
     assert isinstance(info, TPMS_QUOTE_INFO)
     sels = info.pcr_select.selections
@@ -286,7 +272,7 @@ def _parse_attest(ak: AkPublic, attest: bytes) -> tuple[tuple[Any, ...], QuoteLa
         raise _fail(Reason.UNSUPPORTED_FORMAT, f"PCR bank 0x{sel.hash:04x}")
     c = att.clock_info
     signer, extra, bitmap, digest = att.qualified_signer, att.extra_data, sel.pcr_select, info.pcr_digest
-    fields = (magic, typ, len(signer), len(extra), extra, int(c.safe), 1, sel.hash, len(bitmap), bitmap,
+    fields = (att.magic, att.type, len(signer), len(extra), extra, int(c.safe), 1, sel.hash, len(bitmap), bitmap,
               len(digest), digest)
     st = struct.Struct(f">IHH{len(signer)}xH{len(extra)}s16xB8xIHB{len(bitmap)}sH{len(digest)}s")
     layout: QuoteLayout = (st, _LAYOUT_KEY(fields), bank_info[0], bank_info[1], sel.hash == TPM_ALG.SHA1,
