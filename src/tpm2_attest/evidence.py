@@ -16,6 +16,11 @@ from typing import Any, Final, Literal
 
 from .errors import ErrorCode, TpmError
 from .tpm2.constants import HASH_BY_NAME, HASH_NAMES, HASH_SIZES
+from .tpm2.crypto import (
+    TPM2_TOOLS_CREDENTIAL_MAGIC,
+    read_tpm2_tools_credential,
+    write_tpm2_tools_credential,
+)
 from .tpm2.keys import object_name, parse_public, public_der
 from .tpm2.marshal import ParseError, Reader, Writer
 from .tpm2.structures import (
@@ -312,9 +317,6 @@ class EkInfo:
         return public_der(self.public_area)
 
 
-TPM2_TOOLS_CRED_MAGIC: Final = 0xBADCC0DE
-
-
 @dataclass(frozen=True)
 class CredentialChallenge:
     """MakeCredential output: TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET (each with its size)."""
@@ -328,29 +330,28 @@ class CredentialChallenge:
 
     def to_tpm2_tools(self) -> bytes:
         """tpm2-tools' credential file (magic 0xBADCC0DE, version 1, then our wire form)."""
-        return Writer().u32(TPM2_TOOLS_CRED_MAGIC).u32(1).raw(self.to_bytes()).getvalue()
+        return write_tpm2_tools_credential(self.credential_blob, self.encrypted_secret)
 
     @classmethod
     def from_bytes(cls, data: bytes | bytearray | memoryview) -> CredentialChallenge:
         """Our wire form or a tpm2-tools credential file (told apart by the magic)."""
+        data = bytes(data)
         try:
-            r = Reader(data)
-            if len(data) >= 8 and int.from_bytes(bytes(data[:4]), "big") == TPM2_TOOLS_CRED_MAGIC:
-                r.u32("magic")
-                version = r.u32("version")
-                if version != 1:
-                    raise _bad(f"tpm2-tools credential version {version}")
-            p0 = r.pos
-            if not r.tpm2b("credentialBlob"):
-                raise _bad("empty credential blob")
-            blob = r.buffer[p0 : r.pos]
-            p1 = r.pos
-            if not r.tpm2b("secret"):
-                raise _bad("empty encrypted secret")
-            secret = r.buffer[p1 : r.pos]
-            r.done("credential challenge")
+            if data[:4] == TPM2_TOOLS_CREDENTIAL_MAGIC.to_bytes(4, "big"):
+                blob, secret = read_tpm2_tools_credential(data)
+            else:
+                r = Reader(data)
+                p0 = r.pos
+                r.tpm2b("credentialBlob")
+                blob = data[p0 : r.pos]
+                p1 = r.pos
+                r.tpm2b("secret")
+                secret = data[p1 : r.pos]
+                r.done("credential challenge")
         except ParseError as exc:
             raise _bad(f"malformed credential challenge: {exc}") from exc
+        if len(blob) <= 2 or len(secret) <= 2:
+            raise _bad("empty credential blob or encrypted secret")
         return cls(blob, secret)
 
     def to_json(self) -> str:
