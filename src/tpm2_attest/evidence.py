@@ -280,13 +280,10 @@ class Quote:
         return cls.from_dict(obj)
 
 
-@dataclass(frozen=True)
-class PublicKey:
-    """A TPM object's public part: TPM2B_PUBLIC bytes, Name, and SubjectPublicKeyInfo DER."""
+class _PublicArea:
+    """Views derived from a ``public`` field holding TPM2B_PUBLIC (or TPMT_PUBLIC) bytes."""
 
     public: bytes
-    name: bytes
-    handle: int | None = None
 
     @cached_property
     def public_area(self) -> TPMT_PUBLIC:
@@ -294,11 +291,21 @@ class PublicKey:
 
     @cached_property
     def public_der(self) -> bytes:
+        """SubjectPublicKeyInfo DER."""
         return public_der(self.public_area)
 
 
 @dataclass(frozen=True)
-class EkInfo:
+class PublicKey(_PublicArea):
+    """A TPM object's public part: TPM2B_PUBLIC bytes, Name, and SubjectPublicKeyInfo DER."""
+
+    public: bytes
+    name: bytes
+    handle: int | None = None
+
+
+@dataclass(frozen=True)
+class EkInfo(_PublicArea):
     """The endorsement key: public area, Name, certificate (DER, TCG NV header stripped)."""
 
     kind: str
@@ -307,14 +314,6 @@ class EkInfo:
     certificate: bytes | None
     handle: int | None = None
     persistent: bool = False
-
-    @cached_property
-    def public_area(self) -> TPMT_PUBLIC:
-        return parse_public(self.public)
-
-    @cached_property
-    def public_der(self) -> bytes:
-        return public_der(self.public_area)
 
 
 @dataclass(frozen=True)
