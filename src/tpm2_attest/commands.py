@@ -22,6 +22,7 @@ from .tpm2.constants import (
     TPM_ALG,
     TPM_CAP,
     TPM_CC,
+    TPM_PT,
     TPM_RH,
     TPM_RS_PW,
     TPM_SE,
@@ -185,6 +186,7 @@ class TpmCommands:
         self.stats = CommandStats()
         self.on_command = on_command
         self._lock = threading.RLock()
+        self._nv_buffer_max: int | None = None
 
     @property
     def lock(self) -> threading.RLock:
@@ -531,9 +533,11 @@ class TpmCommands:
         if size is None:
             size = self.nv_read_public(index)[0].data_size
         if chunk is None:
-            from .tpm2.constants import TPM_PT
-
-            chunk = self.get_properties(TPM_PT.NV_BUFFER_MAX, 1).get(TPM_PT.NV_BUFFER_MAX, 512) or 512
+            if self._nv_buffer_max is None:
+                # A fixed property: ask once per channel, not once per NV read.
+                got = self.get_properties(TPM_PT.NV_BUFFER_MAX, 1).get(TPM_PT.NV_BUFFER_MAX, 0)
+                self._nv_buffer_max = got or 512
+            chunk = self._nv_buffer_max
         out = bytearray()
         while len(out) < size:
             n = min(chunk, size - len(out))
