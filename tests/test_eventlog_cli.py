@@ -13,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
+from tpm2_attest.backends import eventlog_source as retrieve
 from tpm2_attest.errors import ErrorCode, TpmError
-from tpm2_attest.eventlog import cli, parse_event_log, retrieve
+from tpm2_attest.eventlog import cli, parse_event_log
 
 try:
     import eventlog_synth as synth

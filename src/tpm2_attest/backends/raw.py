@@ -379,7 +379,7 @@ class RawBackend:
                         self.cmd.flush_context(session.handle)
 
     def event_log(self) -> bytes:
-        from ..eventlog.retrieve import read_event_log  # device-side helper
+        from .eventlog_source import read_event_log  # OS files / TBS: device side only
 
         if self.platform not in ("linux", "windows"):
             raise TpmError(f"a {self.platform} TPM has no firmware event log", code=ErrorCode.UNSUPPORTED)

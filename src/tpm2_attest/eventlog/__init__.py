@@ -34,7 +34,6 @@ from .events import (
     UefiVariableInfo,
 )
 from .parser import parse_event_log
-from .retrieve import read_event_log
 from .secureboot import Authority, SecureBootState, SignatureDatabase, secure_boot_state
 from .types import EventType, event_type_name
 
@@ -78,7 +77,6 @@ __all__ = [
     "parse_event_log",
     "parse_load_option",
     "parse_signature_lists",
-    "read_event_log",
     "resolve_bank",
     "secure_boot_state",
 ]

@@ -1,4 +1,4 @@
-"""Read the firmware's TCG event log of this machine (device side).
+"""Read the firmware's TCG event log of this machine (device side; parsing is in ``eventlog``).
 
 Linux: ``/sys/kernel/security/tpmN/binary_bios_measurements`` for the TPM behind the opened
 ``/dev/tpmN`` or ``/dev/tpmrmN`` (securityfs is root-only). Windows: ``Tbsi_Get_TCG_Log``
