@@ -564,3 +564,21 @@ def test_verifier_accepts_real_windows_pcp_evidence() -> None:
         verify_quote(ak, (REAL_QUOTE, REAL_QUOTE_SIGNATURE,
                           {"sha1": {**REAL_SHA1_PCRS, 7: _flip(REAL_SHA1_PCRS[7], 0)}}), nonce=b"",
                      allow_empty_nonce=True)
+
+
+def test_threads_share_one_pcp_tpm(pcp: Any) -> None:
+    """Quotes from several threads through one PCP Tpm do not interleave their key loads."""
+    import concurrent.futures
+
+    from tpm2_attest.tpm2.structures import TPMS_ATTEST
+
+    with pcp("standard") as tpm:
+        blob = tpm.provision_ak(key_name="acme-threads-ak")
+
+        def work(i: int) -> bytes:
+            q = tpm.quote(blob, pcrs=[i % 8], qualifying_data=bytes([i]) * 8)
+            return TPMS_ATTEST.from_bytes(q.attest).extra_data
+
+        with concurrent.futures.ThreadPoolExecutor(4) as ex:
+            results = list(ex.map(work, range(8), timeout=120))
+    assert results == [bytes([i]) * 8 for i in range(8)]

@@ -83,7 +83,7 @@ from .ncrypt_api import (
     unpack_handle,
     unpack_wstr,
 )
-from .raw import RawBackend, challenge_ek_kind, quote_consistent
+from .raw import RawBackend, challenge_ek_kind, quote_consistent, serialized
 
 if TYPE_CHECKING:
     import os
@@ -432,6 +432,7 @@ class PcpBackend:
 
     # -- attestation keys -----------------------------------------------------------------------
 
+    @serialized
     def provision_ak(self, *, key_name: str | None, scope: str, overwrite: bool,
                      nonce: bytes | None, algorithm: str | None) -> AkBlob:
         """Create a PCP identity key and return its PCP1 (user) or PCP2 (machine) blob."""
@@ -498,6 +499,7 @@ class PcpBackend:
                            "keys (PCP1/PCP2 blobs)", code=ErrorCode.BAD_BLOB)
         return ak.format == "PCP2"
 
+    @serialized
     def quote(self, ak: AkBlob, *, pcrs: list[int], bank: str, qualifying_data: bytes) -> Quote:
         """Quote with the PCP key the blob names, through the PCP's TBS context, scheme NULL."""
         machine = self._pcp_blob(ak)
@@ -526,6 +528,7 @@ class PcpBackend:
                 if callable(close):
                     close()
 
+    @serialized
     def activate_credential(self, ak: AkBlob, challenge: CredentialChallenge) -> bytes:
         """TPM2_ActivateCredential through PCP: SET then GET PCP_TPM12_IDACTIVATION."""
         machine = self._pcp_blob(ak)
@@ -542,6 +545,7 @@ class PcpBackend:
 
     # -- EK -------------------------------------------------------------------------------------
 
+    @serialized
     def ek(self, kind: EkKind) -> EkInfo:
         """The EK as PCP exposes it: RSA from PCP_EKPUB (any account), its certificate from the NV
         certificate properties when this account may read them (None otherwise); an ECC EK

@@ -108,11 +108,12 @@ def _fixed_string(values: Iterable[int]) -> str:
 _F = TypeVar("_F", bound=Callable[..., Any])
 
 
-def _serialized(fn: _F) -> _F:
-    """Run a backend operation under the command channel's lock (whole sequence, not per command)."""
+def serialized(fn: _F) -> _F:
+    """Run a backend operation (a method of an object with ``.cmd``) under the command channel's
+    lock: the whole load-use-flush sequence, not each command, so threads never interleave."""
 
     @functools.wraps(fn)
-    def wrapper(self: RawBackend, *args: Any, **kwargs: Any) -> Any:
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
         with self.cmd.lock:
             return fn(self, *args, **kwargs)
 
@@ -185,7 +186,7 @@ class RawBackend:
 
     # -- EK -------------------------------------------------------------------------------------
 
-    @_serialized
+    @serialized
     def ek(self, kind: EkKind) -> EkInfo:
         handle, cert_index, _nonce, _tmpl, template = self._ek_slot(kind)
         cert = self._read_ek_cert(cert_index)
@@ -310,7 +311,7 @@ class RawBackend:
             finally:
                 self.cmd.flush_context(handle)
 
-    @_serialized
+    @serialized
     def provision_ak(self, *, key_name: str | None, scope: str, overwrite: bool,
                      nonce: bytes | None, algorithm: str | None) -> AkBlob:
         if key_name:
@@ -348,14 +349,14 @@ class RawBackend:
             parent=parent,
         )
 
-    @_serialized
+    @serialized
     def quote(self, ak: AkBlob, *, pcrs: list[int], bank: str, qualifying_data: bytes) -> Quote:
         scheme = _quote_scheme(ak.public_area)
         with self._loaded(ak) as handle:
             return quote_consistent(self.cmd, handle, scheme=scheme, bank=bank_alg(bank), pcrs=pcrs,
                                     qualifying_data=qualifying_data)
 
-    @_serialized
+    @serialized
     def activate_credential(self, ak: AkBlob, challenge: CredentialChallenge) -> bytes:
         return self._activate(ak, challenge, challenge_ek_kind(challenge))
 
