@@ -232,3 +232,20 @@ def test_rc_decoding(rc: int, text: str) -> None:
 def test_vendor_rc() -> None:
     d = decode(0x500 | 0x12)
     assert d.kind == "vendor"
+
+
+def test_ek_policies_reproduce_the_profile_values() -> None:
+    # Published in the TCG EK Credential Profile ("Computing PolicyA/PolicyB"); we compute A and
+    # B from the policy commands, so a wrong formula or constant fails here.
+    assert T.EK_POLICY_A[TPM_ALG.SHA256] == T.EK_POLICY_ENDORSEMENT
+    assert T.EK_POLICY_A[TPM_ALG.SHA384].hex() == (
+        "8bbf2266537c171cb56e403c4dc1d4b64f432611dc386e6f532050c3278c930e"
+        "143e8bb1133824ccb431053871c6db53")
+    assert T.EK_POLICY_B[TPM_ALG.SHA256].hex() == (
+        "ca3d0a99a2b93906f7a3342414efcfb3a385d44cd1fd459089d19b5071c0b7a0")
+    assert T.EK_POLICY_B[TPM_ALG.SHA384].hex() == (
+        "b26e7d28d11a50bc53d882bcf5fd3a1a074148bb35d3b4e4cb1c0ad9bde419ca"
+        "cb47ba09699646150f9fc000f3f80e12")
+    assert T.EK_POLICY_B[TPM_ALG.SHA512].hex() == (
+        "b8221ca69e8550a4914de3faa6a18c072cc01208073a928d5d66d59ef79e49a4"
+        "29c41a6b269571d57edb25fbdb1838425608b413cd616a5f6db5b6071af99bea")

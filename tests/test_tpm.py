@@ -349,3 +349,17 @@ def test_atomic_write(tmp_path: Path) -> None:
         write_atomic(p, "not bytes")  # type: ignore[arg-type]
     assert p.read_bytes() == b"two"
     assert [x.name for x in tmp_path.iterdir()] == ["blob"]
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ecc", "ecc384"])
+def test_activate_with_each_ek(tpm: Any, kind: str) -> None:
+    """RSA and P-256 EKs (PolicyA) and swtpm's high-range P-384 EK (PolicyB = PolicyOR)."""
+    from tpm2_attest import verify
+
+    blob = tpm.provision_ak()
+    ek = tpm.ek(kind)
+    challenge, secret = verify.make_credential(ek.public, blob.name)
+    before = dict(tpm.stats.by_command)
+    assert tpm.activate_credential(blob, challenge) == secret
+    used_or = tpm.stats.by_command.get("TPM2_PolicyOR", 0) - before.get("TPM2_PolicyOR", 0)
+    assert used_or == (1 if kind == "ecc384" else 0)

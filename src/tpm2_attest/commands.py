@@ -579,6 +579,13 @@ class TpmCommands:
 
         self._parse("TPM2_PolicySecret", r, parse)
 
+    def policy_or(self, session: PolicySession, digests: Sequence[bytes]) -> None:
+        """TPM2_PolicyOR: the session's digest becomes H(0 || CC || digests) if it is one of them."""
+        w = Writer()
+        TPML_DIGEST(tuple(digests)).marshal(w)
+        _, r = self.execute(TPM_CC.PolicyOR, [session.handle], w.getvalue())
+        self._finish(r, "TPM2_PolicyOR")
+
     def quote(self, key: int, qualifying_data: bytes, scheme: TPMT_SCHEME,
               selection: TPML_PCR_SELECTION, *, auth: bytes = b"") -> SignedAttest:
         w = Writer().tpm2b(qualifying_data)

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
 from typing import Any, Final, TypeVar
 
-from ..commands import PW, CreateResult, TpmCommands
+from ..commands import PW, CreateResult, PolicySession, TpmCommands
 from ..errors import ErrorCode, TpmError
 from ..evidence import (
     SRK_RECREATE,
@@ -361,14 +361,10 @@ class RawBackend:
         return self._activate(ak, challenge, challenge_ek_kind(challenge))
 
     def _activate(self, ak: AkBlob, challenge: CredentialChallenge, kind: EkKind) -> bytes:
-        if kind == "ecc384":
-            raise TpmError("credential activation with the high-range P-384 EK (PolicyB) is not "
-                           "supported; make the challenge for the RSA or ECC P-256 EK",
-                           code=ErrorCode.UNSUPPORTED)
-        with self._loaded(ak) as ak_handle, self._ek_handle(kind) as (ek_handle, _pub):
-            session = self.cmd.start_auth_session()
+        with self._loaded(ak) as ak_handle, self._ek_handle(kind) as (ek_handle, ek_public):
+            session = self.cmd.start_auth_session(hash_alg=ek_public.name_alg)
             try:
-                self.cmd.policy_secret(TPM_RH.ENDORSEMENT, session)
+                satisfy_ek_policy(self.cmd, session, ek_public)
                 secret = self.cmd.activate_credential(
                     ak_handle, ek_handle, challenge.credential_blob, challenge.encrypted_secret,
                     activate_session=PW, key_session=session)
@@ -425,6 +421,20 @@ def quote_consistent(cmd: TpmCommands, handle: int, *, scheme: TPMT_SCHEME, bank
             return Quote(signed.attest, signed.signature, {bank_name(bank): values})
     raise TpmError(f"PCRs kept changing during {attempts} quote attempts",
                    code=ErrorCode.RETRY_EXHAUSTED, command="TPM2_Quote")
+
+
+def satisfy_ek_policy(cmd: TpmCommands, session: PolicySession, ek: TPMT_PUBLIC) -> None:
+    """Bring a policy session to the EK's authPolicy: PolicyA (PolicySecret(ENDORSEMENT), the
+    low-range templates) or PolicyB = PolicyOR(PolicyA, PolicyC) (the high-range templates,
+    e.g. swtpm's P-384 EK), both from the TCG EK Credential Profile."""
+    alg = ek.name_alg
+    policy_a = T.EK_POLICY_A.get(alg)
+    if policy_a is None or ek.auth_policy not in (policy_a, T.EK_POLICY_B.get(alg)):
+        raise TpmError("the EK's authPolicy is neither PolicyA nor PolicyB of the TCG EK profile",
+                       code=ErrorCode.UNSUPPORTED)
+    cmd.policy_secret(TPM_RH.ENDORSEMENT, session)
+    if ek.auth_policy != policy_a:
+        cmd.policy_or(session, [policy_a, T.EK_POLICY_C[alg]])
 
 
 def challenge_ek_kind(challenge: CredentialChallenge) -> EkKind:

@@ -6,10 +6,11 @@ Provisioning Guidance (SRK). The EK authPolicy is PolicySecret(TPM_RH_ENDORSEMEN
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import replace
 from typing import Final
 
-from .constants import TPM_ALG, TPM_ECC_CURVE, TPMA_OBJECT
+from .constants import HASH_NAMES, TPM_ALG, TPM_CC, TPM_ECC_CURVE, TPM_RH, TPMA_OBJECT
 from .structures import (
     TPMS_ECC_PARMS,
     TPMS_ECC_POINT,
@@ -108,11 +109,45 @@ def matches_template(public: TPMT_PUBLIC, template: TPMT_PUBLIC) -> bool:
         and public.parameters == template.parameters
     )
 
-EK_POLICY_B_SHA384: Final = bytes.fromhex(
-    "b26e7d28d11a50bc53d882bcf5fd3a1a074148bb35d3b4e4cb1c0ad9bde419ca"
-    "cb47ba09699646150f9fc000f3f80e12"
-)
-"""PolicyB (SHA-384) of the TCG EK Credential Profile high-range templates."""
+def policy_secret_digest(hash_alg: int, auth_name: bytes, policy_ref: bytes = b"") -> bytes:
+    """Policy digest of a fresh session after TPM2_PolicySecret(auth_name) (Part 3, 23.4)."""
+    name = HASH_NAMES[hash_alg]
+    size = hashlib.new(name).digest_size
+    d = hashlib.new(name, bytes(size) + TPM_CC.PolicySecret.to_bytes(4, "big") + auth_name).digest()
+    return hashlib.new(name, d + policy_ref).digest()
+
+
+def policy_or_digest(hash_alg: int, branches: list[bytes]) -> bytes:
+    """Policy digest after TPM2_PolicyOR(branches) (Part 3, 23.6)."""
+    name = HASH_NAMES[hash_alg]
+    size = hashlib.new(name).digest_size
+    return hashlib.new(name, bytes(size) + TPM_CC.PolicyOR.to_bytes(4, "big") + b"".join(branches)).digest()
+
+
+EK_POLICY_A: Final[dict[int, bytes]] = {
+    alg: policy_secret_digest(alg, TPM_RH.ENDORSEMENT.to_bytes(4, "big"))
+    for alg in (TPM_ALG.SHA256, TPM_ALG.SHA384, TPM_ALG.SHA512)
+}
+"""PolicyA of the EK Credential Profile: PolicySecret(TPM_RH_ENDORSEMENT) per hash."""
+
+EK_POLICY_C: Final[dict[int, bytes]] = {
+    TPM_ALG.SHA256: bytes.fromhex("3767e2edd43ff45a3a7e1eaefcef78643dca964632e7aad82c673a30d8633fde"),
+    TPM_ALG.SHA384: bytes.fromhex(
+        "d6032ce61f2fb3c240eb3cf6a33237ef2b6a16f4293c22b455e261cffd217ad5"
+        "b4947c2d73e63005eed2dc2b3593d165"),
+    TPM_ALG.SHA512: bytes.fromhex(
+        "589ee1e146544716e8deafe6db247b01b81e9f9c7dd16b814aa159138749105f"
+        "ba5388dd1dea702f35240c184933121e2c61b8f50d3ef91393a49a38c3f73fc8"),
+}
+"""PolicyC of the EK Credential Profile: PolicyAuthorizeNV of the EK policy NV index (fixed
+values from the profile; tests check PolicyOR(A, C) reproduces PolicyB)."""
+
+EK_POLICY_B: Final[dict[int, bytes]] = {
+    alg: policy_or_digest(alg, [EK_POLICY_A[alg], EK_POLICY_C[alg]]) for alg in EK_POLICY_C
+}
+"""PolicyB = PolicyOR(PolicyA, PolicyC): the authPolicy of the high-range EK templates."""
+
+EK_POLICY_B_SHA384: Final = EK_POLICY_B[TPM_ALG.SHA384]
 
 EK_HIGH_ATTRIBUTES: Final = EK_ATTRIBUTES | int(A.userWithAuth)  # 0x000300f2
 
