@@ -320,8 +320,15 @@ class TpmCommands:
         _, r = self.execute(TPM_CC.GetCapability, params=Writer().u32(cap).u32(prop).u32(count).getvalue())
 
         def parse(rr: Reader) -> tuple[bool, TPMS_CAPABILITY_DATA]:
+            pos = rr.pos
             more = rr.u8("moreData")
-            return bool(more), TPMS_CAPABILITY_DATA.unmarshal(rr)
+            if more > 1:
+                raise ParseError(f"TPMI_YES_NO value {more}", pos, "moreData")
+            data = TPMS_CAPABILITY_DATA.unmarshal(rr)
+            if data.capability != cap:
+                raise ParseError(f"asked capability 0x{cap:x}, got 0x{data.capability:x}", pos + 1,
+                                 "TPMS_CAPABILITY_DATA")
+            return bool(more), data
 
         return self._parse("TPM2_GetCapability", r, parse)
 
@@ -357,7 +364,9 @@ class TpmCommands:
     def pcr_banks(self) -> TPML_PCR_SELECTION:
         """Allocated PCR banks (TPM_CAP_PCRS)."""
         _, data = self.get_capability(TPM_CAP.PCRS, 0, 1)
-        assert isinstance(data.data, TPML_PCR_SELECTION)
+        if not isinstance(data.data, TPML_PCR_SELECTION):  # pragma: no cover - checked in parse
+            raise TpmError("GetCapability(PCRS) returned another capability",
+                           code=ErrorCode.BAD_RESPONSE, command="TPM2_GetCapability")
         return data.data
 
     def get_random(self, n: int) -> bytes:
