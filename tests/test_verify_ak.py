@@ -430,3 +430,25 @@ def test_make_credential_rejects_oversized_secret(tpm: Tpm, ecc_blob: AkBlob) ->
     ek = tpm.ek("rsa")
     with pytest.raises(ValueError):
         make_credential(ek.public, check_ak(ecc_blob).name, secret=bytes(33))
+
+
+@pytest.mark.parametrize("kind", ["rsa", "ecc", "ecc384"])
+def test_check_ek_names_the_tpms_ek(tpm: Tpm, kind: str) -> None:
+    from tpm2_attest.verify import check_ek
+
+    ek = tpm.ek(kind)  # type: ignore[arg-type]
+    checked = check_ek(ek.public)
+    assert checked.name == ek.name
+    assert checked.name_alg == ek.public_area.name_alg
+    assert check_ek(checked.key).name is None  # a bare key has no public area, so no Name
+
+
+def test_check_ek_refuses_signing_keys(ecc_blob: AkBlob) -> None:
+    from tpm2_attest.verify import check_ek
+
+    with pytest.raises(VerificationError) as ei:
+        check_ek(ecc_blob.public)
+    assert ei.value.reason == Reason.EK_ATTRIBUTES
+    with pytest.raises(VerificationError) as ei:
+        check_ek(b"\x00\x02\x00")
+    assert ei.value.reason == Reason.MALFORMED

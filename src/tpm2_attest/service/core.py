@@ -35,7 +35,6 @@ from typing import Any, Final
 from .. import verify
 from ..errors import TpmError
 from ..evidence import CredentialChallenge, Quote
-from ..tpm2.keys import object_name, parse_public
 from ..verify import Reason, VerificationError
 from .errors import ServiceCode, ServiceError
 from .settings import Settings
@@ -111,11 +110,14 @@ def _ak_public(public: bytes, allow_sha1: bool) -> verify.AkPublic:
 
 
 def ek_name(ek_public: bytes) -> bytes:
-    """The TPM Name of an EK public area (TPM2B_PUBLIC or TPMT_PUBLIC): the EK's identity."""
+    """The TPM Name of an EK public area (TPM2B_PUBLIC or TPMT_PUBLIC): the EK's identity.
+    ``verify.check_ek`` also refuses keys that are not EKs (restricted decryption keys)."""
     try:
-        return object_name(parse_public(ek_public))
-    except ValueError as exc:  # ParseError, unsupported nameAlg
+        name = verify.check_ek(ek_public).name
+    except ValueError as exc:  # unsupported nameAlg
         raise VerificationError(Reason.MALFORMED, f"EK public area: {exc}") from None
+    assert name is not None  # bytes always carry a public area
+    return name
 
 
 class AttestationService:

@@ -4,7 +4,7 @@ Nothing here returns a boolean verdict: a function returns only when every check
 """
 
 from .ak import AkPublic, CreationResult, check_ak, verify_creation
-from .credential import make_credential, verify_activation
+from .credential import EkPublic, check_ek, make_credential, verify_activation
 from .ekcert import EkCertificate, verify_ek_certificate
 from .errors import Reason, VerificationError
 from .eventlog import EventLogResult, verify_event_log
@@ -14,11 +14,13 @@ __all__ = [
     "AkPublic",
     "CreationResult",
     "EkCertificate",
+    "EkPublic",
     "EventLogResult",
     "QuoteResult",
     "Reason",
     "VerificationError",
     "check_ak",
+    "check_ek",
     "make_credential",
     "verify_activation",
     "verify_creation",

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hmac
 import os
+from dataclasses import dataclass
+from functools import cached_property
 from typing import Final
 
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -17,13 +19,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from ..evidence import CredentialChallenge, EkInfo, PublicKey
 from ..tpm2 import crypto
 from ..tpm2.constants import HASH_SIZES, TPM_ALG, TPMA_OBJECT
-from ..tpm2.keys import public_key_from_public
+from ..tpm2.keys import object_name, public_key_from_public
 from ..tpm2.marshal import ParseError
 from ..tpm2.structures import TPMS_ECC_PARMS, TPMS_RSA_PARMS, TPMT_PUBLIC
 from .ak import AkPublic
 from .errors import Reason, VerificationError
 
-__all__ = ["DEFAULT_SECRET_SIZE", "make_credential", "verify_activation"]
+__all__ = ["DEFAULT_SECRET_SIZE", "EkPublic", "check_ek", "make_credential", "verify_activation"]
 
 DEFAULT_SECRET_SIZE: Final = 32
 """Bytes of the random secret (capped at the digest size of the EK's nameAlg)."""
@@ -39,14 +41,39 @@ def _fail(reason: Reason, detail: str) -> VerificationError:
     return VerificationError(reason, detail)
 
 
-def _ek_parameters(ek_public: EkPublicInput) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, int, int, int]:
-    """(key, nameAlg, symmetric algorithm, symmetric key bits) of an EK; refuses non-EK keys."""
+@dataclass(frozen=True)
+class EkPublic:
+    """A checked EK: its key, the parameters credential protection uses, and its Name (the EK's
+    identity for enrollment records; None when only a bare key was given)."""
+
+    key: rsa.RSAPublicKey | ec.EllipticCurvePublicKey
+    name_alg: int
+    sym_alg: int
+    sym_bits: int
+    public_area: TPMT_PUBLIC | None = None
+
+    @cached_property
+    def name(self) -> bytes | None:
+        return object_name(self.public_area) if self.public_area is not None else None
+
+
+def check_ek(ek_public: EkPublicInput) -> EkPublic:
+    """Check an EK public area (or key) can receive credentials: a restricted decryption key
+    that does not sign, AES-CFB, RSA >= 2048 bits or a supported curve. Raises otherwise."""
+    key, name_alg, sym_alg, sym_bits, area = _ek_parameters(ek_public)
+    return EkPublic(key, name_alg, sym_alg, sym_bits, area)
+
+
+def _ek_parameters(
+    ek_public: EkPublicInput,
+) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, int, int, int, TPMT_PUBLIC | None]:
+    """(key, nameAlg, symmetric algorithm, key bits, public area) of an EK; refuses non-EK keys."""
     if isinstance(ek_public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         key = ek_public
         if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_EK_BITS:
             raise _fail(Reason.WEAK_KEY, f"RSA EK of {key.key_size} bits")
         # A bare key carries no public area: assume the TCG default templates.
-        return key, TPM_ALG.SHA256, TPM_ALG.AES, 128
+        return key, TPM_ALG.SHA256, TPM_ALG.AES, 128, None
     if isinstance(ek_public, EkInfo | PublicKey):
         ek_public = ek_public.public
     if isinstance(ek_public, TPMT_PUBLIC):
@@ -79,7 +106,7 @@ def _ek_parameters(ek_public: EkPublicInput) -> tuple[rsa.RSAPublicKey | ec.Elli
         key = public_key_from_public(area)
     except ParseError as exc:
         raise _fail(Reason.MALFORMED, f"EK public key: {exc}") from exc
-    return key, area.name_alg, sym.algorithm, sym.key_bits
+    return key, area.name_alg, sym.algorithm, sym.key_bits, area
 
 
 def make_credential(
@@ -96,7 +123,7 @@ def make_credential(
     ``secret``: random 32 bytes by default; at most the digest size of the EK's nameAlg.
     Send ``challenge`` (``to_bytes()`` / ``to_json()``) to the device, keep ``secret``.
     """
-    key, name_alg, sym_alg, sym_bits = _ek_parameters(ek_public)
+    key, name_alg, sym_alg, sym_bits, _area = _ek_parameters(ek_public)
     name = ak_name.name if isinstance(ak_name, AkPublic) else bytes(ak_name)
     size = HASH_SIZES[name_alg]
     if len(name) < 2 or HASH_SIZES.get(int.from_bytes(name[:2], "big")) != len(name) - 2:
