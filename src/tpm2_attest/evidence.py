@@ -196,7 +196,7 @@ class AkBlob:
     def from_json(cls, text: str | bytes) -> AkBlob:
         try:
             obj = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int limits, nesting
             raise _bad(f"AK JSON: {exc}") from exc
         if not isinstance(obj, dict) or obj.get("version") != AK_JSON_VERSION:
             raise _bad("AK JSON: missing or unsupported version")
@@ -262,11 +262,15 @@ class Quote:
                 raise _bad(f"quote JSON: unknown PCR bank {bank!r}")
             out: dict[int, bytes] = {}
             for k, v in vals.items():
-                if not isinstance(k, str) or not k.isdigit() or len(k) > 3:
+                # ASCII digits only (str.isdigit() also passes '²', which int() refuses) and one
+                # spelling per index ("0" and "00" would otherwise silently overwrite each other).
+                if not isinstance(k, str) or not (k.isascii() and k.isdigit()) or len(k) > 3:
                     raise _bad(f"quote JSON: bad PCR index {k!r}")
                 d = b64d(v, f"pcrs.{bank}.{k}")
                 if len(d) != HASH_SIZES[alg]:
                     raise _bad(f"quote JSON: PCR {bank}:{k} has {len(d)} bytes")
+                if int(k) in out:
+                    raise _bad(f"quote JSON: PCR {bank}:{int(k)} given twice")
                 out[int(k)] = d
             pcrs[bank] = out
         return cls(b64d(obj.get("attest"), "attest"), b64d(obj.get("signature"), "signature"), pcrs)
@@ -275,7 +279,7 @@ class Quote:
     def from_json(cls, text: str | bytes) -> Quote:
         try:
             obj = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int limits, nesting
             raise _bad(f"quote JSON: {exc}") from exc
         return cls.from_dict(obj)
 
@@ -361,7 +365,7 @@ class CredentialChallenge:
     def from_json(cls, text: str | bytes) -> CredentialChallenge:
         try:
             obj = json.loads(text)
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int limits, nesting
             raise _bad(f"challenge JSON: {exc}") from exc
         if not isinstance(obj, dict) or obj.get("version") != 1:
             raise _bad("challenge JSON: missing or unsupported version")

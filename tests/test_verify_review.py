@@ -1,0 +1,101 @@
+"""Security review of the verifier (verify.ak, verify.quote, verify.credential, evidence).
+
+Each test is an attack on the verifier with evidence the attacker controls (AK blob, quote
+bytes, PCR values, JSON); each must end in ``VerificationError`` with the right Reason, never
+in a false "valid" nor in another exception. Quotes are made with a software key whose public
+area claims to be an AK (what an attacker can present), so no TPM is needed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+
+from tpm2_attest.evidence import Quote
+from tpm2_attest.tpm2 import templates as T
+from tpm2_attest.tpm2.constants import TPM_ALG, TPM_GENERATED_VALUE, TPM_ST
+from tpm2_attest.tpm2.structures import (
+    TPM2B_PUBLIC,
+    TPMS_ATTEST,
+    TPMS_CLOCK_INFO,
+    TPMS_ECC_POINT,
+    TPMS_QUOTE_INFO,
+    TPMT_SIGNATURE,
+    pcr_selection,
+)
+from tpm2_attest.verify import AkPublic, Reason, VerificationError, check_ak, verify_quote
+
+NONCE = os.urandom(32)
+VALUES = {0: bytes(32), 16: b"\x16" * 32}
+
+
+def soft_ak() -> tuple[ec.EllipticCurvePrivateKey, AkPublic]:
+    key = ec.generate_private_key(ec.SECP256R1())
+    n = key.public_key().public_numbers()
+    area = replace(T.AK_ECC_TEMPLATE, unique=TPMS_ECC_POINT(n.x.to_bytes(32, "big"), n.y.to_bytes(32, "big")))
+    return key, AkPublic.from_public(TPM2B_PUBLIC(area).to_bytes())
+
+
+def ecdsa_sig(key: ec.EllipticCurvePrivateKey, data: bytes) -> bytes:
+    r, s = utils.decode_dss_signature(key.sign(data, ec.ECDSA(hashes.SHA256())))
+    return TPMT_SIGNATURE(TPM_ALG.ECDSA, TPM_ALG.SHA256, r=r.to_bytes(32, "big"), s=s.to_bytes(32, "big")).to_bytes()
+
+
+def soft_quote(key: ec.EllipticCurvePrivateKey, values: dict[int, bytes] = VALUES) -> Quote:
+    digest = hashlib.sha256(b"".join(values[i] for i in sorted(values))).digest()
+    att = TPMS_ATTEST(TPM_GENERATED_VALUE, TPM_ST.ATTEST_QUOTE, b"\x00\x0b" + bytes(32), NONCE,
+                      TPMS_CLOCK_INFO(10, 1, 0, True), 7,
+                      TPMS_QUOTE_INFO(pcr_selection(TPM_ALG.SHA256, sorted(values)), digest)).to_bytes()
+    return Quote(att, ecdsa_sig(key, att), {"sha256": dict(values)})
+
+
+def reason_of(ak: Any, quote: Any, **kw: Any) -> Reason:
+    kw.setdefault("nonce", NONCE)
+    with pytest.raises(VerificationError) as e:
+        verify_quote(ak, quote, **kw)
+    return e.value.reason
+
+
+# -- JSON evidence: only VerificationError, whatever the text ---------------------------------
+
+
+def test_quote_json_with_a_non_ascii_digit_pcr_index_is_malformed() -> None:
+    """'²' passes str.isdigit() but int() refuses it: a ValueError escaped Quote.from_dict."""
+    key, ak = soft_ak()
+    q = soft_quote(key)
+    assert verify_quote(ak, q.to_json(), nonce=NONCE).pcrs == VALUES
+    for index in ("\u00b2", "\u0661\u0666"):  # superscript two; Arabic-Indic "16"
+        obj = q.to_dict()
+        vals = obj["pcrs"]["sha256"]
+        vals[index] = vals.pop("16")
+        assert reason_of(ak, json.dumps(obj)) == Reason.MALFORMED
+
+
+def test_quote_json_with_two_spellings_of_one_pcr_index_is_malformed() -> None:
+    """"0" and "00" are the same PCR: keeping whichever comes last lets two readers of one
+    piece of evidence disagree on PCR 0's value."""
+    key, ak = soft_ak()
+    obj = soft_quote(key).to_dict()
+    obj["pcrs"]["sha256"]["00"] = obj["pcrs"]["sha256"]["0"]
+    assert reason_of(ak, json.dumps(obj)) == Reason.MALFORMED
+
+
+@pytest.mark.parametrize("text", [
+    "[" * 100_000 + "]" * 100_000,  # RecursionError in the JSON decoder
+    '{"version": ' + "1" * 5000 + "}",  # ValueError: int digit limit (not a JSONDecodeError)
+])
+def test_hostile_json_text_is_malformed(text: str) -> None:
+    _, ak = soft_ak()
+    assert reason_of(ak, text) == Reason.MALFORMED
+    with pytest.raises(VerificationError) as e:
+        check_ak(text)
+    assert e.value.reason == Reason.MALFORMED
+    with pytest.raises(VerificationError):  # bytes: "[" is no blob magic, "{" is JSON
+        check_ak(text.encode())
