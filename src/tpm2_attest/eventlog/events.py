@@ -105,15 +105,16 @@ class GuidInfo(EventInfo):
 
 @dataclass(frozen=True, slots=True)
 class SeparatorInfo(EventInfo):
-    """EV_SEPARATOR: 0 normally, 1 or 0xFFFFFFFF when firmware signals an error."""
+    """EV_SEPARATOR: 0 normally, 1 (or legacy 0xFFFFFFFF) when firmware signals an error.
+    Other values are no error: Windows closes PCRs 12-14 with the ASCII "WBCL"."""
 
     kind: ClassVar[str] = "separator"
     value: int
 
     @property
     def is_error(self) -> bool:
-        """True when the separator signals a firmware error."""
-        return self.value != 0
+        """True when the separator signals a firmware error (PFP: 0x00000001, 0xFFFFFFFF)."""
+        return self.value in (1, 0xFFFFFFFF)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "value": self.value, "error": self.is_error}
