@@ -99,3 +99,37 @@ def test_hostile_json_text_is_malformed(text: str) -> None:
     assert e.value.reason == Reason.MALFORMED
     with pytest.raises(VerificationError):  # bytes: "[" is no blob magic, "{" is JSON
         check_ak(text.encode())
+
+
+# -- supplied PCR values ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("pcrs", [
+    {"sha256": [VALUES[0], VALUES[16]]},  # a list: itemgetter indexes it by position
+    {"sha256": b"\0" * 2},  # bytes of the bank's length
+    {"sha256": {0: 0, 16: 16}},  # ints: len() of an int
+    {"sha256": {0: None, 16: None}},
+    {0: 5, 16: 6},
+])
+def test_non_mapping_or_non_bytes_pcr_values_are_refused(pcrs: Any) -> None:
+    key, ak = soft_ak()
+    q = soft_quote(key)
+    for _ in range(2):  # generic parse, then the learnt layout
+        assert reason_of(ak, replace(q, pcrs=pcrs)) in (Reason.MALFORMED, Reason.PCR_SELECTION)
+        verify_quote(ak, q, nonce=NONCE)
+
+
+def test_result_pcrs_are_the_values_that_were_verified() -> None:
+    """Mutable values (bytearray) changed after verify_quote returned must not show in the
+    result: QuoteResult.pcrs is built lazily, so it must not keep references to them."""
+    key, ak = soft_ak()
+    q = soft_quote(key)
+    vals = {i: bytearray(v) for i, v in VALUES.items()}
+    res = verify_quote(ak, replace(q, pcrs={"sha256": vals}), nonce=NONCE)  # type: ignore[dict-item]
+    vals[0][:] = b"\xff" * 32
+    assert res.pcrs == VALUES and all(type(v) is bytes for v in res.pcrs.values())
+    assert res == verify_quote(ak, q, nonce=NONCE)
+    mv = {i: memoryview(bytearray(v)) for i, v in VALUES.items()}
+    res = verify_quote(ak, (q.attest, q.signature, {"sha256": mv}), nonce=NONCE)
+    mv[16][0] = 0
+    assert res.pcrs == VALUES

@@ -303,6 +303,19 @@ def _pcr_values_slow(pcrs: PcrInput, bank: str, bank_alg: int) -> PcrValues:
     raise AssertionError("unreachable")  # pragma: no cover
 
 
+def _pcr_bytes(vals: tuple[Any, ...], size: int, bank: str) -> tuple[bytes, ...]:
+    """Immutable copies of bytes-like PCR values of ``size`` bytes; MALFORMED otherwise."""
+    out = []
+    for v in vals:
+        if not isinstance(v, bytes | bytearray | memoryview):
+            raise _fail(Reason.MALFORMED, f"PCR values must be bytes, not {type(v).__name__}")
+        b = bytes(v)
+        if len(b) != size:
+            raise _fail(Reason.MALFORMED, f"a {bank} PCR value of {len(b)} bytes")
+        out.append(b)
+    return tuple(out)
+
+
 def _selection_mismatch(values: PcrValues, idx: tuple[int, ...], bank: str) -> VerificationError:
     supplied = set(values)
     selected = set(idx)
@@ -415,7 +428,7 @@ def verify_quote(
         sel = _selection(f[9])
     idx, getter = sel
     values = pcrs.get(bank) if type(pcrs) is dict and len(pcrs) == 1 else None
-    if values is None:
+    if type(values) is not dict:  # anything else (None, a list...) is checked by the slow path
         values = _pcr_values_slow(pcrs, bank, f[7])
     if len(values) != len(idx):
         raise _selection_mismatch(values, idx, bank)
@@ -425,14 +438,12 @@ def verify_quote(
         raise _selection_mismatch(values, idx, bank) from None
     size = layout[3]
     for v in vals:
-        if len(v) != size:
-            raise _fail(Reason.MALFORMED, f"a {bank} PCR value of {len(v)} bytes")
+        if type(v) is not bytes or len(v) != size:
+            vals = _pcr_bytes(vals, size, bank)  # the result keeps only immutable copies
+            break
 
     # 5. pcrDigest under the signing scheme's hash, over the values in selection order.
-    try:
-        digest = ak._pcr_hash(b"".join(vals)).digest()
-    except TypeError:
-        raise _fail(Reason.MALFORMED, "PCR values must be bytes") from None
+    digest = ak._pcr_hash(b"".join(vals)).digest()
     if digest != f[11]:
         raise _fail(Reason.PCR_DIGEST_MISMATCH,
                     "the supplied PCR values do not hash to the quoted pcrDigest")
