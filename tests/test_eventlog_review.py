@@ -36,6 +36,21 @@ def test_windows_wbcl_separators_are_not_errors() -> None:
     assert log.replay("sha256") == b.expected("sha256")
 
 
+def test_verify_is_not_failed_by_event_data_it_does_not_need() -> None:
+    """Event data is not part of the replay: a firmware that writes a malformed
+    UEFI_VARIABLE_DATA into PCR 1 (tpm2-tools #2881 shows such real logs) must not make the
+    quoted PCRs 0 and 7 unverifiable. The Secure Boot variables are still decoded strictly."""
+    s = synth.secure_boot_log(("sha256",))
+    s.builder.event(1, synth.EV_EFI_VARIABLE_BOOT, b"\x01\x00", measured=b"\x01\x00")
+    raw = s.build()
+    quoted = s.builder.expected("sha256")
+    result = verify_event_log(raw, quoted)
+    assert result.verified == frozenset(quoted)
+    assert result.secure_boot is not None and result.secure_boot.enabled
+    bad = [e for e in result.events if e.type == synth.EV_EFI_VARIABLE_BOOT]
+    assert len(bad) == 1 and bad[0].info.kind == "malformed"
+
+
 def test_real_world_no_action_events_are_not_extended() -> None:
     b = synth.LogBuilder(banks=("sha1", "sha256"))
     b.startup_locality(3)

@@ -101,7 +101,8 @@ def verify_event_log(
 ) -> EventLogResult:
     """Replay ``log`` against quoted PCRs; raise VerificationError unless they agree.
 
-    ``log`` is a parsed :class:`EventLog` or the raw log bytes. ``quote_result_or_pcrs`` is
+    ``log`` is a parsed :class:`EventLog` or the raw log bytes (parsed with ``strict=False``:
+    malformed event data is kept, malformed framing fails). ``quote_result_or_pcrs`` is
     a verified quote result (anything with ``.pcrs: {index: bytes}`` and ``.bank``, whose bank
     then wins over ``bank``) or a plain ``{index: bytes}`` of bank ``bank``. Call this only
     with PCR values proven by a verified quote.
@@ -125,7 +126,10 @@ def verify_event_log(
 
     if isinstance(log, bytes | bytearray | memoryview):
         try:
-            log = parse_event_log(log)
+            # Framing is always strict; event data is not part of the replay, so a malformed
+            # structure (kept as MalformedInfo) must not make the quoted PCRs unverifiable.
+            # secure_boot_state decodes the PCR 7 variables strictly itself.
+            log = parse_event_log(log, strict=False)
         except EventLogError as exc:
             raise VerificationError(Reason.EVENT_LOG_MALFORMED, str(exc)) from None
     elif not isinstance(log, EventLog):
