@@ -23,14 +23,25 @@ from tpm2_attest.tpm2 import templates as T
 from tpm2_attest.tpm2.constants import TPM_ALG, TPM_GENERATED_VALUE, TPM_ST
 from tpm2_attest.tpm2.structures import (
     TPM2B_PUBLIC,
+    TPML_PCR_SELECTION,
     TPMS_ATTEST,
     TPMS_CLOCK_INFO,
+    TPMS_CREATION_DATA,
+    TPMS_CREATION_INFO,
     TPMS_ECC_POINT,
     TPMS_QUOTE_INFO,
+    TPMT_PUBLIC,
     TPMT_SIGNATURE,
     pcr_selection,
 )
-from tpm2_attest.verify import AkPublic, Reason, VerificationError, check_ak, verify_quote
+from tpm2_attest.verify import (
+    AkPublic,
+    Reason,
+    VerificationError,
+    check_ak,
+    verify_creation,
+    verify_quote,
+)
 
 NONCE = os.urandom(32)
 VALUES = {0: bytes(32), 16: b"\x16" * 32}
@@ -133,3 +144,34 @@ def test_result_pcrs_are_the_values_that_were_verified() -> None:
     res = verify_quote(ak, (q.attest, q.signature, {"sha256": mv}), nonce=NONCE)
     mv[16][0] = 0
     assert res.pcrs == VALUES
+
+
+# -- SHA-1 refused means refused everywhere ------------------------------------------------------
+
+
+def _creation(key: ec.EllipticCurvePrivateKey, public: bytes, name_alg_hash: Any) -> tuple[bytes, bytes, bytes]:
+    """(creation data, attest, signature) certifying the creation of ``public`` (TPMT bytes)."""
+    cd = TPMS_CREATION_DATA(TPML_PCR_SELECTION(), b"", 0, TPM_ALG.SHA256, b"\x40\x00\x00\x01", b"", b"").to_bytes()
+    area = TPMT_PUBLIC.from_bytes(public)
+    name = area.name_alg.to_bytes(2, "big") + name_alg_hash(public).digest()
+    att = TPMS_ATTEST(TPM_GENERATED_VALUE, TPM_ST.ATTEST_CREATION, b"\x00\x0b" + bytes(32), NONCE,
+                      TPMS_CLOCK_INFO(10, 1, 0, True), 7,
+                      TPMS_CREATION_INFO(name, name_alg_hash(cd).digest())).to_bytes()
+    return cd, att, ecdsa_sig(key, att)
+
+
+def test_verify_creation_refuses_a_sha1_named_object_when_sha1_is_refused() -> None:
+    """allow_sha1=False refused SHA-1 in the signer only: an object whose Name and
+    creationHash are SHA-1 (nameAlg SHA-1) was still certified."""
+    key, ak = soft_ak()
+    obj = replace(T.AK_ECC_TEMPLATE, name_alg=TPM_ALG.SHA1, unique=TPMS_ECC_POINT(b"\x01" * 32, b"\x02" * 32))
+    public = obj.to_bytes()
+    cd, att, sig = _creation(key, public, hashlib.sha1)
+    assert verify_creation(ak, public, cd, att, sig, nonce=NONCE).object_name[:2] == b"\x00\x04"
+    with pytest.raises(VerificationError) as e:
+        verify_creation(ak, public, cd, att, sig, nonce=NONCE, allow_sha1=False)
+    assert e.value.reason == Reason.WEAK_KEY
+    # The same with a SHA-256 object passes.
+    public = replace(obj, name_alg=TPM_ALG.SHA256).to_bytes()
+    cd, att, sig = _creation(key, public, hashlib.sha256)
+    verify_creation(ak, public, cd, att, sig, nonce=NONCE, allow_sha1=False)

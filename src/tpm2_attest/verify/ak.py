@@ -477,6 +477,8 @@ def verify_creation(
     hash_pair = _HASHES.get(area.name_alg)
     if hash_pair is None:
         raise _fail(Reason.UNSUPPORTED_FORMAT, f"nameAlg {_alg_name(area.name_alg)}")
+    if area.name_alg == TPM_ALG.SHA1 and not allow_sha1:  # its Name and creationHash are SHA-1
+        raise _fail(Reason.WEAK_KEY, "the certified object's nameAlg is SHA-1 (allow_sha1=False)")
     name = _U16.pack(area.name_alg) + hash_pair[1](tpmt).digest()
     if info.object_name != name:
         raise _fail(Reason.NAME_MISMATCH, "the attested objectName is not the Name of the public area")
