@@ -175,3 +175,26 @@ def test_verify_creation_refuses_a_sha1_named_object_when_sha1_is_refused() -> N
     public = replace(obj, name_alg=TPM_ALG.SHA256).to_bytes()
     cd, att, sig = _creation(key, public, hashlib.sha256)
     verify_creation(ak, public, cd, att, sig, nonce=NONCE, allow_sha1=False)
+
+
+# -- EK strength -------------------------------------------------------------------------------------
+
+
+def test_rsa_ek_strength_is_the_modulus_not_the_keybits_field() -> None:
+    """keyBits says 2048 but the modulus is 1024 bits: the secret was encrypted to it."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    from tpm2_attest.verify import check_ek, make_credential
+
+    def area(bits: int) -> bytes:
+        n = rsa.generate_private_key(65537, bits).public_key().public_numbers().n
+        return replace(T.EK_RSA_TEMPLATE, unique=n.to_bytes(bits // 8, "big")).to_bytes()
+
+    _, ak = soft_ak()
+    check_ek(area(2048))
+    make_credential(area(2048), ak)
+    weak = area(1024)
+    for f in (lambda: check_ek(weak), lambda: make_credential(weak, ak)):
+        with pytest.raises(VerificationError) as e:
+            f()
+        assert e.value.reason == Reason.WEAK_KEY

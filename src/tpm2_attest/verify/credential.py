@@ -106,6 +106,8 @@ def _ek_parameters(
         key = public_key_from_public(area)
     except ParseError as exc:
         raise _fail(Reason.MALFORMED, f"EK public key: {exc}") from exc
+    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_EK_BITS:  # keyBits is only a claim
+        raise _fail(Reason.WEAK_KEY, f"RSA EK modulus of {key.key_size} bits")
     return key, area.name_alg, sym.algorithm, sym.key_bits, area
 
 
