@@ -346,7 +346,7 @@ class WindowsNCrypt:
         self._call("NCryptFinalizeKey", key, flags)
 
     def delete_key(self, key: KeyHandle, flags: int = 0) -> None:
-        """NCryptDeleteKey (frees ``key``)."""
+        """NCryptDeleteKey (frees ``key`` when it succeeds; on failure the caller frees it)."""
         self._call("NCryptDeleteKey", key, flags)
 
     def free_object(self, handle: NCryptHandle) -> None:

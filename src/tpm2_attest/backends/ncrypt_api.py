@@ -287,8 +287,9 @@ class NCryptProvider(Protocol):
 
     Every method raises ``NCryptError`` (with the provider's HRESULT) on failure and
     nothing else for provider-reported errors. Handles are ints; provider and key handles
-    must be released with ``free_object`` except after ``delete_key``, which frees its
-    handle whether or not it succeeds (as NCryptDeleteKey documents).
+    must be released with ``free_object`` except after a successful ``delete_key``, which
+    frees its handle; when ``delete_key`` fails the handle stays open (as NCryptDeleteKey
+    documents: "Applications may use NCryptFreeObject ... if NCryptDeleteKey fails").
     """
 
     def open_storage_provider(
@@ -342,7 +343,8 @@ class NCryptProvider(Protocol):
         ...
 
     def delete_key(self, key: KeyHandle, flags: int = 0) -> None:
-        """NCryptDeleteKey: delete a persisted key; the handle is freed and must not be reused."""
+        """NCryptDeleteKey: delete a persisted key; on success the handle is freed and must not
+        be reused, on failure it stays open and must be freed with ``free_object``."""
         ...
 
     def free_object(self, handle: NCryptHandle) -> None:

@@ -427,8 +427,11 @@ class PcpBackend:
             if exc.hresult in _NOT_FOUND_HRESULTS:
                 return
             raise ncrypt_error(exc, f"opening PCP key {name!r} to replace it", lookup=True) from exc
-        with _mapped(f"deleting PCP key {name!r} to replace it"):
-            self.ncrypt.delete_key(key, 0)  # frees the handle, success or not
+        try:
+            self.ncrypt.delete_key(key, 0)  # frees the handle only when it succeeds
+        except NCryptError as exc:
+            self._free(key)
+            raise ncrypt_error(exc, f"deleting PCP key {name!r} to replace it") from exc
 
     # -- attestation keys -----------------------------------------------------------------------
 
@@ -484,9 +487,11 @@ class PcpBackend:
             except BaseException:
                 if finalized:
                     # Do not leave a key behind whose evidence the caller never received.
-                    live = False
-                    with suppress(NCryptError):
+                    try:
                         self.ncrypt.delete_key(key, 0)
+                        live = False  # NCryptDeleteKey freed the handle (only on success)
+                    except NCryptError:
+                        pass
                 raise
             finally:
                 if live:

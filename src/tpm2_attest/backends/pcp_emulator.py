@@ -664,17 +664,17 @@ class PcpEmulator:
         key.activation = secret
 
     def delete_key(self, key: KeyHandle, flags: int = 0) -> None:
-        """Delete the key's name (and unload it); the handle is freed either way."""
+        """Delete the key's name (and unload it) and free the handle; when the delete fails the
+        handle stays open (NCryptDeleteKey frees it only on success)."""
         fn = "NCryptDeleteKey"
         with self._lock:
             obj = self._key(fn, key)
+            if obj.record is not None and obj.machine and self.privilege == "standard":
+                raise _fail(fn, NTE_PERM, "deleting a machine key needs an administrator or SYSTEM")
             del self._objects[key]
             self._unload(obj)
-            if obj.record is None:
-                return
-            if obj.machine and self.privilege == "standard":
-                raise _fail(fn, NTE_PERM, "deleting a machine key needs an administrator or SYSTEM")
-            self._path(obj.machine, obj.name, obj.record.owner).unlink(missing_ok=True)
+            if obj.record is not None:
+                self._path(obj.machine, obj.name, obj.record.owner).unlink(missing_ok=True)
 
     def free_object(self, handle: NCryptHandle) -> None:
         """Release a handle (a key's loaded TPM object is flushed)."""
