@@ -28,6 +28,7 @@ from .tpm2.constants import (
     TPM_SE,
     TPM_ST,
     TPM_SU,
+    TPMA_NV,
 )
 from .tpm2.marshal import ParseError, Reader, Writer
 from .tpm2.rc import RETRYABLE, TPM_RC, decode
@@ -538,9 +539,17 @@ class TpmCommands:
 
     def nv_read(self, index: int, size: int | None = None, *, auth_handle: int | None = None,
                 auth: bytes = b"", chunk: int | None = None) -> bytes:
-        """Read an NV index in chunks of TPM_PT_NV_BUFFER_MAX (queried when not given)."""
-        if size is None:
-            size = self.nv_read_public(index)[0].data_size
+        """Read an NV index in chunks of TPM_PT_NV_BUFFER_MAX (queried when not given).
+
+        Without ``auth_handle`` the index's attributes choose who authorizes the read: the
+        index itself when TPMA_NV_AUTHREAD is set, else the owner (OWNERREAD: some EK
+        certificate indices), else the platform (PPREAD)."""
+        if size is None or auth_handle is None:
+            pub = self.nv_read_public(index)[0]
+            if size is None:
+                size = pub.data_size
+            if auth_handle is None:
+                auth_handle = nv_read_auth_handle(pub)
         if chunk is None:
             if self._nv_buffer_max is None:
                 # A fixed property: ask once per channel, not once per NV read.
@@ -550,7 +559,7 @@ class TpmCommands:
         out = bytearray()
         while len(out) < size:
             n = min(chunk, size - len(out))
-            _, r = self.execute(TPM_CC.NV_Read, [auth_handle if auth_handle is not None else index, index],
+            _, r = self.execute(TPM_CC.NV_Read, [auth_handle, index],
                                 Writer().u16(n).u16(len(out)).getvalue(), [PasswordSession(auth)])
             data = self._parse("TPM2_NV_Read", r, lambda rr: rr.tpm2b("data"))
             if len(data) != n:
@@ -621,6 +630,21 @@ class TpmCommands:
         _, r = self.execute(TPM_CC.ActivateCredential, [activate_handle, key_handle],
                             credential_blob + secret, [activate_session, key_session])
         return self._parse("TPM2_ActivateCredential", r, lambda rr: rr.tpm2b("certInfo", 64))
+
+
+def nv_read_auth_handle(pub: TPMS_NV_PUBLIC) -> int:
+    """The authHandle for TPM2_NV_Read of an index with these attributes (Part 3, NV_Read:
+    the index when TPMA_NV_AUTHREAD is set, TPM_RH_OWNER for OWNERREAD, TPM_RH_PLATFORM for
+    PPREAD); POLICYREAD-only indices need a policy session this library does not build."""
+    attrs = pub.attributes
+    if attrs & TPMA_NV.AUTHREAD:
+        return pub.nv_index
+    if attrs & TPMA_NV.OWNERREAD:
+        return int(TPM_RH.OWNER)
+    if attrs & TPMA_NV.PPREAD:
+        return int(TPM_RH.PLATFORM)
+    raise TpmError(f"NV index 0x{pub.nv_index:08x} can only be read with a policy session "
+                   f"(attributes 0x{attrs:08x})", code=ErrorCode.UNSUPPORTED, command="TPM2_NV_Read")
 
 
 def _parse_signed_attest(r: Reader) -> SignedAttest:

@@ -1,0 +1,127 @@
+"""Device-side review: behaviours of real TPMs (Infineon, Nuvoton, STM, Intel PTT, AMD fTPM).
+
+Where swtpm can show the behaviour, the test runs against swtpm. Where it cannot (a busy PCR
+bank, a TPM lacking an algorithm), a crafted response is replayed through ``TpmCommands``:
+that exercises our parsing and control flow, not a mock of the TPM's function.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+
+from tpm2_attest import ErrorCode, TpmError
+from tpm2_attest.commands import TpmCommands
+from tpm2_attest.tpm2.constants import TPM_ALG, TPM_CC, TPM_RH, TPMA_NV
+from tpm2_attest.transport import open_transport
+
+NO_SESSIONS = 0x8001
+SESSIONS = 0x8002
+
+
+def response(body: bytes = b"", *, rc: int = 0, tag: int = NO_SESSIONS) -> bytes:
+    return struct.pack(">HII", tag, 10 + len(body), rc) + body
+
+
+def session_response(params: bytes) -> bytes:
+    """A TPM_ST_SESSIONS response with one empty password-session auth."""
+    return response(struct.pack(">I", len(params)) + params + b"\x00\x00" + b"\x01" + b"\x00\x00",
+                    tag=SESSIONS)
+
+
+class Scripted:
+    """A channel answering each command through ``answer(command) -> response``; records commands."""
+
+    def __init__(self, answer: Callable[[bytes], bytes], limit: int = 1000) -> None:
+        self.answer = answer
+        self.commands: list[bytes] = []
+        self.limit = limit
+
+    def send(self, cmd: bytes) -> bytes:
+        if len(self.commands) >= self.limit:
+            raise TpmError("scripted channel: too many commands", code=ErrorCode.TRANSPORT)
+        self.commands.append(cmd)
+        return self.answer(cmd)
+
+
+def cc_of(cmd: bytes) -> int:
+    return int.from_bytes(cmd[6:10], "big")
+
+
+# ---------------------------------------------------------------------------------------------
+# NV_Read authorization: EK certificate indices readable only with owner authorization.
+
+
+def nv_public_body(index: int, attributes: int, size: int) -> bytes:
+    inner = struct.pack(">IHI", index, TPM_ALG.SHA256, attributes) + b"\x00\x00" + struct.pack(">H", size)
+    name = struct.pack(">H", TPM_ALG.SHA256) + bytes(32)
+    return struct.pack(">H", len(inner)) + inner + struct.pack(">H", len(name)) + name
+
+
+def test_nv_read_owner_read_only_index_uses_owner_auth_canned() -> None:
+    """TPMA_NV_AUTHREAD clear, OWNERREAD set: NV_Read must be authorized by TPM_RH_OWNER
+    (Part 3 NV_Read: authHandle is the index only when AUTHREAD is set; otherwise the TPM
+    answers TPM_RC_NV_AUTHORIZATION)."""
+    index = 0x01C00002
+    attrs = TPMA_NV.PPWRITE | TPMA_NV.PPREAD | TPMA_NV.OWNERREAD | TPMA_NV.NO_DA | TPMA_NV.WRITTEN \
+        | TPMA_NV.PLATFORMCREATE | TPMA_NV.WRITEDEFINE
+    data = b"\x30\x02\x05\x00"
+
+    def answer(cmd: bytes) -> bytes:
+        cc = cc_of(cmd)
+        if cc == TPM_CC.NV_ReadPublic:
+            return response(nv_public_body(index, attrs, len(data)))
+        assert cc == TPM_CC.NV_Read
+        auth_handle = int.from_bytes(cmd[10:14], "big")
+        if auth_handle != TPM_RH.OWNER:
+            return response(rc=0x149)  # TPM_RC_NV_AUTHORIZATION
+        return session_response(struct.pack(">H", len(data)) + data)
+
+    ch = Scripted(answer)
+    assert TpmCommands(ch).nv_read(index, chunk=64) == data
+    reads = [c for c in ch.commands if cc_of(c) == TPM_CC.NV_Read]
+    assert [int.from_bytes(c[10:14], "big") for c in reads] == [TPM_RH.OWNER]
+    assert [int.from_bytes(c[14:18], "big") for c in reads] == [index]
+
+
+def test_nv_read_owner_read_only_index_swtpm(swtpm: Any, tpm2_tools: Any) -> None:
+    """The same against swtpm: an index defined ownerread|ownerwrite (no authread)."""
+    index = "0x01500417"
+    tpm2_tools("tpm2_nvundefine", "-C", "o", index, check=False)
+    tpm2_tools("tpm2_nvdefine", "-C", "o", "-s", "8", "-a", "ownerread|ownerwrite|no_da", index)
+    try:
+        tpm2_tools("tpm2_nvwrite", "-C", "o", "-i", "-", index, input="abcdefgh")
+        with open_transport(swtpm.tcti) as t:
+            assert TpmCommands(t).nv_read(int(index, 16)) == b"abcdefgh"
+            # A size given by the caller does not change which hierarchy authorizes the read.
+            assert TpmCommands(t).nv_read(int(index, 16), 4, chunk=2) == b"abcd"
+    finally:
+        tpm2_tools("tpm2_nvundefine", "-C", "o", index, check=False)
+
+
+def test_nv_read_authread_index_keeps_index_auth_swtpm(swtpm: Any) -> None:
+    """swtpm's EK certificate index has AUTHREAD: read with the index itself (like
+    tpm2_getekcertificate; ChromeOS' vTPM knows no owner auth)."""
+    with open_transport(swtpm.tcti) as t:
+        rec = Scripted(t.send)
+        cmd = TpmCommands(rec)
+        pub, _ = cmd.nv_read_public(0x01C00002)
+        assert pub.attributes & TPMA_NV.AUTHREAD
+        assert cmd.nv_read(0x01C00002)[:1] == b"\x30"
+        reads = [c for c in rec.commands if cc_of(c) == TPM_CC.NV_Read]
+        assert reads and all(int.from_bytes(c[10:14], "big") == 0x01C00002 for c in reads)
+
+
+def test_nv_read_policy_read_only_index_is_unsupported() -> None:
+    attrs = TPMA_NV.POLICYREAD | TPMA_NV.POLICYWRITE | TPMA_NV.WRITTEN
+
+    def answer(cmd: bytes) -> bytes:
+        assert cc_of(cmd) == TPM_CC.NV_ReadPublic, "must not try an NV_Read it cannot authorize"
+        return response(nv_public_body(0x01500001, attrs, 4))
+
+    with pytest.raises(TpmError) as ei:
+        TpmCommands(Scripted(answer)).nv_read(0x01500001, chunk=64)
+    assert ei.value.code == ErrorCode.UNSUPPORTED
