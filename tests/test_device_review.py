@@ -16,6 +16,8 @@ import pytest
 from tpm2_attest import ErrorCode, TpmError
 from tpm2_attest.commands import TpmCommands
 from tpm2_attest.tpm2.constants import TPM_ALG, TPM_CC, TPM_RH, TPMA_NV
+from tpm2_attest.tpm2.marshal import Reader, Writer
+from tpm2_attest.tpm2.structures import TPML_PCR_SELECTION, TPMS_PCR_SELECTION
 from tpm2_attest.transport import open_transport
 
 NO_SESSIONS = 0x8001
@@ -125,3 +127,45 @@ def test_nv_read_policy_read_only_index_is_unsupported() -> None:
     with pytest.raises(TpmError) as ei:
         TpmCommands(Scripted(answer)).nv_read(0x01500001, chunk=64)
     assert ei.value.code == ErrorCode.UNSUPPORTED
+
+
+# ---------------------------------------------------------------------------------------------
+# PCR_Read on a busy TPM: IMA extends PCR 10 continuously on Linux, bumping pcrUpdateCounter.
+
+
+def _pcr_read_answer(counter: Callable[[], int]) -> Callable[[bytes], bytes]:
+    """A TPM returning at most 8 PCRs per PCR_Read, with the given update counter."""
+
+    def answer(cmd: bytes) -> bytes:
+        assert cc_of(cmd) == TPM_CC.PCR_Read
+        sel = TPML_PCR_SELECTION.unmarshal(Reader(cmd, 10))
+        (s,) = sel.selections
+        got = s.indices()[:8]
+        out = TPML_PCR_SELECTION((TPMS_PCR_SELECTION.from_indices(s.hash, got, 4),))
+        w = Writer().u32(counter())
+        out.marshal(w)
+        w.u32(len(got))
+        for i in got:
+            w.tpm2b(bytes([i]) * 32)
+        return response(w.getvalue())
+
+    return answer
+
+
+def test_pcr_read_counter_moving_forever_is_bounded() -> None:
+    """Reading 24 PCRs takes 3 PCR_Reads; if a PCR is extended between every pair (IMA), the
+    restart-for-consistency loop must give up with RETRY_EXHAUSTED, not spin forever."""
+    n = iter(range(10**6))
+    ch = Scripted(_pcr_read_answer(lambda: next(n)), limit=500)
+    with pytest.raises(TpmError) as ei:
+        TpmCommands(ch).pcr_read(TPM_ALG.SHA256, range(24))
+    assert ei.value.code == ErrorCode.RETRY_EXHAUSTED
+    assert len(ch.commands) < 100
+
+
+def test_pcr_read_counter_moving_once_recovers_and_reads_4_byte_bitmaps() -> None:
+    counters = iter([5, 6, 6, 6, 6])
+    ch = Scripted(_pcr_read_answer(lambda: next(counters)))
+    counter, values = TpmCommands(ch).pcr_read(TPM_ALG.SHA256, range(24))
+    assert counter == 6
+    assert values == {i: bytes([i]) * 32 for i in range(24)}

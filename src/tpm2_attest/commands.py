@@ -56,6 +56,7 @@ from .tpm2.structures import (
 HEADER_SIZE = 10
 _T = TypeVar("_T")
 MAX_PCRS_PER_READ = 8
+PCR_READ_RESTARTS = 10
 
 
 class Channel(Protocol):
@@ -407,6 +408,7 @@ class TpmCommands:
         counter = 0
         first_counter: int | None = None
         size = HASH_SIZES.get(bank)
+        restarts = 0
         while len(values) < len(wanted):
             todo = [i for i in wanted if i not in values]
             res = self.pcr_read_once(TPML_PCR_SELECTION((TPMS_PCR_SELECTION.from_indices(bank, todo),)))
@@ -426,7 +428,12 @@ class TpmCommands:
             if first_counter is None:
                 first_counter = res.update_counter
             elif res.update_counter != first_counter:
-                # A PCR changed between the partial reads: start over for a consistent set.
+                # A PCR changed between the partial reads: start over for a consistent set,
+                # a bounded number of times (IMA can extend PCR 10 between every two reads).
+                restarts += 1
+                if restarts > PCR_READ_RESTARTS:
+                    raise TpmError(f"PCRs kept changing during {restarts} multi-part reads",
+                                   code=ErrorCode.RETRY_EXHAUSTED, command="TPM2_PCR_Read")
                 values.clear()
                 first_counter = None
                 continue
