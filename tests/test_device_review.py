@@ -15,6 +15,7 @@ import pytest
 
 from tpm2_attest import ErrorCode, TpmError
 from tpm2_attest.commands import TpmCommands
+from tpm2_attest.tpm2 import templates as T
 from tpm2_attest.tpm2.constants import TPM_ALG, TPM_CC, TPM_RH, TPMA_NV
 from tpm2_attest.tpm2.marshal import Reader, Writer
 from tpm2_attest.tpm2.structures import TPML_PCR_SELECTION, TPMS_PCR_SELECTION
@@ -169,3 +170,20 @@ def test_pcr_read_counter_moving_once_recovers_and_reads_4_byte_bitmaps() -> Non
     counter, values = TpmCommands(ch).pcr_read(TPM_ALG.SHA256, range(24))
     assert counter == 6
     assert values == {i: bytes([i]) * 32 for i in range(24)}
+
+
+# ---------------------------------------------------------------------------------------------
+# TPMs lacking an algorithm of our templates: a clear UNSUPPORTED, not a bare TPM_ERROR.
+
+
+@pytest.mark.parametrize("rc", [0x2E6,   # TPM_RC_CURVE, parameter 2 (inPublic)
+                                0x2C1,   # TPM_RC_ASYMMETRIC, parameter 2
+                                0x2D2,   # TPM_RC_SCHEME, parameter 2
+                                0x2C7])  # TPM_RC_KEY_SIZE, parameter 2
+def test_key_template_not_supported_is_unsupported(rc: int) -> None:
+    for op in (lambda c: c.create_primary(TPM_RH.OWNER, T.SRK_ECC_TEMPLATE),
+               lambda c: c.create(0x80000000, T.AK_ECC_TEMPLATE)):
+        with pytest.raises(TpmError) as ei:
+            op(TpmCommands(Scripted(lambda _c: response(rc=rc))))
+        assert ei.value.code == ErrorCode.UNSUPPORTED
+        assert ei.value.tpm_rc == rc

@@ -12,9 +12,10 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Final, Protocol, TypeVar
 
 from .errors import ELEVATION_HRESULTS, ErrorCode, TpmError
 from .tpm2.constants import (
@@ -472,8 +473,9 @@ class TpmCommands:
         TPM2B_PUBLIC(template).marshal(w)
         w.tpm2b(outside_info)
         (creation_pcrs or TPML_PCR_SELECTION()).marshal(w)
-        hs, r = self.execute(TPM_CC.CreatePrimary, [hierarchy], w.getvalue(),
-                             [PasswordSession(hierarchy_auth)], response_handles=1)
+        with _unsupported_template("TPM2_CreatePrimary"):
+            hs, r = self.execute(TPM_CC.CreatePrimary, [hierarchy], w.getvalue(),
+                                 [PasswordSession(hierarchy_auth)], response_handles=1)
 
         def parse(rr: Reader) -> CreatePrimaryResult:
             start = rr.pos
@@ -501,7 +503,8 @@ class TpmCommands:
         TPM2B_PUBLIC(template).marshal(w)
         w.tpm2b(outside_info)
         (creation_pcrs or TPML_PCR_SELECTION()).marshal(w)
-        _, r = self.execute(TPM_CC.Create, [parent], w.getvalue(), [PasswordSession(parent_auth)])
+        with _unsupported_template("TPM2_Create"):
+            _, r = self.execute(TPM_CC.Create, [parent], w.getvalue(), [PasswordSession(parent_auth)])
 
         def parse(rr: Reader) -> CreateResult:
             p0 = rr.pos
@@ -637,6 +640,28 @@ class TpmCommands:
         _, r = self.execute(TPM_CC.ActivateCredential, [activate_handle, key_handle],
                             credential_blob + secret, [activate_session, key_session])
         return self._parse("TPM2_ActivateCredential", r, lambda rr: rr.tpm2b("certInfo", 64))
+
+
+# Format-one errors on inPublic (parameter 2 of Create/CreatePrimary) that mean "this TPM does
+# not implement the template's algorithm, curve, key size or scheme" (Part 2, 6.6.3).
+_TEMPLATE_UNSUPPORTED: Final = frozenset({TPM_RC.ASYMMETRIC, TPM_RC.CURVE, TPM_RC.KEY_SIZE,
+                                          TPM_RC.SCHEME, TPM_RC.HASH, TPM_RC.SYMMETRIC, TPM_RC.TYPE})
+
+
+@contextmanager
+def _unsupported_template(name: str) -> Iterator[None]:
+    """Turn 'algorithm not implemented' errors on a key template into UNSUPPORTED."""
+    try:
+        yield
+    except TpmError as exc:
+        if exc.tpm_rc is None or exc.hresult is not None:
+            raise
+        d = decode(exc.tpm_rc)
+        if d.parameter == 2 and d.base in _TEMPLATE_UNSUPPORTED:
+            raise TpmError("this TPM does not support the key template's algorithm, curve, "
+                           "key size or scheme", code=ErrorCode.UNSUPPORTED,
+                           tpm_rc=exc.tpm_rc, command=name) from exc
+        raise
 
 
 def nv_read_auth_handle(pub: TPMS_NV_PUBLIC) -> int:
