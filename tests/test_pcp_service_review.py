@@ -67,3 +67,60 @@ def test_failed_overwrite_frees_the_key_handle(pcp: Any) -> None:
             tpm.provision_ak(key_name=KEY, scope="machine", overwrite=True)
         assert ei.value.code == ErrorCode.REQUIRES_ELEVATION and ei.value.hresult == P.NTE_PERM
         assert emulator(tpm).open_handles == 0
+
+
+# -- The service's "one device per EK" must not depend on the public area the device chose -------
+# MakeCredential does not use the EK's Name, and the EK certificate check compares keys only: the
+# same EK key under another public area (another authPolicy, say) has another Name, passes the
+# certificate check and activates on the same TPM. Keyed by Name, allow_reenroll=False could be
+# sidestepped by enrolling the same TPM again as a "new" EK.
+
+
+def _service(swtpm: Any, tmp_path: Path) -> Any:
+    pytest.importorskip("fastapi")
+    import warnings
+
+    from tpm2_attest.service import Settings, create_app
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        from fastapi.testclient import TestClient
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'review.db'}",
+                        ek_roots=(Path(swtpm.ca_root_path),),
+                        ek_intermediates=(Path(swtpm.ca_intermediate_path),))
+    return TestClient(create_app(settings))
+
+
+def test_same_ek_key_under_another_public_area_is_already_enrolled(swtpm: Any, tmp_path: Path) -> None:
+    import base64
+    import dataclasses
+
+    from tpm2_attest.evidence import CredentialChallenge
+    from tpm2_attest.tpm2.structures import TPM2B_PUBLIC, TPMT_PUBLIC
+
+    def b64(data: bytes) -> str:
+        return base64.b64encode(data).decode()
+
+    def enroll_with(http: Any, tpm: Tpm, ek_public: bytes, certificate: bytes) -> Any:
+        r = http.post("/v1/enroll/begin", json={"ek_public": b64(ek_public), "ek_certificate": b64(certificate)})
+        if r.status_code != 200:
+            return r
+        eid, nonce = r.json()["enrollment_id"], base64.b64decode(r.json()["nonce"])
+        blob = tpm.provision_ak(nonce=nonce)
+        r = http.post("/v1/enroll/ak", json={"enrollment_id": eid, "ak_blob": b64(blob.to_bytes())})
+        assert r.status_code == 200, r.text
+        ch = r.json()["challenge"]
+        secret = tpm.activate_credential(blob, CredentialChallenge(
+            base64.b64decode(ch["credential_blob"]), base64.b64decode(ch["encrypted_secret"])))
+        return http.post("/v1/enroll/finish", json={"enrollment_id": eid, "secret": b64(secret)})
+
+    with _service(swtpm, tmp_path) as http, Tpm.open(swtpm.tcti) as tpm:
+        ek = tpm.ek("rsa")
+        assert ek.certificate is not None
+        first = enroll_with(http, tpm, ek.public, ek.certificate)
+        assert first.status_code == 200, first.text
+        area = TPMT_PUBLIC.from_bytes(ek.public[2:])
+        variant = TPM2B_PUBLIC(dataclasses.replace(area, auth_policy=b"\x11" * 32)).to_bytes()
+        second = enroll_with(http, tpm, variant, ek.certificate)
+        assert second.status_code == 409, second.text
+        assert second.json()["error"]["code"] == "ALREADY_ENROLLED"

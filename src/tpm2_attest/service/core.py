@@ -32,6 +32,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
 from .. import verify
 from ..errors import TpmError
 from ..evidence import CredentialChallenge, Quote
@@ -109,6 +111,14 @@ def _ak_public(public: bytes, allow_sha1: bool) -> verify.AkPublic:
     return verify.AkPublic.from_public(public, allow_sha1=allow_sha1)
 
 
+def ek_key_id(ek_public: bytes) -> bytes:
+    """SHA-256 of the EK's SubjectPublicKeyInfo DER: the EK's identity independent of the public
+    area it was presented in (its Name is not: MakeCredential and the EK certificate check do not
+    depend on authPolicy or attributes, so one EK key has many acceptable Names)."""
+    key = verify.check_ek(ek_public).key
+    return hashlib.sha256(key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)).digest()
+
+
 def ek_name(ek_public: bytes) -> bytes:
     """The TPM Name of an EK public area (TPM2B_PUBLIC or TPMT_PUBLIC): the EK's identity.
     ``verify.check_ek`` also refuses keys that are not EKs (restricted decryption keys)."""
@@ -158,7 +168,8 @@ class AttestationService:
         elif self.settings.require_ek_certificate:
             raise ServiceError(ServiceCode.EK_CERTIFICATE_REQUIRED,
                                "this service enrolls only TPMs whose EK certificate chains to its roots")
-        if not self.settings.allow_reenroll and self.store.active_device_for_ek(name) is not None:
+        if (not self.settings.allow_reenroll
+                and self.store.active_device_for_ek(name, ek_key_id(ek_public)) is not None):
             raise ServiceError(ServiceCode.ALREADY_ENROLLED, "this EK already belongs to an enrolled device")
         now = self.clock()
         record = EnrollmentRecord(
@@ -201,7 +212,7 @@ class AttestationService:
         now = self.clock()
         device = DeviceRecord(
             id=str(uuid.uuid4()), enrolled_at=now, revoked_at=None, ek_public=rec.ek_public,
-            ek_name=rec.ek_name, ek_cert_fingerprint=rec.ek_cert_fingerprint,
+            ek_name=rec.ek_name, ek_key_id=ek_key_id(rec.ek_public), ek_cert_fingerprint=rec.ek_cert_fingerprint,
             ek_cert_verified=rec.ek_cert_verified, ak_public=rec.ak_public,
             ak_public_der=rec.ak_public_der, ak_name=rec.ak_name, ak_format=rec.ak_format)
         try:

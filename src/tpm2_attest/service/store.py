@@ -31,6 +31,7 @@ from sqlalchemy import (
     TypeDecorator,
     create_engine,
     event,
+    or_,
     select,
     text,
     update,
@@ -109,6 +110,10 @@ class DeviceRecord(Base):
     ek_public: Mapped[bytes]
     ek_name: Mapped[bytes]
     """At most one row per EK Name with ``revoked_at`` NULL (``ux_devices_active_ek``)."""
+    ek_key_id: Mapped[bytes | None]
+    """SHA-256 of the EK's SubjectPublicKeyInfo DER: the EK's identity whatever public area the
+    device presented it in (the Name depends on the area, the certificate and MakeCredential do
+    not); at most one active row per key (``ux_devices_active_ek_key``)."""
     ek_cert_fingerprint: Mapped[str | None] = mapped_column(String(64))
     ek_cert_verified: Mapped[bool]
     ak_public: Mapped[bytes]
@@ -120,6 +125,8 @@ class DeviceRecord(Base):
 
     __table_args__ = (
         Index("ux_devices_active_ek", "ek_name", unique=True,
+              sqlite_where=text("revoked_at IS NULL"), postgresql_where=text("revoked_at IS NULL")),
+        Index("ux_devices_active_ek_key", "ek_key_id", unique=True,
               sqlite_where=text("revoked_at IS NULL"), postgresql_where=text("revoked_at IS NULL")),
     )
 
@@ -236,7 +243,7 @@ class Store:
                 if _rowcount(res) != 1:
                     raise StateConflict(enrollment_id)
                 current = list(s.scalars(select(DeviceRecord).where(
-                    DeviceRecord.ek_name == device.ek_name, DeviceRecord.revoked_at.is_(None))))
+                    _same_ek(device.ek_name, device.ek_key_id), DeviceRecord.revoked_at.is_(None))))
                 if current and not replace:
                     raise AlreadyEnrolled(current[0].id)
                 for old in current:
@@ -253,10 +260,11 @@ class Store:
         with self._sessions() as s:
             return s.get(DeviceRecord, device_id)
 
-    def active_device_for_ek(self, ek_name: bytes) -> DeviceRecord | None:
+    def active_device_for_ek(self, ek_name: bytes, ek_key_id: bytes | None = None) -> DeviceRecord | None:
+        """The active device whose EK has this Name or (when given) this key."""
         with self._sessions() as s:
             return s.scalars(select(DeviceRecord).where(
-                DeviceRecord.ek_name == ek_name, DeviceRecord.revoked_at.is_(None))).first()
+                _same_ek(ek_name, ek_key_id), DeviceRecord.revoked_at.is_(None))).first()
 
     # -- challenges and attestations ------------------------------------------------------------
 
@@ -285,6 +293,13 @@ class Store:
             return list(s.scalars(select(AttestationRecord)
                                   .where(AttestationRecord.device_id == device_id)
                                   .order_by(AttestationRecord.id)))
+
+
+def _same_ek(ek_name: bytes, ek_key_id: bytes | None) -> Any:
+    """Devices of this EK: the same Name, or the same key in another public area."""
+    if ek_key_id is None:
+        return DeviceRecord.ek_name == ek_name
+    return or_(DeviceRecord.ek_name == ek_name, DeviceRecord.ek_key_id == ek_key_id)
 
 
 def _rowcount(result: Any) -> int:
