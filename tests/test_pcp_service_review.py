@@ -124,3 +124,25 @@ def test_same_ek_key_under_another_public_area_is_already_enrolled(swtpm: Any, t
         second = enroll_with(http, tpm, variant, ek.certificate)
         assert second.status_code == 409, second.text
         assert second.json()["error"]["code"] == "ALREADY_ENROLLED"
+
+
+# -- A TPM 2.0 response code wrapped by NCrypt keeps its tpm_rc beyond 0x3FF --------------------
+# Windows reports TPM 2.0 codes as 0x80280000 | rc (winerror.h TPM_20_E_LOCKOUT = 0x80280921); only
+# 0x400-0x47F (TBS/PCP vendor codes such as TPM_E_COMMAND_BLOCKED) and 0x800-0x8FF (TPM 1.2
+# non-fatal codes) are not TPM 2.0 response codes.
+
+
+@pytest.mark.parametrize(("hresult", "rc", "code"), [
+    (0x80280921, 0x921, ErrorCode.LOCKOUT),      # TPM_RC_LOCKOUT (a warning)
+    (0x802804C4, 0x4C4, ErrorCode.TPM_ERROR),    # TPM_RC_VALUE, parameter 4 (format one)
+    (0x8028018B, 0x18B, ErrorCode.KEY_NOT_FOUND),  # TPM_RC_HANDLE, handle 1 (as before)
+])
+def test_wrapped_tpm2_response_codes_keep_tpm_rc(hresult: int, rc: int, code: ErrorCode) -> None:
+    err = P.ncrypt_error(NCryptError("NCryptFinalizeKey", hresult), "creating")
+    assert err.tpm_rc == rc and err.code == code and err.hresult == hresult
+
+
+def test_non_tpm2_codes_in_the_tpm_facility_have_no_tpm_rc() -> None:
+    for hresult in (0x80280401, 0x80280800):  # TPM_E_INVALID_HANDLE, TPM_E_RETRY (TPM 1.2)
+        err = P.ncrypt_error(NCryptError("NCryptX", hresult), "doing it")
+        assert err.tpm_rc is None and err.code == ErrorCode.TPM_ERROR

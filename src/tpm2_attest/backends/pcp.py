@@ -219,9 +219,20 @@ def ncrypt_error(exc: NCryptError, action: str, *, lookup: bool = False) -> TpmE
     if hr == NTE_EXISTS:
         return TpmError(f"{action}: a key of that name exists (pass overwrite=True to replace it)",
                         code=ErrorCode.KEY_EXISTS, hresult=hr, command=exc.function)
-    if hr & 0xFFFF0000 == _TPM_E_BASE and hr & 0xFFFF < 0x400:
+    if hr & 0xFFFF0000 == _TPM_E_BASE and _is_tpm2_rc(hr & 0xFFFF):
         return TpmError(action, tpm_rc=hr & 0xFFFF, hresult=hr, command=exc.function)
     return TpmError(action, code=ErrorCode.TPM_ERROR, hresult=hr, command=exc.function)
+
+
+def _is_tpm2_rc(rc: int) -> bool:
+    """Whether the low word of a 0x8028xxxx HRESULT is a TPM response code: format one (bit 7,
+    any parameter/handle/session number) or format zero without the vendor bit 10; of bit 11
+    (a warning) only TPM 2.0's (with bit 8: 0x900...), not TPM 1.2's non-fatal 0x800 range."""
+    if rc >= 0x1000:
+        return False
+    if rc & 0x80:
+        return True
+    return not rc & 0x400 and (not rc & 0x800 or bool(rc & 0x100))
 
 
 @contextmanager
