@@ -187,3 +187,42 @@ def test_key_template_not_supported_is_unsupported(rc: int) -> None:
             op(TpmCommands(Scripted(lambda _c: response(rc=rc))))
         assert ei.value.code == ErrorCode.UNSUPPORTED
         assert ei.value.tpm_rc == rc
+
+
+# ---------------------------------------------------------------------------------------------
+# /dev/tpmrm0: a timeout drops the file descriptor, and with it every transient handle.
+
+
+class TpmrmAfterTimeout:
+    """Wraps a real channel like DeviceTransport on /dev/tpmrm0: the first Quote times out
+    (the transport drops its fd), after which the kernel has flushed this fd's objects, so
+    FlushContext of them answers TPM_RC_HANDLE. (The objects are flushed for real in swtpm.)"""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+        self.timed_out = False
+
+    def send(self, cmd: bytes) -> bytes:
+        cc = cc_of(cmd)
+        if cc == TPM_CC.Quote and not self.timed_out:
+            self.timed_out = True
+            raise TpmError("device:/dev/tpmrm0: no complete response within 120 s",
+                           code=ErrorCode.TRANSPORT)
+        rsp: bytes = self.inner.send(cmd)
+        if self.timed_out and cc == TPM_CC.FlushContext:
+            return response(rc=0x1CB)  # TPM_RC_HANDLE on parameter 1
+        return rsp
+
+
+def test_transport_timeout_is_not_masked_by_cleanup_flush(tcti: str) -> None:
+    """The caller must see the TRANSPORT timeout, not a KEY_NOT_FOUND raised by the cleanup
+    FlushContext of a handle the resource manager already dropped."""
+    from tpm2_attest import Tpm
+
+    with Tpm.open(tcti) as tpm:
+        blob = tpm.provision_ak()
+        assert tpm.commands is not None
+        tpm.commands.channel = TpmrmAfterTimeout(tpm.commands.channel)
+        with pytest.raises(TpmError) as ei:
+            tpm.quote(blob, qualifying_data=b"n")
+        assert ei.value.code == ErrorCode.TRANSPORT

@@ -120,6 +120,20 @@ def serialized(fn: _F) -> _F:
     return wrapper  # type: ignore[return-value]
 
 
+@contextmanager
+def flushed(cmd: TpmCommands, handle: int) -> Iterator[None]:
+    """Flush a transient ``handle`` when the block ends. When the block raised, a failing flush
+    is ignored so the original error surfaces: after a timeout /dev/tpmrm0 has already dropped
+    the handle with the file descriptor, and its TPM_RC_HANDLE would otherwise mask the cause."""
+    try:
+        yield
+    except BaseException:
+        with suppress(TpmError):
+            cmd.flush_context(handle)
+        raise
+    cmd.flush_context(handle)
+
+
 class RawBackend:
     """Attestation with TPM-wrapped keys over a command channel."""
 
@@ -262,10 +276,8 @@ class RawBackend:
             yield handle, found[0]
             return
         res = self.cmd.create_primary(TPM_RH.ENDORSEMENT, self._ek_template(kind))
-        try:
+        with flushed(self.cmd, res.handle):
             yield res.handle, res.public
-        finally:
-            self.cmd.flush_context(res.handle)
 
     # -- SRK and AK -----------------------------------------------------------------------------
 
@@ -284,10 +296,8 @@ class RawBackend:
     def _parent(self, parent: int) -> Iterator[int]:
         if parent == SRK_RECREATE:
             res = self.cmd.create_primary(TPM_RH.OWNER, T.SRK_ECC_TEMPLATE)
-            try:
+            with flushed(self.cmd, res.handle):
                 yield res.handle
-            finally:
-                self.cmd.flush_context(res.handle)
         else:
             yield parent
 
@@ -306,10 +316,8 @@ class RawBackend:
                                    "(or it was modified)", code=ErrorCode.BAD_BLOB,
                                    tpm_rc=exc.tpm_rc, command=exc.command) from exc
                 raise
-            try:
+            with flushed(self.cmd, handle):
                 yield handle
-            finally:
-                self.cmd.flush_context(handle)
 
     @serialized
     def provision_ak(self, *, key_name: str | None, scope: str, overwrite: bool,
@@ -334,11 +342,9 @@ class RawBackend:
         with self._parent(parent) as parent_handle:
             created: CreateResult = self.cmd.create(parent_handle, template, outside_info=qualifying)
             handle, _name = self.cmd.load(parent_handle, created.private, created.public_bytes)
-            try:
+            with flushed(self.cmd, handle):
                 signed = self.cmd.certify_creation(handle, handle, qualifying, created.creation_hash,
                                                    scheme, created.creation_ticket)
-            finally:
-                self.cmd.flush_context(handle)
         return AkBlob(
             format="TPW1",
             public=created.public_bytes,
