@@ -226,3 +226,40 @@ def test_transport_timeout_is_not_masked_by_cleanup_flush(tcti: str) -> None:
         with pytest.raises(TpmError) as ei:
             tpm.quote(blob, qualifying_data=b"n")
         assert ei.value.code == ErrorCode.TRANSPORT
+
+
+# ---------------------------------------------------------------------------------------------
+# PCR banks beyond SHA-1/SHA-256: an SM3_256 bank (TPMs for the Chinese market) is extended with
+# SM3, never crashes with hashlib's ValueError.
+
+
+def test_extend_all_banks_with_an_sm3_bank() -> None:
+    import hashlib
+
+    from tpm2_attest import Tpm
+    from tpm2_attest.backends.raw import RawBackend
+
+    extends: list[bytes] = []
+
+    def answer(cmd: bytes) -> bytes:
+        cc = cc_of(cmd)
+        if cc == TPM_CC.GetCapability:
+            banks = struct.pack(">I", 2) + struct.pack(">HB", TPM_ALG.SHA256, 3) + b"\xff\xff\xff" \
+                + struct.pack(">HB", TPM_ALG.SM3_256, 3) + b"\xff\xff\xff"
+            return response(b"\x00" + struct.pack(">I", 5) + banks)
+        assert cc == TPM_CC.PCR_Extend
+        extends.append(cmd)
+        return session_response(b"")
+
+    tpm = Tpm(RawBackend(TpmCommands(Scripted(answer)), tcti="device:/dev/tpmrm0",
+                         transport_kind="device"))
+    assert tpm.pcr.banks() == ["sha256", "sm3_256"]
+    if "sm3" not in hashlib.algorithms_available:
+        with pytest.raises(TpmError) as ei:
+            tpm.pcr.extend(16, b"abc")
+        assert ei.value.code == ErrorCode.UNSUPPORTED
+        return
+    tpm.pcr.extend(16, b"abc")
+    (cmd,) = extends
+    assert hashlib.new("sm3", b"abc").digest() in cmd
+    assert hashlib.sha256(b"abc").digest() in cmd

@@ -35,6 +35,16 @@ def _check_indices(indices: Iterable[int], limit: int = MAX_PCR_INDEX) -> list[i
     return out
 
 
+def _bank_digest(bank: str, data: bytes) -> bytes:
+    """``data`` hashed with a bank's algorithm (OpenSSL calls SM3_256 "sm3")."""
+    try:
+        return hashlib.new("sm3" if bank == "sm3_256" else bank, data).digest()
+    except ValueError:
+        raise TpmError(f"this Python/OpenSSL cannot hash for PCR bank {bank!r}; pass bank= to "
+                       "extend other banks, or digest=True with a precomputed digest",
+                       code=ErrorCode.UNSUPPORTED) from None
+
+
 class PcrApi:
     """``tpm.pcr``: banks, read, extend."""
 
@@ -76,7 +86,7 @@ class PcrApi:
             digests = {bank_name(alg): bytes(data)}
         else:
             chosen = [bank_name(bank_alg(bank))] if bank is not None else banks
-            digests = {b: hashlib.new(b, bytes(data)).digest() for b in chosen}
+            digests = {b: _bank_digest(b, bytes(data)) for b in chosen}
         for b in digests:
             if b not in banks:
                 raise TpmError(f"PCR bank {b!r} is not allocated on this TPM", code=ErrorCode.INVALID_ARGUMENT)
