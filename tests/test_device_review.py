@@ -263,3 +263,20 @@ def test_extend_all_banks_with_an_sm3_bank() -> None:
     (cmd,) = extends
     assert hashlib.new("sm3", b"abc").digest() in cmd
     assert hashlib.sha256(b"abc").digest() in cmd
+
+
+# ---------------------------------------------------------------------------------------------
+# EK certificates stored with the TCG PC Client stored-certificate header.
+
+
+def test_strip_nv_cert_stored_and_full_cert_headers() -> None:
+    """TCG_PCCLIENT_STORED_CERT (tag 0x1001, certType, u16 certSize) wraps a TCG_FULL_CERT
+    (tag 0x1002, then the DER) in the PC Client Implementation Specification, section 7.3;
+    go-tpm's ReadEKCert checks both tags. Some TPMs store only the outer header."""
+    from tpm2_attest.backends.raw import strip_nv_cert
+
+    der = b"\x30\x03\x02\x01\x05"
+    full = b"\x10\x02" + der
+    assert strip_nv_cert(b"\x10\x01\x00" + struct.pack(">H", len(full)) + full + b"\xff" * 7) == der
+    assert strip_nv_cert(b"\x10\x01\x00" + struct.pack(">H", len(der)) + der + b"\xff" * 7) == der
+    assert strip_nv_cert(der + b"\x00" * 9) == der

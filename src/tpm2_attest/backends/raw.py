@@ -73,6 +73,7 @@ _EK_SLOTS: Final[dict[str, tuple[int, int, int | None, int | None, TPMT_PUBLIC]]
 
 # TCG PC Client "stored certificate" header in EK certificate NV indices: 0x1001, type, u16 size.
 _NV_CERT_TAG: Final = b"\x10\x01"
+_NV_FULL_CERT_TAG: Final = b"\x10\x02"
 
 
 def strip_nv_cert(data: bytes) -> bytes:
@@ -80,6 +81,8 @@ def strip_nv_cert(data: bytes) -> bytes:
     if data[:2] == _NV_CERT_TAG and len(data) >= 5:
         size = int.from_bytes(data[3:5], "big")
         data = data[5 : 5 + size]
+        if data[:2] == _NV_FULL_CERT_TAG:  # TCG_FULL_CERT: tag 0x1002, then the certificate
+            data = data[2:]
     # Trim to the outer DER SEQUENCE length (indices are often larger than the certificate).
     if len(data) >= 2 and data[0] == 0x30:
         first = data[1]
