@@ -280,3 +280,12 @@ def test_strip_nv_cert_stored_and_full_cert_headers() -> None:
     assert strip_nv_cert(b"\x10\x01\x00" + struct.pack(">H", len(full)) + full + b"\xff" * 7) == der
     assert strip_nv_cert(b"\x10\x01\x00" + struct.pack(">H", len(der)) + der + b"\xff" * 7) == der
     assert strip_nv_cert(der + b"\x00" * 9) == der
+
+
+def test_initialize_after_boot_names_startup() -> None:
+    """TPM_RC_INITIALIZE (0x100): nothing sent TPM2_Startup (firmware/kernel). The error says so
+    instead of leaving a bare code (Part 3, 9.3: every command but Startup answers INITIALIZE)."""
+    with pytest.raises(TpmError) as ei:
+        TpmCommands(Scripted(lambda _c: response(rc=0x100))).get_random(8)
+    assert ei.value.rc_name == "TPM_RC_INITIALIZE"
+    assert ei.value.hint is not None and "TPM2_Startup" in ei.value.hint

@@ -263,6 +263,10 @@ class TpmCommands:
         if d.base in RETRYABLE:
             return TpmError(f"still {d.name} after {attempt} retries", code=ErrorCode.RETRY_EXHAUSTED,
                             tpm_rc=rc, command=name)
+        if d.base == TPM_RC.INITIALIZE:
+            return TpmError(tpm_rc=rc, command=name,
+                            hint="the TPM has not received TPM2_Startup since reset (the firmware "
+                                 "or kernel normally sends it); PCRs hold no boot measurements")
         return TpmError(tpm_rc=rc, command=name)
 
     @staticmethod
