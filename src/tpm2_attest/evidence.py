@@ -60,8 +60,23 @@ def b64d(text: object, what: str) -> bytes:
         raise _bad(f"{what}: invalid base64") from exc
 
 
+class _PublicArea:
+    """Views derived from a ``public`` field holding TPM2B_PUBLIC (or TPMT_PUBLIC) bytes."""
+
+    public: bytes
+
+    @cached_property
+    def public_area(self) -> TPMT_PUBLIC:
+        return parse_public(self.public)
+
+    @cached_property
+    def public_der(self) -> bytes:
+        """SubjectPublicKeyInfo DER."""
+        return public_der(self.public_area)
+
+
 @dataclass(frozen=True)
-class AkBlob:
+class AkBlob(_PublicArea):
     """An attestation key as the device stores it and the verifier receives it.
 
     ``public`` is TPM2B_PUBLIC bytes, ``private`` TPM2B_PRIVATE contents (empty for PCP),
@@ -106,18 +121,14 @@ class AkBlob:
         return "tpm"
 
     @cached_property
-    def public_area(self) -> TPMT_PUBLIC:
-        return TPM2B_PUBLIC.from_bytes(self.public).public_area
-
-    @cached_property
     def name(self) -> bytes:
         """The TPM Name of the AK (nameAlg || H(public area))."""
         return object_name(self.public_area)
 
-    @cached_property
+    @property
     def ak_public_der(self) -> bytes:
-        """SubjectPublicKeyInfo DER of the AK."""
-        return public_der(self.public_area)
+        """SubjectPublicKeyInfo DER of the AK (the brief's ``akPublicDer``)."""
+        return self.public_der
 
     @cached_property
     def creation_data_struct(self) -> TPMS_CREATION_DATA:
@@ -282,21 +293,6 @@ class Quote:
         except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int limits, nesting
             raise _bad(f"quote JSON: {exc}") from exc
         return cls.from_dict(obj)
-
-
-class _PublicArea:
-    """Views derived from a ``public`` field holding TPM2B_PUBLIC (or TPMT_PUBLIC) bytes."""
-
-    public: bytes
-
-    @cached_property
-    def public_area(self) -> TPMT_PUBLIC:
-        return parse_public(self.public)
-
-    @cached_property
-    def public_der(self) -> bytes:
-        """SubjectPublicKeyInfo DER."""
-        return public_der(self.public_area)
 
 
 @dataclass(frozen=True)
