@@ -21,8 +21,8 @@ from pathlib import Path
 
 LOGS_DIR = Path(os.environ.get(
     "TPM2_ATTEST_EVENTLOGS",
-    Path(__file__).resolve().parents[2] / "shared" / "testdata" / "eventlogs"))
-"""The real logs (../shared/testdata/eventlogs from the checkout; env TPM2_ATTEST_EVENTLOGS)."""
+    Path(__file__).resolve().parent / "data" / "eventlogs"))
+"""The real logs (tests/data/eventlogs, see tests/data/README.md; env TPM2_ATTEST_EVENTLOGS)."""
 
 # TPM_ALG ids, digest sizes and hash functions of the banks a log may carry.
 BANKS: dict[str, tuple[int, int, Callable[[bytes], bytes]]] = {

@@ -1,6 +1,6 @@
 """Our parser and replay against an independent referee: ``tpm2_eventlog`` (tpm2-tools).
 
-For every real log in ../shared/testdata/eventlogs and for synthesized logs in formats the real
+For every real log in tests/data/eventlogs and for synthesized logs in formats the real
 ones lack (SHA-1 legacy, SHA-384/SHA-512 banks), the event count, each event's PCR index, type
 and digests, and the replayed PCRs of every bank must equal what tpm2_eventlog prints.
 
