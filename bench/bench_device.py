@@ -22,7 +22,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tpm2_attest import Tpm, verify
-from tpm2_attest.swtpm import EmbeddedSwtpm
+from tpm2_attest.embedded import EmbeddedSwtpm
 from tpm2_attest.tpm2 import templates as T
 from tpm2_attest.tpm2.constants import TPM_RH
 

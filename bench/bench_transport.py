@@ -25,9 +25,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from tpm2_attest.swtpm import EmbeddedSwtpm
+from tpm2_attest.embedded import EmbeddedSwtpm
 from tpm2_attest.transport.mssim import MssimTransport
-from tpm2_attest.transport.swtpm import SwtpmTransport
+from tpm2_attest.transport.swtpm_tcp import SwtpmTransport
 
 GET_RANDOM_16 = struct.pack(">HIIH", 0x8001, 12, 0x17B, 16)
 PCR_READ_0 = struct.pack(">HIIIHB3s", 0x8001, 20, 0x17E, 1, 0x000B, 3, b"\x01\x00\x00")

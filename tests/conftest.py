@@ -14,7 +14,7 @@ from typing import Protocol
 
 import pytest
 
-from tpm2_attest.swtpm import EmbeddedSwtpm, swtpm_available
+from tpm2_attest.embedded import EmbeddedSwtpm, swtpm_available
 
 TCTI_ENV_VARS = ("TPM2_ATTEST_TCTI", "TPM2TOOLS_TCTI")
 

@@ -29,7 +29,7 @@ from typing import Any
 import pytest
 
 from tpm2_attest import AkBlob, CredentialChallenge, ErrorCode, Quote, verify
-from tpm2_attest.swtpm import EmbeddedSwtpm, swtpm_available
+from tpm2_attest.embedded import EmbeddedSwtpm, swtpm_available
 from tpm2_attest.tpm2.constants import TPM_ALG, TPM_ST
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 
 from tpm2_attest._version import __version__
-from tpm2_attest.swtpm import swtpm_available
+from tpm2_attest.embedded import swtpm_available
 
 ROOT = Path(__file__).resolve().parent.parent
 SMOKE = ROOT / "examples" / "smoke_test.py"

@@ -19,6 +19,7 @@ from typing import Any
 
 import pytest
 
+from tpm2_attest.backends import ncrypt_api as api
 from tpm2_attest.backends import pcp as P
 from tpm2_attest.backends.ncrypt_api import (
     DACL_SECURITY_INFORMATION,
@@ -168,7 +169,7 @@ def test_quote(pcp: Any, privilege: str) -> None:
 def test_provision_machine_scope_pcp2(pcp: Any, state: Path, privilege: str) -> None:
     with pcp(privilege) as tpm:
         if privilege == "standard":
-            with raises(ErrorCode.REQUIRES_ELEVATION, P.NTE_PERM):
+            with raises(ErrorCode.REQUIRES_ELEVATION, api.NTE_PERM):
                 tpm.provision_ak(key_name=KEY, scope="machine", nonce=NONCE)
             assert not (state / "machine").exists() or not any((state / "machine").iterdir())
             return
@@ -213,7 +214,7 @@ def test_cross_user_quoting(pcp: Any, tmp_path: Path) -> None:
     with pcp("standard") as tpm:
         quote = tpm.quote(blob, qualifying_data=b"runtime-challenge")
         # The standard user may use the key, not replace or delete it.
-        with raises(ErrorCode.REQUIRES_ELEVATION, P.NTE_PERM):
+        with raises(ErrorCode.REQUIRES_ELEVATION, api.NTE_PERM):
             tpm.provision_ak(key_name=KEY, scope="machine", overwrite=True)
         assert tpm.quote(blob, pcrs=[1]).pcrs["sha256"].keys() == {1}
     result = verify_quote(ak, Quote.from_json(quote.to_json()), nonce=b"runtime-challenge")
@@ -221,7 +222,7 @@ def test_cross_user_quoting(pcp: Any, tmp_path: Path) -> None:
     # A user-scope key of SYSTEM is in SYSTEM's namespace: not visible to the user.
     with pcp("system") as tpm:
         system_user_key = tpm.provision_ak()
-    with pcp("standard") as tpm, raises(ErrorCode.KEY_NOT_FOUND, P.NTE_BAD_KEYSET):
+    with pcp("standard") as tpm, raises(ErrorCode.KEY_NOT_FOUND, api.NTE_BAD_KEYSET):
         tpm.quote(system_user_key)
 
 
@@ -239,7 +240,7 @@ def test_machine_key_without_users_ace_is_closed_to_standard_users(pcp: Any, swt
         emu.free_object(key)
         emu.free_object(prov)
     blob = AkBlob("PCP2", public, b"", creation, attest, signature, "no-dacl-ak")
-    with pcp("standard") as tpm, raises(ErrorCode.REQUIRES_ELEVATION, P.NTE_PERM):
+    with pcp("standard") as tpm, raises(ErrorCode.REQUIRES_ELEVATION, api.NTE_PERM):
         tpm.quote(blob)
     with pcp("system") as tpm:
         tpm.quote(blob, qualifying_data=NONCE)
@@ -249,7 +250,7 @@ def test_machine_key_without_users_ace_is_closed_to_standard_users(pcp: Any, swt
 def test_overwrite_semantics(pcp: Any, scope: str, privilege: str) -> None:
     with pcp(privilege) as tpm:
         first = tpm.provision_ak(key_name=KEY, scope=scope)
-        with raises(ErrorCode.KEY_EXISTS, P.NTE_EXISTS):
+        with raises(ErrorCode.KEY_EXISTS, api.NTE_EXISTS):
             tpm.provision_ak(key_name=KEY, scope=scope)
         tpm.quote(first, qualifying_data=NONCE)  # untouched
         second = tpm.provision_ak(key_name=KEY, scope=scope, overwrite=True)
@@ -270,7 +271,7 @@ def test_pcp_ignores_the_overwrite_flag(pcp: Any) -> None:
         try:
             with pytest.raises(NCryptError) as ei:
                 emu.create_persisted_key(prov, "RSA", KEY, 0, NCRYPT_OVERWRITE_KEY_FLAG)
-            assert ei.value.hresult == P.NTE_EXISTS
+            assert ei.value.hresult == api.NTE_EXISTS
         finally:
             emu.free_object(prov)
 
@@ -292,9 +293,9 @@ def test_argument_errors(pcp: Any) -> None:
         with raises(ErrorCode.INVALID_ARGUMENT):
             tpm.provision_ak(key_name="bad\nname")
         blob = tpm.provision_ak()
-        with raises(ErrorCode.KEY_NOT_FOUND, P.NTE_BAD_KEYSET):
+        with raises(ErrorCode.KEY_NOT_FOUND, api.NTE_BAD_KEYSET):
             tpm.quote(replace(blob, key_name="no-such-key"))
-        with raises(ErrorCode.KEY_NOT_FOUND, P.NTE_BAD_KEYSET):  # a PCP1 name is not a PCP2 name
+        with raises(ErrorCode.KEY_NOT_FOUND, api.NTE_BAD_KEYSET):  # a PCP1 name is not a PCP2 name
             tpm.quote(replace(blob, format="PCP2"))
 
 
@@ -448,10 +449,10 @@ def test_idbinding_only_on_the_creating_handle(pcp: Any) -> None:
         try:
             with pytest.raises(NCryptError) as ei:
                 emu.get_property(key, NCRYPT_PCP_TPM12_IDBINDING_PROPERTY)
-            assert ei.value.hresult == P.NTE_NOT_FOUND
+            assert ei.value.hresult == api.NTE_NOT_FOUND
             with pytest.raises(NCryptError) as ei:
                 emu.set_property(key, NCRYPT_SECURITY_DESCR_PROPERTY, b"junk", DACL_SECURITY_INFORMATION)
-            assert ei.value.hresult == P.NTE_INVALID_PARAMETER
+            assert ei.value.hresult == api.NTE_INVALID_PARAMETER
         finally:
             emu.free_object(key)
             emu.free_object(prov)
@@ -474,13 +475,13 @@ def test_parse_idbinding_is_strict() -> None:
 
 @pytest.mark.parametrize(("hresult", "lookup", "code"), [
     (E_ACCESSDENIED, False, ErrorCode.REQUIRES_ELEVATION),
-    (P.NTE_PERM, False, ErrorCode.REQUIRES_ELEVATION),
+    (api.NTE_PERM, False, ErrorCode.REQUIRES_ELEVATION),
     (NTE_DEVICE_NOT_READY, False, ErrorCode.REQUIRES_ELEVATION),
     (TPM_E_COMMAND_BLOCKED, False, ErrorCode.REQUIRES_ELEVATION),
-    (P.NTE_BAD_KEYSET, True, ErrorCode.KEY_NOT_FOUND),
-    (P.NTE_NOT_FOUND, True, ErrorCode.KEY_NOT_FOUND),
-    (P.NTE_BAD_KEYSET, False, ErrorCode.TPM_ERROR),
-    (P.NTE_EXISTS, False, ErrorCode.KEY_EXISTS),
+    (api.NTE_BAD_KEYSET, True, ErrorCode.KEY_NOT_FOUND),
+    (api.NTE_NOT_FOUND, True, ErrorCode.KEY_NOT_FOUND),
+    (api.NTE_BAD_KEYSET, False, ErrorCode.TPM_ERROR),
+    (api.NTE_EXISTS, False, ErrorCode.KEY_EXISTS),
     (0x8028018B, False, ErrorCode.KEY_NOT_FOUND),  # TPM_RC_HANDLE (handle 1) through TBS
     (0x8009002D, False, ErrorCode.TPM_ERROR),
 ])
@@ -496,7 +497,7 @@ def test_hresults_match_winerror_h() -> None:
     text = WINERROR_H.read_text(errors="replace")
     defined = {m.group(1): int(m.group(2), 16) for m in re.finditer(
         r"#define\s+(\w+)\s+_HRESULT_TYPEDEF_\(\s*(0x[0-9A-Fa-f]+)L?\s*\)", text)}
-    ours = {name: value for name, value in vars(P).items()
+    ours = {name: value for name, value in [*vars(P).items(), *vars(api).items()]
             if re.fullmatch(r"(NTE|E|TPM_E)_[A-Z_]+", name) and isinstance(value, int)}
     ours.update(E_ACCESSDENIED=E_ACCESSDENIED, NTE_DEVICE_NOT_READY=NTE_DEVICE_NOT_READY,
                 NTE_INTERNAL_ERROR=0x8009002D)

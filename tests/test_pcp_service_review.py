@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from tpm2_attest.backends import ncrypt_api as api
 from tpm2_attest.backends import pcp as P
 from tpm2_attest.backends.ncrypt_api import NCRYPT_MACHINE_KEY_FLAG, NCryptError
 from tpm2_attest.backends.pcp_emulator import PcpEmulator, Privilege
@@ -53,7 +54,7 @@ def test_emulator_keeps_the_handle_when_delete_key_fails(pcp: Any) -> None:
         key = emu.open_key(prov, KEY, 0, NCRYPT_MACHINE_KEY_FLAG)
         with pytest.raises(NCryptError) as ei:
             emu.delete_key(key)
-        assert ei.value.hresult == P.NTE_PERM
+        assert ei.value.hresult == api.NTE_PERM
         emu.free_object(key)  # still a valid handle: the caller must free it
         emu.free_object(prov)
         assert emu.open_handles == 0
@@ -65,7 +66,7 @@ def test_failed_overwrite_frees_the_key_handle(pcp: Any) -> None:
     with pcp("standard") as tpm:
         with pytest.raises(TpmError) as ei:
             tpm.provision_ak(key_name=KEY, scope="machine", overwrite=True)
-        assert ei.value.code == ErrorCode.REQUIRES_ELEVATION and ei.value.hresult == P.NTE_PERM
+        assert ei.value.code == ErrorCode.REQUIRES_ELEVATION and ei.value.hresult == api.NTE_PERM
         assert emulator(tpm).open_handles == 0
 
 

@@ -181,7 +181,7 @@ def test_no_tpm_exits_3_and_never_starts_the_embedded_swtpm(monkeypatch: pytest.
                                                              capsys: pytest.CaptureFixture[str]) -> None:
     if any(os.path.exists(p) for p in ("/dev/tpmrm0", "/dev/tpm0")):
         pytest.skip("this machine has a TPM device")
-    from tpm2_attest import swtpm as swtpm_mod
+    from tpm2_attest import embedded as swtpm_mod
 
     def tripwire(self: Any) -> Any:
         raise AssertionError("probe started the embedded swtpm without --embedded")

@@ -28,9 +28,9 @@ from typing import Any
 import pytest
 from cryptography.exceptions import InvalidSignature
 
+from tpm2_attest.embedded import EmbeddedSwtpm
 from tpm2_attest.errors import TpmError
 from tpm2_attest.evidence import SRK_RECREATE, AkBlob, CredentialChallenge
-from tpm2_attest.swtpm import EmbeddedSwtpm
 from tpm2_attest.tpm import Tpm
 from tpm2_attest.tpm2.constants import TPM_ALG
 from tpm2_attest.tpm2.templates import EK_RSA_TEMPLATE, SRK_ECC_TEMPLATE, matches_template

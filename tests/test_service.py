@@ -24,6 +24,7 @@ import pytest
 
 from tpm2_attest import AkBlob, Tpm
 from tpm2_attest.cli import main
+from tpm2_attest.embedded import EmbeddedSwtpm
 from tpm2_attest.evidence import CredentialChallenge, Quote
 from tpm2_attest.service import (
     Enrollment,
@@ -34,7 +35,6 @@ from tpm2_attest.service import (
     create_app,
     enroll,
 )
-from tpm2_attest.swtpm import EmbeddedSwtpm
 
 pytest.importorskip("fastapi")
 pytest.importorskip("sqlalchemy")

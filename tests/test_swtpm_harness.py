@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from tpm2_attest import ErrorCode, TpmError
-from tpm2_attest.swtpm import TEMPLATE_ENV, EmbeddedSwtpm, swtpm_available, template_dir
+from tpm2_attest.embedded import TEMPLATE_ENV, EmbeddedSwtpm, swtpm_available, template_dir
 from tpm2_attest.transport import open_transport
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def test_missing_binaries_are_unsupported(monkeypatch: pytest.MonkeyPatch, tmp_p
 
 _CRASHER = """
 import sys, time
-import tpm2_attest.swtpm as harness
+import tpm2_attest.embedded as harness
 sw = harness.EmbeddedSwtpm().start()
 print(sw.pid, sw.root_dir, harness._template.root, flush=True)
 if sys.argv[1] == "raise":

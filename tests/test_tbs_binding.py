@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 
 from tpm2_attest import ErrorCode, TpmError
+from tpm2_attest.embedded import EmbeddedSwtpm
 from tpm2_attest.errors import HRESULT_NAMES
-from tpm2_attest.swtpm import EmbeddedSwtpm
 from tpm2_attest.transport import tbs
-from tpm2_attest.transport.swtpm import SwtpmTransport
+from tpm2_attest.transport.swtpm_tcp import SwtpmTransport
 
 INCLUDE = Path("/usr/share/mingw-w64/include")
 TBS_H = INCLUDE / "tbs.h"

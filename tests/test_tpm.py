@@ -261,7 +261,7 @@ def test_quote_with_a_persistent_srk_uses_fewer_commands(fresh_swtpm: Any) -> No
 
 
 def test_quote_rejects_foreign_and_garbage_blobs(tpm: Any) -> None:
-    from tpm2_attest.swtpm import EmbeddedSwtpm
+    from tpm2_attest.embedded import EmbeddedSwtpm
 
     # A TPM with other seeds (a freshly manufactured identity) wraps keys we cannot load.
     with EmbeddedSwtpm(fresh_identity=True) as sw, Tpm.open(sw.tcti) as other:

@@ -22,12 +22,12 @@ from pathlib import Path
 import pytest
 
 from tpm2_attest import ErrorCode, TpmError
-from tpm2_attest.swtpm import EmbeddedSwtpm
+from tpm2_attest.embedded import EmbeddedSwtpm
 from tpm2_attest.transport import TctiSpec, open_transport, parse_tcti, resolve_tcti, tcti
 from tpm2_attest.transport.base import MAX_RESPONSE_SIZE
 from tpm2_attest.transport.device import DeviceTransport
 from tpm2_attest.transport.mssim import MssimTransport
-from tpm2_attest.transport.swtpm import SwtpmTransport
+from tpm2_attest.transport.swtpm_tcp import SwtpmTransport
 
 # ---------------------------------------------------------------------------------------------
 # Hand-built commands (the commands layer is not under test here)

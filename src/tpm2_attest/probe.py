@@ -376,12 +376,13 @@ def _pcp_capabilities(backend: Any) -> dict[str, object]:
         NCRYPT_PCP_PLATFORM_TYPE_PROPERTY,
         NCRYPT_PCP_PROVIDER_VERSION_PROPERTY,
         NCRYPT_SECURITY_DESCR_SUPPORT_PROPERTY,
+        NTE_NOT_FOUND,
         NTE_NOT_SUPPORTED,
         NCryptError,
         unpack_dword,
         unpack_wstr,
     )
-    from .backends.pcp import NTE_NOT_FOUND, ncrypt_error
+    from .backends.pcp import ncrypt_error
 
     nc = backend.ncrypt
     out: dict[str, object] = {"provider": backend.provider_name}
@@ -488,7 +489,7 @@ def _open_target(args: argparse.Namespace, on_command: Callable[[str], None] | N
         if args.as_emulated:
             privilege = cast("Privilege", args.as_emulated)
             if args.embedded:
-                from .swtpm import EmbeddedSwtpm
+                from .embedded import EmbeddedSwtpm
 
                 sw = stack.enter_context(EmbeddedSwtpm())
                 swtpm_tcti, source = sw.tcti, "embedded"

@@ -20,7 +20,7 @@ if TYPE_CHECKING:
     import os
 
     from .backends.pcp_emulator import Privilege
-    from .swtpm import EmbeddedSwtpm
+    from .embedded import EmbeddedSwtpm
     from .transport.base import Transport
 
 DEFAULT_QUOTE_PCRS: Final = (0, 1, 2, 3, 4, 5, 6, 7)
@@ -148,7 +148,7 @@ class Tpm:
     @classmethod
     def open_embedded(cls, *, on_command: Callable[[str], None] | None = None) -> Tpm:
         """Start a fresh embedded swtpm (with EK certificates) and open it; stopped on close."""
-        from .swtpm import EmbeddedSwtpm
+        from .embedded import EmbeddedSwtpm
 
         sw = EmbeddedSwtpm()
         sw.start()
@@ -169,10 +169,10 @@ class Tpm:
         """The Windows PCP backend over ``PcpEmulator``: PCP keys in the swtpm at ``swtpm_tcti``,
         their names in ``state_dir``, as a "standard" user, elevated "admin" or "system".
         Tests the Windows flow (provision as SYSTEM, quote as a standard user) on any OS."""
-        from .backends.pcp import PcpBackend
+        from .backends.pcp_emulator import open_emulated_backend
 
-        backend = PcpBackend.for_emulator(swtpm_tcti, state_dir, privilege, security_descr_support,
-                                          account=account, on_command=on_command)
+        backend = open_emulated_backend(swtpm_tcti, state_dir, privilege, security_descr_support,
+                                        account=account, on_command=on_command)
         return cls(backend, commands=backend.cmd, tcti_source="argument")
 
     @classmethod

@@ -35,6 +35,28 @@ KeyHandle: TypeAlias = int
 """An NCRYPT_KEY_HANDLE from ``create_persisted_key`` / ``open_key``."""
 
 # --------------------------------------------------------------------------------------
+# HRESULTs the PCP logic and its emulator interpret; winerror.h values, checked against
+# the mingw-w64 header by tests/test_pcp.py. They live here, below both, so the real backend
+# never imports its emulator.
+# --------------------------------------------------------------------------------------
+NTE_BAD_FLAGS: Final = 0x80090009
+NTE_BAD_KEY_STATE: Final = 0x8009000B
+NTE_EXISTS: Final = 0x8009000F
+"""NCryptCreatePersistedKey: a key of that name exists (PCP ignores NCRYPT_OVERWRITE_KEY_FLAG)."""
+NTE_PERM: Final = 0x80090010
+"""NCrypt's "Access denied."; the emulator's answer to a standard user creating, deleting or
+opening a machine key it may not use (see docs/windows.md for why this code)."""
+NTE_NOT_FOUND: Final = 0x80090011
+NTE_BAD_PROVIDER: Final = 0x80090013
+NTE_BAD_KEYSET: Final = 0x80090016
+"""NCryptOpenKey: no key of that name in that namespace."""
+NTE_INVALID_HANDLE: Final = 0x80090026
+NTE_INVALID_PARAMETER: Final = 0x80090027
+
+NONCE_BINDING_SIZE: Final = 20
+"""PCP_TPM12_IDBINDING takes a 20-byte nonce: we pass SHA-1(enrollment nonce)."""
+
+# --------------------------------------------------------------------------------------
 # Providers and algorithms (bcrypt.h / ncrypt.h).
 # --------------------------------------------------------------------------------------
 MS_PLATFORM_CRYPTO_PROVIDER: Final = "Microsoft Platform Crypto Provider"

@@ -3,7 +3,8 @@
 Written against ``ncrypt_api.NCryptProvider`` and a TBS command channel only, so the same code
 runs over ncrypt.dll + TBS on Windows (:meth:`PcpBackend.for_windows`) and over the swtpm-backed
 :class:`~tpm2_attest.backends.pcp_emulator.PcpEmulator` on any OS
-(:meth:`PcpBackend.for_emulator`). What PCP does, and where each fact comes from, is in
+(:func:`~tpm2_attest.backends.pcp_emulator.open_emulated_backend`; the emulator imports this
+module, never the reverse). What PCP does, and where each fact comes from, is in
 docs/windows.md; the NCrypt binding itself is described in docs/windows-binding.md.
 
 - AKs are PCP identity keys (RSA-2048, RSASSA-SHA1) persisted by *name*: ``PCP1`` blobs are
@@ -29,8 +30,7 @@ import hashlib
 import secrets
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager, suppress
-from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -72,6 +72,10 @@ from .ncrypt_api import (
     NCRYPT_RSA_ALGORITHM,
     NCRYPT_SECURITY_DESCR_PROPERTY,
     NCRYPT_SECURITY_DESCR_SUPPORT_PROPERTY,
+    NONCE_BINDING_SIZE,
+    NTE_BAD_KEYSET,
+    NTE_EXISTS,
+    NTE_NOT_FOUND,
     NTE_NOT_SUPPORTED,
     PCP_IDENTITY_KEY_BITS,
     NCryptError,
@@ -85,37 +89,12 @@ from .ncrypt_api import (
 )
 from .raw import RawBackend, challenge_ek_kind, quote_consistent, serialized
 
-if TYPE_CHECKING:
-    import os
-
-    from .pcp_emulator import Privilege
-
-# --------------------------------------------------------------------------------------
-# HRESULTs the PCP logic (and the emulator) interprets; winerror.h values, checked against
-# the mingw-w64 header by tests/test_pcp.py.
-# --------------------------------------------------------------------------------------
-NTE_BAD_FLAGS: Final = 0x80090009
-NTE_BAD_KEY_STATE: Final = 0x8009000B
-NTE_EXISTS: Final = 0x8009000F
-"""NCryptCreatePersistedKey: a key of that name exists (PCP ignores NCRYPT_OVERWRITE_KEY_FLAG)."""
-NTE_PERM: Final = 0x80090010
-"""NCrypt's "Access denied."; the emulator's answer to a standard user creating, deleting or
-opening a machine key it may not use (see docs/windows.md for why this code)."""
-NTE_NOT_FOUND: Final = 0x80090011
-NTE_BAD_PROVIDER: Final = 0x80090013
-NTE_BAD_KEYSET: Final = 0x80090016
-"""NCryptOpenKey: no key of that name in that namespace."""
-NTE_INVALID_HANDLE: Final = 0x80090026
-NTE_INVALID_PARAMETER: Final = 0x80090027
-
 _NOT_FOUND_HRESULTS: Final = frozenset({NTE_BAD_KEYSET, NTE_NOT_FOUND})
 _TPM_E_BASE: Final = 0x80280000
 """TBS/PCP report a TPM response code rc as the HRESULT 0x80280000 | rc."""
 
 AK_NAME_PREFIX: Final = "ak-"
 """Random user-scope key names are ``ak-`` + 16 hex digits: vendor-neutral, no library name."""
-NONCE_BINDING_SIZE: Final = 20
-"""PCP_TPM12_IDBINDING takes a 20-byte nonce: we pass SHA-1(enrollment nonce)."""
 IDACTIVATION_BUFFER: Final = 256
 """Buffer for the PCP_TPM12_IDACTIVATION GET (as go-attestation reads it; secrets are <= 64 bytes)."""
 _POINTER_SIZE: Final = ctypes.sizeof(ctypes.c_void_p)
@@ -298,40 +277,6 @@ class PcpBackend:
         return cls(WindowsNCrypt(), commands, tcti=tcti, tbs_channel=tbs.channel_for_context,
                    tpm_version=lambda: tbs.tbs_device_info().tpm_version,
                    event_log_reader=tbs.get_tcg_log)
-
-    @classmethod
-    def for_emulator(
-        cls,
-        swtpm_tcti: str,
-        state_dir: str | os.PathLike[str],
-        privilege: Privilege = "standard",
-        security_descr_support: bool = True,
-        *,
-        account: str | None = None,
-        on_command: Callable[[str], None] | None = None,
-    ) -> PcpBackend:
-        """This backend over :class:`PcpEmulator`: PCP keys live in the swtpm at ``swtpm_tcti``
-        and their names in ``state_dir``; ``privilege`` is "standard", "admin" or "system".
-
-        The Windows code path, runnable on Linux: two backends on the same swtpm and state
-        directory see the same machine keys (SYSTEM provisions, a standard user quotes)."""
-        from ..transport import open_transport
-        from .pcp_emulator import PcpEmulator
-
-        transport = open_transport(swtpm_tcti)
-        try:
-            TpmCommands(transport).startup()
-            emulator = PcpEmulator(transport, Path(state_dir), privilege=privilege,
-                                   security_descr_support=security_descr_support, account=account)
-            commands = TpmCommands(emulator.tbs_channel(emulator.tbs_context), on_command=on_command)
-            return cls(emulator, commands, tcti=f"pcp-emulator:{swtpm_tcti}",
-                       tbs_channel=emulator.tbs_channel, tpm_version=emulator.tbs_tpm_version,
-                       on_close=transport.close,
-                       extra_info={"pcp_emulator": True, "privilege": privilege,
-                                   "account": emulator.account})
-        except BaseException:
-            transport.close()
-            raise
 
     @staticmethod
     def windows_tpm_available() -> bool:  # pragma: no cover - Windows only

@@ -41,13 +41,14 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
 
 from cryptography.hazmat.primitives.asymmetric import rsa
 
@@ -86,8 +87,18 @@ from .ncrypt_api import (
     NCRYPT_SECURITY_DESCR_PROPERTY,
     NCRYPT_SECURITY_DESCR_SUPPORT_PROPERTY,
     NCRYPT_SILENT_FLAG,
+    NONCE_BINDING_SIZE,
+    NTE_BAD_FLAGS,
+    NTE_BAD_KEY_STATE,
+    NTE_BAD_KEYSET,
+    NTE_BAD_PROVIDER,
     NTE_BUFFER_TOO_SMALL,
+    NTE_EXISTS,
+    NTE_INVALID_HANDLE,
+    NTE_INVALID_PARAMETER,
+    NTE_NOT_FOUND,
     NTE_NOT_SUPPORTED,
+    NTE_PERM,
     PCP_IDENTITY_KEY_BITS,
     SID_BUILTIN_ADMINISTRATORS,
     SID_BUILTIN_USERS,
@@ -103,19 +114,10 @@ from .ncrypt_api import (
     parse_security_descriptor,
     unpack_dword,
 )
-from .pcp import (
-    NONCE_BINDING_SIZE,
-    NTE_BAD_FLAGS,
-    NTE_BAD_KEY_STATE,
-    NTE_BAD_KEYSET,
-    NTE_BAD_PROVIDER,
-    NTE_EXISTS,
-    NTE_INVALID_HANDLE,
-    NTE_INVALID_PARAMETER,
-    NTE_NOT_FOUND,
-    NTE_PERM,
-)
 from .raw import RawBackend
+
+if TYPE_CHECKING:
+    from .pcp import PcpBackend
 
 Privilege = Literal["standard", "admin", "system"]
 PRIVILEGES: Final[tuple[Privilege, ...]] = ("standard", "admin", "system")
@@ -686,6 +688,40 @@ class PcpEmulator:
                 self._unload(obj)
 
 
+def open_emulated_backend(
+    swtpm_tcti: str,
+    state_dir: str | os.PathLike[str],
+    privilege: Privilege = "standard",
+    security_descr_support: bool = True,
+    *,
+    account: str | None = None,
+    on_command: Callable[[str], None] | None = None,
+) -> PcpBackend:
+    """The real :class:`PcpBackend` over a :class:`PcpEmulator`: PCP keys live in the swtpm at
+    ``swtpm_tcti`` and their names in ``state_dir``; ``privilege`` is "standard", "admin" or "system".
+
+    The Windows code path, runnable on Linux: two backends on the same swtpm and state
+    directory see the same machine keys (SYSTEM provisions, a standard user quotes). The
+    emulator depends on the backend, never the other way round."""
+    from ..transport import open_transport
+    from .pcp import PcpBackend
+
+    transport = open_transport(swtpm_tcti)
+    try:
+        TpmCommands(transport).startup()
+        emulator = PcpEmulator(transport, Path(state_dir), privilege=privilege,
+                               security_descr_support=security_descr_support, account=account)
+        commands = TpmCommands(emulator.tbs_channel(emulator.tbs_context), on_command=on_command)
+        return PcpBackend(emulator, commands, tcti=f"pcp-emulator:{swtpm_tcti}",
+                          tbs_channel=emulator.tbs_channel, tpm_version=emulator.tbs_tpm_version,
+                          on_close=transport.close,
+                          extra_info={"pcp_emulator": True, "privilege": privilege,
+                                      "account": emulator.account})
+    except BaseException:
+        transport.close()
+        raise
+
+
 __all__ = [
     "PCP_AK_AUTH_POLICY",
     "PCP_AK_TEMPLATE",
@@ -696,6 +732,7 @@ __all__ = [
     "KeyRecord",
     "PcpEmulator",
     "Privilege",
+    "open_emulated_backend",
     "tbs_blocked_response",
     "users_may_use",
 ]

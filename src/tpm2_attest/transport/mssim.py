@@ -22,7 +22,7 @@ from .base import (
     check_timeout,
     transport_error,
 )
-from .swtpm import (
+from .swtpm_tcp import (
     DEFAULT_HOST,
     DEFAULT_PORT,
     StreamReader,

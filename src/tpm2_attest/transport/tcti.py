@@ -73,7 +73,7 @@ class TctiSpec:
 
             return DeviceTransport(self.options.get("path"), timeout=timeout)
         if self.kind == "swtpm":
-            from .swtpm import SwtpmTransport
+            from .swtpm_tcp import SwtpmTransport
 
             return SwtpmTransport(self.options["host"], int(self.options["port"]), timeout=timeout)
         if self.kind == "mssim":

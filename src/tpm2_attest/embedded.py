@@ -370,7 +370,7 @@ class EmbeddedSwtpm:
         """A simulated reboot: TPM2_Shutdown(CLEAR), control INIT, TPM2_Startup(CLEAR).
 
         PCRs return to their reset values; persistent objects and NV survive."""
-        from .transport.swtpm import SwtpmTransport
+        from .transport.swtpm_tcp import SwtpmTransport
 
         port = self.port
         with SwtpmTransport(HOST, port, timeout=30.0, probe=False) as t:
