@@ -14,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from tpm2_attest.backends import eventlog_source as retrieve
+from tpm2_attest.cli import eventlog as cli
 from tpm2_attest.errors import ErrorCode, TpmError
-from tpm2_attest.eventlog import cli, parse_event_log
+from tpm2_attest.eventlog import parse_event_log
 
 try:
     import eventlog_synth as synth

@@ -16,11 +16,11 @@ import pytest
 
 from tpm2_attest import AkBlob, ErrorCode, Tpm, TpmError
 from tpm2_attest.cli import main
+from tpm2_attest.cli.probe import WINDOWS_RECIPE
 from tpm2_attest.probe import (
     CHOICES,
     HINTS,
     STEPS,
-    WINDOWS_RECIPE,
     ProbeOptions,
     hint_for,
     run_probe,

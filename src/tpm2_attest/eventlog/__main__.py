@@ -1,5 +1,5 @@
-"""``python -m tpm2_attest.eventlog FILE [--replay] [--json]``."""
+"""``python -m tpm2_attest.eventlog FILE [--replay] [--json]``: ``tpm2-attest eventlog`` alone."""
 
-from .cli import main
+from ..cli.eventlog import main
 
 raise SystemExit(main())

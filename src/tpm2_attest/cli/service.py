@@ -9,15 +9,23 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from .._files import write_atomic
-from .errors import ServiceError
-from .settings import DEFAULT_DATABASE_URL, Settings, load_pcr_policy_file
+from ..service.errors import ServiceError
+from ..service.settings import DEFAULT_DATABASE_URL, Settings, load_pcr_policy_file
+from .common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_USAGE,
+    SubParsers,
+    device_options,
+    emit,
+    open_tpm,
+    parse_pcrs,
+)
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 INSTALL_HINT = "pip install 'tpm2-attest[service]'"
 DEFAULT_AK_FILE = "tpm2-attest-ak.json"
 
@@ -35,7 +43,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
 
-        from .app import create_app
+        from ..service.app import create_app
     except ImportError as exc:
         print(f"error: 'serve' needs the service extra ({exc.name or exc} is missing): {INSTALL_HINT}",
               file=sys.stderr)
@@ -54,15 +62,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_enroll(args: argparse.Namespace) -> int:
     """Enroll this TPM and write the AK blob with the device id (atomically)."""
-    from ..cli import _emit, _open
-    from .client import enroll
+    from ..service.client import enroll
 
     out = Path(args.ak_out)
     if out.exists() and not args.force:
         print(f"error: {out} exists (it may hold the AK of an earlier enrollment); pass --force to replace it",
               file=sys.stderr)
         return EXIT_USAGE
-    with _open(args, fallback=False) as tpm:
+    with open_tpm(args, fallback=False) as tpm:
         try:
             result = enroll(tpm, args.server, ek_kind=args.ek_kind, key_name=args.key_name, scope=args.scope,
                             overwrite=args.overwrite, algorithm=args.algorithm, timeout=args.timeout)
@@ -70,14 +77,13 @@ def cmd_enroll(args: argparse.Namespace) -> int:
             return _refused(args, exc)
     write_atomic(out, result.to_json().encode("utf-8"))
     obj = {"ok": True, "device_id": result.device_id, "ak_file": str(out), **result.info}
-    _emit(args, obj, lambda: print(f"enrolled: device {result.device_id} ({result.ak_blob.format} AK in {out})"))
+    emit(args, obj, lambda: print(f"enrolled: device {result.device_id} ({result.ak_blob.format} AK in {out})"))
     return EXIT_OK
 
 
 def cmd_attest(args: argparse.Namespace) -> int:
     """Quote over the server's nonce and print its verdict (exit 1 when refused)."""
-    from ..cli import _emit, _open, _parse_pcrs
-    from .client import Enrollment, attest
+    from ..service.client import Enrollment, attest
 
     raw = Path(args.ak).read_bytes()
     device_id = args.device_id
@@ -87,26 +93,25 @@ def cmd_attest(args: argparse.Namespace) -> int:
         except ValueError:
             print(f"error: {args.ak} carries no device id; pass --device-id", file=sys.stderr)
             return EXIT_USAGE
-    with _open(args, fallback=False) as tpm:
+    with open_tpm(args, fallback=False) as tpm:
         log: bytes | None = None
         if args.event_log == "auto":
             log = tpm.event_log()
         elif args.event_log:
             log = Path(args.event_log).read_bytes()
         try:
-            verdict: dict[str, Any] = attest(tpm, args.server, device_id, raw, pcrs=_parse_pcrs(args.pcrs),
+            verdict: dict[str, Any] = attest(tpm, args.server, device_id, raw, pcrs=parse_pcrs(args.pcrs),
                                              bank=args.bank, event_log=log, timeout=args.timeout)
         except ServiceError as exc:
             return _refused(args, exc)
-    _emit(args, verdict, lambda: print(f"attested: device {device_id}, {len(verdict.get('pcrs', {}))} "
+    emit(args, verdict, lambda: print(f"attested: device {device_id}, {len(verdict.get('pcrs', {}))} "
                                        f"{verdict.get('bank', '')} PCRs verified"))
     return EXIT_OK
 
 
-def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], *,
-                parents: Sequence[argparse.ArgumentParser] = ()) -> None:
-    """Add ``serve``, ``enroll`` and ``attest`` to the main CLI (``parents``: its common
-    --tcti/--json/--embedded options)."""
+def add_parser(subparsers: SubParsers) -> None:
+    """Add ``serve``, ``enroll`` and ``attest`` to the main CLI."""
+    parents = [device_options()]
     s = subparsers.add_parser("serve", help="run the enrollment + attestation service (needs the service extra)",
                               description="Run the HTTP service (uvicorn). Put it behind TLS in production.")
     s.add_argument("--host", default="127.0.0.1")
@@ -127,7 +132,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
     s.set_defaults(func=cmd_serve)
 
-    s = subparsers.add_parser("enroll", parents=list(parents), help="enroll this TPM with a service")
+    s = subparsers.add_parser("enroll", parents=parents, help="enroll this TPM with a service")
     s.add_argument("--server", required=True, metavar="URL")
     s.add_argument("--ak-out", default=DEFAULT_AK_FILE, metavar="FILE",
                    help=f"where to write the AK blob and device id (default {DEFAULT_AK_FILE})")
@@ -140,7 +145,7 @@ def add_parsers(subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
     s.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     s.set_defaults(func=cmd_enroll)
 
-    s = subparsers.add_parser("attest", parents=list(parents), help="attest this TPM to a service")
+    s = subparsers.add_parser("attest", parents=parents, help="attest this TPM to a service")
     s.add_argument("--server", required=True, metavar="URL")
     s.add_argument("--ak", required=True, metavar="FILE", help="the file 'enroll' wrote (or any AK blob)")
     s.add_argument("--device-id", metavar="ID", help="default: the one in the --ak file")

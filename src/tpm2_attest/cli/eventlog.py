@@ -12,13 +12,14 @@ import sys
 from collections.abc import Sequence
 from typing import Any, TextIO
 
-from .banks import bank_name
-from .errors import EventLogError
-from .events import EventLog
-from .parser import parse_event_log
+from ..eventlog.banks import bank_name
+from ..eventlog.errors import EventLogError
+from ..eventlog.events import EventLog
+from ..eventlog.parser import parse_event_log
+from .common import SubParsers
 
 
-def add_parser(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
+def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
     """Add the ``eventlog`` sub-command to the main CLI's sub-parsers."""
     p = subparsers.add_parser(
         "eventlog",

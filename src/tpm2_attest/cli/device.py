@@ -1,0 +1,164 @@
+"""Device-side commands: ``info``, ``demo``, ``ek``, ``provision-ak``, ``quote``, ``activate``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from .._files import write_atomic
+from ..evidence import AkBlob, CredentialChallenge
+from .common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    SubParsers,
+    device_options,
+    emit,
+    hex_or_file,
+    open_tpm,
+    parse_pcrs,
+)
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    with open_tpm(args, fallback=True) as tpm:
+        info = tpm.info()
+        pcrs = {bank: tpm.pcr.read(bank=bank) for bank in info.pcr_banks}
+        obj = {**info.to_dict(), "source": tpm.tcti_source,
+               "pcrs": {b: {str(i): v.hex() for i, v in vals.items()} for b, vals in pcrs.items()}}
+
+        def text() -> None:
+            print(f"TPM:          {info.manufacturer} ({info.vendor_string}), firmware {info.firmware_version}")
+            print(f"Spec:         TPM {info.spec_family} revision {info.spec_revision} ({info.spec_year})")
+            print(f"Transport:    {info.tcti} [{info.platform}, from {tpm.tcti_source}]")
+            print(f"PCR banks:    {', '.join(info.pcr_banks)}")
+            for bank, vals in pcrs.items():
+                print(f"{bank}:")
+                for i, v in vals.items():
+                    print(f"  {i:2d}: {v.hex()}")
+
+        emit(args, obj, text)
+    return EXIT_OK
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from ..demo import Step, run_demo
+
+    roots = [Path(p).read_bytes() for p in args.ek_root] if args.ek_root else None
+    inter = [Path(p).read_bytes() for p in args.ek_intermediate] if args.ek_intermediate else None
+
+    def show(st: Step) -> None:
+        if args.json:
+            return
+        cmds = ", ".join(f"{k.removeprefix('TPM2_')}x{v}" if v > 1 else k.removeprefix("TPM2_")
+                         for k, v in st.commands.items())
+        print(f"[{st.status}] {st.name}  ({st.seconds * 1000:.1f} ms, {sum(st.commands.values())} TPM commands)")
+        if st.detail:
+            print(f"       {st.detail}")
+        if cmds:
+            print(f"       commands: {cmds}")
+
+    with open_tpm(args, fallback=True) as tpm:
+        if not args.json:
+            print(f"Demo against {tpm.tcti} ({'embedded swtpm' if tpm.embedded else tpm.tcti_source})\n")
+        report = run_demo(tpm, ek_roots=roots, ek_intermediates=inter, algorithm=args.algorithm,
+                          on_step=show)
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        d = report.to_dict()
+        print(f"\n{'OK' if report.ok else 'FAILED'}: {len(report.steps)} steps, "
+              f"{d['total_tpm_commands']} TPM commands, {d['total_seconds'] * 1000:.0f} ms")
+    return EXIT_OK if report.ok else EXIT_FAIL
+
+
+def cmd_ek(args: argparse.Namespace) -> int:
+    with open_tpm(args, fallback=False) as tpm:
+        ek = tpm.ek(args.kind)
+        if args.out_public:
+            write_atomic(args.out_public, ek.public)
+        if args.out_cert and ek.certificate:
+            write_atomic(args.out_cert, ek.certificate)
+        obj = {"kind": ek.kind, "handle": f"0x{ek.handle:08x}" if ek.handle else None,
+               "persistent": ek.persistent, "name": ek.name.hex(),
+               "certificate": len(ek.certificate) if ek.certificate else None}
+        emit(args, obj, lambda: print("\n".join(f"{k}: {v}" for k, v in obj.items())))
+    return EXIT_OK
+
+
+def cmd_provision_ak(args: argparse.Namespace) -> int:
+    with open_tpm(args, fallback=False) as tpm:
+        blob = tpm.provision_ak(key_name=args.key_name, scope=args.scope, overwrite=args.overwrite,
+                                nonce=hex_or_file(args.nonce), algorithm=args.algorithm)
+    write_atomic(args.out, blob.to_bytes())
+    obj = {"format": blob.format, "file": args.out, "name": blob.name.hex(), "key_name": blob.key_name}
+    emit(args, obj, lambda: print(f"{blob.format} AK written to {args.out}; Name {blob.name.hex()}"))
+    return EXIT_OK
+
+
+def cmd_quote(args: argparse.Namespace) -> int:
+    blob = AkBlob.load(Path(args.ak).read_bytes())
+    with open_tpm(args, fallback=False) as tpm:
+        q = tpm.quote(blob, pcrs=parse_pcrs(args.pcrs), bank=args.bank,
+                      qualifying_data=hex_or_file(args.nonce) or b"")
+    data = q.to_json().encode()
+    if args.out:
+        write_atomic(args.out, data)
+    else:
+        print(data.decode())
+    return EXIT_OK
+
+
+def cmd_activate(args: argparse.Namespace) -> int:
+    blob = AkBlob.load(Path(args.ak).read_bytes())
+    raw = Path(args.challenge).read_bytes()
+    ch = CredentialChallenge.from_json(raw) if raw.lstrip().startswith(b"{") else CredentialChallenge.from_bytes(raw)
+    with open_tpm(args, fallback=False) as tpm:
+        secret = tpm.activate_credential(blob, ch)
+    if args.out:
+        write_atomic(args.out, secret)
+    else:
+        print(secret.hex())
+    return EXIT_OK
+
+
+def add_parser(sub: SubParsers) -> None:
+    """Register the device-side commands."""
+    dev = device_options()
+    s = sub.add_parser("info", parents=[dev], help="TPM identity, banks and PCRs")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("demo", parents=[dev], help="end-to-end enrollment and attestation")
+    s.add_argument("--ek-root", action="append", metavar="PEM/DER", help="trusted EK root CA (repeatable)")
+    s.add_argument("--ek-intermediate", action="append", metavar="PEM/DER", help="EK intermediate CA")
+    s.add_argument("--algorithm", choices=["ecc", "rsa"], default="ecc", help="AK algorithm")
+    s.set_defaults(func=cmd_demo)
+
+    s = sub.add_parser("ek", parents=[dev], help="read the endorsement key and certificate")
+    s.add_argument("--kind", choices=["rsa", "ecc", "ecc384"], default="rsa")
+    s.add_argument("--out-public", metavar="FILE", help="write the TPM2B_PUBLIC")
+    s.add_argument("--out-cert", metavar="FILE", help="write the certificate (DER)")
+    s.set_defaults(func=cmd_ek)
+
+    s = sub.add_parser("provision-ak", parents=[dev], help="create an attestation key blob")
+    s.add_argument("--out", required=True, metavar="FILE", help="AK blob file (written atomically)")
+    s.add_argument("--nonce", help="enrollment nonce (hex, or @FILE)")
+    s.add_argument("--algorithm", choices=["ecc", "rsa"])
+    s.add_argument("--key-name", help="PCP key name (Windows)")
+    s.add_argument("--scope", choices=["user", "machine"], default="user")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_provision_ak)
+
+    s = sub.add_parser("quote", parents=[dev], help="quote PCRs with an AK blob")
+    s.add_argument("--ak", required=True, metavar="FILE")
+    s.add_argument("--pcrs", default="0-7", help="e.g. 0-7,16")
+    s.add_argument("--bank", default="sha256")
+    s.add_argument("--nonce", help="qualifying data (hex, or @FILE)")
+    s.add_argument("--out", metavar="FILE", help="quote JSON file (default: stdout)")
+    s.set_defaults(func=cmd_quote)
+
+    s = sub.add_parser("activate", parents=[dev], help="activate a credential challenge")
+    s.add_argument("--ak", required=True, metavar="FILE")
+    s.add_argument("--challenge", required=True, metavar="FILE", help="our JSON/binary form or a tpm2-tools file")
+    s.add_argument("--out", metavar="FILE", help="write the secret (default: hex on stdout)")
+    s.set_defaults(func=cmd_activate)
