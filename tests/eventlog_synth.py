@@ -439,7 +439,7 @@ def exercise(data: bytes) -> None:
     (EventLogError, ValueError for unknown banks, VerificationError) is a bug."""
     import json
 
-    from tpm2_attest.eventlog import EventLogError, parse_event_log
+    from tpm2_attest.eventlog import EventLogError, parse_event_log, secure_boot_state
     from tpm2_attest.tpm2.constants import HASH_SIZES
     from tpm2_attest.verify.errors import VerificationError
     from tpm2_attest.verify.eventlog import verify_event_log
@@ -466,4 +466,4 @@ def exercise(data: bytes) -> None:
             assert result.verified == frozenset(pcrs)
             json.dumps(result.to_dict())
         with contextlib.suppress(EventLogError):
-            json.dumps(log.secure_boot().to_dict())
+            json.dumps(secure_boot_state(log).to_dict())

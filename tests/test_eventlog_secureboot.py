@@ -53,14 +53,14 @@ def test_real_secure_boot_log(bank: str) -> None:
                                   "crypto_agile_eventlog", "ebs_event_missing_eventlog"])
 def test_real_logs_without_secure_boot(name: str) -> None:
     log = parse_event_log(real(name))
-    sb = log.secure_boot()  # default bank: sha256, or the log's only bank (SHA-1 log)
+    sb = secure_boot_state(log)  # default bank: sha256, or the log's only bank (SHA-1 log)
     assert not sb.enabled
     assert sb.pk is not None and sb.db is not None and sb.dbx is not None
 
 
 def test_absent_secure_boot_variable_measured_empty() -> None:
     """crypto_agile_eventlog measures SecureBoot with no data: the variable does not exist."""
-    sb = parse_event_log(real("crypto_agile_eventlog")).secure_boot("sha256")
+    sb = secure_boot_state(parse_event_log(real("crypto_agile_eventlog")), "sha256")
     assert not sb.enabled
 
 
@@ -88,14 +88,14 @@ def test_sha1_legacy_secure_boot() -> None:
 
 
 def test_debug_mode_and_dma_flags() -> None:
-    sb = parse_event_log(synth.secure_boot_log(debug=True).build()).secure_boot()
+    sb = secure_boot_state(parse_event_log(synth.secure_boot_log(debug=True).build()))
     assert sb.debug_mode and sb.enabled
 
     for text in (b"DMA Protection Disabled", b"DMA Protection Disabled\0"):
         def dma(b: synth.LogBuilder, text: bytes = text) -> None:
             b.event(7, synth.EV_EFI_ACTION, text)
 
-        sb = parse_event_log(synth.secure_boot_log(extra_pcr7=dma).build()).secure_boot()
+        sb = secure_boot_state(parse_event_log(synth.secure_boot_log(extra_pcr7=dma).build()))
         assert sb.dma_protection_disabled
 
 
@@ -106,7 +106,7 @@ def test_other_variables_are_reported() -> None:
         b.event(7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
                 synth.uefi_variable(synth.EFI_IMAGE_SECURITY_DATABASE, "dbt", b""))
 
-    sb = parse_event_log(synth.secure_boot_log(extra_pcr7=extra).build()).secure_boot()
+    sb = secure_boot_state(parse_event_log(synth.secure_boot_log(extra_pcr7=extra).build()))
     assert [v.name for v in sb.other_variables] == ["AuditMode"]
     assert sb.dbt is not None and sb.dbt.entries == ()
 
@@ -114,7 +114,7 @@ def test_other_variables_are_reported() -> None:
 def _fails(extra, match: str, **kw: object) -> None:
     log = parse_event_log(synth.secure_boot_log(extra_pcr7=extra, **kw).build())
     with pytest.raises(SecureBootError, match=match) as exc:
-        log.secure_boot()
+        secure_boot_state(log)
     assert exc.value.offset is None or 0 < exc.value.offset < log.size
 
 
@@ -131,14 +131,14 @@ def test_variable_after_separator_is_rejected() -> None:
     s.builder.event(7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
                     synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "MokSBState", b"\x00"))
     with pytest.raises(SecureBootError, match="after the separator"):
-        parse_event_log(s.build()).secure_boot()
+        secure_boot_state(parse_event_log(s.build()))
 
 
 def test_second_separator_is_rejected() -> None:
     s = synth.secure_boot_log()
     s.builder.event(7, synth.EV_SEPARATOR, b"\0\0\0\0")
     with pytest.raises(SecureBootError, match="second separator"):
-        parse_event_log(s.build()).secure_boot()
+        secure_boot_state(parse_event_log(s.build()))
 
 
 def test_error_separator_is_rejected() -> None:
@@ -177,14 +177,14 @@ def test_unknown_efi_action_is_rejected() -> None:
 def test_enabled_without_authority_or_keys_is_rejected() -> None:
     log = parse_event_log(synth.secure_boot_log(authorities=False).build())
     with pytest.raises(SecureBootError, match="no authority"):
-        log.secure_boot()
+        secure_boot_state(log)
     b = synth.LogBuilder()
     b.event(7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
             synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x01"))
     b.event(7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
             synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "PK", b""))
     with pytest.raises(SecureBootError, match="PK is empty"):
-        parse_event_log(b.build()).secure_boot()
+        secure_boot_state(parse_event_log(b.build()))
 
 
 def test_bad_secure_boot_value_and_malformed_database() -> None:
@@ -192,13 +192,13 @@ def test_bad_secure_boot_value_and_malformed_database() -> None:
         7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
         synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x02"))
     with pytest.raises(SecureBootError, match="not 00 or 01"):
-        parse_event_log(b.build()).secure_boot()
+        secure_boot_state(parse_event_log(b.build()))
     bad_db = synth.signature_list(synth.EFI_CERT_SHA256, [(synth.OWNER, bytes(32))], sig_size=0)
     b = synth.LogBuilder().event(
         7, synth.EV_EFI_VARIABLE_DRIVER_CONFIG,
         synth.uefi_variable(synth.EFI_IMAGE_SECURITY_DATABASE, "db", bad_db))
     with pytest.raises(SecureBootError, match="SignatureSize 0"):
-        parse_event_log(b.build()).secure_boot()
+        secure_boot_state(parse_event_log(b.build()))
 
 
 def test_variable_decoded_strictly_even_after_lenient_parse() -> None:
@@ -207,14 +207,14 @@ def test_variable_decoded_strictly_even_after_lenient_parse() -> None:
         synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x01", name_len=2**62))
     log = parse_event_log(b.build(), strict=False)
     with pytest.raises(SecureBootError, match="UnicodeNameLength"):
-        log.secure_boot()
+        secure_boot_state(log)
 
 
 def test_old_shim_authority_with_one_extra_byte() -> None:
     s = synth.secure_boot_log()
     var = synth.uefi_variable(synth.SHIM_LOCK, "Shim", synth.guid(synth.OWNER) + s.certs["db"])
     s.builder.event(7, synth.EV_EFI_VARIABLE_AUTHORITY, var + b"\0", measured=var)
-    sb = parse_event_log(s.build()).secure_boot()
+    sb = secure_boot_state(parse_event_log(s.build()))
     assert [a.name for a in sb.authorities] == ["db", "Shim"]
     assert sb.authorities[1].certificate is not None
 

@@ -16,6 +16,7 @@ from ..eventlog.banks import bank_name
 from ..eventlog.errors import EventLogError
 from ..eventlog.events import EventLog
 from ..eventlog.parser import parse_event_log
+from ..eventlog.secureboot import secure_boot_state
 from .common import SubParsers
 
 
@@ -146,7 +147,7 @@ def run(args: argparse.Namespace) -> int:
     sb: Any = None
     if getattr(args, "secure_boot", False):
         try:
-            sb = log.secure_boot().to_dict()
+            sb = secure_boot_state(log).to_dict()
         except (EventLogError, ValueError) as exc:
             sb = {"error": str(exc)}
     try:

@@ -10,15 +10,12 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, ClassVar, Final, NamedTuple
+from typing import Any, ClassVar, Final, NamedTuple
 
 from . import guids
 from .banks import bank_name, digest_size, hash_data, hash_factory, resolve_bank
 from .errors import EventLogBankError, EventLogError
 from .types import EventType, event_type, event_type_name
-
-if TYPE_CHECKING:
-    from .secureboot import SecureBootState
 
 EV_NO_ACTION: Final = int(EventType.EV_NO_ACTION)
 _BOOT_OPTION: Final = re.compile(r"(Boot|Driver|SysPrep|PlatformRecovery)[0-9A-Fa-f]{4}\Z")
@@ -549,12 +546,6 @@ class EventLog:
                     f"{ev.type_name} event has no {bank_name(alg)} digest", ev.offset, ev.index
                 )
         return pcrs
-
-    def secure_boot(self, bank: str | int | None = None) -> SecureBootState:
-        """Shortcut for :func:`tpm2_attest.eventlog.secure_boot_state`."""
-        from .secureboot import secure_boot_state
-
-        return secure_boot_state(self, bank)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description of the whole log."""
