@@ -19,6 +19,7 @@ import argparse
 import json
 import os
 import re
+import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
@@ -89,7 +90,20 @@ def test_own_docs_exist_and_links_resolve() -> None:
         for target, _anchor in link.findall(path.read_text()):
             if "://" in target or target.startswith("mailto:"):
                 continue
-            assert (path.parent / target).exists(), f"{path.name}: broken link {target}"
+            resolved = (path.parent / target).resolve()
+            assert resolved.exists(), f"{path.name}: broken link {target}"
+            assert resolved.is_relative_to(ROOT), f"{path.name}: {target} lies outside the repository"
+
+
+def test_the_repository_stands_alone() -> None:
+    """No tracked file reads or links a folder beside the checkout: a clone is the whole project."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=False)
+    if tracked.returncode != 0:
+        pytest.skip("not a git checkout (an sdist): nothing beside it to depend on")
+    outside = re.compile(rb"\.\./shared|/work/(?:shared)|parents\[2\] / \"shared\"")
+    offenders = [name for name in tracked.stdout.decode().split("\0")
+                 if name and (ROOT / name).is_file() and outside.search((ROOT / name).read_bytes())]
+    assert offenders == [], f"files that reach outside the repository: {offenders}"
 
 
 # -- tables that must stay complete -----------------------------------------------------------
