@@ -167,6 +167,7 @@ NOT_IN_MINGW_HEADERS = {
     "NCRYPT_PCP_RSA_EKNVCERT_PROPERTY": "Windows SDK ncrypt.h (WIN10+), go-attestation",
     "NCRYPT_PCP_ECC_EKNVCERT_PROPERTY": "Windows SDK ncrypt.h (WIN10+), go-attestation",
     "PCP_IDENTITY_KEY_BITS": "PCP AKs are RSA-2048 (go-attestation, the brief)",
+    "NONCE_BINDING_SIZE": "PCP_TPM12_IDBINDING takes a 20-byte nonce (go-attestation, PCPTool)",
     "PCP_USERS_ACCESS_MASK": "our choice, GENERIC_READ|GENERIC_EXECUTE (checked below)",
     "SID_LOCAL_SYSTEM": "SID string, checked below from SECURITY_*_RID",
     "SID_BUILTIN_ADMINISTRATORS": "SID string, checked below from SECURITY_*_RID",
