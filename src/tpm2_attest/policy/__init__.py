@@ -1,0 +1,32 @@
+"""Attestation policies: is the state a verified quote and event log show acceptable?
+
+``verify`` answers "is this evidence authentic?"; a :class:`Policy` answers "is this machine in a
+state we accept?" over the *verified* results only, and explains every refusal::
+
+    from tpm2_attest import policy
+    p = policy.learn(quote_result, event_log_result)   # the state of a known-good machine
+    p2 = policy.Policy.from_dict(p.to_dict())          # or Policy.load("policy.json")
+    r = p2.evaluate(quote_result, event_log_result)    # PolicyResult: .ok, .violations
+    for v in r.violations:
+        print(v.rule, v.detail)                        # "pcrs.value", "sha256 PCR 7 is ..."
+
+Policies are data (JSON or YAML documents, see docs/verifier.md); every rule has a stable id,
+and evaluation returns every violation instead of stopping at the first.
+"""
+
+from .base import Evidence, PolicyError, PolicyResult, Section, Violation
+from .document import SECTIONS, VERSION, Policy, learn
+from .pcrs import PcrSection
+
+__all__ = [
+    "SECTIONS",
+    "VERSION",
+    "Evidence",
+    "PcrSection",
+    "Policy",
+    "PolicyError",
+    "PolicyResult",
+    "Section",
+    "Violation",
+    "learn",
+]
