@@ -320,6 +320,7 @@ class FakeTbs:
         self.create_result = 0
         self.submit_result = 0
         self.log: bytes | None = b"\x00" * 32 + b"spec id event"
+        self.log_result = tbs.TBS_E_NO_EVENT_LOG  # what Tbsi_Get_TCG_Log answers without a log
         self.params: tuple[int, int] | None = None
         self.closed: list[int] = []
         self.submits: list[tuple[int, int, int]] = []
@@ -372,7 +373,7 @@ class FakeTbs:
 
     def tcg_log(self, handle: int, buf: Any, size: Any) -> int:
         if self.log is None:
-            return tbs.TBS_E_NO_EVENT_LOG
+            return self.log_result
         if not buf:
             size[0] = len(self.log)
             return 0
@@ -458,6 +459,23 @@ def test_get_tcg_log(fake_tbs: FakeTbs) -> None:
     with pytest.raises(TpmError) as ei:
         tbs.get_tcg_log()
     assert ei.value.code == ErrorCode.TPM_NOT_FOUND and ei.value.hresult == tbs.TBS_E_NO_EVENT_LOG
+
+
+@pytest.mark.parametrize(("result", "code"), [
+    # Microsoft: TBS_E_INTERNAL_ERROR from Tbsi_Get_TCG_Log may mean the platform gave no log.
+    (tbs.TBS_E_INTERNAL_ERROR, ErrorCode.TPM_NOT_FOUND),
+    (tbs.TBS_E_NO_EVENT_LOG, ErrorCode.TPM_NOT_FOUND),
+    (tbs.TBS_E_IOERROR, ErrorCode.TRANSPORT),
+    (tbs.TBS_E_ACCESS_DENIED, ErrorCode.REQUIRES_ELEVATION),
+])
+def test_get_tcg_log_failures(fake_tbs: FakeTbs, result: int, code: ErrorCode) -> None:
+    fake_tbs.log, fake_tbs.log_result = None, result
+    with pytest.raises(TpmError) as ei:
+        tbs.get_tcg_log()
+    assert ei.value.code == code and ei.value.hresult == result
+    if result == tbs.TBS_E_INTERNAL_ERROR:
+        assert "no TCG event log" in str(ei.value) and "16385" in (ei.value.hint or "")
+    assert fake_tbs.closed == [FakeTbs.CONTEXT]  # the context is closed on failure too
 
 
 def test_without_windows_tbs_is_not_found() -> None:

@@ -302,7 +302,8 @@ def tbs_device_info() -> TbsDeviceInfo:
 def get_tcg_log(context: int | None = None) -> bytes:
     """The firmware's TCG event log (Tbsi_Get_TCG_Log: size probe, then the data).
 
-    Raises TpmError(TPM_NOT_FOUND) when Windows has no log (TBS_E_NO_EVENT_LOG).
+    Raises TpmError(TPM_NOT_FOUND) when Windows has no log: TBS_E_NO_EVENT_LOG, or
+    TBS_E_INTERNAL_ERROR (see :func:`tcg_log_error`).
     """
     api = _load()
     owned = context is None
@@ -312,7 +313,7 @@ def get_tcg_log(context: int | None = None) -> bytes:
             size = c_uint32(0)
             result = api.Tbsi_Get_TCG_Log(ctx, None, ctypes.byref(size))
             if result not in (TBS_SUCCESS, TBS_E_INSUFFICIENT_BUFFER):
-                raise _log_error(result)
+                raise tcg_log_error(result)
             if size.value == 0:
                 return b""
             want = size.value
@@ -322,7 +323,7 @@ def get_tcg_log(context: int | None = None) -> bytes:
             if result == TBS_E_INSUFFICIENT_BUFFER:
                 continue  # the log grew between the two calls
             if result != TBS_SUCCESS:
-                raise _log_error(result)
+                raise tcg_log_error(result)
             return ctypes.string_at(buf, min(size.value, want))
         raise tbs_error("Tbsi_Get_TCG_Log", TBS_E_INSUFFICIENT_BUFFER)
     finally:
@@ -330,8 +331,27 @@ def get_tcg_log(context: int | None = None) -> bytes:
             api.Tbsip_Context_Close(ctx)
 
 
-def _log_error(result: int) -> TpmError:
-    if result & 0xFFFFFFFF == TBS_E_NO_EVENT_LOG:
-        return TpmError("Windows has no TCG event log", code=ErrorCode.TPM_NOT_FOUND,
-                        hresult=result)
+NO_FIRMWARE_LOG_HINT: Final = (
+    "Windows got no TCG event log from the firmware: the System event log may hold TBS event "
+    "16385 with error 0x80070032; a firmware (BIOS/UEFI) update from the platform maker "
+    "sometimes fixes it")
+"""Microsoft's note on Tbsi_Get_TCG_Log answering TBS_E_INTERNAL_ERROR."""
+
+
+def tcg_log_error(result: int) -> TpmError:
+    """The TpmError for a failed Tbsi_Get_TCG_Log.
+
+    TBS_E_NO_EVENT_LOG and TBS_E_INTERNAL_ERROR are "no event log" (TPM_NOT_FOUND, with the
+    hresult): Microsoft documents that TBS_E_INTERNAL_ERROR from this function may mean the
+    platform gave Windows no TCG log (System event 16385, error 0x80070032). Anything else
+    is :func:`tbs_error`."""
+    result &= 0xFFFFFFFF
+    if result == TBS_E_NO_EVENT_LOG:
+        return TpmError("Windows has no TCG event log (TBS_E_NO_EVENT_LOG)",
+                        code=ErrorCode.TPM_NOT_FOUND, hresult=result)
+    if result == TBS_E_INTERNAL_ERROR:
+        return TpmError("Windows has no TCG event log: Tbsi_Get_TCG_Log answered "
+                        "TBS_E_INTERNAL_ERROR, which Microsoft documents for a platform that "
+                        "provides no log", code=ErrorCode.TPM_NOT_FOUND, hresult=result,
+                        hint=NO_FIRMWARE_LOG_HINT)
     return tbs_error("Tbsi_Get_TCG_Log", result)
