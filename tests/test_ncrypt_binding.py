@@ -40,8 +40,11 @@ from tpm2_attest.errors import HRESULT_NAMES, ErrorCode, TpmError
 INCLUDE = Path("/usr/share/mingw-w64/include")
 HEADERS = ("ncrypt.h", "bcrypt.h", "winnt.h", "winerror.h", "wincrypt.h")
 
+EXTRA_HEADERS = ("processthreadsapi.h", "securitybaseapi.h", "handleapi.h", "minwindef.h")
+"""Read for prototypes and typedefs only (their macros are not in the constant table)."""
+
 needs_headers = pytest.mark.skipif(
-    not all((INCLUDE / h).is_file() for h in HEADERS),
+    not all((INCLUDE / h).is_file() for h in (*HEADERS, *EXTRA_HEADERS)),
     reason="mingw-w64 headers not installed (Debian package mingw-w64-common)",
 )
 
@@ -131,6 +134,8 @@ def prototype(header: str, func: str) -> tuple[str, list[tuple[str, str]]]:
     m = re.search(rf"(\w+) WINAPI {func} ?\(([^;]*?)\) ?;", text)
     assert m, f"{func} not declared in {header}"
     params: list[tuple[str, str]] = []
+    if m.group(2).strip() in ("VOID", "void"):
+        return m.group(1), params
     for raw in m.group(2).split(","):
         p = re.fullmatch(r"\s*((?:const\s+)?\w+(?:\s*\*)*)\s*(\w+)\s*", raw.replace("*", " * "))
         assert p, f"cannot parse parameter {raw!r} of {func}"
@@ -172,8 +177,12 @@ NOT_IN_MINGW_HEADERS = {
     "SID_LOCAL_SYSTEM": "SID string, checked below from SECURITY_*_RID",
     "SID_BUILTIN_ADMINISTRATORS": "SID string, checked below from SECURITY_*_RID",
     "SID_BUILTIN_USERS": "SID string, checked below from SECURITY_*_RID",
+    "NCRYPT_PCP_RSA_EKCERT_PROPERTY": "Windows SDK ncrypt.h (WIN10+)",
+    "NCRYPT_PCP_ECC_EKCERT_PROPERTY": "Windows SDK ncrypt.h (WIN10+)",
     "NCRYPT_DLL": "DLL name",
     "CRYPT32_DLL": "DLL name",
+    "ADVAPI32_DLL": "DLL name",
+    "KERNEL32_DLL": "DLL name",
 }
 
 
@@ -231,6 +240,9 @@ def test_every_header_constant_matches_the_header() -> None:
         "GENERIC_READ",
         "GENERIC_EXECUTE",
         "CRYPT_E_NOT_FOUND",
+        "NCRYPT_PCP_EKCERT_PROPERTY",
+        "TOKEN_QUERY",
+        "ERROR_INSUFFICIENT_BUFFER",
     ):
         assert must in checked, must
     assert len(checked) >= 60
@@ -304,6 +316,11 @@ def _ctype_for(c: str) -> Any:
         "PBYTE": ctypes.POINTER(ctypes.c_ubyte),
         "HCERTSTORE": ctypes.c_void_p,
         "PCCERT_CONTEXT": ctypes.POINTER(CERT_CONTEXT),
+        "HANDLE": ctypes.c_void_p,
+        "PHANDLE": ctypes.POINTER(ctypes.c_void_p),
+        "LPVOID": ctypes.c_void_p,
+        "PDWORD": ctypes.POINTER(ctypes.c_uint32),
+        "TOKEN_INFORMATION_CLASS": ctypes.c_int,  # an enum
     }
     t: Any = base[c.rstrip("*")]
     for _ in range(c.count("*")):
@@ -311,8 +328,25 @@ def _ctype_for(c: str) -> Any:
     return t
 
 
+PROTOTYPE_HEADERS = {
+    ncrypt.NCRYPT_DLL: "ncrypt.h",
+    ncrypt.CRYPT32_DLL: "wincrypt.h",
+    "OpenProcessToken": "processthreadsapi.h",
+    "GetCurrentProcess": "processthreadsapi.h",
+    "GetTokenInformation": "securitybaseapi.h",
+    "CloseHandle": "handleapi.h",
+}
+"""Where each prototype is declared: by DLL for ncrypt/crypt32, by name for the token calls."""
+
+
 @needs_headers
 def test_the_type_mapping_is_anchored_in_the_headers() -> None:
+    assert typedef_exists("winnt.h", "void *HANDLE") or typedef_exists("winnt.h", "PVOID HANDLE")
+    assert typedef_exists("winnt.h", "HANDLE *PHANDLE")
+    assert typedef_exists("minwindef.h", "DWORD *PDWORD") or typedef_exists(
+        "minwindef.h", "DWORD *PDWORD,*LPDWORD")
+    assert typedef_exists("minwindef.h", "void *LPVOID")
+    assert re.search(r"typedef enum _TOKEN_INFORMATION_CLASS", header_text("winnt.h"))
     assert typedef_exists("ncrypt.h", "LONG SECURITY_STATUS")
     for h in ("NCRYPT_HANDLE", "NCRYPT_PROV_HANDLE", "NCRYPT_KEY_HANDLE"):
         assert typedef_exists("ncrypt.h", f"ULONG_PTR {h}"), h
@@ -325,7 +359,7 @@ def test_the_type_mapping_is_anchored_in_the_headers() -> None:
 @pytest.mark.parametrize("func", sorted(PROTOTYPES))
 def test_prototype_matches_header(func: str) -> None:
     proto = PROTOTYPES[func]
-    header = "ncrypt.h" if proto.dll == ncrypt.NCRYPT_DLL else "wincrypt.h"
+    header = PROTOTYPE_HEADERS.get(func) or PROTOTYPE_HEADERS[proto.dll]
     restype, params = prototype(header, func)
     assert len(proto.params) == len(params), f"{func}: arg count"
     assert [n for n, _ in proto.params] == [n for _, n in params], f"{func}: parameter names"
@@ -346,6 +380,7 @@ def _field_ctype(c: str) -> Any:
         "PCERT_INFO": ctypes.c_void_p,
         "HCERTSTORE": ctypes.c_void_p,
         "ACE_HEADER": ACE_HEADER,
+        "SID_AND_ATTRIBUTES": ncrypt.SID_AND_ATTRIBUTES,
     }[c]
 
 
@@ -359,6 +394,8 @@ def _field_ctype(c: str) -> Any:
         ("winnt.h", "_ACE_HEADER", ACE_HEADER, 4),
         ("winnt.h", "_ACCESS_ALLOWED_ACE", ncrypt_api.ACCESS_ALLOWED_ACE, 12),
         ("wincrypt.h", "_CERT_CONTEXT", CERT_CONTEXT, None),
+        ("winnt.h", "_TOKEN_ELEVATION", ncrypt.TOKEN_ELEVATION, 4),
+        ("winnt.h", "_TOKEN_USER", ncrypt.TOKEN_USER, None),
     ],
 )
 def test_struct_layout_matches_header(header: str, tag: str, cls: Any, size: int | None) -> None:
@@ -367,6 +404,27 @@ def test_struct_layout_matches_header(header: str, tag: str, cls: Any, size: int
     assert [t for _, t in cls._fields_] == [_field_ctype(c) for c, _ in fields]
     if size is not None:  # no padding anywhere in these little-endian layouts
         assert ctypes.sizeof(cls) == size == sum(ctypes.sizeof(t) for _, t in cls._fields_)
+
+
+@needs_headers
+def test_sid_and_attributes_and_the_token_classes_match_winnt_h() -> None:
+    text = re.sub(r"\s+", " ", header_text("winnt.h"))
+    m = re.search(r"typedef struct _SID_AND_ATTRIBUTES ?\{(.*?)\}", text)
+    assert m
+    # The struct holds '#ifdef __WIDL__ PISID Sid; #else PSID Sid; #endif': the C side is PSID.
+    body = re.sub(r"#ifdef __WIDL__.*?#else", "", m.group(1)).replace("#endif", "")
+    fields = [d.split() for d in filter(None, (x.strip() for x in body.split(";")))]
+    assert fields == [["PSID", "Sid"], ["DWORD", "Attributes"]]
+    assert typedef_exists("winnt.h", "PVOID PSID")
+    assert [n for n, _ in ncrypt.SID_AND_ATTRIBUTES._fields_] == ["Sid", "Attributes"]
+    assert [t for _, t in ncrypt.SID_AND_ATTRIBUTES._fields_] == [ctypes.c_void_p, ctypes.c_uint32]
+    # TokenUser / TokenElevation are enum members: count from TokenUser = 1.
+    enum = re.search(r"typedef enum _TOKEN_INFORMATION_CLASS ?\{(.*?)\}", text)
+    assert enum
+    names = [e.strip().split("=")[0].strip() for e in enum.group(1).split(",")]
+    assert names[0] == "TokenUser" and "TokenUser = 1" in enum.group(1)
+    assert names.index("TokenUser") + 1 == ncrypt.TokenUser
+    assert names.index("TokenElevation") + 1 == ncrypt.TokenElevation == 20
 
 
 def test_struct_module_layouts_agree_with_ctypes() -> None:
@@ -406,15 +464,18 @@ def _with_header(blob: bytes, **changes: int) -> bytes:
     return bytes(hdr) + blob[ctypes.sizeof(hdr) :]
 
 
-def test_rsa_blob_rejects_truncation_and_trailing_bytes(rsa2048: rsa.RSAPublicKey) -> None:
+def test_rsa_blob_rejects_truncation_and_keeps_trailing_bytes(rsa2048: rsa.RSAPublicKey) -> None:
     blob = ncrypt_api.build_rsa_public_blob(rsa2048)
     for cut in (0, 3, 23, 24, 26, 27, len(blob) - 1):
         with pytest.raises(TpmError) as ei:
             ncrypt_api.parse_rsa_public_blob(blob[:cut])
         assert ei.value.code is ErrorCode.BAD_RESPONSE
         assert "BCRYPT_RSAKEY_BLOB" in str(ei.value)
-    with pytest.raises(TpmError, match="length"):
-        ncrypt_api.parse_rsa_public_blob(blob + b"\0")
+    # Longer than the header says: the key is where the header says; the rest is returned.
+    key, trailing = ncrypt_api.split_rsa_public_blob(blob + b"\0\x07")
+    assert key.public_numbers() == rsa2048.public_numbers() and trailing == b"\0\x07"
+    assert ncrypt_api.parse_rsa_public_blob(blob + b"\0").public_numbers() == rsa2048.public_numbers()
+    assert ncrypt_api.split_rsa_public_blob(blob)[1] == b""
 
 
 @pytest.mark.parametrize(
@@ -831,3 +892,95 @@ def test_binding_reads_certificate_stores() -> None:
     assert ("get", prov, "PCP_RSA_EKNVCERT", True, handle_size, 0) in fake.calls
     with pytest.raises(NCryptError):
         api.get_certificates(prov, "PCP_ECC_EKNVCERT")
+
+
+# --------------------------------------------------------------------------------------
+# The process token: OpenProcessToken + GetTokenInformation through ctypes callbacks.
+# --------------------------------------------------------------------------------------
+class FakeToken:
+    """advapi32/kernel32 stand-ins that answer as Windows does for one token."""
+
+    TOKEN = 0x77
+
+    def __init__(self, elevated: int, sid: str, *, open_ok: bool = True) -> None:
+        self.elevated, self.sid = elevated, ncrypt_api.sid_from_string(sid)
+        self.open_ok = open_ok
+        self.calls: list[Any] = []
+        self._keep: list[Any] = []
+
+        def make(func: str, impl: Callable[..., Any]) -> Any:
+            proto = PROTOTYPES[func]
+            cb = ctypes.CFUNCTYPE(proto.restype, *proto.argtypes)(impl)
+            self._keep.append(cb)
+            return cb
+
+        def current() -> int:
+            return 0xFFFFFFFFFFFFFFFF & ((1 << (8 * ctypes.sizeof(ctypes.c_void_p))) - 1)
+
+        def open_token(process: int, access: int, ph: Any) -> int:
+            self.calls.append(("open", process, access))
+            if not self.open_ok:
+                return 0
+            ph[0] = self.TOKEN
+            return 1
+
+        def info(token: int, cls: int, buf: int | None, length: int, pret: Any) -> int:
+            self.calls.append(("info", token, cls, bool(buf), length))
+            if cls == ncrypt.TokenElevation:
+                pret[0] = 4
+                if not buf or length < 4:
+                    return 0
+                ctypes.c_uint32.from_address(buf).value = self.elevated
+                return 1
+            assert cls == ncrypt.TokenUser
+            head = ctypes.sizeof(ncrypt.TOKEN_USER)
+            pret[0] = head + len(self.sid)
+            if not buf or length < head + len(self.sid):
+                return 0  # ERROR_INSUFFICIENT_BUFFER (GetLastError is Windows-only in ctypes)
+            user = ncrypt.TOKEN_USER.from_address(buf)
+            user.User.Sid = buf + head  # the SID lives in the same buffer, after TOKEN_USER
+            ctypes.memmove(buf + head, self.sid, len(self.sid))
+            return 1
+
+        def close(handle: int) -> int:
+            self.calls.append(("close", handle))
+            return 1
+
+        self.kernel32 = type("kernel32", (), {})()
+        self.kernel32.GetCurrentProcess = make("GetCurrentProcess", current)
+        self.kernel32.CloseHandle = make("CloseHandle", close)
+        self.advapi32 = type("advapi32", (), {})()
+        self.advapi32.OpenProcessToken = make("OpenProcessToken", open_token)
+        self.advapi32.GetTokenInformation = make("GetTokenInformation", info)
+
+    def load(self, name: str) -> Any:
+        return {ncrypt.KERNEL32_DLL: self.kernel32, ncrypt.ADVAPI32_DLL: self.advapi32}[name]
+
+
+@pytest.mark.parametrize(
+    ("elevated", "sid", "system", "answer"),
+    [
+        (1, "S-1-5-21-1-2-3-500", False, True),  # an elevated administrator
+        (0, "S-1-5-21-1-2-3-1001", False, False),  # a standard user (or UAC's limited token)
+        (0, "S-1-5-18", True, True),  # SYSTEM counts as elevated whatever the flag says
+    ],
+)
+def test_process_token_through_ctypes(elevated: int, sid: str, system: bool, answer: bool) -> None:
+    fake = FakeToken(elevated, sid)
+    token = WindowsNCrypt(loader=fake.load).process_token()
+    assert (token.token_is_elevated, token.user_sid) == (bool(elevated), sid)
+    assert (token.is_system, token.elevated) == (system, answer)
+    assert fake.calls[0][0] == "open" and fake.calls[0][2] == ncrypt.TOKEN_QUERY
+    infos = [c for c in fake.calls if c[0] == "info"]
+    assert [c[2] for c in infos] == [ncrypt.TokenElevation, ncrypt.TokenUser, ncrypt.TokenUser]
+    assert infos[1][3:] == (False, 0)  # the TokenUser size query passes a NULL buffer
+    assert fake.calls[-1] == ("close", FakeToken.TOKEN)
+    assert token.to_dict()["elevated"] is answer
+
+
+def test_process_token_failure_is_an_ncrypt_error() -> None:
+    fake = FakeToken(1, "S-1-5-18", open_ok=False)
+    with pytest.raises(NCryptError) as ei:
+        WindowsNCrypt(loader=fake.load).process_token()
+    assert ei.value.function == "OpenProcessToken"
+    assert not any(c[0] == "close" for c in fake.calls)  # nothing was opened, nothing closed

@@ -1,4 +1,5 @@
-"""Thin ctypes binding to ncrypt.dll (and crypt32.dll for certificate stores).
+"""Thin ctypes binding to ncrypt.dll (crypt32.dll for certificate stores, advapi32.dll and
+kernel32.dll for the one question about the caller: is this process elevated?).
 
 Declarative on purpose: ``PROTOTYPES`` lists each Windows function with its DLL, return
 type and parameters (names and types as in the mingw-w64 / Windows SDK headers, which
@@ -27,7 +28,9 @@ from .ncrypt_api import (
     NCryptError,
     NCryptHandle,
     NCryptProvider,
+    ProcessToken,
     ProvHandle,
+    sid_to_string,
     unpack_handle,
 )
 
@@ -44,6 +47,22 @@ NCRYPT_KEY_HANDLE: Final = ULONG_PTR
 LPCWSTR: Final = ctypes.c_wchar_p
 PBYTE: Final = ctypes.POINTER(ctypes.c_ubyte)
 HCERTSTORE: Final = ctypes.c_void_p
+HANDLE: Final = ctypes.c_void_p
+PHANDLE: Final = ctypes.POINTER(ctypes.c_void_p)
+LPVOID: Final = ctypes.c_void_p
+PDWORD: Final = ctypes.POINTER(ctypes.c_uint32)
+TOKEN_INFORMATION_CLASS: Final = ctypes.c_int
+"""An enum in winnt.h: int-sized."""
+
+TOKEN_QUERY: Final = 0x0008
+"""OpenProcessToken access right needed by GetTokenInformation (winnt.h)."""
+ERROR_INSUFFICIENT_BUFFER: Final = 122
+"""GetLastError after a GetTokenInformation size query (winerror.h)."""
+TokenUser: Final = 1
+"""TOKEN_INFORMATION_CLASS member: TOKEN_USER (winnt.h enum, first member = 1)."""
+TokenElevation: Final = 20
+"""TOKEN_INFORMATION_CLASS member: TOKEN_ELEVATION (winnt.h enum, the 20th member)."""
+_HRESULT_FROM_WIN32: Final = 0x80070000
 
 
 class CERT_CONTEXT(ctypes.Structure):
@@ -59,6 +78,24 @@ class CERT_CONTEXT(ctypes.Structure):
 
 
 PCCERT_CONTEXT: Final = ctypes.POINTER(CERT_CONTEXT)
+
+
+class TOKEN_ELEVATION(ctypes.Structure):
+    """winnt.h TOKEN_ELEVATION: nonzero TokenIsElevated when the token has elevated privileges."""
+
+    _fields_ = (("TokenIsElevated", DWORD),)
+
+
+class SID_AND_ATTRIBUTES(ctypes.Structure):
+    """winnt.h SID_AND_ATTRIBUTES: ``Sid`` points at a SID inside the same buffer."""
+
+    _fields_ = (("Sid", ctypes.c_void_p), ("Attributes", DWORD))
+
+
+class TOKEN_USER(ctypes.Structure):
+    """winnt.h TOKEN_USER: the token's user SID."""
+
+    _fields_ = (("User", SID_AND_ATTRIBUTES),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +120,8 @@ def _p(t: Any) -> Any:
 
 NCRYPT_DLL: Final = "ncrypt.dll"
 CRYPT32_DLL: Final = "crypt32.dll"
+ADVAPI32_DLL: Final = "advapi32.dll"
+KERNEL32_DLL: Final = "kernel32.dll"
 
 PROTOTYPES: Final[dict[str, Prototype]] = {
     p.name: p
@@ -183,6 +222,26 @@ PROTOTYPES: Final[dict[str, Prototype]] = {
             WINBOOL,
             (("hCertStore", HCERTSTORE), ("dwFlags", DWORD)),
         ),
+        Prototype(KERNEL32_DLL, "GetCurrentProcess", HANDLE, ()),
+        Prototype(
+            ADVAPI32_DLL,
+            "OpenProcessToken",
+            WINBOOL,
+            (("ProcessHandle", HANDLE), ("DesiredAccess", DWORD), ("TokenHandle", PHANDLE)),
+        ),
+        Prototype(
+            ADVAPI32_DLL,
+            "GetTokenInformation",
+            WINBOOL,
+            (
+                ("TokenHandle", HANDLE),
+                ("TokenInformationClass", TOKEN_INFORMATION_CLASS),
+                ("TokenInformation", LPVOID),
+                ("TokenInformationLength", DWORD),
+                ("ReturnLength", PDWORD),
+            ),
+        ),
+        Prototype(KERNEL32_DLL, "CloseHandle", WINBOOL, (("hObject", HANDLE),)),
     )
 }
 
@@ -352,6 +411,44 @@ class WindowsNCrypt:
     def free_object(self, handle: NCryptHandle) -> None:
         """NCryptFreeObject."""
         self._call("NCryptFreeObject", handle)
+
+    def _win32(self, name: str, *args: Any) -> None:
+        """Call a WINBOOL function; FALSE raises NCryptError with HRESULT_FROM_WIN32(GetLastError)."""
+        if not self._fn(name)(*args):
+            err = _last_error() or 0
+            raise NCryptError(name, (_HRESULT_FROM_WIN32 | (err & 0xFFFF)) if err else 0x80004005)
+
+    def process_token(self) -> ProcessToken:
+        """OpenProcessToken(GetCurrentProcess(), TOKEN_QUERY), then GetTokenInformation for
+        TokenElevation (a DWORD) and TokenUser (size query, then the SID it points at)."""
+        token = HANDLE(0)
+        self._win32("OpenProcessToken", self._fn("GetCurrentProcess")(), TOKEN_QUERY,
+                    ctypes.byref(token))
+        try:
+            elevation = TOKEN_ELEVATION()
+            size = DWORD(0)
+            self._win32("GetTokenInformation", token, TokenElevation, ctypes.byref(elevation),
+                        ctypes.sizeof(elevation), ctypes.byref(size))
+            info = self._fn("GetTokenInformation")
+            if info(token, TokenUser, None, 0, ctypes.byref(size)):
+                raise NCryptError("GetTokenInformation", 0x80004005,
+                                  "TokenUser size query succeeded without a buffer")
+            err = _last_error()
+            if err not in (None, ERROR_INSUFFICIENT_BUFFER):
+                raise NCryptError("GetTokenInformation", _HRESULT_FROM_WIN32 | (err & 0xFFFF),
+                                  "TokenUser size query")
+            if size.value > 4096 or size.value < ctypes.sizeof(TOKEN_USER):
+                raise NCryptError("GetTokenInformation", 0x80004005,
+                                  f"TokenUser of {size.value} bytes")
+            buf = (ctypes.c_ubyte * size.value)()
+            self._win32("GetTokenInformation", token, TokenUser, buf, size.value,
+                        ctypes.byref(size))
+            sid_ptr = TOKEN_USER.from_buffer(buf).User.Sid
+            head = ctypes.string_at(sid_ptr, 8)
+            sid = ctypes.string_at(sid_ptr, 8 + 4 * min(head[1], 15))
+        finally:
+            self._fn("CloseHandle")(token)
+        return ProcessToken(bool(elevation.TokenIsElevated), sid_to_string(sid))
 
 
 if TYPE_CHECKING:

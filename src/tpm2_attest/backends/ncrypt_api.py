@@ -42,7 +42,8 @@ KeyHandle: TypeAlias = int
 NTE_BAD_FLAGS: Final = 0x80090009
 NTE_BAD_KEY_STATE: Final = 0x8009000B
 NTE_EXISTS: Final = 0x8009000F
-"""NCryptCreatePersistedKey: a key of that name exists (PCP ignores NCRYPT_OVERWRITE_KEY_FLAG)."""
+"""NCryptCreatePersistedKey: a key of that name exists (we never pass NCRYPT_OVERWRITE_KEY_FLAG:
+replacing a key deletes the old one first, see docs/windows.md)."""
 NTE_PERM: Final = 0x80090010
 """NCrypt's "Access denied."; the emulator's answer to a standard user creating, deleting or
 opening a machine key it may not use (see docs/windows.md for why this code)."""
@@ -79,7 +80,8 @@ NCRYPT_MACHINE_KEY_FLAG: Final = 0x20
 NCRYPT_SILENT_FLAG: Final = 0x40
 """Never show UI; fail with NTE_SILENT_CONTEXT instead."""
 NCRYPT_OVERWRITE_KEY_FLAG: Final = 0x80
-"""Replace an existing key of that name. The PCP ignores it: delete first (see the brief)."""
+"""Replace an existing key of that name. PCPTool passes it when creating AIKs; we do not rely on
+it: ``overwrite=True`` opens and deletes the old key first (docs/windows.md says why)."""
 NCRYPT_DO_NOT_FINALIZE_FLAG: Final = 0x400
 NCRYPT_PERSIST_ONLY_FLAG: Final = 0x40000000
 NCRYPT_PERSIST_FLAG: Final = 0x80000000
@@ -112,6 +114,12 @@ NCRYPT_PCP_PROVIDER_VERSION_PROPERTY: Final = "PCP_PROVIDER_VERSION"
 NCRYPT_PCP_EKPUB_PROPERTY: Final = "PCP_EKPUB"
 """Provider: the RSA EK public key as a BCRYPT_RSAKEY_BLOB ('RSA1'); standard users may read."""
 NCRYPT_PCP_EKCERT_PROPERTY: Final = "PCP_EKCERT"
+"""Provider: an HCERTSTORE of Windows' EK certificate store (PCPTool's GetEKCert reads it so):
+certificates read from NV or downloaded for firmware TPMs and cached by Windows."""
+NCRYPT_PCP_RSA_EKCERT_PROPERTY: Final = "PCP_RSA_EKCERT"
+"""Provider: HCERTSTORE, the RSA EK certificate(s) of that store (Windows SDK; not in mingw-w64)."""
+NCRYPT_PCP_ECC_EKCERT_PROPERTY: Final = "PCP_ECC_EKCERT"
+"""Provider: HCERTSTORE, the ECC EK certificate(s) of that store (Windows SDK; not in mingw-w64)."""
 NCRYPT_PCP_EKNVCERT_PROPERTY: Final = "PCP_EKNVCERT"
 """Provider: an HCERTSTORE with the EK certificate(s) read from TPM NV."""
 NCRYPT_PCP_RSA_EKNVCERT_PROPERTY: Final = "PCP_RSA_EKNVCERT"
@@ -129,7 +137,8 @@ NCRYPT_PCP_TPM12_IDBINDING_PROPERTY: Final = "PCP_TPM12_IDBINDING"
 """Key: SET a 20-byte nonce before finalize; GET afterwards (creating handle only) returns
 TPM2B_PUBLIC || TPM2B_CREATION_DATA || TPM2B_ATTEST || TPMT_SIGNATURE."""
 NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY: Final = "PCP_TPM12_IDACTIVATION"
-"""Key: SET TPM2B_ID_OBJECT || TPM2B_ENCRYPTED_SECRET, then GET the activated secret."""
+"""Key: SET TPM2B_ID_OBJECT || TPM2B_ENCRYPTED_SECRET, then GET the activated secret (size
+queried first with a NULL buffer, as go-attestation does; the GET runs the activation)."""
 NCRYPT_PCP_KEYATTESTATION_PROPERTY: Final = "PCP_TPM12_KEYATTESTATION"
 
 NCRYPT_PCP_SIGNATURE_KEY: Final = 0x1
@@ -274,6 +283,32 @@ _ACE_FIXED: Final = struct.Struct("<BBHI")  # ACE_HEADER + Mask; the SID follows
 
 
 # --------------------------------------------------------------------------------------
+# The calling process's token (advapi32 GetTokenInformation).
+# --------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ProcessToken:
+    """What Windows says about the calling process's token: TOKEN_ELEVATION.TokenIsElevated
+    and the TOKEN_USER SID. SYSTEM counts as elevated whatever TokenIsElevated says."""
+
+    token_is_elevated: bool
+    user_sid: str
+
+    @property
+    def is_system(self) -> bool:
+        """The process runs as LocalSystem (S-1-5-18), as fleet tools and services do."""
+        return self.user_sid == SID_LOCAL_SYSTEM
+
+    @property
+    def elevated(self) -> bool:
+        """An elevated administrator or SYSTEM: the caller the PCP grants admin-only operations."""
+        return self.token_is_elevated or self.is_system
+
+    def to_dict(self) -> dict[str, object]:
+        return {"token_is_elevated": self.token_is_elevated, "user_sid": self.user_sid,
+                "is_system": self.is_system, "elevated": self.elevated}
+
+
+# --------------------------------------------------------------------------------------
 # Errors.
 # --------------------------------------------------------------------------------------
 class NCryptError(Exception):
@@ -305,7 +340,8 @@ def _invalid(what: str, message: str) -> TpmError:
 # --------------------------------------------------------------------------------------
 @runtime_checkable
 class NCryptProvider(Protocol):
-    """The NCrypt calls the PCP logic needs, one method per ncrypt.dll function.
+    """The NCrypt calls the PCP logic needs, one method per ncrypt.dll function, plus the one
+    question about the caller the logic needs (``process_token``).
 
     Every method raises ``NCryptError`` (with the provider's HRESULT) on failure and
     nothing else for provider-reported errors. Handles are ints; provider and key handles
@@ -373,6 +409,13 @@ class NCryptProvider(Protocol):
         """NCryptFreeObject: release a provider or key handle."""
         ...
 
+    def process_token(self) -> ProcessToken:
+        """Not an NCrypt call: whether the calling process is elevated (advapi32
+        OpenProcessToken + GetTokenInformation TokenElevation and TokenUser). The PCP answers
+        some refusals with codes that do not say "privilege" (NTE_DEVICE_NOT_READY), so the
+        logic asks who is calling before it blames the account."""
+        ...
+
 
 # --------------------------------------------------------------------------------------
 # Property value codecs.
@@ -429,11 +472,13 @@ def build_rsa_public_blob(key: RSAPublicKey) -> bytes:
     return header + exp + mod
 
 
-def parse_rsa_public_blob(blob: bytes) -> RSAPublicKey:
-    """Decode a BCRYPT_RSAPUBLIC_BLOB into an RSA public key, refusing anything inconsistent.
+def split_rsa_public_blob(blob: bytes) -> tuple[RSAPublicKey, bytes]:
+    """Decode a BCRYPT_RSAPUBLIC_BLOB: the RSA public key and any bytes after the modulus.
 
-    The blob must be exactly header + exponent + modulus, magic 'RSA1', no prime lengths,
-    and the modulus must have exactly ``BitLength`` bits.
+    The header must be consistent (magic 'RSA1', no prime lengths, cbModulus of BitLength, a
+    modulus of exactly BitLength bits). A blob longer than header + exponent + modulus is read
+    the way go-attestation reads PCP_EKPUB (the header says where the key ends); the extra
+    bytes are returned so callers can record them. A shorter one is BAD_RESPONSE.
     """
     what = "BCRYPT_RSAKEY_BLOB"
     if len(blob) < _RSAKEY_BLOB.size:
@@ -447,18 +492,25 @@ def parse_rsa_public_blob(blob: bytes) -> RSAPublicKey:
         raise _bad(what, f"cbPublicExp {cb_exp} out of range 1..8")
     if bits == 0 or cb_mod != (bits + 7) // 8:
         raise _bad(what, f"cbModulus {cb_mod} does not match BitLength {bits}")
-    expected = _RSAKEY_BLOB.size + cb_exp + cb_mod
-    if len(blob) != expected:
-        raise _bad(what, f"length {len(blob)} != header + cbPublicExp + cbModulus = {expected}")
+    end = _RSAKEY_BLOB.size + cb_exp + cb_mod
+    if len(blob) < end:
+        raise _bad(what, f"length {len(blob)} is shorter than header + cbPublicExp + cbModulus "
+                         f"= {end}")
     off = _RSAKEY_BLOB.size
     e = int.from_bytes(blob[off : off + cb_exp], "big")
-    n = int.from_bytes(blob[off + cb_exp :], "big")
+    n = int.from_bytes(blob[off + cb_exp : end], "big")
     if n.bit_length() != bits:
         raise _bad(what, f"modulus has {n.bit_length()} bits, BitLength says {bits}")
     try:
-        return RSAPublicNumbers(e, n).public_key()
+        return RSAPublicNumbers(e, n).public_key(), bytes(blob[end:])
     except ValueError as exc:
         raise _bad(what, f"not a valid RSA public key: {exc}") from None
+
+
+def parse_rsa_public_blob(blob: bytes) -> RSAPublicKey:
+    """Decode a BCRYPT_RSAPUBLIC_BLOB into an RSA public key (``split_rsa_public_blob``
+    without the trailing bytes)."""
+    return split_rsa_public_blob(blob)[0]
 
 
 # --------------------------------------------------------------------------------------
