@@ -235,7 +235,7 @@ def test_machine_key_without_users_ace_is_closed_to_standard_users(pcp: Any, swt
         key = emu.create_persisted_key(prov, "RSA", "no-dacl-ak", 0, NCRYPT_MACHINE_KEY_FLAG)
         emu.set_property(key, NCRYPT_PCP_KEY_USAGE_POLICY_PROPERTY, pack_dword(NCRYPT_PCP_IDENTITY_KEY))
         emu.finalize_key(key)
-        public, creation, attest, signature = P.parse_idbinding(
+        public, creation, attest, signature, _ = P.parse_idbinding(
             emu.get_property(key, NCRYPT_PCP_TPM12_IDBINDING_PROPERTY))
         emu.free_object(key)
         emu.free_object(prov)
@@ -459,10 +459,15 @@ def test_idbinding_only_on_the_creating_handle(pcp: Any) -> None:
         assert blob.key_name == KEY
 
 
-def test_parse_idbinding_is_strict() -> None:
+def test_parse_idbinding_is_strict_up_to_the_signature() -> None:
     good = REAL_IDBINDING
-    assert P.parse_idbinding(good)[0] == REAL_AK_PUBLIC
-    for bad in (good[:-1], good + b"\0", good[:100], b""):
+    parts = P.parse_idbinding(good)
+    assert parts.public == REAL_AK_PUBLIC and parts.trailing == b""
+    assert parts.signature == REAL_CREATE_SIGNATURE
+    # Bytes after the TPMT_SIGNATURE are accepted and kept apart, never part of the signature.
+    extra = P.parse_idbinding(good + b"\0\x01trailer")
+    assert extra[:4] == parts[:4] and extra.trailing == b"\0\x01trailer"
+    for bad in (good[:-1], good[:100], b""):
         with pytest.raises(TpmError) as ei:
             P.parse_idbinding(bad)
         assert ei.value.code == ErrorCode.BAD_RESPONSE
@@ -555,7 +560,7 @@ def test_emulator_template_matches_a_real_pcp_identity_key() -> None:
 
 
 def test_verifier_accepts_real_windows_pcp_evidence() -> None:
-    public, creation, attest, signature = P.parse_idbinding(REAL_IDBINDING)
+    public, creation, attest, signature, _ = P.parse_idbinding(REAL_IDBINDING)
     blob = AkBlob("PCP1", public, b"", creation, attest, signature, "ak-0123456789")
     ak = check_ak(AkBlob.from_bytes(blob.to_bytes()))
     result = verify_quote(ak, (REAL_QUOTE, REAL_QUOTE_SIGNATURE, {"sha1": REAL_SHA1_PCRS}),
@@ -583,3 +588,146 @@ def test_threads_share_one_pcp_tpm(pcp: Any) -> None:
         with concurrent.futures.ThreadPoolExecutor(4) as ex:
             results = list(ex.map(work, range(8), timeout=120))
     assert results == [bytes([i]) * 8 for i in range(8)]
+
+
+# -----------------------------------------------------------------------------------------------
+# Where PCP and the references differ from what we first assumed (issue: align with
+# go-attestation and PCPTool). Each behaviour is taught to the emulator, then tested here.
+# -----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("elevated", "code"), [
+    (None, ErrorCode.REQUIRES_ELEVATION),  # unknown caller: as before, blame the privilege
+    (False, ErrorCode.REQUIRES_ELEVATION),
+    (True, ErrorCode.TPM_ERROR),  # an elevated caller: a device error with its own hint
+])
+def test_device_not_ready_is_decided_by_the_caller(elevated: bool | None, code: ErrorCode) -> None:
+    err = P.ncrypt_error(NCryptError("NCryptGetProperty", NTE_DEVICE_NOT_READY), "activating",
+                         elevated=elevated)
+    assert err.code == code and err.hresult == NTE_DEVICE_NOT_READY
+    assert (err.hint == P.DEVICE_NOT_READY_HINT) is bool(elevated)
+    # The other privilege HRESULTs stay REQUIRES_ELEVATION whoever asks.
+    assert P.ncrypt_error(NCryptError("X", api.NTE_PERM), "x", elevated=True).code \
+        == ErrorCode.REQUIRES_ELEVATION
+
+
+@pytest.mark.parametrize("privilege", ["admin", "system"])
+def test_elevated_caller_with_a_device_not_ready(pcp: Any, privilege: Privilege) -> None:
+    """go-attestation #251: NTE_DEVICE_NOT_READY from an elevated shell (Infineon)."""
+    with pcp(privilege, activation_device_not_ready=True) as tpm:
+        assert emulator(tpm).process_token().elevated
+        blob = tpm.provision_ak()
+        challenge, _ = make_credential(tpm.ek("rsa").public, blob.name)
+        with pytest.raises(TpmError) as ei:
+            tpm.activate_credential(blob, challenge)
+        err = ei.value
+        assert (err.code, err.hresult) == (ErrorCode.TPM_ERROR, NTE_DEVICE_NOT_READY)
+        assert err.hint == P.DEVICE_NOT_READY_HINT and "elevated" in str(err)
+
+
+def test_elevation_comes_from_the_token_not_the_hresult(pcp: Any) -> None:
+    """The same NTE_DEVICE_NOT_READY is REQUIRES_ELEVATION when the token says not elevated."""
+    limited = api.ProcessToken(False, "S-1-5-21-1-2-3-1001")
+    with pcp("admin", activation_device_not_ready=True, token=limited) as tpm:
+        blob = tpm.provision_ak()
+        challenge, _ = make_credential(tpm.ek("rsa").public, blob.name)
+        with raises(ErrorCode.REQUIRES_ELEVATION, NTE_DEVICE_NOT_READY):
+            tpm.activate_credential(blob, challenge)
+    system = api.ProcessToken(False, api.SID_LOCAL_SYSTEM)  # SYSTEM counts as elevated
+    assert system.elevated and system.is_system
+
+
+def test_standard_users_are_refused_at_the_idactivation_get(pcp: Any) -> None:
+    """go-attestation #177: the SET is accepted, the GET (which activates) is refused."""
+    with pcp("standard") as tpm:
+        blob = tpm.provision_ak(key_name="acme-act-ak")
+        challenge, _ = make_credential(tpm.ek("rsa").public, blob.name)
+        emu = emulator(tpm)
+        prov = emu.open_storage_provider()
+        key = emu.open_key(prov, "acme-act-ak")
+        try:
+            emu.set_property(key, api.NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY,
+                             challenge.credential_blob + challenge.encrypted_secret)
+            with pytest.raises(NCryptError) as ei:
+                emu.get_property(key, api.NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY)
+            assert (ei.value.function, ei.value.hresult) == ("NCryptGetProperty", NTE_DEVICE_NOT_READY)
+        finally:
+            emu.free_object(key)
+            emu.free_object(prov)
+
+
+def test_idactivation_size_is_queried_first(pcp: Any) -> None:
+    with pcp("admin") as tpm:
+        blob = tpm.provision_ak()
+        challenge, secret = make_credential(tpm.ek("rsa").public, blob.name)
+        assert tpm.activate_credential(blob, challenge) == secret
+        reads = [size for name, size in emulator(tpm).property_reads
+                 if name == api.NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY]
+        assert reads == [None]  # a NULL-buffer size query, not a fixed 256-byte buffer
+    # A PCP that refused the size query would fail the activation: the report checks it.
+    with pcp("admin", idactivation_size_query=False) as tpm:
+        blob = tpm.provision_ak()
+        challenge, _ = make_credential(tpm.ek("rsa").public, blob.name)
+        with raises(ErrorCode.TPM_ERROR, api.NTE_INVALID_PARAMETER):
+            tpm.activate_credential(blob, challenge)
+
+
+def test_idbinding_trailing_bytes_are_accepted_and_recorded(pcp: Any) -> None:
+    with pcp("standard", idbinding_trailing=b"\x00\x00pad") as tpm:
+        blob = tpm.provision_ak(nonce=NONCE)
+        backend = tpm.backend
+        assert isinstance(backend, P.PcpBackend)
+        assert backend.last_idbinding is not None
+        assert backend.last_idbinding.trailing == b"\x00\x00pad"
+        assert backend.observed["idbinding_trailing_bytes"] == 5
+        assert tpm.info().extra["pcp_observed"] == {"idbinding_trailing_bytes": 5}
+        quote = tpm.quote(blob, qualifying_data=b"q")
+    # The blob carries only the exact signature; the verifier checks every signed byte.
+    assert blob.signature == backend.last_idbinding.signature
+    assert not blob.signature.endswith(b"pad")
+    ak = check_ak(AkBlob.from_bytes(blob.to_bytes()), nonce=NONCE)
+    verify_quote(ak, quote, nonce=b"q")
+    with pytest.raises(VerificationError):
+        check_ak(replace(blob, attest=_flip(blob.attest, len(blob.attest) - 1)), nonce=NONCE)
+
+
+def test_ekpub_longer_than_its_header_is_read_the_same_way(pcp: Any, swtpm: Any) -> None:
+    with Tpm.open(swtpm.tcti) as raw:
+        expected = raw.ek("rsa").name
+    with pcp("standard", ekpub_trailing=b"\x01\x02\x03") as tpm:
+        assert tpm.ek("rsa").name == expected
+        assert tpm.backend.observed == {"ekpub_trailing_bytes": 3}  # type: ignore[attr-defined]
+
+
+def test_ek_certificate_from_windows_ek_store(pcp: Any, swtpm: Any) -> None:
+    """A firmware TPM: nothing in NV, the certificate Windows downloaded in its EK store."""
+    with Tpm.open(swtpm.tcti) as raw:
+        rsa_cert = raw.ek("rsa").certificate
+        ecc_ek = raw.ek("ecc384")
+    assert rsa_cert is not None and ecc_ek.certificate is not None
+    with pcp("admin", ek_nv_certificates=False) as tpm:
+        assert tpm.ek("rsa").certificate is None  # nothing anywhere: the manufacturer URL is next
+    with pcp("admin", ek_nv_certificates=False, ek_cert_store=[ecc_ek.certificate, rsa_cert]) as tpm:
+        assert tpm.ek("rsa").certificate == rsa_cert
+        assert tpm.ek("ecc384").certificate == ecc_ek.certificate
+        reads = [n for n, _ in emulator(tpm).property_reads]
+        # NV first, then Windows' EK store (RSA-specific property before the generic one);
+        # the first property with the EK's certificate ends the search.
+        assert reads[:5] == ["PCP_EKPUB", "PCP_RSA_EKNVCERT", "PCP_EKNVCERT", "PCP_RSA_EKCERT",
+                             "PCP_ECC_EKNVCERT"]
+        assert P.RSA_EK_CERTIFICATE_PROPERTIES == ("PCP_RSA_EKNVCERT", "PCP_EKNVCERT",
+                                                   "PCP_RSA_EKCERT", "PCP_EKCERT")
+    with pcp("standard", ek_cert_store=[rsa_cert]) as tpm:
+        assert tpm.ek("rsa").certificate is None  # standard users: NTE_PERM on every store
+
+
+def test_event_log_through_the_emulated_tbs(pcp: Any) -> None:
+    from tpm2_attest.transport import tbs
+
+    with pcp("standard") as tpm, raises(ErrorCode.TPM_NOT_FOUND, tbs.TBS_E_INTERNAL_ERROR):
+        tpm.event_log()
+    with pcp("standard", event_log=b"log bytes") as tpm:
+        assert tpm.event_log() == b"log bytes"
+    with pcp("admin", event_log_result=tbs.TBS_E_IOERROR) as tpm, \
+            raises(ErrorCode.TRANSPORT, tbs.TBS_E_IOERROR):
+        tpm.event_log()

@@ -165,14 +165,16 @@ class Tpm:
     def open_pcp_emulator(cls, swtpm_tcti: str, state_dir: str | os.PathLike[str], *,
                           privilege: Privilege = "standard", security_descr_support: bool = True,
                           account: str | None = None,
-                          on_command: Callable[[str], None] | None = None) -> Tpm:
+                          on_command: Callable[[str], None] | None = None,
+                          **knobs: object) -> Tpm:
         """The Windows PCP backend over ``PcpEmulator``: PCP keys in the swtpm at ``swtpm_tcti``,
         their names in ``state_dir``, as a "standard" user, elevated "admin" or "system".
-        Tests the Windows flow (provision as SYSTEM, quote as a standard user) on any OS."""
+        Tests the Windows flow (provision as SYSTEM, quote as a standard user) on any OS;
+        ``knobs`` make one PCP fact differ (see ``PcpEmulator``)."""
         from .backends.pcp_emulator import open_emulated_backend
 
         backend = open_emulated_backend(swtpm_tcti, state_dir, privilege, security_descr_support,
-                                        account=account, on_command=on_command)
+                                        account=account, on_command=on_command, **knobs)
         return cls(backend, commands=backend.cmd, tcti_source="argument")
 
     @classmethod

@@ -24,19 +24,20 @@ docs/windows.md; the NCrypt binding itself is described in docs/windows-binding.
 
 from __future__ import annotations
 
+import copy
 import ctypes
 import dataclasses
 import hashlib
 import secrets
 from collections.abc import Callable, Iterable, Iterator
-from contextlib import contextmanager, suppress
-from typing import Final
+from contextlib import AbstractContextManager, contextmanager, suppress
+from typing import Final, NamedTuple
 
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..commands import Channel, TpmCommands
-from ..errors import ELEVATION_HRESULTS, ErrorCode, TpmError
+from ..errors import ELEVATION_HRESULTS, NTE_DEVICE_NOT_READY, ErrorCode, TpmError
 from ..evidence import AkBlob, CredentialChallenge, EkInfo, PublicKey, Quote, bank_alg
 from ..tpm2 import templates as T
 from ..tpm2.constants import TPM_ST
@@ -58,7 +59,9 @@ from .ncrypt_api import (
     NCRYPT_LENGTH_PROPERTY,
     NCRYPT_MACHINE_KEY_FLAG,
     NCRYPT_MAX_KEY_NAME_LENGTH,
+    NCRYPT_PCP_ECC_EKCERT_PROPERTY,
     NCRYPT_PCP_ECC_EKNVCERT_PROPERTY,
+    NCRYPT_PCP_EKCERT_PROPERTY,
     NCRYPT_PCP_EKNVCERT_PROPERTY,
     NCRYPT_PCP_EKPUB_PROPERTY,
     NCRYPT_PCP_IDENTITY_KEY,
@@ -66,6 +69,7 @@ from .ncrypt_api import (
     NCRYPT_PCP_PLATFORM_TYPE_PROPERTY,
     NCRYPT_PCP_PLATFORMHANDLE_PROPERTY,
     NCRYPT_PCP_PROVIDER_VERSION_PROPERTY,
+    NCRYPT_PCP_RSA_EKCERT_PROPERTY,
     NCRYPT_PCP_RSA_EKNVCERT_PROPERTY,
     NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY,
     NCRYPT_PCP_TPM12_IDBINDING_PROPERTY,
@@ -81,8 +85,8 @@ from .ncrypt_api import (
     NCryptError,
     NCryptProvider,
     pack_dword,
-    parse_rsa_public_blob,
     pcp_machine_key_security_descriptor,
+    split_rsa_public_blob,
     unpack_dword,
     unpack_handle,
     unpack_wstr,
@@ -95,8 +99,22 @@ _TPM_E_BASE: Final = 0x80280000
 
 AK_NAME_PREFIX: Final = "ak-"
 """Random user-scope key names are ``ak-`` + 16 hex digits: vendor-neutral, no library name."""
-IDACTIVATION_BUFFER: Final = 256
-"""Buffer for the PCP_TPM12_IDACTIVATION GET (as go-attestation reads it; secrets are <= 64 bytes)."""
+RSA_EK_CERTIFICATE_PROPERTIES: Final = (
+    NCRYPT_PCP_RSA_EKNVCERT_PROPERTY, NCRYPT_PCP_EKNVCERT_PROPERTY,
+    NCRYPT_PCP_RSA_EKCERT_PROPERTY, NCRYPT_PCP_EKCERT_PROPERTY,
+)
+"""Where ``ek("rsa")`` looks for the certificate, in order: the certificate the TPM holds in NV
+(go-attestation's order), then Windows' EK certificate store, which also caches certificates it
+downloaded for firmware TPMs. The manufacturer's URL (``tpm2_attest.trust``) is the next source."""
+ECC_EK_CERTIFICATE_PROPERTIES: Final = (NCRYPT_PCP_ECC_EKNVCERT_PROPERTY,
+                                        NCRYPT_PCP_ECC_EKCERT_PROPERTY)
+"""Where ``ek("ecc")`` / ``ek("ecc384")`` look: NV first, then Windows' EK certificate store."""
+DEVICE_NOT_READY_HINT: Final = (
+    "the Platform Crypto Provider answered NTE_DEVICE_NOT_READY to an elevated caller: the TPM "
+    "or its driver refused the operation (seen on some TPMs for credential activation). Check "
+    "Get-Tpm (TpmPresent, TpmReady), update the TPM firmware and driver, and send the output of "
+    "'tpm2-attest probe windows-report --json'")
+"""What to do when NTE_DEVICE_NOT_READY reaches an elevated caller (not a privilege problem)."""
 _POINTER_SIZE: Final = ctypes.sizeof(ctypes.c_void_p)
 
 TbsChannelFactory = Callable[[int], Channel]
@@ -116,13 +134,30 @@ def default_key_name() -> str:
     return AK_NAME_PREFIX + secrets.token_hex(8)
 
 
-def parse_idbinding(data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
-    """Split PCP_TPM12_IDBINDING (TPM 2.0 layout) into its four parts, strictly.
+class IdBinding(NamedTuple):
+    """PCP_TPM12_IDBINDING split into the parts an AkBlob stores, plus what followed them."""
 
-    Input: TPM2B_PUBLIC || TPM2B_CREATION_DATA || TPM2B_ATTEST || TPMT_SIGNATURE, nothing after.
-    Returns (TPM2B_PUBLIC bytes, TPMS_CREATION_DATA bytes, TPMS_ATTEST bytes, TPMT_SIGNATURE
-    bytes) as AkBlob stores them. The attestation must be a creation attestation of exactly this
-    public area; anything else is BAD_RESPONSE.
+    public: bytes
+    """TPM2B_PUBLIC bytes."""
+    creation_data: bytes
+    """TPMS_CREATION_DATA bytes."""
+    attest: bytes
+    """TPMS_ATTEST bytes (a creation attestation of ``public``)."""
+    signature: bytes
+    """TPMT_SIGNATURE bytes: exactly the structure, never what follows it."""
+    trailing: bytes
+    """Bytes after the TPMT_SIGNATURE (none on the PCPs we know of): accepted and kept here."""
+
+
+def parse_idbinding(data: bytes) -> IdBinding:
+    """Split PCP_TPM12_IDBINDING (TPM 2.0 layout) into its parts.
+
+    Input: TPM2B_PUBLIC || TPM2B_CREATION_DATA || TPM2B_ATTEST || TPMT_SIGNATURE. Bytes after
+    the signature are accepted and returned as ``trailing`` (go-attestation keeps the rest as
+    the signature and decodes one TPMT_SIGNATURE from its start; PCPTool reads the signature's
+    fields and ignores the rest); they are signed by nobody, and the blob keeps only the exact
+    signature, so the verifier still checks every signed byte. The attestation must be a
+    creation attestation of exactly this public area; anything else is BAD_RESPONSE.
     """
     what = "PCP_TPM12_IDBINDING"
     try:
@@ -138,7 +173,7 @@ def parse_idbinding(data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
         p2 = r.pos
         TPMT_SIGNATURE.unmarshal(r)
         signature = data[p2 : r.pos]
-        r.done(what)
+        trailing = data[r.pos :]
         name = object_name(public_area)
     except ParseError as exc:
         raise TpmError(f"{what}: {exc}", code=ErrorCode.BAD_RESPONSE) from exc
@@ -148,7 +183,8 @@ def parse_idbinding(data: bytes) -> tuple[bytes, bytes, bytes, bytes]:
     if info.attested.object_name != name:
         raise TpmError(f"{what}: the creation attestation names another object than the key",
                        code=ErrorCode.BAD_RESPONSE)
-    return public, creation, attest, signature
+    return IdBinding(bytes(public), bytes(creation), bytes(attest), bytes(signature),
+                     bytes(trailing))
 
 
 def ek_public_from_rsa(key: rsa.RSAPublicKey) -> bytes:
@@ -182,13 +218,23 @@ def ek_public_from_ecc(key: ec.EllipticCurvePublicKey, kind: str = "ecc") -> byt
     return TPM2B_PUBLIC(dataclasses.replace(template, unique=point)).to_bytes()
 
 
-def ncrypt_error(exc: NCryptError, action: str, *, lookup: bool = False) -> TpmError:
-    """The TpmError for a failed NCrypt call (``lookup``: the call looked a key up by name).
+def ncrypt_error(exc: NCryptError, action: str, *, lookup: bool = False,
+                 elevated: bool | None = None) -> TpmError:
+    """The TpmError for a failed NCrypt call (``lookup``: the call looked a key up by name;
+    ``elevated``: whether the calling process is elevated, None when unknown).
 
-    Privilege HRESULTs (access denied, NTE_PERM, NTE_DEVICE_NOT_READY, TPM_E_COMMAND_BLOCKED...)
-    become REQUIRES_ELEVATION; NTE_BAD_KEYSET/NTE_NOT_FOUND on a lookup KEY_NOT_FOUND; NTE_EXISTS
-    KEY_EXISTS; a wrapped TPM response code keeps its ``tpm_rc``; the HRESULT is always kept."""
+    Privilege HRESULTs (access denied, NTE_PERM, TPM_E_COMMAND_BLOCKED...) become
+    REQUIRES_ELEVATION. NTE_DEVICE_NOT_READY is what the PCP answers a standard user who
+    activates a credential, but elevated callers get it too (go-attestation issue #251, an
+    Infineon TPM): it is REQUIRES_ELEVATION unless the caller is known to be elevated, then a
+    TPM_ERROR with DEVICE_NOT_READY_HINT. NTE_BAD_KEYSET/NTE_NOT_FOUND on a lookup are
+    KEY_NOT_FOUND; NTE_EXISTS KEY_EXISTS; a wrapped TPM response code keeps its ``tpm_rc``; the
+    HRESULT is always kept."""
     hr = exc.hresult
+    if hr == NTE_DEVICE_NOT_READY and elevated:
+        return TpmError(f"{action}: the device is not ready (the caller is elevated)",
+                        code=ErrorCode.TPM_ERROR, hresult=hr, command=exc.function,
+                        hint=DEVICE_NOT_READY_HINT)
     if hr in ELEVATION_HRESULTS:
         return TpmError(f"{action}: the account lacks the privilege (run elevated or as SYSTEM)",
                         code=ErrorCode.REQUIRES_ELEVATION, hresult=hr, command=exc.function)
@@ -215,12 +261,15 @@ def _is_tpm2_rc(rc: int) -> bool:
 
 
 @contextmanager
-def _mapped(action: str, *, lookup: bool = False) -> Iterator[None]:
-    """Run NCrypt calls, turning NCryptError into the matching TpmError."""
+def _mapped(action: str, *, lookup: bool = False,
+            elevated: Callable[[], bool | None] | None = None) -> Iterator[None]:
+    """Run NCrypt calls, turning NCryptError into the matching TpmError; ``elevated`` is asked
+    only when the HRESULT needs it (NTE_DEVICE_NOT_READY)."""
     try:
         yield
     except NCryptError as exc:
-        raise ncrypt_error(exc, action, lookup=lookup) from exc
+        caller = elevated() if elevated is not None and exc.hresult == NTE_DEVICE_NOT_READY else None
+        raise ncrypt_error(exc, action, lookup=lookup, elevated=caller) from exc
 
 
 def _check_key_name(name: str) -> None:
@@ -265,6 +314,27 @@ class PcpBackend:
         self._on_close = on_close
         self._extra_info = dict(extra_info or {})
         self._raw = RawBackend(commands, tcti=tcti, transport_kind="tbs")
+        self.observed: dict[str, object] = {}
+        """Facts about this PCP seen while working that differ from what the references say
+        (``idbinding_trailing_bytes``, ``ekpub_trailing_bytes``); also in ``info().extra``."""
+        self.last_idbinding: IdBinding | None = None
+        """The parsed PCP_TPM12_IDBINDING of the last provisioned key, trailing bytes included."""
+
+    def using(self, ncrypt: NCryptProvider) -> PcpBackend:
+        """This backend over another NCryptProvider (same TPM channels; closing it closes
+        nothing): the Windows report wraps the provider to record every call."""
+        other = copy.copy(self)
+        other.ncrypt = ncrypt
+        other._on_close = None
+        other.observed = self.observed
+        return other
+
+    def caller_elevated(self) -> bool | None:
+        """Whether the calling process is elevated (or SYSTEM); None when Windows cannot say."""
+        try:
+            return self.ncrypt.process_token().elevated
+        except (NCryptError, TpmError, OSError):
+            return None
 
     # -- constructors ---------------------------------------------------------------------------
 
@@ -306,6 +376,8 @@ class PcpBackend:
     def info(self) -> TpmInfo:
         info = self._raw.info()
         extra: dict[str, object] = {"provider": self.provider_name, **self._extra_info}
+        if self.observed:
+            extra["pcp_observed"] = dict(self.observed)
         for key, prop in (("pcp_platform_type", NCRYPT_PCP_PLATFORM_TYPE_PROPERTY),
                           ("pcp_provider_version", NCRYPT_PCP_PROVIDER_VERSION_PROPERTY)):
             with suppress(NCryptError, TpmError), self._provider() as prov:
@@ -335,9 +407,12 @@ class PcpBackend:
 
     # -- NCrypt plumbing ------------------------------------------------------------------------
 
+    def _mapped(self, action: str, *, lookup: bool = False) -> AbstractContextManager[None]:
+        return _mapped(action, lookup=lookup, elevated=self.caller_elevated)
+
     @contextmanager
     def _provider(self) -> Iterator[int]:
-        with _mapped(f"opening {self.provider_name!r}"):
+        with self._mapped(f"opening {self.provider_name!r}"):
             prov = self.ncrypt.open_storage_provider(self.provider_name, 0)
         try:
             yield prov
@@ -347,7 +422,7 @@ class PcpBackend:
     @contextmanager
     def _key(self, prov: int, name: str, machine: bool) -> Iterator[int]:
         scope = "machine" if machine else "user"
-        with _mapped(f"opening {scope} PCP key {name!r}", lookup=True):
+        with self._mapped(f"opening {scope} PCP key {name!r}", lookup=True):
             key = self.ncrypt.open_key(prov, name, 0, NCRYPT_MACHINE_KEY_FLAG if machine else 0)
         try:
             yield key
@@ -419,11 +494,11 @@ class PcpBackend:
                 self._require_security_descr_support(prov)
             if overwrite:
                 self._delete_if_exists(prov, name, flags)
-            with _mapped(f"creating {what}"):
+            with self._mapped(f"creating {what}"):
                 key = self.ncrypt.create_persisted_key(prov, NCRYPT_RSA_ALGORITHM, name, 0, flags)
             live, finalized = True, False
             try:
-                with _mapped(f"creating {what}"):
+                with self._mapped(f"creating {what}"):
                     self.ncrypt.set_property(key, NCRYPT_LENGTH_PROPERTY, pack_dword(PCP_IDENTITY_KEY_BITS))
                     self.ncrypt.set_property(key, NCRYPT_PCP_KEY_USAGE_POLICY_PROPERTY,
                                              pack_dword(NCRYPT_PCP_IDENTITY_KEY))
@@ -436,9 +511,13 @@ class PcpBackend:
                     self.ncrypt.finalize_key(key, 0)
                     finalized = True
                     idbinding = self.ncrypt.get_property(key, NCRYPT_PCP_TPM12_IDBINDING_PROPERTY)
-                public, creation, attest, signature = parse_idbinding(idbinding)
-                return AkBlob(format="PCP2" if machine else "PCP1", public=public, private=b"",
-                              creation_data=creation, attest=attest, signature=signature,
+                parts = parse_idbinding(idbinding)
+                self.last_idbinding = parts
+                if parts.trailing:
+                    self.observed["idbinding_trailing_bytes"] = len(parts.trailing)
+                return AkBlob(format="PCP2" if machine else "PCP1", public=parts.public,
+                              private=b"", creation_data=parts.creation_data,
+                              attest=parts.attest, signature=parts.signature,
                               key_name=name, parent=0)
             except BaseException:
                 if finalized:
@@ -465,10 +544,10 @@ class PcpBackend:
         """Quote with the PCP key the blob names, through the PCP's TBS context, scheme NULL."""
         machine = self._pcp_blob(ak)
         with self._provider() as prov, self._key(prov, ak.key_name, machine) as key:
-            with _mapped("reading the PCP's TBS context (PCP_PLATFORMHANDLE)"):
+            with self._mapped("reading the PCP's TBS context (PCP_PLATFORMHANDLE)"):
                 context = unpack_handle(self.ncrypt.get_property(
                     prov, NCRYPT_PCP_PLATFORMHANDLE_PROPERTY, size=_POINTER_SIZE))
-            with _mapped(f"reading the TPM handle of PCP key {ak.key_name!r}"):
+            with self._mapped(f"reading the TPM handle of PCP key {ak.key_name!r}"):
                 handle = unpack_handle(self.ncrypt.get_property(
                     key, NCRYPT_PCP_PLATFORMHANDLE_PROPERTY, size=4))
             if handle > 0xFFFFFFFF:
@@ -491,18 +570,18 @@ class PcpBackend:
 
     @serialized
     def activate_credential(self, ak: AkBlob, challenge: CredentialChallenge) -> bytes:
-        """TPM2_ActivateCredential through PCP: SET then GET PCP_TPM12_IDACTIVATION."""
+        """TPM2_ActivateCredential through PCP: SET PCP_TPM12_IDACTIVATION, then GET it with its
+        size queried first (NULL buffer), as go-attestation reads it, not a fixed buffer."""
         machine = self._pcp_blob(ak)
         if challenge_ek_kind(challenge) != "rsa":
             raise TpmError("PCP activates credentials with the RSA EK; make the challenge for the "
                            "RSA EK (tpm.ek('rsa'))", code=ErrorCode.UNSUPPORTED)
         action = f"activating a credential with PCP key {ak.key_name!r}"
         with (self._provider() as prov, self._key(prov, ak.key_name, machine) as key,
-              _mapped(action)):
+              self._mapped(action)):
             self.ncrypt.set_property(key, NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY,
                                      challenge.credential_blob + challenge.encrypted_secret)
-            return self.ncrypt.get_property(key, NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY,
-                                            size=IDACTIVATION_BUFFER)
+            return self.ncrypt.get_property(key, NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY)
 
     # -- EK -------------------------------------------------------------------------------------
 
@@ -513,13 +592,18 @@ class PcpBackend:
         ("ecc" P-256, "ecc384" P-384) only from its certificate (admin/SYSTEM)."""
         with self._provider() as prov:
             if kind == "rsa":
-                with _mapped("reading PCP_EKPUB"):
-                    key = parse_rsa_public_blob(self.ncrypt.get_property(prov, NCRYPT_PCP_EKPUB_PROPERTY))
+                with self._mapped("reading PCP_EKPUB"):
+                    key, trailing = split_rsa_public_blob(
+                        self.ncrypt.get_property(prov, NCRYPT_PCP_EKPUB_PROPERTY))
+                if trailing:
+                    self.observed["ekpub_trailing_bytes"] = len(trailing)
                 public = ek_public_from_rsa(key)
                 cert = self._ek_certificate(prov, key)
                 return EkInfo(kind, public, object_name(public), cert, None, False)
             if kind in _ECC_EK_TEMPLATES:
-                for der in self._certificates(prov, NCRYPT_PCP_ECC_EKNVCERT_PROPERTY):
+                ders = [der for prop in ECC_EK_CERTIFICATE_PROPERTIES
+                        for der in self._certificates(prov, prop)]
+                for der in ders:
                     cert_key = _cert_key(der)
                     if not isinstance(cert_key, ec.EllipticCurvePublicKey):
                         continue
@@ -540,15 +624,19 @@ class PcpBackend:
             return []
 
     def _ek_certificate(self, prov: int, key: rsa.RSAPublicKey) -> bytes | None:
-        """The RSA EK certificate whose key is ``key`` (or an unparseable RSA-store one)."""
+        """The RSA EK certificate whose key is ``key``, from the first property of
+        RSA_EK_CERTIFICATE_PROPERTIES that has one (else an unparseable one from an RSA-only
+        property; the verifier will judge it). None when no property has it: the
+        manufacturer URL (``tpm2_attest.trust``, behind ``fetch``) is the seam after this."""
         want = key.public_numbers()
         candidates: list[bytes] = []
-        for prop in (NCRYPT_PCP_RSA_EKNVCERT_PROPERTY, NCRYPT_PCP_EKNVCERT_PROPERTY):
+        rsa_only = (NCRYPT_PCP_RSA_EKNVCERT_PROPERTY, NCRYPT_PCP_RSA_EKCERT_PROPERTY)
+        for prop in RSA_EK_CERTIFICATE_PROPERTIES:
             for der in self._certificates(prov, prop):
                 cert_key = _cert_key(der)
                 if isinstance(cert_key, rsa.RSAPublicKey) and cert_key.public_numbers() == want:
                     return der
-                if cert_key is None and prop == NCRYPT_PCP_RSA_EKNVCERT_PROPERTY:
+                if cert_key is None and prop in rsa_only:
                     candidates.append(der)  # unparseable here; the verifier will judge it
         return candidates[0] if candidates else None
 
@@ -569,7 +657,11 @@ def _cert_key(der: bytes) -> rsa.RSAPublicKey | ec.EllipticCurvePublicKey | None
 
 __all__ = [
     "AK_NAME_PREFIX",
+    "DEVICE_NOT_READY_HINT",
+    "ECC_EK_CERTIFICATE_PROPERTIES",
     "NONCE_BINDING_SIZE",
+    "RSA_EK_CERTIFICATE_PROPERTIES",
+    "IdBinding",
     "PcpBackend",
     "default_key_name",
     "ek_public_from_rsa",

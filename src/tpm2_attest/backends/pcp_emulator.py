@@ -20,13 +20,26 @@ assumptions):
 - ``privilege="standard"``: creating or deleting a machine key fails with NTE_PERM (at
   NCryptFinalizeKey / NCryptDeleteKey); opening a machine key fails with NTE_PERM unless its DACL
   has an ACCESS_ALLOWED ACE for Built-in Users (or Everyone) with GENERIC_READ or GENERIC_ALL;
-  SET PCP_TPM12_IDACTIVATION fails with NTE_DEVICE_NOT_READY; the EK NV certificate properties
-  fail with NTE_PERM (PCP_EKPUB stays readable); TBS answers PCR_Extend and PCR_Event with
-  TPM_E_COMMAND_BLOCKED. ``"admin"`` and ``"system"`` may do all of it.
+  GET PCP_TPM12_IDACTIVATION (which runs the activation) fails with NTE_DEVICE_NOT_READY; the EK
+  certificate properties fail with NTE_PERM (PCP_EKPUB stays readable); TBS answers PCR_Extend
+  and PCR_Event with TPM_E_COMMAND_BLOCKED. ``"admin"`` and ``"system"`` may do all of it.
+- ``process_token()`` answers what GetTokenInformation would: elevated for admin and system,
+  the SYSTEM SID for system (``token=`` overrides it, to test a caller Windows misdescribes).
+- Knobs that make one PCP fact differ, so every assumption can be made to fail in tests:
+  ``activation_device_not_ready`` (NTE_DEVICE_NOT_READY even for elevated callers),
+  ``idactivation_size_query`` (False: a NULL-buffer size query of IDACTIVATION is refused),
+  ``idbinding_trailing`` / ``ekpub_trailing`` (bytes appended to IDBINDING / PCP_EKPUB),
+  ``ek_nv_certificates`` (False: the NV certificate stores are empty, as on firmware TPMs),
+  ``ek_cert_store`` (certificates in Windows' EK store: PCP_EKCERT, PCP_RSA_EKCERT,
+  PCP_ECC_EKCERT), ``dacl_before_finalize`` (False: "Security Descr" is refused before
+  NCryptFinalizeKey with NTE_BAD_KEY_STATE), ``honor_key_dacl`` (False: a machine key's DACL
+  does not let standard users open it), ``event_log`` / ``event_log_result`` (what
+  Tbsi_Get_TCG_Log returns: the log, else that TBS result; TBS_E_INTERNAL_ERROR by default).
 - User keys live in the account's namespace (``account``: "user" for standard/admin, as UAC's
   split token is one account, "SYSTEM" for system); machine keys in one shared namespace.
-- ``NCRYPT_OVERWRITE_KEY_FLAG`` is ignored, as PCP ignores it: CreatePersistedKey of an existing
-  name fails with NTE_EXISTS.
+- ``NCRYPT_OVERWRITE_KEY_FLAG`` is not honoured (the conservative reading; PCPTool passes it,
+  we never do): CreatePersistedKey of an existing name fails with NTE_EXISTS, so the backend's
+  delete-first path is the one tested.
 - ``security_descr_support=False``: the provider property "Security Descr Support" is absent
   (NTE_NOT_SUPPORTED), as on a PCP that cannot protect machine keys with a DACL.
 - ``PCP_PLATFORMHANDLE`` on a key loads it into swtpm and returns its handle (flushed by
@@ -34,23 +47,28 @@ assumptions):
   TBS context, which :meth:`PcpEmulator.tbs_channel` turns into a channel.
 - IDBINDING: SET a 20-byte nonce before finalizing; it becomes the TPM2_Create outsideInfo and
   the CertifyCreation qualifyingData. GET works only on the creating handle after finalize.
+- IDACTIVATION: SET stores TPM2B_ID_OBJECT || TPM2B_ENCRYPTED_SECRET; the GET runs
+  TPM2_ActivateCredential (where Windows reports NTE_DEVICE_NOT_READY: go-attestation #177,
+  #251) and returns the secret.
 """
 
 from __future__ import annotations
 
 import base64
+import collections
 import hashlib
 import json
 import os
 import re
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from .._files import write_atomic
 from ..commands import PW, Channel, TpmCommands
@@ -60,6 +78,7 @@ from ..tpm2.constants import TPM_ALG, TPM_CC, TPM_RH, TPM_ST
 from ..tpm2.keys import public_key_from_public
 from ..tpm2.marshal import ParseError, Reader, tpm2b
 from ..tpm2.structures import TPMS_RSA_PARMS, TPMT_PUBLIC, TPMT_SCHEME
+from ..transport.tbs import TBS_E_INTERNAL_ERROR, tcg_log_error
 from .ncrypt_api import (
     ACCESS_ALLOWED_ACE_TYPE,
     DACL_SECURITY_INFORMATION,
@@ -72,7 +91,9 @@ from .ncrypt_api import (
     NCRYPT_MAX_KEY_NAME_LENGTH,
     NCRYPT_NAME_PROPERTY,
     NCRYPT_OVERWRITE_KEY_FLAG,
+    NCRYPT_PCP_ECC_EKCERT_PROPERTY,
     NCRYPT_PCP_ECC_EKNVCERT_PROPERTY,
+    NCRYPT_PCP_EKCERT_PROPERTY,
     NCRYPT_PCP_EKNVCERT_PROPERTY,
     NCRYPT_PCP_EKPUB_PROPERTY,
     NCRYPT_PCP_IDENTITY_KEY,
@@ -80,6 +101,7 @@ from .ncrypt_api import (
     NCRYPT_PCP_PLATFORM_TYPE_PROPERTY,
     NCRYPT_PCP_PLATFORMHANDLE_PROPERTY,
     NCRYPT_PCP_PROVIDER_VERSION_PROPERTY,
+    NCRYPT_PCP_RSA_EKCERT_PROPERTY,
     NCRYPT_PCP_RSA_EKNVCERT_PROPERTY,
     NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY,
     NCRYPT_PCP_TPM12_IDBINDING_PROPERTY,
@@ -106,6 +128,7 @@ from .ncrypt_api import (
     KeyHandle,
     NCryptError,
     NCryptHandle,
+    ProcessToken,
     ProvHandle,
     build_rsa_public_blob,
     build_security_descriptor,
@@ -148,6 +171,10 @@ real laptop); PCR_Event is assumed to follow it (it extends a PCR too)."""
 
 TBS_TPM_VERSION_20: Final = 2
 """TPM_DEVICE_INFO.tpmVersion for a TPM 2.0 (Windows SDK tbs.h TPM_VERSION_20)."""
+
+EMULATED_USER_SID: Final = "S-1-5-21-1004336348-1177238915-682003330-1001"
+"""The user SID the emulator reports for "standard" and "admin" callers (one account, as UAC's
+split token is; a made-up domain part)."""
 
 NTE_INTERNAL_ERROR: Final = 0x8009002D
 _TPM_E_BASE: Final = 0x80280000
@@ -243,7 +270,8 @@ class _Key:
     security_descriptor: bytes | None = None
     idbinding: bytes | None = None
     """Only on the creating handle, after finalize."""
-    activation: bytes | None = None
+    activation_blob: bytes | None = None
+    """What SET PCP_TPM12_IDACTIVATION stored; the GET activates it."""
     tpm_handle: int | None = None
 
 
@@ -275,9 +303,21 @@ class PcpEmulator:
         privilege: Privilege = "standard",
         security_descr_support: bool = True,
         account: str | None = None,
+        token: ProcessToken | None = None,
+        activation_device_not_ready: bool = False,
+        idactivation_size_query: bool = True,
+        idbinding_trailing: bytes = b"",
+        ekpub_trailing: bytes = b"",
+        ek_nv_certificates: bool = True,
+        ek_cert_store: Sequence[bytes] = (),
+        dacl_before_finalize: bool = True,
+        honor_key_dacl: bool = True,
+        event_log: bytes | None = None,
+        event_log_result: int = TBS_E_INTERNAL_ERROR,
     ) -> None:
         """``channel``: a swtpm transport (or TpmCommands over one); ``state_dir``: where key
-        names persist (share it between emulators to share machine keys)."""
+        names persist (share it between emulators to share machine keys). The other keywords
+        are the knobs of the module docstring (defaults: the PCP as the references describe it)."""
         if privilege not in PRIVILEGES:
             raise TpmError(f"privilege must be one of {PRIVILEGES}, not {privilege!r}",
                            code=ErrorCode.INVALID_ARGUMENT)
@@ -292,6 +332,19 @@ class PcpEmulator:
         self.privilege: Privilege = privilege
         self.security_descr_support = security_descr_support
         self.account = account
+        self.token = token
+        self.activation_device_not_ready = activation_device_not_ready
+        self.idactivation_size_query = idactivation_size_query
+        self.idbinding_trailing = bytes(idbinding_trailing)
+        self.ekpub_trailing = bytes(ekpub_trailing)
+        self.ek_nv_certificates = ek_nv_certificates
+        self.ek_cert_store = tuple(bytes(c) for c in ek_cert_store)
+        self.dacl_before_finalize = dacl_before_finalize
+        self.honor_key_dacl = honor_key_dacl
+        self.event_log = event_log
+        self.event_log_result = event_log_result
+        self.property_reads: collections.deque[tuple[str, int | None]] = collections.deque(maxlen=256)
+        """(property, ``size`` argument) of the latest GETs: None is a NULL-buffer size query."""
         self.tbs_context = _TBS_CONTEXT
         self._raw = RawBackend(self.cmd, tcti="pcp-emulator", transport_kind="swtpm")
         self._objects: dict[int, _Provider | _Key] = {}
@@ -309,6 +362,21 @@ class PcpEmulator:
     def tbs_tpm_version(self) -> int:
         """What Tbsi_GetDeviceInfo reports as tpmVersion (2: TPM 2.0)."""
         return TBS_TPM_VERSION_20
+
+    def tbs_get_tcg_log(self) -> bytes:
+        """What Tbsi_Get_TCG_Log gives: ``event_log``, else ``event_log_result`` mapped as the
+        real binding maps it (transport.tbs.tcg_log_error)."""
+        if self.event_log is not None:
+            return self.event_log
+        raise tcg_log_error(self.event_log_result)
+
+    def process_token(self) -> ProcessToken:
+        """What GetTokenInformation says of the caller: elevated for admin/system, the SYSTEM
+        SID for system; ``token`` when given (a caller Windows misdescribes)."""
+        if self.token is not None:
+            return self.token
+        sid = SID_LOCAL_SYSTEM if self.privilege == "system" else EMULATED_USER_SID
+        return ProcessToken(self.privilege != "standard", sid)
 
     @property
     def open_handles(self) -> int:
@@ -433,7 +501,8 @@ class PcpEmulator:
             record = self._load_record(machine, name)
             if record is None:
                 raise _fail(fn, NTE_BAD_KEYSET, name)
-            if machine and self.privilege == "standard" and not users_may_use(record.security_descriptor):
+            if machine and self.privilege == "standard" and not (
+                    self.honor_key_dacl and users_may_use(record.security_descriptor)):
                 raise _fail(fn, NTE_PERM, f"the DACL of machine key {name!r} does not admit Users")
             return self._new(_Key(name, machine, record))
 
@@ -446,7 +515,7 @@ class PcpEmulator:
                 self._set_security_descriptor(key, value, flags)
                 return
             if name == NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY:
-                self._activate(key, bytes(value))
+                self._store_activation(key, bytes(value))
                 return
             if key.record is not None:
                 raise _fail(fn, NTE_BAD_KEY_STATE, f"{name!r} is set before NCryptFinalizeKey")
@@ -478,6 +547,9 @@ class PcpEmulator:
         if sd.dacl is None:
             raise _fail(fn, NTE_INVALID_PARAMETER, "no DACL in the security descriptor")
         if key.record is None:
+            if not self.dacl_before_finalize:
+                raise _fail(fn, NTE_BAD_KEY_STATE, "this PCP takes a key's DACL only after "
+                            "NCryptFinalizeKey (knob dacl_before_finalize=False)")
             key.security_descriptor = bytes(value)
             return
         if key.machine and self.privilege == "standard":
@@ -491,6 +563,7 @@ class PcpEmulator:
         """Provider and key properties; with ``size``, NTE_BUFFER_TOO_SMALL when it is short."""
         fn = "NCryptGetProperty"
         with self._lock:
+            self.property_reads.append((name, size))
             obj = self._objects.get(handle)
             if isinstance(obj, _Provider):
                 value = self._provider_property(fn, obj, name)
@@ -498,6 +571,10 @@ class PcpEmulator:
                 value = self._key_property(fn, obj, name, flags)
             else:
                 raise _fail(fn, NTE_INVALID_HANDLE)
+            if (size is None and name == NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY
+                    and not self.idactivation_size_query):
+                raise _fail(fn, NTE_INVALID_PARAMETER, "a NULL-buffer size query of IDACTIVATION "
+                            "is refused (knob idactivation_size_query=False)")
             if size is not None and size < len(value):
                 raise _fail(fn, NTE_BUFFER_TOO_SMALL, f"{name!r} needs {len(value)} bytes")
             return value
@@ -515,7 +592,7 @@ class PcpEmulator:
             key = public_key_from_public(ek.public)
             if not isinstance(key, rsa.RSAPublicKey):
                 raise _fail(fn, NTE_INTERNAL_ERROR, "the RSA EK is not an RSA key")
-            return build_rsa_public_blob(key)
+            return build_rsa_public_blob(key) + self.ekpub_trailing
         if name == NCRYPT_PCP_PLATFORM_TYPE_PROPERTY:
             with self._tpm(fn):
                 info = self._raw.info()
@@ -552,9 +629,14 @@ class PcpEmulator:
                 raise _fail(fn, NTE_NOT_FOUND, "IDBINDING is only readable on the creating handle")
             return key.idbinding
         if name == NCRYPT_PCP_TPM12_IDACTIVATION_PROPERTY:
-            if key.activation is None:
+            if key.activation_blob is None:
                 raise _fail(fn, NTE_BAD_KEY_STATE, "SET PCP_TPM12_IDACTIVATION first")
-            return key.activation
+            if self.privilege == "standard":
+                raise _fail(fn, NTE_DEVICE_NOT_READY, "credential activation needs an administrator")
+            if self.activation_device_not_ready:
+                raise _fail(fn, NTE_DEVICE_NOT_READY, "the device is not ready "
+                            "(knob activation_device_not_ready=True)")
+            return self._activate(key.record, key, key.activation_blob)
         if name == NCRYPT_PCP_PLATFORMHANDLE_PROPERTY:
             if key.tpm_handle is None:
                 with self._tpm(fn):
@@ -563,20 +645,31 @@ class PcpEmulator:
         raise _fail(fn, NTE_NOT_SUPPORTED, name)
 
     def get_certificates(self, handle: NCryptHandle, name: str, flags: int = 0) -> list[bytes]:
-        """EK certificates from swtpm's NV indices; a standard user gets NTE_PERM."""
+        """EK certificates: the NV stores from swtpm's NV indices (unless ``ek_nv_certificates``
+        is False), Windows' EK store from ``ek_cert_store``; a standard user gets NTE_PERM."""
         fn = "NCryptGetProperty"
         with self._lock:
             self._prov(fn, handle)
-            kinds = {NCRYPT_PCP_RSA_EKNVCERT_PROPERTY: ("rsa",),
-                     NCRYPT_PCP_ECC_EKNVCERT_PROPERTY: ("ecc", "ecc384"),
-                     NCRYPT_PCP_EKNVCERT_PROPERTY: ("rsa", "ecc", "ecc384")}.get(name)
-            if kinds is None:
+            self.property_reads.append((name, None))
+            nv_kinds = {NCRYPT_PCP_RSA_EKNVCERT_PROPERTY: ("rsa",),
+                        NCRYPT_PCP_ECC_EKNVCERT_PROPERTY: ("ecc", "ecc384"),
+                        NCRYPT_PCP_EKNVCERT_PROPERTY: ("rsa", "ecc", "ecc384")}.get(name)
+            store_kinds = {NCRYPT_PCP_EKCERT_PROPERTY: None,
+                           NCRYPT_PCP_RSA_EKCERT_PROPERTY: rsa.RSAPublicKey,
+                           NCRYPT_PCP_ECC_EKCERT_PROPERTY: ec.EllipticCurvePublicKey}
+            if nv_kinds is None and name not in store_kinds:
                 raise _fail(fn, NTE_NOT_SUPPORTED, f"{name!r} is not a certificate store property")
             if self.privilege == "standard":
                 raise _fail(fn, NTE_PERM, "standard users may read PCP_EKPUB only")
+            if nv_kinds is None:
+                want = store_kinds[name]
+                return [der for der in self.ek_cert_store
+                        if want is None or isinstance(_cert_public_key(der), want)]
             out: list[bytes] = []
+            if not self.ek_nv_certificates:
+                return out
             with self._tpm(fn):
-                for kind in kinds:
+                for kind in nv_kinds:
                     cert = self._ek_certificate(kind)
                     if cert:
                         out.append(cert)
@@ -619,26 +712,29 @@ class PcpEmulator:
             self._store(record)
             obj.record = record
             obj.idbinding = (created.public_bytes + created.creation_data_bytes
-                             + tpm2b(signed.attest) + signed.signature)
+                             + tpm2b(signed.attest) + signed.signature + self.idbinding_trailing)
 
-    def _activate(self, key: _Key, blob: bytes) -> None:
-        """SET PCP_TPM12_IDACTIVATION: TPM2_ActivateCredential with the RSA EK."""
+    def _store_activation(self, key: _Key, blob: bytes) -> None:
+        """SET PCP_TPM12_IDACTIVATION: keep TPM2B_ID_OBJECT || TPM2B_ENCRYPTED_SECRET."""
         fn = "NCryptSetProperty"
         if key.record is None:
             raise _fail(fn, NTE_BAD_KEY_STATE, "activation needs a finalized key")
-        if self.privilege == "standard":
-            raise _fail(fn, NTE_DEVICE_NOT_READY, "credential activation needs an administrator")
         try:
             r = Reader(blob)
             r.tpm2b("TPM2B_ID_OBJECT")
-            split = r.pos
             r.tpm2b("TPM2B_ENCRYPTED_SECRET")
             r.done("PCP_TPM12_IDACTIVATION")
         except ParseError as exc:
             raise _fail(fn, NTE_INVALID_PARAMETER, str(exc)) from exc
+        key.activation_blob = blob
+
+    def _activate(self, record: KeyRecord, key: _Key, blob: bytes) -> bytes:
+        """GET PCP_TPM12_IDACTIVATION: TPM2_ActivateCredential with the RSA EK."""
+        fn = "NCryptGetProperty"
+        split = 2 + int.from_bytes(blob[:2], "big")
         with self._tpm(fn):
             loaded = key.tpm_handle is None
-            ak = self._load(key.record) if loaded else key.tpm_handle
+            ak = self._load(record) if loaded else key.tpm_handle
             assert ak is not None
             try:
                 ek = self._raw.ek("rsa")
@@ -663,7 +759,7 @@ class PcpEmulator:
             finally:
                 if loaded:
                     self.cmd.flush_context(ak)
-        key.activation = secret
+        return secret
 
     def delete_key(self, key: KeyHandle, flags: int = 0) -> None:
         """Delete the key's name (and unload it) and free the handle; when the delete fails the
@@ -688,6 +784,14 @@ class PcpEmulator:
                 self._unload(obj)
 
 
+def _cert_public_key(der: bytes) -> object:
+    """The public key of a DER certificate, or None when it does not parse."""
+    try:
+        return x509.load_der_x509_certificate(der).public_key()
+    except ValueError:
+        return None
+
+
 def open_emulated_backend(
     swtpm_tcti: str,
     state_dir: str | os.PathLike[str],
@@ -696,9 +800,11 @@ def open_emulated_backend(
     *,
     account: str | None = None,
     on_command: Callable[[str], None] | None = None,
+    **knobs: object,
 ) -> PcpBackend:
     """The real :class:`PcpBackend` over a :class:`PcpEmulator`: PCP keys live in the swtpm at
-    ``swtpm_tcti`` and their names in ``state_dir``; ``privilege`` is "standard", "admin" or "system".
+    ``swtpm_tcti`` and their names in ``state_dir``; ``privilege`` is "standard", "admin" or "system";
+    ``knobs`` go to :class:`PcpEmulator` (the PCP facts it can make differ).
 
     The Windows code path, runnable on Linux: two backends on the same swtpm and state
     directory see the same machine keys (SYSTEM provisions, a standard user quotes). The
@@ -710,11 +816,12 @@ def open_emulated_backend(
     try:
         TpmCommands(transport).startup()
         emulator = PcpEmulator(transport, Path(state_dir), privilege=privilege,
-                               security_descr_support=security_descr_support, account=account)
+                               security_descr_support=security_descr_support, account=account,
+                               **knobs)  # type: ignore[arg-type]
         commands = TpmCommands(emulator.tbs_channel(emulator.tbs_context), on_command=on_command)
         return PcpBackend(emulator, commands, tcti=f"pcp-emulator:{swtpm_tcti}",
                           tbs_channel=emulator.tbs_channel, tpm_version=emulator.tbs_tpm_version,
-                          on_close=transport.close,
+                          event_log_reader=emulator.tbs_get_tcg_log, on_close=transport.close,
                           extra_info={"pcp_emulator": True, "privilege": privilege,
                                       "account": emulator.account})
     except BaseException:
@@ -723,6 +830,7 @@ def open_emulated_backend(
 
 
 __all__ = [
+    "EMULATED_USER_SID",
     "PCP_AK_AUTH_POLICY",
     "PCP_AK_TEMPLATE",
     "PRIVILEGES",
