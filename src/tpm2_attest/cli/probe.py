@@ -1,4 +1,5 @@
-"""``tpm2-attest probe [STEP]``: the command line of :mod:`tpm2_attest.probe`.
+"""``tpm2-attest probe [STEP]``: the command line of :mod:`tpm2_attest.probe` and, for the
+``windows-report`` step, of :mod:`tpm2_attest.probe_windows`.
 
 Opens what the command line names (--embedded, --as-emulated, --tcti or the default TPM),
 runs the probe's steps and prints them. Exit codes: 0 every step passed (or was skipped),
@@ -30,7 +31,10 @@ from ..probe import (
 )
 from ..progress import terminal_progress
 from ..tpm import Tpm
-from .common import EXIT_OK, EXIT_USAGE, SubParsers
+from .common import EXIT_FAIL, EXIT_NO_TPM, EXIT_OK, EXIT_USAGE, SubParsers
+
+WINDOWS_REPORT: Final = "windows-report"
+"""The step that runs :mod:`tpm2_attest.probe_windows` instead of the probe's steps."""
 
 if TYPE_CHECKING:
     from ..backends.pcp_emulator import Privilege
@@ -88,8 +92,73 @@ def _print_step(st: ProbeStep) -> None:
     sys.stdout.flush()
 
 
+def _usage(args: argparse.Namespace, message: str) -> int:
+    if args.json:
+        print(json.dumps({"ok": False, "exit_code": EXIT_USAGE, "usage_error": message}, indent=2))
+    else:
+        print(f"tpm2-attest probe: error: {message}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+def cmd_windows_report(args: argparse.Namespace) -> int:
+    """``probe windows-report``: every PCP assumption checked, one report (--json, --output)."""
+    from ..backends.pcp import PcpBackend
+    from ..probe_windows import ReportOptions, run_windows_report, write_report
+
+    handoff = Path(args.handoff) if args.handoff else None
+    cleanup = Path(args.cleanup_handoff) if args.cleanup_handoff else None
+    try:
+        if handoff is not None and cleanup is not None:
+            raise UsageError("--handoff starts a hand-over, --cleanup-handoff ends one: give one")
+        if cleanup is not None and not cleanup.is_file():
+            raise UsageError(f"--cleanup-handoff {cleanup}: no such file")
+        for flag in ("blob", "save_blob", "key_name", "overwrite", "algorithm", "force"):
+            if getattr(args, flag):
+                raise UsageError(f"--{flag.replace('_', '-')} is for the probe steps; "
+                                 f"{WINDOWS_REPORT} makes and deletes its own keys")
+        _check_target(args)
+        with _open_target(args, None) as (tpm, target):
+            backend = tpm.backend
+            if not isinstance(backend, PcpBackend):
+                raise UsageError(f"{WINDOWS_REPORT} checks the Windows Platform Crypto Provider: "
+                                 f"run it on Windows (this TPM is used directly: {tpm.tcti}), or "
+                                 "rehearse it with --as-emulated standard|admin|system")
+            report = run_windows_report(backend, ReportOptions(handoff, cleanup), target=target)
+    except UsageError as exc:
+        return _usage(args, str(exc))
+    except TpmError as exc:
+        code = EXIT_NO_TPM if exc.code == ErrorCode.TPM_NOT_FOUND else EXIT_FAIL
+        if args.json:
+            print(json.dumps({"ok": False, "exit_code": code, "error": exc.to_dict()}, indent=2))
+        else:
+            print(f"tpm2-attest probe {WINDOWS_REPORT}: {exc}", file=sys.stderr)
+        return code
+    if args.output:
+        write_report(report, Path(args.output))
+    if args.json:
+        print(json.dumps(report.to_dict(), indent=2))
+    else:
+        for ck in report.checks:
+            flag = " (breaks a feature)" if ck.breaks else ""
+            print(f"[{ck.status}] {ck.name:<26}{ck.detail}{flag}")
+        left = [k for k in report.keys_left if not k.get("handoff")]
+        c = report.counts()
+        print(f"\n{'OK' if report.ok else 'ATTENTION'}: " + ", ".join(
+            f"{n} {s}" for s, n in c.items() if n) + f"; keys created {len(report.keys_created)}, "
+            f"deleted {len(report.keys_deleted)}, left {len(left)}"
+            + (f"; kept for the standard-user run: {report.handoff['key_name']}"
+               if report.handoff else "")
+            + (f"; report written to {args.output}" if args.output else ""))
+    return report.exit_code
+
+
 def cmd_probe(args: argparse.Namespace) -> int:
     """The ``probe`` sub-command (see the module docstring)."""
+    if args.step == WINDOWS_REPORT:
+        return cmd_windows_report(args)
+    for flag in ("output", "handoff", "cleanup_handoff"):
+        if getattr(args, flag):
+            return _usage(args, f"--{flag.replace('_', '-')} is for the {WINDOWS_REPORT} step")
     if args.step == "help":
         if args.json:
             print(json.dumps({"ok": True, "step": "help", "text": WINDOWS_RECIPE}, indent=2))
@@ -230,8 +299,9 @@ def add_parser(sub: SubParsers) -> argparse.ArgumentParser:
         "probe", help="diagnose the TPM: PASS/FAIL/SKIP per step, with hints",
         description="Diagnose the TPM step by step. Exit codes: 0 all passed, 1 a step failed, "
                     "2 usage error, 3 no TPM. Never starts the embedded swtpm unless --embedded.")
-    p.add_argument("step", nargs="?", default="all", choices=CHOICES,
-                   help="all (default), one step, or help (the Windows SYSTEM recipe)")
+    p.add_argument("step", nargs="?", default="all", choices=[*CHOICES, WINDOWS_REPORT],
+                   help="all (default), one step, help (the Windows SYSTEM recipe), or "
+                        f"{WINDOWS_REPORT} (check every Windows PCP assumption, one report)")
     p.add_argument("--tcti", help="TPM to probe, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321 "
                    "(default: $TPM2_ATTEST_TCTI, $TPM2TOOLS_TCTI, then the platform's TPM)")
     p.add_argument("--json", action="store_true", help="print one machine-readable report")
@@ -252,5 +322,13 @@ def add_parser(sub: SubParsers) -> argparse.ArgumentParser:
     p.add_argument("--emulator-state", metavar="DIR",
                    help="the emulator's key-name directory (default: a temporary one); share it "
                         "between runs to quote with a key another run provisioned")
+    p.add_argument("--output", metavar="FILE",
+                   help=f"{WINDOWS_REPORT}: also write the JSON report to FILE (atomically)")
+    p.add_argument("--handoff", metavar="FILE",
+                   help=f"{WINDOWS_REPORT}: elevated, keep one machine key and write its blob to "
+                        "FILE; as a standard user, quote with the key of FILE")
+    p.add_argument("--cleanup-handoff", metavar="FILE",
+                   help=f"{WINDOWS_REPORT}: elevated, delete the machine key an earlier --handoff "
+                        "kept (and FILE)")
     p.set_defaults(func=cmd_probe)
     return p
