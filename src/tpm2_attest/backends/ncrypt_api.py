@@ -365,7 +365,8 @@ class NCryptProvider(Protocol):
         flags: int = 0,
     ) -> KeyHandle:
         """NCryptCreatePersistedKey: start a key (name None = ephemeral); finalize it after
-        setting its properties. NTE_EXISTS if the name is taken (PCP ignores OVERWRITE)."""
+        setting its properties. NTE_EXISTS if the name is taken (the backend deletes first instead of
+        passing NCRYPT_OVERWRITE_KEY_FLAG)."""
         ...
 
     def open_key(

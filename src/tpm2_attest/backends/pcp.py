@@ -451,7 +451,9 @@ class PcpBackend:
                 "are unavailable (use scope='user')", code=ErrorCode.UNSUPPORTED)
 
     def _delete_if_exists(self, prov: int, name: str, flags: int) -> None:
-        """overwrite=True: PCP ignores NCRYPT_OVERWRITE_KEY_FLAG, so open and delete first."""
+        """overwrite=True: open and delete the old key first rather than pass
+        NCRYPT_OVERWRITE_KEY_FLAG (PCPTool passes it; go-attestation does not): correct whether
+        or not the PCP honours the flag, and a refused delete is reported with its HRESULT."""
         try:
             key = self.ncrypt.open_key(prov, name, 0, flags)
         except NCryptError as exc:

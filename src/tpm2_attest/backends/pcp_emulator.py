@@ -487,7 +487,7 @@ class PcpEmulator:
                 raise _fail(fn, NTE_BAD_FLAGS)
             machine = bool(flags & NCRYPT_MACHINE_KEY_FLAG)
             if self._load_record(machine, name) is not None:
-                raise _fail(fn, NTE_EXISTS, f"{name!r} (PCP ignores NCRYPT_OVERWRITE_KEY_FLAG)")
+                raise _fail(fn, NTE_EXISTS, f"{name!r} (the emulator does not honour NCRYPT_OVERWRITE_KEY_FLAG)")
             return self._new(_Key(name, machine))
 
     def open_key(self, prov: ProvHandle, name: str, legacy_spec: int = 0, flags: int = 0) -> KeyHandle:

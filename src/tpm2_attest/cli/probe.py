@@ -281,6 +281,12 @@ The blob is a locator (magic, key name, public creation evidence), not a secret:
 that can read it can quote with the key. A quote proves the enrolled device, not which
 program or user asked for it (docs/concepts.md).
 
+To check every assumption the Windows backend makes and send us one report, run
+"tpm2-attest probe windows-report --output report.json" once from a standard shell and once
+as SYSTEM with a task like the one above (docs/windows.md, "The Windows report", has the
+recipe, including --handoff so the standard-user run can prove the machine key's DACL). It
+deletes every key it creates.
+
 Rehearse the same flow on Linux with the PCP emulator over one swtpm and one state dir:
 
    tpm2-attest probe ak --as-emulated system --tcti swtpm:port=2321 --emulator-state ./pcp \
