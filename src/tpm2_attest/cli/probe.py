@@ -140,7 +140,8 @@ def cmd_windows_report(args: argparse.Namespace) -> int:
     else:
         for ck in report.checks:
             flag = " (breaks a feature)" if ck.breaks else ""
-            print(f"[{ck.status}] {ck.name:<26}{ck.detail}{flag}")
+            status = f"[{ck.status}]"
+            print(f"{status:<12}{ck.name:<26}{ck.detail}{flag}")
         left = [k for k in report.keys_left if not k.get("handoff")]
         c = report.counts()
         print(f"\n{'OK' if report.ok else 'ATTENTION'}: " + ", ".join(
