@@ -467,3 +467,83 @@ def exercise(data: bytes) -> None:
             json.dumps(result.to_dict())
         with contextlib.suppress(EventLogError):
             json.dumps(secure_boot_state(log).to_dict())
+
+
+# ---------------------------------------------------------------------------------------------
+# Machine-state measurements (what GCE firmware, GRUB, systemd, the Linux EFI stub and Windows
+# log), built from their documented formats for tests/test_machine_state.py
+# ---------------------------------------------------------------------------------------------
+
+EV_NONHOST_INFO = 0x11
+
+
+def ucs2z(text: str) -> bytes:
+    """UTF-16LE with a NUL terminator."""
+    return (text + "\0").encode("utf-16-le")
+
+
+def gce_scrtm_version(version: int) -> bytes:
+    """The EV_S_CRTM_VERSION data of a GCE VM: UCS-2 "GCE Virtual Firmware v<N>" + NUL."""
+    return ucs2z(f"GCE Virtual Firmware v{version}")
+
+
+def gce_nonhost_info(technology: int) -> bytes:
+    """GCE's EV_NONHOST_INFO: "GCE NonHostInfo\\0", the technology byte, 15 reserved bytes."""
+    return b"GCE NonHostInfo\0" + bytes((technology,)) + bytes(15)
+
+
+def grub_string(builder: LogBuilder, kind: str, text: str, *, pcr: int = 8) -> LogBuilder:
+    """A GRUB PCR 8 string as grub-core/commands/tpm.c logs it: data "<kind>: <text>\\0",
+    digest over <text> alone."""
+    return builder.event(pcr, EV_IPL, f"{kind}: {text}".encode() + b"\0", measured=text.encode())
+
+
+def grub_file(builder: LogBuilder, name: str, contents: bytes) -> LogBuilder:
+    """A file GRUB read: PCR 9, data = the file name + NUL, digest over the contents."""
+    return builder.event(9, EV_IPL, name.encode() + b"\0", measured=contents)
+
+
+def systemd_cmdline(builder: LogBuilder, text: str, *, pcr: int = 12,
+                    with_nul: bool = True) -> LogBuilder:
+    """systemd-boot/-stub's command line: EV_IPL, UTF-16 data with NUL; the digest over the
+    UTF-16 text with its NUL (strsize16), or without when ``with_nul`` is False."""
+    data = ucs2z(text)
+    return builder.event(pcr, EV_IPL, data,
+                         measured=data if with_nul else text.encode("utf-16-le"))
+
+
+def uki_section(builder: LogBuilder, name: str, contents: bytes) -> LogBuilder:
+    """systemd-stub's pair of PCR 11 events for one UKI section: the name (digest over the ASCII
+    name and its NUL), then the contents, both described by the UTF-16 name."""
+    builder.event(11, EV_IPL, ucs2z(name), measured=name.encode() + b"\0")
+    return builder.event(11, EV_IPL, ucs2z(name), measured=contents)
+
+
+def tagged(tag: int, data: bytes) -> bytes:
+    """TCG_PCClientTaggedEvent."""
+    return struct.pack("<II", tag, len(data)) + data
+
+
+def sipa(etype: int, value: bytes) -> bytes:
+    """One SIPA event of the Windows Boot Configuration Log: type, size, data."""
+    return struct.pack("<II", etype, len(value)) + value
+
+
+def gce_boot(builder: LogBuilder, *, version: int = 1, technology: int | None = 0,
+             apps: Sequence[tuple[str, bytes]] = (("\\EFI\\BOOT\\BOOTX64.EFI", b"shim"),),
+             ebs: bool = True) -> LogBuilder:
+    """A GCE-like firmware phase: S-CRTM version, NonHostInfo, separators, boot applications
+    (device path, PE contents standing for the Authenticode digest) and ExitBootServices."""
+    builder.event(0, EV_S_CRTM_VERSION, gce_scrtm_version(version))
+    if technology is not None:
+        builder.event(0, EV_NONHOST_INFO, gce_nonhost_info(technology))
+    builder.event(4, EV_EFI_ACTION, b"Calling EFI Application from Boot Option")
+    for pcr in range(8):
+        builder.event(pcr, EV_SEPARATOR, b"\0\0\0\0")
+    for path, contents in apps:
+        builder.event(4, EV_EFI_BOOT_SERVICES_APPLICATION, image_load(dp_file(path) + dp_end()),
+                      measured=contents)
+    if ebs:
+        builder.event(5, EV_EFI_ACTION, b"Exit Boot Services Invocation")
+        builder.event(5, EV_EFI_ACTION, b"Exit Boot Services Returned with Success")
+    return builder

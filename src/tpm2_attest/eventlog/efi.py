@@ -13,8 +13,13 @@ from . import guids
 from ._le import LeReader, guid_text
 from .devicepath import device_path_text
 from .errors import EventLogError
+from .wellknown import name_of_fingerprint
 
 _SIGLIST: Final = struct.Struct("<16sIII")
+_WIN_CERT: Final = struct.Struct("<IHH16s")
+_EFI_TIME_SIZE: Final = 16
+WIN_CERT_TYPE_EFI_GUID: Final = 0x0EF1
+WIN_CERT_REVISION: Final = 0x0200
 
 _HASH_SIGNATURE_SIZES: Final[dict[str, int]] = {
     guids.EFI_CERT_SHA1: 20,
@@ -57,6 +62,11 @@ class SignatureEntry:
         """SHA-256 of the entry data (the certificate fingerprint for X.509 entries)."""
         return hashlib.sha256(self.data).digest()
 
+    @property
+    def well_known(self) -> str | None:
+        """The well-known name of an X.509 entry (``MS_THIRD_PARTY_UEFI_CA_2011``...), else None."""
+        return name_of_fingerprint(self.sha256) if self.is_certificate else None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description."""
         d: dict[str, Any] = {"type": self.type_name, "owner": self.owner}
@@ -65,6 +75,9 @@ class SignatureEntry:
             d["owner_name"] = owner_name
         if self.is_certificate:
             d["sha256"] = self.sha256.hex()
+            name = self.well_known
+            if name is not None:
+                d["well_known"] = name
             if self.certificate is not None:
                 c = self.certificate
                 d["subject"] = c.subject.rfc4514_string()
@@ -137,6 +150,27 @@ def parse_signature_lists(data: bytes, base: int = 0) -> tuple[SignatureEntry, .
             p += sig_size
         pos = stop
     return tuple(entries)
+
+
+def parse_variable_update(data: bytes, base: int = 0) -> tuple[SignatureEntry, ...]:
+    """The signature entries of a signature-database update such as Microsoft's dbx updates.
+
+    The input is either an authenticated variable payload (UEFI 2.10 section 8.2.2:
+    EFI_VARIABLE_AUTHENTICATION_2 = EFI_TIME + WIN_CERTIFICATE_UEFI_GUID of type
+    EFI_CERT_TYPE_PKCS7, then the EFI_SIGNATURE_LISTs) or bare EFI_SIGNATURE_LISTs. The
+    signature is not checked (the firmware does that); this reads what the update revokes or
+    adds. Raises EventLogError when the framing is broken.
+    """
+    if len(data) >= _EFI_TIME_SIZE + _WIN_CERT.size:
+        length, revision, cert_type, guid = _WIN_CERT.unpack_from(data, _EFI_TIME_SIZE)
+        if (revision == WIN_CERT_REVISION and cert_type == WIN_CERT_TYPE_EFI_GUID
+                and guid_text(guid) == guids.EFI_CERT_TYPE_PKCS7):
+            start = _EFI_TIME_SIZE + length
+            if length < _WIN_CERT.size or start > len(data):
+                raise EventLogError(f"WIN_CERTIFICATE dwLength {length} does not fit the data",
+                                    base + _EFI_TIME_SIZE)
+            return parse_signature_lists(data[start:], base + start)
+    return parse_signature_lists(data, base)
 
 
 @dataclass(frozen=True, slots=True)

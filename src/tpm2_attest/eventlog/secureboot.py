@@ -23,6 +23,7 @@ from .efi import SignatureEntry, parse_certificate, parse_signature_lists
 from .errors import EventLogBankError, EventLogError, SecureBootError
 from .events import Event, EventLog, UefiVariableInfo
 from .types import EventType
+from .wellknown import name_of_fingerprint
 
 _SB: Final = (guids.EFI_GLOBAL_VARIABLE, "SecureBoot")
 _PK: Final = (guids.EFI_GLOBAL_VARIABLE, "PK")
@@ -62,6 +63,16 @@ class SignatureDatabase:
     def value_sha256(self) -> bytes:
         """SHA-256 of the variable's value (a bank-independent identity of the database)."""
         return hashlib.sha256(self.value).digest()
+
+    @property
+    def fingerprints(self) -> tuple[bytes, ...]:
+        """SHA-256 fingerprints (of the DER bytes) of the database's X.509 entries, in order."""
+        return tuple(e.sha256 for e in self.entries if e.is_certificate)
+
+    @property
+    def well_known(self) -> tuple[str, ...]:
+        """Well-known names of the database's certificates, in order (unknown ones left out)."""
+        return tuple(n for n in (e.well_known for e in self.entries) if n is not None)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description."""
@@ -104,6 +115,21 @@ class Authority:
     certificate: x509.Certificate | None
     after_separator: bool
 
+    @property
+    def fingerprint(self) -> bytes | None:
+        """SHA-256 of the DER certificate that verified the image (None when not a certificate)."""
+        if self.certificate is None:
+            return None
+        from cryptography.hazmat.primitives.serialization import Encoding
+
+        return hashlib.sha256(self.certificate.public_bytes(Encoding.DER)).digest()
+
+    @property
+    def well_known(self) -> str | None:
+        """The well-known name of the certificate, or None."""
+        fp = self.fingerprint
+        return None if fp is None else name_of_fingerprint(fp)
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description."""
         d: dict[str, Any] = {"event": self.event_index, "variable": self.name, "guid": self.guid,
@@ -114,6 +140,10 @@ class Authority:
             d["issuer"] = self.certificate.issuer.rfc4514_string()
             d["certificate_sha256"] = hashlib.sha256(
                 self.certificate.tbs_certificate_bytes).hexdigest()
+            d["fingerprint"] = (self.fingerprint or b"").hex()
+            name = self.well_known
+            if name is not None:
+                d["well_known"] = name
         return d
 
 

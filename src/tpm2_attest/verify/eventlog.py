@@ -1,9 +1,10 @@
-"""Check a TCG event log against quoted PCR values (replay), and read Secure Boot from it.
+"""Check a TCG event log against quoted PCR values (replay), and read the machine state from it.
 
 The quote proves PCR values; the log says what they mean. ``verify_event_log`` replays the
 log in the quoted bank and raises unless every PCR the log touches that the quote covers
-replays to the quoted value. Only events of those matching PCRs are returned as trusted, and
-the Secure Boot state is derived only when PCR 7 matched.
+replays to the quoted value. Only events of those matching PCRs are returned as trusted, the
+Secure Boot state is derived only when PCR 7 matched, and the machine state
+(:class:`~tpm2_attest.eventlog.MachineState`) only from the matching PCRs.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import hmac
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import TYPE_CHECKING, Any, Final
 
 from ..eventlog import (
     Event,
@@ -27,6 +28,9 @@ from ..eventlog import (
 )
 from ..tpm2.constants import HASH_SIZES
 from .errors import Reason, VerificationError
+
+if TYPE_CHECKING:
+    from ..eventlog.state import MachineState
 
 _FF_RESET: Final = frozenset(range(17, 23))
 """PCRs 17-22 (DRTM) reset to all-ones at TPM2_Startup; the others to zeros."""
@@ -44,6 +48,8 @@ class EventLogResult:
     verified and are left out of ``events``).
     ``events``: the extended events of the verified PCRs, in log order: the only ones to trust.
     ``secure_boot``: the Secure Boot state when PCR 7 is verified, else None.
+    ``state``: the machine state read from the verified PCRs' events only (platform, Secure
+    Boot, EFI applications, GRUB, Linux, Windows); ``state.summary()`` is its bounded form.
     """
 
     log: EventLog
@@ -54,6 +60,7 @@ class EventLogResult:
     uncovered: frozenset[int]
     events: tuple[Event, ...]
     secure_boot: SecureBootState | None
+    state: MachineState
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the events themselves)."""
@@ -65,6 +72,7 @@ class EventLogResult:
             "uncovered": sorted(self.uncovered),
             "events": len(self.events),
             "secure_boot": self.secure_boot.to_dict() if self.secure_boot else None,
+            "state": self.state.summary(),
         }
 
 
@@ -110,7 +118,9 @@ def verify_event_log(
     Reasons: EVENT_LOG_MALFORMED (the log does not parse or replay), EVENT_LOG_BANK_MISSING
     (no digests for the bank), EVENT_LOG_REPLAY_MISMATCH (a covered PCR replays to another
     value), SECURE_BOOT (PCR 7 verified but its events are inconsistent; skipped when
-    ``secure_boot`` is False), MALFORMED / UNSUPPORTED_FORMAT for bad arguments.
+    ``secure_boot`` is False, which also leaves ``state.secure_boot`` None), MALFORMED /
+    UNSUPPORTED_FORMAT for bad arguments. The machine state never raises: what its events do
+    not vouch for is left out (see :func:`~tpm2_attest.eventlog.machine_state`).
     """
     pcrs, bank = _quoted(quote_result_or_pcrs, bank)
     try:
@@ -166,5 +176,8 @@ def verify_event_log(
         except EventLogError as exc:  # pragma: no cover - secure_boot_state raises the above
             raise VerificationError(Reason.SECURE_BOOT, str(exc)) from None
 
+    from ..eventlog.state import machine_state  # lazily: ~15 ms of dataclasses at import
+
+    machine = machine_state(log, alg, verified, secure_boot=state)
     return EventLogResult(log, name, dict(sorted(replayed.items())), verified, unexplained,
-                          touched - covered, events, state)
+                          touched - covered, events, state, machine)
