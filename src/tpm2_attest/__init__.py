@@ -16,13 +16,14 @@ from ._version import __version__
 from .errors import ErrorCode, TpmError
 
 if TYPE_CHECKING:
-    from . import verify
+    from . import policy, verify
     from .backends.base import TpmInfo
     from .evidence import AkBlob, CredentialChallenge, EkInfo, PublicKey, Quote
     from .tpm import Tpm
 
 _LAZY: dict[str, tuple[str, str | None]] = {
     "verify": (".verify", None),
+    "policy": (".policy", None),
     "TpmInfo": (".backends.base", "TpmInfo"),
     "AkBlob": (".evidence", "AkBlob"),
     "CredentialChallenge": (".evidence", "CredentialChallenge"),
@@ -43,6 +44,7 @@ __all__ = [
     "TpmError",
     "TpmInfo",
     "__version__",
+    "policy",
     "verify",
 ]
 

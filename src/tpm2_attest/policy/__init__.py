@@ -11,22 +11,30 @@ state we accept?" over the *verified* results only, and explains every refusal::
         print(v.rule, v.detail)                        # "pcrs.value", "sha256 PCR 7 is ..."
 
 Policies are data (JSON or YAML documents, see docs/verifier.md); every rule has a stable id,
-and evaluation returns every violation instead of stopping at the first.
+and evaluation returns every violation instead of stopping at the first. Sections: ``pcrs``
+(expected PCR values), ``secure_boot`` (Secure Boot on, keys, revocations) and ``boot``
+(firmware, boot applications, GRUB files, kernel command lines), judged over the machine state
+of a verified event log (``EventLogResult.state``).
 """
 
 from .base import Evidence, PolicyError, PolicyResult, Section, Violation
+from .boot import BootSection
 from .document import SECTIONS, VERSION, Policy, learn
 from .pcrs import PcrSection
+from .secure_boot import SecureBootSection, dbx_contains_document
 
 __all__ = [
     "SECTIONS",
     "VERSION",
+    "BootSection",
     "Evidence",
     "PcrSection",
     "Policy",
     "PolicyError",
     "PolicyResult",
     "Section",
+    "SecureBootSection",
     "Violation",
+    "dbx_contains_document",
     "learn",
 ]

@@ -100,6 +100,8 @@ class Section(ABC):
 
     key: ClassVar[str]
     """The document key of the section, also the prefix of its rule ids."""
+    rules: ClassVar[tuple[str, ...]] = ()
+    """Every rule id the section can report (``<key>.error`` aside); each is documented."""
 
     @classmethod
     @abstractmethod
@@ -214,6 +216,35 @@ def one_or_many(value: Any, path: str) -> list[tuple[Any, str]]:
     return [(value, path)]
 
 
+MAX_LISTED = 16
+"""A rule reports at most this many offending items one by one (then one violation for the
+rest), so a hostile log with thousands of offending items cannot make a result of megabytes."""
+
+
+def capped(violations: list[Violation]) -> Iterator[Violation]:
+    """``violations`` (all of one rule), at most :data:`MAX_LISTED` and one for the rest."""
+    yield from violations[:MAX_LISTED]
+    if len(violations) > MAX_LISTED:
+        yield Violation(violations[0].rule,
+                        f"and {len(violations) - MAX_LISTED} more such violations",
+                        seen={"more": len(violations) - MAX_LISTED})
+
+
+def pcrs_missing(event_log: Any, pcrs: Iterable[int]) -> str:
+    """Why an event log result holds no verified facts from ``pcrs``, in words."""
+    want = sorted(pcrs)
+    names = "/".join(map(str, want))
+    if event_log is None:
+        return "no verified event log"
+    verified: frozenset[int] = getattr(event_log, "verified", frozenset())
+    if any(p in verified for p in want):
+        return f"the log has no such measurements in PCR {names}"
+    uncovered: frozenset[int] = getattr(event_log, "uncovered", frozenset())
+    if any(p in uncovered for p in want):
+        return f"PCR {names} not covered by the quote"
+    return f"the log measures nothing into PCR {names}"
+
+
 def violations_of(sections: Iterable[Section], evidence: Evidence) -> Iterator[Violation]:
     """Every section's violations in order. A section that fails unexpectedly yields a
     ``<key>.error`` violation instead of passing: evaluation fails closed, and never raises."""
@@ -227,18 +258,21 @@ def violations_of(sections: Iterable[Section], evidence: Evidence) -> Iterator[V
 
 
 __all__ = [
+    "MAX_LISTED",
     "Evidence",
     "PolicyError",
     "PolicyResult",
     "Section",
     "Violation",
     "boolean",
+    "capped",
     "hex_bytes",
     "integer",
     "join",
     "mapping",
     "one_or_many",
     "only_keys",
+    "pcrs_missing",
     "regex",
     "sequence",
     "string",

@@ -40,6 +40,7 @@ class PcrSection(Section):
     """Expected PCR values: {bank: {index: (acceptable values, ...)}}."""
 
     key: ClassVar[str] = "pcrs"
+    rules: ClassVar[tuple[str, ...]] = ("pcrs.no_quote", "pcrs.bank", "pcrs.not_quoted", "pcrs.value")
     banks: Mapping[str, Mapping[int, tuple[bytes, ...]]]
 
     @classmethod
