@@ -1,6 +1,6 @@
 """The ``tpm2-attest`` command line: thin wrappers over ``Tpm``, evidence, ``verify`` and the service.
 
-One module per topic (``device``, ``verifier``, ``probe``, ``eventlog``, ``service``), each with an
+One module per topic (``device``, ``verifier``, ``probe``, ``eventlog``, ``policy``, ``service``), each with an
 ``add_parser(subparsers)``; shared helpers are in :mod:`.common`. The CLI holds no logic of its own:
 it parses arguments, calls the layers below and reports their errors in its own words.
 """
@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from .._version import __version__
 from ..errors import ErrorCode, TpmError
 from ..verify import VerificationError
-from . import device, eventlog, probe, service, verifier
+from . import device, eventlog, policy, probe, service, verifier
 from .common import EXIT_FAIL, EXIT_NO_TPM, EXIT_OK, EXIT_USAGE, hint
 
-TOPICS = (device, verifier, probe, eventlog, service)
+TOPICS = (device, verifier, probe, eventlog, policy, service)
 """The sub-command modules, in the order ``--help`` lists their commands."""
 
 

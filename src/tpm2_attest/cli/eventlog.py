@@ -1,7 +1,10 @@
-"""``tpm2-attest eventlog FILE [--replay] [--json]``: print a log's events and replayed PCRs.
+"""``tpm2-attest eventlog FILE [--replay] [--state] [--json]``: print a log's events, replayed
+PCRs, or the machine state it describes.
 
 The text output follows ``tpm2_eventlog``'s YAML-like layout; ``--json`` prints one JSON
-document. Control characters from the (untrusted) log are always escaped.
+document. Control characters from the (untrusted) log are always escaped. ``--state`` reads
+the log alone, not checked against a quote: the state is what the log claims (``tpm2-attest
+policy check`` verifies it against a quote first).
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ def configure(p: argparse.ArgumentParser) -> None:
                    help="with --replay: only these banks (repeatable; default: all of the log)")
     p.add_argument("--secure-boot", action="store_true",
                    help="also print the Secure Boot state read from PCR 7")
+    p.add_argument("--state", action="store_true",
+                   help="print the machine state the log describes instead of its events "
+                   "(platform, Secure Boot, EFI applications, GRUB, Linux, Windows); the first "
+                   "--bank authenticates event data (default sha256)")
     p.add_argument("--lenient", action="store_true",
                    help="keep events whose data does not match their type instead of failing")
     p.set_defaults(func=run)
@@ -131,6 +138,65 @@ def _text(out: TextIO, log: EventLog, pcrs: dict[str, Any] | None, sb: Any) -> N
         _yaml(out, sb, 2)
 
 
+def _state_bank(log: EventLog, banks: Sequence[str] | None) -> str:
+    if banks:
+        return banks[0]
+    return "sha256" if "sha256" in log.banks else (log.banks[0] if log.banks else "sha256")
+
+
+def _readable_state(doc: dict[str, Any]) -> dict[str, Any]:
+    """The state for reading: databases as their certificates and counts, not every entry."""
+    sb = doc.get("secure_boot")
+    if sb is not None:
+        compact: dict[str, Any] = {"enabled": sb["enabled"]}
+        for name in ("PK", "KEK", "db", "dbx", "dbt", "dbr"):
+            db = sb.get(name)
+            if db is None:
+                continue
+            entries = db["entries"]
+            compact[name] = {
+                "entries": len(entries),
+                "certificates": [e.get("well_known") or e.get("subject") or e.get("sha256")
+                                 for e in entries if e["type"] == "EFI_CERT_X509"],
+            }
+        compact["authorities"] = [a.get("well_known") or a.get("subject") or a.get("variable")
+                                  for a in sb["authorities"]]
+        compact["debug_mode"] = sb["debug_mode"]
+        doc = {**doc, "secure_boot": compact}
+    return doc
+
+
+def _run_state(args: argparse.Namespace, log: EventLog) -> int:
+    from ..eventlog.state import machine_state
+
+    bank = _state_bank(log, getattr(args, "bank", None))
+    note = None
+    sb = None
+    try:
+        sb = secure_boot_state(log, bank)
+    except (EventLogError, ValueError) as exc:
+        note = f"Secure Boot state not read: {exc}"
+    try:
+        state = machine_state(log, bank, log.touched_pcrs, secure_boot=sb)
+    except ValueError as exc:
+        print(f"tpm2-attest eventlog: --bank: {exc}", file=sys.stderr)
+        return 2
+    doc = state.to_dict()
+    if note:
+        doc["notes"] = [note, *doc["notes"]]
+    try:
+        if args.json:
+            json.dump({"verified_against_quote": False, "state": doc}, sys.stdout, indent=2)
+            sys.stdout.write("\n")
+        else:
+            sys.stdout.write("---\n# the state this log claims; not checked against a quote\n")
+            _yaml(sys.stdout, _readable_state(doc), 0)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        return 0
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     """Execute the sub-command; 0 on success, 1 for a malformed log, 2 for I/O errors."""
     try:
@@ -143,6 +209,8 @@ def run(args: argparse.Namespace) -> int:
     except EventLogError as exc:
         print(f"tpm2-attest eventlog: {args.file}: malformed event log: {exc}", file=sys.stderr)
         return 1
+    if getattr(args, "state", False):
+        return _run_state(args, log)
     pcrs = _replays(log, getattr(args, "bank", None)) if args.replay else None
     sb: Any = None
     if getattr(args, "secure_boot", False):
