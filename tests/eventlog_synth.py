@@ -465,6 +465,8 @@ def exercise(data: bytes) -> None:
                 continue
             assert result.verified == frozenset(pcrs)
             json.dumps(result.to_dict())
+            json.dumps(result.state.to_dict())
+            assert len(json.dumps(result.state.summary())) < 64_000
         with contextlib.suppress(EventLogError):
             json.dumps(secure_boot_state(log).to_dict())
 

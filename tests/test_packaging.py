@@ -104,6 +104,9 @@ def test_wheel_is_pure_and_typed(wheel: Path) -> None:
         meta = email.message_from_bytes(z.read(f"{dist}/METADATA"))
         entry_points = z.read(f"{dist}/entry_points.txt").decode()
     assert "tpm2_attest/py.typed" in names
+    # the well-known Secure Boot certificates are package data (eventlog.well_known_certificate)
+    assert {f"tpm2_attest/eventlog/certs/{f}" for f in
+            ("GcePk.crt", "MicWinProPCA2011_2011-10-19.crt", "debian-boothole.crt", "README.md")} <= names
     assert {"tpm2_attest/probe.py", "tpm2_attest/progress.py", "tpm2_attest/backends/pcp.py"} <= names
     assert not any(n.startswith(("tests/", "src/", "docs/")) for n in names)
     assert not any(n.endswith((".so", ".pyd", ".pyc")) for n in names)
@@ -123,6 +126,10 @@ def test_installed_version_and_location(venv: Path, tmp_path: Path) -> None:
                cwd=tmp_path, env=_clean_env(venv))
     location = Path(res.stdout.splitlines()[0])
     assert venv in location.parents and ROOT / "src" not in location.parents
+    code = ("from tpm2_attest.eventlog import wellknown as w, well_known_certificate as f; "
+            "print(f(w.certificate_der('GCE_DEFAULT_PK')))")
+    res = _run(venv / "bin" / "python", "-c", code, cwd=tmp_path, env=_clean_env(venv))
+    assert res.stdout.strip() == "GCE_DEFAULT_PK", res.stderr
 
 
 @pytest.mark.skipif(not swtpm_available(), reason="swtpm is not installed")

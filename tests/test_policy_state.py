@@ -422,3 +422,27 @@ def test_every_rule_id_is_documented() -> None:
         for rule in section.rules:
             assert rule.startswith(section.key + ".")
             assert re.search(rf"`{re.escape(rule)}`", text), f"docs/verifier.md: {rule}"
+
+
+def test_policy_is_a_lazy_attribute_of_the_package() -> None:
+    import subprocess
+    import sys
+
+    code = ("import sys, tpm2_attest; before = 'tpm2_attest.policy' in sys.modules; "
+            "p = tpm2_attest.policy; print(before, p.Policy.__module__)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert out == ["False", "tpm2_attest.policy.document"]
+
+
+def test_hostile_labels_do_not_make_large_violations() -> None:
+    b = synth.gce_boot(synth.LogBuilder(), apps=[])
+    path = b"".join(synth.dp_file("\\" + "x" * 30_000) for _ in range(4)) + synth.dp_end()
+    b.event(4, synth.EV_EFI_BOOT_SERVICES_APPLICATION, synth.image_load(path), measured=b"evil")
+    synth.grub_file(b, "/" + "y" * 100_000, b"evil")
+    synth.grub_string(b, "kernel_cmdline", "z" * 100_000)
+    doc = {"boot": {"efi_apps": {"sha256": ["00" * 32]}, "grub_files": {"sha256": ["00" * 32]},
+                    "kernel_cmdline": ["nothing"]}}
+    r = Policy.from_dict(doc).evaluate(None, built(b))
+    assert r.failed_rules() == ["boot.efi_apps", "boot.grub_files", "boot.kernel_cmdline"]
+    assert len(json.dumps(r.to_dict())) < 4_000

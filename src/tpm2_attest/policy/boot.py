@@ -211,7 +211,7 @@ class BootSection(Section):
         if isinstance(allowed, Violation):
             yield allowed
             return
-        found = [Violation(rule, f"EFI application {a.path or '(no path)'} (event {a.index}) has "
+        found = [Violation(rule, f"EFI application {_cut(a.path) or '(no path)'} (event {a.index}) has "
                            f"{state.bank} digest {a.digest.hex()}, which the policy does not allow",
                            seen={"digest": a.digest.hex(), "path": _cut(a.path)})
                  for a in efi.apps if a.digest not in allowed]
