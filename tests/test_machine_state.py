@@ -39,6 +39,7 @@ DATA = Path(__file__).resolve().parent / "data"
 UBUNTU = LOGS / "ubuntu_2104_shielded_vm_no_secure_boot_eventlog"
 COREOS = LOGS / "coreos_36_shielded_vm_no_secure_boot_eventlog"
 SB_CERT = LOGS / "sb_cert_eventlog"
+SB_CERT_RAW = SB_CERT.read_bytes()
 H = hashlib.sha256
 
 
@@ -547,3 +548,32 @@ def test_a_truncated_dbx_update_is_an_error() -> None:
         parse_variable_update(raw[:-5])
     with pytest.raises(EventLogError):
         parse_variable_update(raw[:16] + struct.pack("<I", 1 << 30) + raw[20:])
+
+
+def test_a_padded_certificate_entry_is_still_recognised() -> None:
+    from tpm2_attest.eventlog import parse_signature_lists
+
+    der = wk.certificate_der("MS_WINDOWS_PROD_PCA_2011")
+    (entry,) = parse_signature_lists(synth.signature_list(synth.EFI_CERT_X509,
+                                                          [(synth.OWNER, der + bytes(7))]))
+    assert entry.certificate is not None and entry.certificate_error is None
+    assert entry.fingerprint == H(der).digest() != entry.sha256
+    assert entry.well_known == "MS_WINDOWS_PROD_PCA_2011"
+    assert entry.to_dict()["sha256"] == H(der).hexdigest()
+
+
+def test_nul_terminated_action_strings_hashed_without_their_nul() -> None:
+    b = synth.LogBuilder()
+    b.event(4, synth.EV_EFI_ACTION, b"Calling EFI Application from Boot Option\0",
+            measured=b"Calling EFI Application from Boot Option")
+    b.event(4, synth.EV_SEPARATOR, b"\0\0\0\0")
+    b.event(5, synth.EV_EFI_ACTION, b"Exit Boot Services Invocation\0",
+            measured=b"Exit Boot Services Invocation")
+    s = state_of(b)
+    assert s.efi is not None and s.efi.other == () and s.efi.boot_option_called
+    assert s.efi.exit_boot_services is True
+
+
+def test_an_empty_device_path_is_no_path() -> None:
+    s = verified(SB_CERT_RAW).state
+    assert s.efi is not None and [a.path is None for a in s.efi.apps] == [False, True, True]

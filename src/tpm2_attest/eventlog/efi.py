@@ -63,9 +63,17 @@ class SignatureEntry:
         return hashlib.sha256(self.data).digest()
 
     @property
+    def fingerprint(self) -> bytes:
+        """SHA-256 of the DER certificate of an X.509 entry (padding after it left out), of the
+        data for other entries: what identifies a certificate in a policy."""
+        if self.is_certificate:
+            return hashlib.sha256(der_prefix(self.data) or self.data).digest()
+        return self.sha256
+
+    @property
     def well_known(self) -> str | None:
         """The well-known name of an X.509 entry (``MS_THIRD_PARTY_UEFI_CA_2011``...), else None."""
-        return name_of_fingerprint(self.sha256) if self.is_certificate else None
+        return name_of_fingerprint(self.fingerprint) if self.is_certificate else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description."""
@@ -74,7 +82,7 @@ class SignatureEntry:
         if owner_name:
             d["owner_name"] = owner_name
         if self.is_certificate:
-            d["sha256"] = self.sha256.hex()
+            d["sha256"] = self.fingerprint.hex()
             name = self.well_known
             if name is not None:
                 d["well_known"] = name
@@ -94,12 +102,41 @@ class SignatureEntry:
         return d
 
 
+def der_prefix(data: bytes) -> bytes | None:
+    """The DER element (an X.509 certificate's outer SEQUENCE) at the start of ``data`` when
+    bytes follow it (signature data padded past its certificate), else None."""
+    if len(data) < 2 or data[0] != 0x30:
+        return None
+    first = data[1]
+    if first < 0x80:
+        head, length = 2, first
+    elif 0x81 <= first <= 0x84 and len(data) >= 2 + (first & 0x7F):
+        n = first & 0x7F
+        head, length = 2 + n, int.from_bytes(data[2 : 2 + n], "big")
+    else:
+        return None
+    end = head + length
+    return data[:end] if end < len(data) else None
+
+
 def parse_certificate(der: bytes) -> tuple[x509.Certificate | None, str | None]:
     """Parse a DER X.509 certificate; return (certificate, None) or (None, reason).
 
+    Bytes after the certificate (padding some firmware leaves in signature data) are ignored.
     cryptography decodes some fields lazily, so the ones this package reads (names, serial,
     validity, TBS bytes) are touched here: a certificate returned will not raise later.
     """
+    cert, err = _parse_certificate(der)
+    if cert is None:
+        prefix = der_prefix(der)
+        if prefix is not None:
+            cert2, _ = _parse_certificate(prefix)
+            if cert2 is not None:
+                return cert2, None
+    return cert, err
+
+
+def _parse_certificate(der: bytes) -> tuple[x509.Certificate | None, str | None]:
     try:
         cert = x509.load_der_x509_certificate(der)
         cert.subject.rfc4514_string()

@@ -67,7 +67,7 @@ class SignatureDatabase:
     @property
     def fingerprints(self) -> tuple[bytes, ...]:
         """SHA-256 fingerprints (of the DER bytes) of the database's X.509 entries, in order."""
-        return tuple(e.sha256 for e in self.entries if e.is_certificate)
+        return tuple(e.fingerprint for e in self.entries if e.is_certificate)
 
     @property
     def well_known(self) -> tuple[str, ...]:

@@ -419,6 +419,14 @@ class _Ctx:
         d = self.digest(ev)
         return d is not None and self.h(ev.data if data is None else data).digest() == d
 
+    def matches_string(self, ev: Event) -> bool:
+        """A string event: its digest covers the data, or the data without trailing NULs
+        (firmware differs on whether the terminator is hashed)."""
+        if self.matches(ev):
+            return True
+        stripped = ev.data.rstrip(b"\0")
+        return stripped != ev.data and self.matches(ev, stripped)
+
     def note(self, text: str) -> None:
         if len(self.notes) < MAX_NOTES:
             self.notes.append(text)
@@ -564,9 +572,9 @@ def _efi(ctx: _Ctx, by_pcr: dict[int, list[Event]]) -> EfiState:
             info = ev.info
             path = length = None
             if isinstance(info, ImageLoadInfo):
-                path, length = info.device_path_text, info.length
+                path, length = info.device_path_text or None, info.length
             apps.append(EfiApp(ev.index, ctx.digest(ev) or b"", path, length))
-        elif t in _SELF_DESCRIBING_PCR4 and ctx.matches(ev):
+        elif t in _SELF_DESCRIBING_PCR4 and ctx.matches_string(ev):
             if t == _EFI_ACTION and ev.data.rstrip(b"\0") == CALLING_EFI_APPLICATION:
                 called = True
         else:
@@ -575,7 +583,7 @@ def _efi(ctx: _Ctx, by_pcr: dict[int, list[Event]]) -> EfiState:
     ebs: bool | None = None
     if 5 in by_pcr:
         ebs = any(ev.type == _EFI_ACTION and ev.data.rstrip(b"\0") == EXIT_BOOT_SERVICES
-                  and ctx.matches(ev) for ev in by_pcr[5])
+                  and ctx.matches_string(ev) for ev in by_pcr[5])
     return EfiState(tuple(apps), tuple(other), called, ebs)
 
 

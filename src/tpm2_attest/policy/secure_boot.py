@@ -230,7 +230,7 @@ class SecureBootSection(Section):
                 if e.signature_type == guids.EFI_CERT_SHA256:
                     have_hashes.add(e.data)
                 elif e.is_certificate:
-                    have_certs.add(e.sha256)
+                    have_certs.add(e.fingerprint)
         missing_h = sorted(self.dbx_hashes - have_hashes)
         missing_c = [r for r in self.dbx_certificates if r.fingerprint not in have_certs]
         if missing_h or missing_c:
@@ -317,7 +317,7 @@ def revocations(update: bytes, path: str = "update") -> tuple[set[bytes], list[C
         if e.signature_type == guids.EFI_CERT_SHA256 and len(e.data) == 32:
             hashes.add(e.data)
         elif e.is_certificate:
-            certs.append(CertificateRef.of(e.sha256))
+            certs.append(CertificateRef.of(e.fingerprint))
         else:
             raise PolicyError(path, f"the update holds a {e.type_name} entry; only EFI_CERT_SHA256 "
                               "hashes and X.509 certificates can be required")
