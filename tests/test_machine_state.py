@@ -577,3 +577,28 @@ def test_nul_terminated_action_strings_hashed_without_their_nul() -> None:
 def test_an_empty_device_path_is_no_path() -> None:
     s = verified(SB_CERT_RAW).state
     assert s.efi is not None and [a.path is None for a in s.efi.apps] == [False, True, True]
+
+
+def test_thousands_of_digits_in_a_gce_version_are_not_a_version() -> None:
+    assert gce_firmware_version(synth.ucs2z("GCE Virtual Firmware v" + "9" * 5000)) is None
+    assert gce_firmware_version(synth.ucs2z("GCE Virtual Firmware v" + "0" * 5000 + "7")) == 7
+    b = synth.LogBuilder()
+    b.event(0, synth.EV_S_CRTM_VERSION, synth.ucs2z("GCE Virtual Firmware v" + "9" * 5000))
+    s = state_of(b)
+    assert s.platform is not None and s.platform.gce_firmware_version is None
+
+
+def test_an_internal_failure_leaves_an_empty_state_with_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tpm2_attest.eventlog import state as state_module
+
+    def broken(*args: Any) -> Any:
+        raise KeyError("boom")
+
+    monkeypatch.setattr(state_module, "_efi", broken)
+    res = verified(UBUNTU.read_bytes())
+    assert res.verified and res.state.platform is None and res.state.efi is None
+    assert res.state.notes == ("the machine state could not be read: KeyError: 'boom'",)
+    from tpm2_attest.policy import Policy
+
+    r = Policy.from_dict({"boot": {"min_gce_firmware_version": 1}}).evaluate(None, res)
+    assert r.failed_rules() == ["boot.gce_firmware_version"]  # fails closed

@@ -444,8 +444,18 @@ def machine_state(log: EventLog, bank: str | int, verified: Iterable[int], *,
     Never raises on the log's content; ValueError for an unknown bank.
     """
     alg = resolve_bank(bank)
-    ctx = _Ctx(alg, hash_factory(alg))
     pcrs = frozenset(verified)
+    try:
+        return _machine_state(log, alg, pcrs, secure_boot)
+    except Exception as exc:  # a bug here must not turn a verified log into a crash
+        return MachineState(bank_name(alg), pcrs, None, None, None, None, None, None,
+                            (f"the machine state could not be read: {type(exc).__name__}: "
+                             f"{str(exc)[:200]}",))
+
+
+def _machine_state(log: EventLog, alg: int, pcrs: frozenset[int],
+                   secure_boot: SecureBootState | None) -> MachineState:
+    ctx = _Ctx(alg, hash_factory(alg))
     by_pcr: dict[int, list[Event]] = {p: [] for p in pcrs}
     for ev in log.events:
         lst = by_pcr.get(ev.pcr)
@@ -488,7 +498,10 @@ def gce_firmware_version(scrtm_version: bytes) -> int | None:
         digits.append(b)
     if not digits or not digits.isdigit() or not digits.isascii():
         return None
-    value = int(digits)
+    significant = digits.lstrip(b"0")
+    if len(significant) > 10:  # above 2**32 whatever follows (and int() of 5,000 digits raises)
+        return None
+    value = int(significant or b"0")
     return value if value < 1 << 32 else None
 
 
