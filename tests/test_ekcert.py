@@ -297,19 +297,36 @@ def test_expired_chains(pki) -> None:
     old_inter = make_ca("Vendor EK CA", root, key=pki["inter"][1],
                         not_before=NOW - dt.timedelta(days=400), not_after=NOW - dt.timedelta(days=1))  # fmt: skip
     leaf = make_ek(pki["inter"], not_before=NOW - dt.timedelta(days=300))
-    assert reason_of(leaf, [root[0]], [old_inter[0]]) is Reason.EK_CERT_EXPIRED
+    strict = {"ca_validity": "at-time"}
+    assert reason_of(leaf, [root[0]], [old_inter[0]], **strict) is Reason.EK_CERT_EXPIRED
     # at a time inside every validity period the same chain verifies (naive = UTC)
     then = (NOW - dt.timedelta(days=100)).replace(tzinfo=None)
-    assert check(leaf, [root[0]], [old_inter[0]], at_time=then).chain[1] == old_inter[0]
+    assert check(leaf, [root[0]], [old_inter[0]], at_time=then, **strict).chain[1] == old_inter[0]
     # with a valid twin of the intermediate available, the path search uses it
-    assert check(leaf, [root[0]], [old_inter[0], pki["inter"][0]]).chain[1] == pki["inter"][0]
+    assert check(leaf, [root[0]], [old_inter[0], pki["inter"][0]], **strict).chain[1] == pki["inter"][0]
     # leaf not yet valid; expired root
     future = make_ek(pki["inter"], not_before=NOW + dt.timedelta(days=1))
-    assert reason_of(future, [root[0]], [pki["inter"][0]]) is Reason.EK_CERT_EXPIRED
+    for policy in ("at-time", "at-issuance"):
+        assert reason_of(future, [root[0]], [pki["inter"][0]], ca_validity=policy) is Reason.EK_CERT_EXPIRED
     old_root = make_ca("Old Root", not_before=NOW - dt.timedelta(days=20),
                        not_after=NOW - dt.timedelta(days=10))  # fmt: skip
     inter = make_ca("Old EK CA", old_root)
-    assert reason_of(make_ek(inter), [old_root[0]], [inter[0]]) is Reason.EK_CERT_EXPIRED
+    assert reason_of(make_ek(inter), [old_root[0]], [inter[0]], **strict) is Reason.EK_CERT_EXPIRED
+    # the default policy: a CA that expired after issuing is reported, not fatal
+    got = check(make_ek(inter), [old_root[0]], [inter[0]])
+    assert len(got.expired_cas) == 1 and "CN=Old Root" in got.expired_cas[0]
+    got = check(leaf, [root[0]], [old_inter[0]])
+    assert got.chain[1] == old_inter[0] and "CN=Vendor EK CA" in got.expired_cas[0]
+    assert check(leaf, [root[0]], [old_inter[0]], **strict, at_time=then).expired_cas == ()
+    # ... but a certificate dated after its CA expired is refused under either policy
+    late = make_ek(pki["inter"], not_before=NOW - dt.timedelta(hours=1))
+    for policy in ("at-time", "at-issuance"):
+        assert reason_of(late, [root[0]], [old_inter[0]], ca_validity=policy) is Reason.EK_CERT_EXPIRED
+    # and a CA that is not valid yet
+    young = make_ca("Vendor EK CA", root, key=pki["inter"][1], not_before=NOW + dt.timedelta(days=2))
+    assert reason_of(leaf, [root[0]], [young[0]]) is Reason.EK_CERT_EXPIRED
+    with pytest.raises(ValueError):
+        check(leaf, [root[0]], [pki["inter"][0]], ca_validity="sometimes")
 
 
 def test_impostor_intermediate_and_loops(pki) -> None:

@@ -1,81 +1,50 @@
-"""EK certificate verification: chain to given roots, TCG attributes, key match.
+"""EK certificate verification: chain to given roots, TCG profile checks, key match.
 
-EK certificates are not web-PKI certificates (no serverAuth/clientAuth EKU, an
-empty subject, a critical SubjectAltName), so the path is built here rather than
-with `cryptography`'s web-PKI verifier: from the leaf, issuers are looked up among
-the intermediates and roots by name, every signature is checked, CA constraints
-and validity periods are enforced (the root's too), and the search stops at a
-caller-given root. Parsed CA inputs and verified (child, issuer) signature links
-are cached by DER fingerprint across calls (bounded); validity and constraints
-are checked on every call.
-
-Some TPM vendors ship certificates that strict DER parsers refuse (see the
-"Lenient parsing" section below); those are accepted through a bounded repair
-path whose signature check always runs over the bytes the CA actually signed.
-
-Lenient parsing: what is tolerated and what is refused
--------------------------------------------------------
-Tolerated (each one is listed in ``EkCertificate.tolerated``):
-
-* ``nv-header``: the TCG NV storage header (``10 01 00`` + u16 length) before the DER.
-* ``trailing-data``: bytes after the outer Certificate SEQUENCE (NV padding);
-  they lie outside the signed data (go-attestation does the same).
-* ``non-positive-serial``: a negative or zero serial number (RFC 5280 §4.1.2.2 asks
-  users to tolerate it); ``serial_number`` keeps the value as encoded, a repaired
-  copy carries the minimal two's-complement bytes read as unsigned.
-* DER violations inside the certificate, repaired by re-encoding a copy that
-  `cryptography` can read: ``non-minimal-length``, ``non-minimal-integer`` (e.g.
-  Nuvoton serials with leading zeros, go-attestation #362), ``unsorted-set``
-  (e.g. Nuvoton issuer names, keylime #944), ``boolean-encoding`` (TRUE not
-  0xFF), ``encoded-default`` (explicit v1 version, ``critical FALSE``, basic
-  constraints ``cA FALSE``), ``printable-string-charset`` (re-tagged UTF8String),
-  ``time-format`` (UTCTime/GeneralizedTime without seconds or with an offset).
-* ``rsaes-oaep-spki``: an RSA key labelled id-RSAES-OAEP instead of rsaEncryption
-  (older Infineon EK certificates); the key itself is a plain RSAPublicKey.
-
-For a repaired certificate ``EkCertificate.certificate`` is the re-encoded copy
-(``lenient`` is True): read fields from it, but its own signature does not cover
-its bytes; the chain check verified the original TBSCertificate bytes instead.
-
-Refused (``Reason.EK_CERT_MALFORMED``): more than 64 KiB; and, on the repair
-path (when `cryptography` alone refused the bytes), indefinite lengths,
-high tag numbers, lengths past the end of their container, nesting deeper than
-32, a Certificate that is not exactly SEQUENCE {tbs, algorithm, BIT STRING},
-a signature BIT STRING with unused bits, duplicate extensions, and anything
-`cryptography` still cannot parse after the repairs above.
+The path is built and checked by :mod:`.certpath` (lenient parsing of vendor
+certificates, path search, CA constraints, nameConstraints, the validity policy for
+CAs). On top of that an EK certificate must look like one (TCG EK Credential Profile):
+not a CA, an extendedKeyUsage that includes tcg-kp-EKCertificate when it has one, a
+keyUsage that fits an EK's key (keyEncipherment for RSA, keyAgreement for ECC; an AK
+certificate with digitalSignature only is refused), and no critical extension we do not
+understand. Certificates without any extendedKeyUsage exist (Google Compute Engine's
+vTPM EK certificates): accepted unless ``strict=True``.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
-import functools
-import hashlib
-import re
-import warnings
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Final
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import (
     CertificatePublicKeyTypes,
     PublicKeyTypes,
 )
-from cryptography.utils import CryptographyDeprecationWarning
 
+from .certpath import (
+    MAX_CERT_SIZE,
+    MAX_CHAIN_LENGTH,
+    OID_TCG_KP_EK_CERTIFICATE,
+    CaValidity,
+    CertInput,
+    usage_problem,
+    validity,
+    verify_path,
+)
 from .errors import Reason, VerificationError
 
 __all__ = [
     "MAX_CERT_SIZE",
     "MAX_CHAIN_LENGTH",
+    "OID_TCG_KP_EK_CERTIFICATE",
     "OID_TPM_MANUFACTURER",
     "OID_TPM_MODEL",
     "OID_TPM_VERSION",
+    "CaValidity",
     "EkCertificate",
     "verify_ek_certificate",
 ]
@@ -87,20 +56,8 @@ OID_TPM_MODEL: Final = x509.ObjectIdentifier("2.23.133.2.2")
 OID_TPM_VERSION: Final = x509.ObjectIdentifier("2.23.133.2.3")
 """tcg-at-tpmVersion, e.g. ``id:00070002``."""
 
-MAX_CERT_SIZE: Final = 64 * 1024
-"""Largest certificate input accepted (EK certificates are 1-2 KiB)."""
-MAX_CHAIN_LENGTH: Final = 8
-"""Most certificates in a path, leaf and root included."""
-_MAX_SIGNATURE_CHECKS: Final = 64
-_MAX_DEPTH: Final = 32
-
 _SPKI = serialization.PublicFormat.SubjectPublicKeyInfo
 _DER = serialization.Encoding.DER
-_PEM_RE: Final = re.compile(
-    rb"-----BEGIN CERTIFICATE-----([A-Za-z0-9+/=\s]*?)-----END CERTIFICATE-----"
-)
-
-CertInput = bytes | bytearray | memoryview | x509.Certificate
 
 
 @dataclass(frozen=True)
@@ -128,9 +85,12 @@ class EkCertificate:
     chain: list[x509.Certificate]
     """Leaf first, the trusted root last."""
     lenient: bool = False
-    """True when `certificate` is a repaired copy (see the module docstring)."""
+    """True when `certificate` is a repaired copy (see :mod:`.certpath`)."""
     tolerated: tuple[str, ...] = ()
     """The deviations from RFC 5280 / DER that were tolerated, by name."""
+    expired_cas: tuple[str, ...] = ()
+    """CAs of the chain that are expired (or not yet valid) now; accepted because they were
+    valid when they issued (``ca_validity="at-issuance"``). Worth logging: the vendor CA is stale."""
 
     @property
     def tpm_manufacturer_id(self) -> int | None:
@@ -144,599 +104,8 @@ class EkCertificate:
             return None
 
 
-# --------------------------------------------------------------------------- DER
-
-
-class _Malformed(ValueError):
-    """Input the lenient DER walker refuses."""
-
-
-class _Node:
-    """One TLV: tag, original content and, when constructed, its children."""
-
-    __slots__ = ("children", "content", "tag")
-
-    def __init__(self, tag: int, content: bytes, children: list[_Node] | None) -> None:
-        self.tag = tag
-        self.content = content
-        self.children = children
-
-
-def _header(buf: bytes, pos: int, end: int, notes: set[str]) -> tuple[int, int, int]:
-    """Read one TLV header; return (tag, content start, content end)."""
-    if pos + 2 > end:
-        raise _Malformed(f"truncated TLV at offset {pos}")
-    tag = buf[pos]
-    if tag & 0x1F == 0x1F:
-        raise _Malformed(f"high tag number form at offset {pos}")
-    first = buf[pos + 1]
-    pos += 2
-    if first < 0x80:
-        length = first
-    elif first == 0x80:
-        raise _Malformed(f"indefinite length at offset {pos - 2}")
-    else:
-        n = first & 0x7F
-        if n > 4 or pos + n > end:
-            raise _Malformed(f"bad length field at offset {pos - 2}")
-        length = int.from_bytes(buf[pos : pos + n], "big")
-        pos += n
-        if length < 0x80 or n != (length.bit_length() + 7) // 8:
-            notes.add("non-minimal-length")
-    if pos + length > end:
-        raise _Malformed(f"length {length} runs past its container at offset {pos}")
-    return tag, pos, pos + length
-
-
-def _parse(buf: bytes, pos: int, end: int, depth: int, notes: set[str]) -> tuple[_Node, int]:
-    """Parse one TLV (recursively when constructed), bounded in depth."""
-    if depth > _MAX_DEPTH:
-        raise _Malformed("nesting too deep")
-    tag, start, stop = _header(buf, pos, end, notes)
-    children: list[_Node] | None = None
-    if tag & 0x20:
-        children = []
-        p = start
-        while p < stop:
-            child, p = _parse(buf, p, stop, depth + 1, notes)
-            children.append(child)
-    return _Node(tag, buf[start:stop], children), stop
-
-
-def _parse_exact(data: bytes, notes: set[str]) -> _Node:
-    node, end = _parse(data, 0, len(data), 0, notes)
-    if end != len(data):
-        raise _Malformed("trailing bytes")
-    return node
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes((tag, n)) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(size))) + size + content
-
-
-_PRINTABLE: Final = frozenset(
-    b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789 '()+,-./:=?"
-)
-_TIME_RE: Final = re.compile(rb"(\d{10,14})(?:(Z)|([+-])(\d{2})(\d{2}))?\Z")
-
-
-def _norm_time(tag: int, content: bytes, notes: set[str]) -> tuple[int, bytes]:
-    """UTCTime / GeneralizedTime in the RFC 5280 form: seconds present, UTC, ``Z``."""
-    utc = tag == 0x17
-    m = _TIME_RE.match(content)
-    if m is None:
-        raise _Malformed(f"unreadable time {content!r}")
-    digits, zulu, sign, oh, om = m.groups()
-    year_len = 2 if utc else 4
-    if (zulu is None and sign is None) or len(digits) not in (year_len + 8, year_len + 10):
-        raise _Malformed(f"unreadable time {content!r}")
-    year = int(digits[:year_len])
-    if utc:
-        year += 1900 if year >= 50 else 2000  # RFC 5280 §4.1.2.5.1
-    rest = digits[year_len:]
-    try:
-        when = datetime(
-            year,
-            int(rest[0:2]),
-            int(rest[2:4]),
-            int(rest[4:6]),
-            int(rest[6:8]),
-            int(rest[8:10] or b"0"),
-        )
-        if sign is not None:
-            offset = timedelta(hours=int(oh), minutes=int(om))
-            when = when - offset if sign == b"+" else when + offset
-    except (ValueError, OverflowError) as exc:
-        raise _Malformed(f"unreadable time {content!r}") from exc
-    if utc:
-        if not 1950 <= when.year <= 2049:
-            raise _Malformed(f"UTCTime out of range after zone conversion {content!r}")
-        out = when.strftime("%y%m%d%H%M%SZ").encode()
-    else:
-        out = f"{when.year:04d}".encode() + when.strftime("%m%d%H%M%SZ").encode()
-    if out != content:
-        notes.add("time-format")
-    return tag, out
-
-
-def _int_bytes(value: int) -> bytes:
-    """Minimal two's-complement big-endian bytes of an INTEGER (DER X.690 §8.3.2)."""
-    magnitude = value if value >= 0 else ~value
-    return value.to_bytes(magnitude.bit_length() // 8 + 1, "big", signed=True)
-
-
-def _encode(node: _Node, notes: set[str]) -> bytes:
-    """DER re-encoding of a parsed TLV tree (minimal lengths/integers, sorted SETs...)."""
-    tag = node.tag
-    if node.children is not None:
-        parts = [_encode(c, notes) for c in node.children]
-        if tag == 0x31:
-            ordered = sorted(parts)
-            if ordered != parts:
-                notes.add("unsorted-set")
-            parts = ordered
-        return _tlv(tag, b"".join(parts))
-    content = node.content
-    if tag == 0x01:  # BOOLEAN
-        if len(content) != 1:
-            raise _Malformed("BOOLEAN of length != 1")
-        fixed = b"\xff" if content[0] else b"\x00"
-        if fixed != content:
-            notes.add("boolean-encoding")
-        content = fixed
-    elif tag == 0x02:  # INTEGER
-        if not content:
-            raise _Malformed("empty INTEGER")
-        value = int.from_bytes(content, "big", signed=True)
-        fixed = _int_bytes(value)
-        if fixed != content:
-            notes.add("non-minimal-integer")
-        content = fixed
-    elif tag == 0x13 and not frozenset(content) <= _PRINTABLE:  # PrintableString
-        try:
-            content.decode("utf-8")
-        except UnicodeDecodeError as exc:
-            raise _Malformed("PrintableString is not text") from exc
-        notes.add("printable-string-charset")
-        tag = 0x0C
-    elif tag in (0x17, 0x18):
-        tag, content = _norm_time(tag, content, notes)
-    return _tlv(tag, content)
-
-
-_OID_RSAES_OAEP: Final = bytes.fromhex("06092a864886f70d010107")
-_RSA_ENCRYPTION_ALG: Final = bytes.fromhex("300d06092a864886f70d0101010500")
-_OID_BASIC_CONSTRAINTS: Final = bytes.fromhex("0603551d13")
-
-
-def _encode_extension_value(content: bytes, is_basic_constraints: bool, notes: set[str]) -> bytes:
-    """Normalize an extnValue's inner DER when it parses; otherwise leave it untouched."""
-    local: set[str] = set()
-    try:
-        node = _parse_exact(content, local)
-        if (
-            is_basic_constraints
-            and node.tag == 0x30
-            and node.children
-            and node.children[0].tag == 0x01
-            and node.children[0].content == b"\x00"
-        ):
-            node.children.pop(0)
-            local.add("encoded-default")
-        out = _encode(node, local)
-    except _Malformed:
-        return content
-    notes.update(local)
-    return out
-
-
-def _encode_tbs(tbs: _Node, notes: set[str]) -> bytes:
-    """Re-encode a TBSCertificate with the schema-aware repairs of the module docstring."""
-    items = tbs.children
-    if tbs.tag != 0x30 or not items or len(items) < 6:
-        raise _Malformed("TBSCertificate is not a SEQUENCE of at least 6 fields")
-    out: list[bytes] = []
-    i = 0
-    if items[0].tag == 0xA0:
-        ver = items[0].children
-        if not ver or len(ver) != 1 or ver[0].tag != 0x02:
-            raise _Malformed("bad version field")
-        if int.from_bytes(ver[0].content or b"\x00", "big", signed=True) == 0:
-            notes.add("encoded-default")
-        else:
-            out.append(_encode(items[0], notes))
-        i = 1
-    if len(items) < i + 6:
-        raise _Malformed("TBSCertificate lacks fields")
-    serial = items[i]
-    if serial.tag != 0x02 or not serial.content:
-        raise _Malformed("bad serial number")
-    minimal = _encode(serial, notes)
-    value = int.from_bytes(serial.content, "big", signed=True)
-    if value < 0:  # the repaired copy reads the minimal two's-complement bytes as unsigned
-        notes.add("non-positive-serial")
-        minimal = _tlv(0x02, b"\x00" + _int_bytes(value))
-    out.append(minimal)
-    for node in items[i + 1 : i + 5]:  # signature, issuer, validity, subject
-        out.append(_encode(node, notes))
-    spki = items[i + 5]
-    if spki.tag != 0x30 or not spki.children or len(spki.children) != 2:
-        raise _Malformed("bad SubjectPublicKeyInfo")
-    alg = spki.children[0]
-    if alg.tag == 0x30 and alg.children and _encode(alg.children[0], notes) == _OID_RSAES_OAEP:
-        notes.add("rsaes-oaep-spki")
-        out.append(_tlv(0x30, _RSA_ENCRYPTION_ALG + _encode(spki.children[1], notes)))
-    else:
-        out.append(_encode(spki, notes))
-    for node in items[i + 6 :]:
-        if node.tag == 0xA3 and node.children and len(node.children) == 1:
-            out.append(_tlv(0xA3, _encode_extensions(node.children[0], notes)))
-        else:
-            out.append(_encode(node, notes))
-    return _tlv(0x30, b"".join(out))
-
-
-def _encode_extensions(exts: _Node, notes: set[str]) -> bytes:
-    if exts.tag != 0x30 or exts.children is None:
-        raise _Malformed("extensions are not a SEQUENCE")
-    parts: list[bytes] = []
-    for ext in exts.children:
-        fields = ext.children
-        if ext.tag != 0x30 or not fields or not 2 <= len(fields) <= 3 or fields[-1].tag != 0x04:
-            raise _Malformed("bad Extension")
-        oid = _encode(fields[0], notes)
-        body = [oid]
-        if len(fields) == 3:
-            crit = _encode(fields[1], notes)
-            if crit == b"\x01\x01\x00":
-                notes.add("encoded-default")
-            else:
-                body.append(crit)
-        value = _encode_extension_value(fields[-1].content, oid == _OID_BASIC_CONSTRAINTS, notes)
-        body.append(_tlv(0x04, value))
-        parts.append(_tlv(0x30, b"".join(body)))
-    return _tlv(0x30, b"".join(parts))
-
-
-# ------------------------------------------------------------------ certificates
-
-
-@dataclass(frozen=True, slots=True)
-class _Parsed:
-    """A certificate with the exact bytes its issuer signed."""
-
-    cert: x509.Certificate
-    der: bytes
-    tbs: bytes
-    signature: bytes
-    serial: int
-    strict: bool
-    tolerated: tuple[str, ...]
-    fingerprint: bytes
-    subject: x509.Name = field(init=False)
-    issuer: x509.Name = field(init=False)
-
-    def __post_init__(self) -> None:
-        # `cryptography` builds new Name objects on every access: keep one of each.
-        object.__setattr__(self, "subject", self.cert.subject)
-        object.__setattr__(self, "issuer", self.cert.issuer)
-
-
 def _fail(reason: Reason, detail: str) -> VerificationError:
     return VerificationError(reason, detail)
-
-
-def _split_outer(data: bytes) -> tuple[bytes, list[str]]:
-    """Remove a TCG NV header and trailing bytes: return the Certificate TLV."""
-    notes: list[str] = []
-    if len(data) > 5 and data[:3] == b"\x10\x01\x00":
-        size = int.from_bytes(data[3:5], "big")
-        if 5 + size > len(data):
-            raise _Malformed("TCG NV header length exceeds the data")
-        data = data[5 : 5 + size]
-        notes.append("nv-header")
-    if not data or data[0] != 0x30:
-        raise _Malformed("not a DER SEQUENCE")
-    _, _, end = _header(data, 0, len(data), set())
-    if end != len(data):
-        notes.append("trailing-data")
-        data = data[:end]
-    return data, notes
-
-
-_KNOWN_KEY_ALGORITHMS: Final = frozenset(
-    {
-        "1.2.840.113549.1.1.1",  # rsaEncryption
-        "1.2.840.113549.1.1.10",  # id-RSASSA-PSS
-        "1.2.840.10045.2.1",  # id-ecPublicKey
-        "1.3.101.112",  # Ed25519
-        "1.3.101.113",  # Ed448
-    }
-)
-
-
-def _strict_load(der: bytes, given: x509.Certificate | None = None) -> tuple[x509.Certificate, int]:
-    """`cryptography`'s own parse, including the parts it decodes lazily; (cert, serial)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", CryptographyDeprecationWarning)
-        cert = given if given is not None else x509.load_der_x509_certificate(der)
-        # `cryptography` decodes several fields lazily: touch every one used later.
-        key_oid = getattr(cert, "public_key_algorithm_oid", None)  # cryptography >= 43
-        if key_oid is None or key_oid.dotted_string not in _KNOWN_KEY_ALGORITHMS:
-            cert.public_key()  # raises for what `cryptography` cannot load
-        list(cert.extensions)
-        _ = (cert.issuer, cert.subject, _validity(cert))
-        _ = cert.signature_algorithm_oid
-        return cert, cert.serial_number
-
-
-def _load_one(der_in: bytes, what: str, given: x509.Certificate | None = None) -> _Parsed:
-    """Parse one DER certificate, strictly if possible, else through the repair path."""
-    if len(der_in) > MAX_CERT_SIZE:
-        raise _fail(Reason.EK_CERT_MALFORMED, f"{what}: larger than {MAX_CERT_SIZE} bytes")
-    try:
-        der, pre = _split_outer(der_in)
-    except _Malformed as exc:
-        raise _fail(Reason.EK_CERT_MALFORMED, f"{what}: {exc}") from exc
-    fingerprint = hashlib.sha256(der).digest()
-    tolerated = list(pre)
-    try:
-        cert, serial = _strict_load(der, given if not pre else None)
-    except Exception as exc:  # any refusal of the strict parser: try the repair path
-        return _repair(der, what, tolerated, fingerprint, exc)
-    if serial <= 0:
-        tolerated.append("non-positive-serial")
-    return _Parsed(
-        cert,
-        der,
-        cert.tbs_certificate_bytes,
-        cert.signature,
-        serial,
-        True,
-        tuple(tolerated),
-        fingerprint,
-    )
-
-
-def _repair(
-    der: bytes, what: str, tolerated: list[str], fingerprint: bytes, strict_error: Exception
-) -> _Parsed:
-    """The lenient path: walk the DER ourselves, re-encode a readable copy, keep the signed TBS."""
-    notes: set[str] = set()
-    try:
-        outer = _parse_exact(der, notes)
-        parts = outer.children
-        if outer.tag != 0x30 or parts is None or len(parts) != 3:
-            raise _Malformed("Certificate is not SEQUENCE {tbs, algorithm, signature}")
-        tbs_node, alg_node, sig_node = parts
-        if sig_node.tag != 0x03 or not sig_node.content or sig_node.content[0] != 0:
-            raise _Malformed("signature is not a BIT STRING without unused bits")
-        tbs_children = tbs_node.children
-        if tbs_node.tag != 0x30 or not tbs_children:
-            raise _Malformed("TBSCertificate is not a SEQUENCE")
-        serial_node = tbs_children[1 if tbs_children[0].tag == 0xA0 else 0]
-        if serial_node.tag != 0x02 or not serial_node.content:
-            raise _Malformed("bad serial number")
-        serial = int.from_bytes(serial_node.content, "big", signed=True)
-        tbs = _signed_tbs(der)  # exactly the bytes the issuer signed, never re-encoded
-        fixed = _tlv(
-            0x30,
-            _encode_tbs(tbs_node, notes) + _encode(alg_node, notes) + _encode(sig_node, notes),
-        )
-    except _Malformed as exc:
-        raise _fail(Reason.EK_CERT_MALFORMED, f"{what}: {exc} ({strict_error})") from exc
-    if fixed == der:
-        raise _fail(Reason.EK_CERT_MALFORMED, f"{what}: {strict_error}")
-    try:
-        cert, _ = _strict_load(fixed)
-    except Exception as exc:  # the repaired copy is still refused: give up
-        raise _fail(
-            Reason.EK_CERT_MALFORMED, f"{what}: unreadable even after repairs: {exc}"
-        ) from exc
-    if serial <= 0:
-        notes.add("non-positive-serial")
-    tolerated.extend(sorted(n for n in notes if n not in tolerated))
-    signature = sig_node.content[1:]
-    return _Parsed(cert, der, tbs, signature, serial, False, tuple(tolerated), fingerprint)
-
-
-def _signed_tbs(der: bytes) -> bytes:
-    """The first element of the outer SEQUENCE, byte for byte (what the issuer signed)."""
-    _, start, _ = _header(der, 0, len(der), set())
-    _, _, tend = _header(der, start, len(der), set())
-    return der[start:tend]
-
-
-def _pem_blocks(data: bytes) -> list[bytes]:
-    blocks = []
-    for m in _PEM_RE.finditer(data):
-        try:
-            blocks.append(base64.b64decode(b"".join(m.group(1).split()), validate=True))
-        except (binascii.Error, ValueError) as exc:
-            raise _fail(Reason.EK_CERT_MALFORMED, f"bad PEM base64: {exc}") from exc
-    return blocks
-
-
-def _load_many(item: CertInput, what: str, *, single: bool) -> list[_Parsed]:
-    """One input (Certificate, DER, or PEM possibly holding several certificates)."""
-    if isinstance(item, x509.Certificate):
-        return [_load_one(item.public_bytes(_DER), what, item)]
-    if not isinstance(item, bytes | bytearray | memoryview):
-        raise TypeError(f"{what}: expected bytes or x509.Certificate, not {type(item).__name__}")
-    data = bytes(item)
-    if len(data) > 4 * MAX_CERT_SIZE:
-        raise _fail(Reason.EK_CERT_MALFORMED, f"{what}: input too large")
-    if data.lstrip().startswith(b"-----BEGIN"):
-        blocks = _pem_blocks(data)
-        if not blocks:
-            raise _fail(Reason.EK_CERT_MALFORMED, f"{what}: no PEM CERTIFICATE block")
-        if single and len(blocks) != 1:
-            raise _fail(Reason.EK_CERT_MALFORMED, f"{what}: expected one certificate")
-        return [
-            _load_one(b, f"{what}[{i}]" if len(blocks) > 1 else what) for i, b in enumerate(blocks)
-        ]
-    return [_load_one(data, what)]
-
-
-# ------------------------------------------------------------------ path building
-
-
-def _utc(dt: datetime) -> datetime:
-    return dt.replace(tzinfo=UTC) if dt.tzinfo is None else dt.astimezone(UTC)
-
-
-def _validity(cert: x509.Certificate) -> tuple[datetime, datetime]:
-    """notBefore/notAfter as aware UTC datetimes (``*_utc`` exist from cryptography 42)."""
-    if hasattr(cert, "not_valid_before_utc"):
-        return cert.not_valid_before_utc, cert.not_valid_after_utc
-    before: datetime = getattr(cert, "not_valid_before")  # noqa: B009
-    after: datetime = getattr(cert, "not_valid_after")  # noqa: B009
-    return before.replace(tzinfo=UTC), after.replace(tzinfo=UTC)
-
-
-_VERIFIED_LINKS: dict[tuple[bytes, bytes], None] = {}
-"""(child, issuer) DER fingerprints whose signature already verified: CA links recur."""
-_MAX_VERIFIED_LINKS: Final = 4096
-
-
-def _verify_signature(child: _Parsed, issuer: _Parsed) -> str | None:
-    """None when `issuer` signed `child`; otherwise why not."""
-    link = (child.fingerprint, issuer.fingerprint)
-    if link in _VERIFIED_LINKS:
-        return None
-    error = _check_signature(child, issuer)
-    if error is None:
-        if len(_VERIFIED_LINKS) >= _MAX_VERIFIED_LINKS:
-            _VERIFIED_LINKS.clear()
-        _VERIFIED_LINKS[link] = None
-    return error
-
-
-def _check_signature(child: _Parsed, issuer: _Parsed) -> str | None:
-    """Issuer name and signature; a repaired child is checked over its original TBS bytes."""
-    if child.issuer != issuer.subject:
-        return "issuer name differs"
-    try:
-        if child.strict:
-            child.cert.verify_directly_issued_by(issuer.cert)
-            return None
-        key = issuer.cert.public_key()
-        params = child.cert.signature_algorithm_parameters
-        h = child.cert.signature_hash_algorithm
-        if isinstance(key, rsa.RSAPublicKey):
-            if not isinstance(params, padding.PKCS1v15 | padding.PSS) or h is None:
-                return "signature algorithm does not fit an RSA issuer key"
-            key.verify(child.signature, child.tbs, params, h)
-        elif isinstance(key, ec.EllipticCurvePublicKey):
-            if not isinstance(params, ec.ECDSA):
-                return "signature algorithm does not fit an EC issuer key"
-            key.verify(child.signature, child.tbs, params)
-        elif isinstance(key, ed25519.Ed25519PublicKey | ed448.Ed448PublicKey):
-            key.verify(child.signature, child.tbs)
-        else:
-            return f"unsupported issuer key type {type(key).__name__}"
-    except InvalidSignature:
-        return "signature does not verify"
-    except (ValueError, TypeError, UnsupportedAlgorithm) as exc:
-        return f"cannot verify signature: {exc}"
-    return None
-
-
-def _ca_problem(ca: _Parsed, intermediates_below: int) -> str | None:
-    """Why `ca` may not issue here (basicConstraints, keyUsage, pathLenConstraint), or None."""
-    try:
-        bc = ca.cert.extensions.get_extension_for_class(x509.BasicConstraints).value
-    except x509.ExtensionNotFound:
-        return "no basicConstraints"
-    if not bc.ca:
-        return "basicConstraints cA is false"
-    if bc.path_length is not None and intermediates_below > bc.path_length:
-        return f"pathLenConstraint {bc.path_length} exceeded"
-    try:
-        ku = ca.cert.extensions.get_extension_for_class(x509.KeyUsage).value
-    except x509.ExtensionNotFound:
-        return None
-    if not ku.key_cert_sign:
-        return "keyUsage lacks keyCertSign"
-    return None
-
-
-def _describe(p: _Parsed) -> str:
-    return p.subject.rfc4514_string() or f"<empty subject, issuer {p.issuer.rfc4514_string()}>"
-
-
-class _Search:
-    """Depth-first issuer search, bounded in depth and in signature checks, loop-free."""
-
-    def __init__(self, roots: list[_Parsed], pool: list[_Parsed], at_time: datetime) -> None:
-        self.root_fps = {r.fingerprint for r in roots}
-        self.candidates = roots + [p for p in pool if p.fingerprint not in self.root_fps]
-        self.at_time = at_time
-        self.checks = 0
-        self.problems: list[str] = []
-        self.expired: list[str] = []
-
-    def _time_problem(self, path: list[_Parsed]) -> str | None:
-        for p in path:
-            nb, na = _validity(p.cert)
-            if not nb <= self.at_time <= na:
-                return (
-                    f"{_describe(p)} valid {nb.isoformat()} .. {na.isoformat()}, "
-                    f"not at {self.at_time.isoformat()}"
-                )
-        return None
-
-    def _complete(self, path: list[_Parsed]) -> bool:
-        problem = self._time_problem(path)
-        if problem is None:
-            return True
-        self.expired.append(problem)
-        return False
-
-    def run(self, leaf: _Parsed) -> list[_Parsed] | None:
-        if leaf.fingerprint in self.root_fps and self._complete([leaf]):
-            return [leaf]
-        return self._extend([leaf])
-
-    def _extend(self, path: list[_Parsed]) -> list[_Parsed] | None:
-        cur = path[-1]
-        seen = {p.fingerprint for p in path}
-        found_issuer = False
-        for cand in self.candidates:
-            if cand.fingerprint in seen or cand.subject != cur.issuer:
-                continue
-            found_issuer = True
-            if self.checks >= _MAX_SIGNATURE_CHECKS:
-                return None
-            self.checks += 1
-            err = _verify_signature(cur, cand)
-            if err is not None:
-                self.problems.append(f"{_describe(cand)} -> {_describe(cur)}: {err}")
-                continue
-            if cand.fingerprint in self.root_fps:
-                if self._complete([*path, cand]):
-                    return [*path, cand]
-                continue
-            if len(path) + 2 > MAX_CHAIN_LENGTH:
-                self.problems.append(f"path longer than {MAX_CHAIN_LENGTH} certificates")
-                continue
-            ca_err = _ca_problem(cand, len(path) - 1)
-            if ca_err is not None:
-                self.problems.append(f"{_describe(cand)}: {ca_err}")
-                continue
-            found = self._extend([*path, cand])
-            if found is not None:
-                return found
-        if not found_issuer:
-            self.problems.append(f"no certificate named {cur.issuer.rfc4514_string()!r}")
-        return None
-
-
-# ------------------------------------------------------------------ public API
 
 
 def _tcg_attributes(cert: x509.Certificate) -> dict[x509.ObjectIdentifier, str]:
@@ -777,90 +146,55 @@ def verify_ek_certificate(
     *,
     ek_public: bytes | PublicKeyTypes | None = None,
     at_time: datetime | None = None,
+    ca_validity: CaValidity = "at-issuance",
+    strict: bool = False,
 ) -> EkCertificate:
     """Verify an EK certificate (DER or PEM) chains to one of `roots` and certifies `ek_public`.
 
-    Intermediates are looked up by issuer name; every CA between the leaf and the
-    root needs basicConstraints cA=true (and keyCertSign when keyUsage is present);
-    every certificate of the path must be valid at `at_time` (default now; naive
-    datetimes are taken as UTC). A root is trusted as given, whatever its
-    extensions. `ek_public` (TPM2B_PUBLIC/TPMT_PUBLIC bytes or a `cryptography`
-    key) must equal the certified key. Raises VerificationError: EK_CERT_MALFORMED,
-    EK_CERT_CHAIN, EK_CERT_EXPIRED, EK_KEY_MISMATCH, or MALFORMED (EK public area).
+    Intermediates are looked up by issuer name; every CA between the leaf and the root
+    needs basicConstraints cA=true (and keyCertSign when keyUsage is present), no unknown
+    critical extension, and respects the nameConstraints above it. A root is trusted as
+    given. The leaf must be valid at `at_time` (default now; naive datetimes are UTC).
+    ``ca_validity``: ``"at-issuance"`` (default) accepts a CA that was valid when it issued
+    the certificate below it and has expired since (listed in ``expired_cas``);
+    ``"at-time"`` requires every certificate of the path to be valid at `at_time`.
+    The leaf must be shaped like an EK certificate (module docstring); ``strict=True``
+    also requires its extendedKeyUsage and keyUsage extensions. `ek_public`
+    (TPM2B_PUBLIC/TPMT_PUBLIC bytes or a `cryptography` key) must equal the certified key.
+    Raises VerificationError: EK_CERT_MALFORMED, EK_CERT_CHAIN, EK_CERT_EXPIRED,
+    EK_CERT_USAGE, EK_KEY_MISMATCH, or MALFORMED (EK public area).
     """
-    if not roots:
-        raise _fail(Reason.EK_CERT_CHAIN, "no trusted roots given")
-    when = _utc(at_time) if at_time is not None else datetime.now(UTC)
-    leaf = _load_many(cert, "EK certificate", single=True)[0]
-    root_list = _flatten(roots, "root")
-    pool = _flatten(intermediates, "intermediate")
-
-    search = _Search(root_list, pool, when)
-    path = search.run(leaf)
-    if path is None:
-        if search.expired:
-            raise _fail(Reason.EK_CERT_EXPIRED, "; ".join(search.expired[:3]))
-        problems = list(dict.fromkeys(search.problems))  # unique, in order
-        if search.checks >= _MAX_SIGNATURE_CHECKS:
-            problems.insert(0, f"gave up after {_MAX_SIGNATURE_CHECKS} signature checks (budget)")
-        raise _fail(Reason.EK_CERT_CHAIN, "; ".join(problems[:5]) or "no path to a root")
-
-    leaf_cert = leaf.cert
+    path = verify_path(cert, roots, intermediates, at_time=at_time, ca_validity=ca_validity,
+                       what="EK certificate")
+    leaf_cert = path.certificate
     try:
         public_key = leaf_cert.public_key()
         public_key_der = public_key.public_bytes(_DER, _SPKI)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise _fail(Reason.EK_CERT_MALFORMED, f"EK certificate key: {exc}") from exc
+    problem = usage_problem(leaf_cert, "ek", strict=strict)
+    if problem is not None:
+        raise _fail(Reason.EK_CERT_USAGE, problem)
     if ek_public is not None and _ek_public_der(ek_public) != public_key_der:
         raise _fail(Reason.EK_KEY_MISMATCH, "the certificate's key is not the EK presented")
 
     attrs = _tcg_attributes(leaf_cert)
-    not_before, not_after = _validity(leaf_cert)
+    not_before, not_after = validity(leaf_cert)
     return EkCertificate(
         certificate=leaf_cert,
-        der=leaf.der,
+        der=path.der,
         public_key=public_key,
         public_key_der=public_key_der,
-        subject=leaf.subject.rfc4514_string(),
-        issuer=leaf.issuer.rfc4514_string(),
-        serial_number=leaf.serial,
+        subject=path.subject.rfc4514_string(),
+        issuer=path.issuer.rfc4514_string(),
+        serial_number=path.serial_number,
         not_before=not_before,
         not_after=not_after,
         tpm_manufacturer=attrs.get(OID_TPM_MANUFACTURER),
         tpm_model=attrs.get(OID_TPM_MODEL),
         tpm_version=attrs.get(OID_TPM_VERSION),
-        chain=[p.cert for p in path],
-        lenient=not leaf.strict,
-        tolerated=leaf.tolerated,
+        chain=path.chain,
+        lenient=path.lenient,
+        tolerated=path.tolerated,
+        expired_cas=path.expired_cas,
     )
-
-
-_CACHEABLE_INPUT: Final = 64 * 1024
-
-
-@functools.lru_cache(maxsize=64)
-def _load_ca_cached(item: bytes | x509.Certificate) -> tuple[_Parsed, ...]:
-    return tuple(_load_many(item, "certificate", single=False))
-
-
-def _load_ca(item: bytes | x509.Certificate) -> tuple[_Parsed, ...]:
-    """Roots and intermediates recur from call to call: parse each (bounded) input once."""
-    if isinstance(item, bytes) and len(item) > _CACHEABLE_INPUT:
-        return tuple(_load_many(item, "certificate", single=False))
-    return _load_ca_cached(item)
-
-
-def _flatten(items: Iterable[CertInput], what: str) -> list[_Parsed]:
-    out: list[_Parsed] = []
-    seen: set[bytes] = set()
-    for i, item in enumerate(items):
-        key = item if isinstance(item, x509.Certificate) else bytes(item)
-        try:
-            parsed = _load_ca(key)
-        except VerificationError as exc:
-            raise _fail(exc.reason, f"{what} #{i}: {exc.detail}") from exc
-        for p in parsed:
-            if p.fingerprint not in seen:
-                seen.add(p.fingerprint)
-                out.append(p)
-    return out

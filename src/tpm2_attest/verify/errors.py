@@ -51,8 +51,23 @@ class Reason(StrEnum):
     """The EK certificate's key differs from the EK public area presented."""
     EK_CERT_EXPIRED = "EK_CERT_EXPIRED"
     """The EK certificate (or a CA in its chain) is outside its validity period."""
+    EK_CERT_USAGE = "EK_CERT_USAGE"
+    """The certificate is not an EK certificate: a CA, an extendedKeyUsage without
+    tcg-kp-EKCertificate, a keyUsage that does not fit an EK, or an unknown critical extension."""
     EK_ATTRIBUTES = "EK_ATTRIBUTES"
     """The EK public area is not a restricted decryption key with a usable symmetric definition."""
+    # AK certificates
+    AK_CERT_MALFORMED = "AK_CERT_MALFORMED"
+    """The AK certificate cannot be parsed even leniently."""
+    AK_CERT_CHAIN = "AK_CERT_CHAIN"
+    """The AK certificate does not chain to a given root."""
+    AK_CERT_EXPIRED = "AK_CERT_EXPIRED"
+    """The AK certificate (or a CA in its chain) is outside its validity period."""
+    AK_CERT_USAGE = "AK_CERT_USAGE"
+    """The certificate is not an AK certificate (a CA, no digitalSignature keyUsage, another
+    extendedKeyUsage, an unknown critical extension)."""
+    AK_KEY_MISMATCH = "AK_KEY_MISMATCH"
+    """The AK certificate's key differs from the AK public area presented."""
     # Credential activation
     CREDENTIAL_MISMATCH = "CREDENTIAL_MISMATCH"
     """The secret returned by the device differs from the challenge's secret."""
