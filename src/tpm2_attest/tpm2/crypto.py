@@ -34,6 +34,7 @@ __all__ = [
     "SUPPORTED_HASHES",
     "TPM2_TOOLS_CREDENTIAL_MAGIC",
     "hash_for",
+    "identity_oaep",
     "kdfa",
     "kdfe",
     "make_credential",
@@ -192,7 +193,7 @@ def _ecc_seed(
 
 
 @functools.cache
-def _identity_oaep(name_alg: int) -> padding.OAEP:
+def identity_oaep(name_alg: int) -> padding.OAEP:
     """OAEP with MGF1, both over the EK nameAlg, label "IDENTITY\\0" (Part 1 §24)."""
     h = hash_for(name_alg)
     return padding.OAEP(mgf=padding.MGF1(algorithm=h), algorithm=h, label=IDENTITY_LABEL)
@@ -231,7 +232,7 @@ def make_credential(
             seed = os.urandom(size)
         elif not 1 <= len(seed) <= size:
             raise ValueError(f"seed must be 1..{size} bytes")
-        encrypted = ek_key.encrypt(seed, _identity_oaep(ek_name_alg))
+        encrypted = ek_key.encrypt(seed, identity_oaep(ek_name_alg))
     elif isinstance(ek_key, ec.EllipticCurvePublicKey):
         if seed is not None:
             raise ValueError("an ECC EK's seed comes from ECDH; pass ephemeral_key instead")

@@ -14,12 +14,13 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Final
 
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..evidence import CredentialChallenge, EkInfo, PublicKey
 from ..tpm2 import crypto
-from ..tpm2.constants import HASH_SIZES, TPM_ALG, TPMA_OBJECT
-from ..tpm2.keys import object_name, public_key_from_public
+from ..tpm2.constants import HASH_SIZES, TPM_ALG, TPM_ECC_CURVE, TPMA_OBJECT
+from ..tpm2.keys import CURVE_BYTES, object_name, public_key_from_public
 from ..tpm2.marshal import ParseError
 from ..tpm2.structures import TPMS_ECC_PARMS, TPMS_RSA_PARMS, TPMT_PUBLIC
 from .ak import AkPublic
@@ -30,6 +31,11 @@ __all__ = ["DEFAULT_SECRET_SIZE", "EkPublic", "check_ek", "make_credential", "ve
 DEFAULT_SECRET_SIZE: Final = 32
 """Bytes of the random secret (capped at the digest size of the EK's nameAlg)."""
 MIN_RSA_EK_BITS: Final = 2048
+MIN_ECC_EK_BITS: Final = 256
+WEAK_EK_CURVES: Final = frozenset({TPM_ECC_CURVE.NIST_P192, TPM_ECC_CURVE.NIST_P224, TPM_ECC_CURVE.BN_P256})
+"""Curves a TPM may offer whose security is below 128 bits: refused as WEAK_KEY."""
+_OAEP_HASHES: dict[int, bool] = {}
+"""nameAlg -> whether `cryptography` does RSA-OAEP with it (SHA-3 it does not)."""
 
 EkPublicInput = (
     bytes | bytearray | memoryview | TPMT_PUBLIC | EkInfo | PublicKey
@@ -72,6 +78,8 @@ def _ek_parameters(
         key = ek_public
         if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_EK_BITS:
             raise _fail(Reason.WEAK_KEY, f"RSA EK of {key.key_size} bits")
+        if isinstance(key, ec.EllipticCurvePublicKey) and key.curve.key_size < MIN_ECC_EK_BITS:
+            raise _fail(Reason.WEAK_KEY, f"ECC EK on {key.curve.name}")
         # A bare key carries no public area: assume the TCG default templates.
         return key, TPM_ALG.SHA256, TPM_ALG.AES, 128, None
     if isinstance(ek_public, EkInfo | PublicKey):
@@ -102,13 +110,35 @@ def _ek_parameters(
         raise _fail(Reason.UNSUPPORTED_FORMAT, f"EK nameAlg 0x{area.name_alg:04x}")
     if isinstance(params, TPMS_RSA_PARMS) and params.key_bits < MIN_RSA_EK_BITS:
         raise _fail(Reason.WEAK_KEY, f"RSA EK of {params.key_bits} bits")
+    if isinstance(params, TPMS_ECC_PARMS) and params.curve_id in WEAK_EK_CURVES:
+        raise _fail(Reason.WEAK_KEY, f"ECC EK on {TPM_ECC_CURVE(params.curve_id).name}")
     try:
         key = public_key_from_public(area)
     except ParseError as exc:
+        if isinstance(params, TPMS_ECC_PARMS) and params.curve_id not in CURVE_BYTES:
+            raise _fail(Reason.UNSUPPORTED_FORMAT, f"EK curve 0x{params.curve_id:04x}") from exc
         raise _fail(Reason.MALFORMED, f"EK public key: {exc}") from exc
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_EK_BITS:  # keyBits is only a claim
-        raise _fail(Reason.WEAK_KEY, f"RSA EK modulus of {key.key_size} bits")
+    if isinstance(key, rsa.RSAPublicKey):
+        if key.key_size < MIN_RSA_EK_BITS:  # keyBits is only a claim
+            raise _fail(Reason.WEAK_KEY, f"RSA EK modulus of {key.key_size} bits")
+        if not _oaep_usable(key, area.name_alg):
+            raise _fail(Reason.UNSUPPORTED_FORMAT,
+                        f"RSA EK nameAlg 0x{area.name_alg:04x}: no RSA-OAEP with this hash here")
     return key, area.name_alg, sym.algorithm, sym.key_bits, area
+
+
+def _oaep_usable(key: rsa.RSAPublicKey, name_alg: int) -> bool:
+    """Whether `cryptography` encrypts RSA-OAEP with `name_alg` (the credential seed's padding);
+    probed once per hash with the EK itself (one public-key operation)."""
+    known = _OAEP_HASHES.get(name_alg)
+    if known is None:
+        try:
+            key.encrypt(b"\0", crypto.identity_oaep(name_alg))
+            known = True
+        except (UnsupportedAlgorithm, ValueError):
+            known = False
+        _OAEP_HASHES[name_alg] = known
+    return known
 
 
 def make_credential(
@@ -137,7 +167,7 @@ def make_credential(
     try:
         id_object, encrypted_secret = crypto.make_credential(
             key, ek_name_alg=name_alg, sym_alg=sym_alg, sym_bits=sym_bits, ak_name=name, secret=bytes(secret))
-    except ValueError as exc:
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise _fail(Reason.UNSUPPORTED_FORMAT, f"cannot make a credential for this EK: {exc}") from exc
     return CredentialChallenge(id_object, encrypted_secret), bytes(secret)
 
