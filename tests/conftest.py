@@ -82,3 +82,15 @@ def tpm2_tools(swtpm: EmbeddedSwtpm) -> Tpm2Tools:
         return res
 
     return run
+
+
+@pytest.fixture
+def loopback(monkeypatch: pytest.MonkeyPatch) -> Iterator[object]:
+    """A loopback HTTP server (tests/httpserver.py) standing in for vendor services and AIA
+    URLs; proxy variables are removed so nothing leaves the machine."""
+    from httpserver import loopback_server
+
+    for var in ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    with loopback_server() as srv:
+        yield srv

@@ -11,6 +11,7 @@ environment's setuptools (the ``dev`` extra); installing its one dependency (cry
 from __future__ import annotations
 
 import email
+import json
 import os
 import shutil
 import subprocess
@@ -57,7 +58,7 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for name in ("pyproject.toml", "README.md", "MANIFEST.in", "run"):
         shutil.copy2(ROOT / name, src / name)
     skip = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.pyc", ".hypothesis")
-    for name in ("src", "docs", "examples", "tests"):
+    for name in ("src", "docs", "examples", "tests", "tools"):
         shutil.copytree(ROOT / name, src / name, ignore=skip)
     out = work / "dist"
     res = _run(sys.executable, "-m", "build", "--no-isolation", "--outdir", out, src, cwd=work,
@@ -78,7 +79,9 @@ def test_sdist_carries_docs_examples_and_tests(dist: Path) -> None:
     with tarfile.open(sdist) as t:
         names = {n.split("/", 1)[1] for n in t.getnames() if "/" in n}
     assert {"pyproject.toml", "README.md", "src/tpm2_attest/py.typed", "docs/index.md",
-            "examples/smoke_test.py", "tests/conftest.py", "tests/test_docs.py"} <= names
+            "examples/smoke_test.py", "tests/conftest.py", "tests/test_docs.py",
+            "tools/build_trust_bundle.py", "src/tpm2_attest/trust/ca/manifest.json",
+            "src/tpm2_attest/trust/ca/tpm-vendor-cas/IFX1.pem"} <= names
     assert not any(n.endswith(".pyc") or "__pycache__" in n for n in names)
 
 
@@ -95,6 +98,11 @@ def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path
     yield path
 
 
+def z_read(wheel: Path, name: str) -> bytes:
+    with zipfile.ZipFile(wheel) as z:
+        return z.read(name)
+
+
 def test_wheel_is_pure_and_typed(wheel: Path) -> None:
     assert wheel.name == f"tpm2_attest-{__version__}-py3-none-any.whl"
     with zipfile.ZipFile(wheel) as z:
@@ -107,6 +115,11 @@ def test_wheel_is_pure_and_typed(wheel: Path) -> None:
     # the well-known Secure Boot certificates are package data (eventlog.well_known_certificate)
     assert {f"tpm2_attest/eventlog/certs/{f}" for f in
             ("GcePk.crt", "MicWinProPCA2011_2011-10-19.crt", "debian-boothole.crt", "README.md")} <= names
+    # the CA bundle: manifest, origin README and every certificate file it lists
+    manifest = json.loads(z_read(wheel, "tpm2_attest/trust/ca/manifest.json"))
+    assert {"tpm2_attest/trust/ca/README.md"} | {f"tpm2_attest/trust/ca/{e['file']}"
+                                                  for e in manifest["certificates"]} <= names
+    assert len(manifest["certificates"]) == 56
     assert {"tpm2_attest/probe.py", "tpm2_attest/progress.py", "tpm2_attest/backends/pcp.py"} <= names
     assert not any(n.startswith(("tests/", "src/", "docs/")) for n in names)
     assert not any(n.endswith((".so", ".pyd", ".pyc")) for n in names)
@@ -130,6 +143,10 @@ def test_installed_version_and_location(venv: Path, tmp_path: Path) -> None:
             "print(f(w.certificate_der('GCE_DEFAULT_PK')))")
     res = _run(venv / "bin" / "python", "-c", code, cwd=tmp_path, env=_clean_env(venv))
     assert res.stdout.strip() == "GCE_DEFAULT_PK", res.stderr
+    res = _run(venv / "bin" / "python", "-c",
+               "import tpm2_attest.trust as t; b = t.tpm_vendor_cas(); print(len(b), len(b.roots))",
+               cwd=tmp_path, env=_clean_env(venv))
+    assert res.returncode == 0 and res.stdout.split()[0] == "56", res.stdout + res.stderr
 
 
 @pytest.mark.skipif(not swtpm_available(), reason="swtpm is not installed")

@@ -89,6 +89,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.utils import CryptographyDeprecationWarning
 
+from .._der import Malformed as _Malformed
+from .._der import Node as _Node
+from .._der import header as _header
+from .._der import parse_exact as _parse_exact
+from .._der import tlv as _tlv
 from .errors import Reason, VerificationError
 
 __all__ = [
@@ -100,9 +105,12 @@ __all__ = [
     "OID_TCG_KP_EK_CERTIFICATE",
     "CaValidity",
     "CertInput",
+    "ParsedCertificate",
     "VerifiedPath",
     "certificate_der",
     "load_certificates",
+    "parse_certificates",
+    "signed_by",
     "usage_problem",
     "validity",
     "verify_path",
@@ -113,7 +121,6 @@ MAX_CERT_SIZE: Final = 64 * 1024
 MAX_CHAIN_LENGTH: Final = 8
 """Most certificates in a path, leaf and root included."""
 _MAX_SIGNATURE_CHECKS: Final = 64
-_MAX_DEPTH: Final = 32
 
 OID_TCG_KP_EK_CERTIFICATE: Final = x509.ObjectIdentifier("2.23.133.8.1")
 """tcg-kp-EKCertificate: the extendedKeyUsage of EK certificates (TCG EK Credential Profile)."""
@@ -154,77 +161,6 @@ _PEM_MARK: Final = b"-----BEGIN CERTIFICATE-----"
 CertInput = bytes | bytearray | memoryview | x509.Certificate
 
 # --------------------------------------------------------------------------- DER
-
-
-class _Malformed(ValueError):
-    """Input the lenient DER walker refuses."""
-
-
-class _Node:
-    """One TLV: tag, original content and, when constructed, its children."""
-
-    __slots__ = ("children", "content", "tag")
-
-    def __init__(self, tag: int, content: bytes, children: list[_Node] | None) -> None:
-        self.tag = tag
-        self.content = content
-        self.children = children
-
-
-def _header(buf: bytes, pos: int, end: int, notes: set[str]) -> tuple[int, int, int]:
-    """Read one TLV header; return (tag, content start, content end)."""
-    if pos + 2 > end:
-        raise _Malformed(f"truncated TLV at offset {pos}")
-    tag = buf[pos]
-    if tag & 0x1F == 0x1F:
-        raise _Malformed(f"high tag number form at offset {pos}")
-    first = buf[pos + 1]
-    pos += 2
-    if first < 0x80:
-        length = first
-    elif first == 0x80:
-        raise _Malformed(f"indefinite length at offset {pos - 2}")
-    else:
-        n = first & 0x7F
-        if n > 4 or pos + n > end:
-            raise _Malformed(f"bad length field at offset {pos - 2}")
-        length = int.from_bytes(buf[pos : pos + n], "big")
-        pos += n
-        if length < 0x80 or n != (length.bit_length() + 7) // 8:
-            notes.add("non-minimal-length")
-    if pos + length > end:
-        raise _Malformed(f"length {length} runs past its container at offset {pos}")
-    return tag, pos, pos + length
-
-
-def _parse(buf: bytes, pos: int, end: int, depth: int, notes: set[str]) -> tuple[_Node, int]:
-    """Parse one TLV (recursively when constructed), bounded in depth."""
-    if depth > _MAX_DEPTH:
-        raise _Malformed("nesting too deep")
-    tag, start, stop = _header(buf, pos, end, notes)
-    children: list[_Node] | None = None
-    if tag & 0x20:
-        children = []
-        p = start
-        while p < stop:
-            child, p = _parse(buf, p, stop, depth + 1, notes)
-            children.append(child)
-    return _Node(tag, buf[start:stop], children), stop
-
-
-def _parse_exact(data: bytes, notes: set[str]) -> _Node:
-    node, end = _parse(data, 0, len(data), 0, notes)
-    if end != len(data):
-        raise _Malformed("trailing bytes")
-    return node
-
-
-def _tlv(tag: int, content: bytes) -> bytes:
-    n = len(content)
-    if n < 0x80:
-        return bytes((tag, n)) + content
-    size = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes((tag, 0x80 | len(size))) + size + content
 
 
 _PRINTABLE: Final = frozenset(
@@ -1019,6 +955,21 @@ def verify_path(
         subject=leaf.subject,
         issuer=leaf.issuer,
     )
+
+
+ParsedCertificate = _Parsed
+"""A parsed certificate with the exact bytes its issuer signed (``strict``, ``tolerated``,
+``fingerprint`` = SHA-256 of the DER as received)."""
+
+
+def parse_certificates(data: CertInput, what: str = "certificate") -> list[ParsedCertificate]:
+    """Every certificate of one input, parsed strictly or through the repair path."""
+    return _load_many(data, what, single=False)
+
+
+def signed_by(child: ParsedCertificate, issuer: ParsedCertificate) -> bool:
+    """Whether `issuer`'s key signed `child` (names must match too)."""
+    return _check_signature(child, issuer) is None
 
 
 def validity(cert: x509.Certificate) -> tuple[datetime, datetime]:
