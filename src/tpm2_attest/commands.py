@@ -119,6 +119,8 @@ class CreatePrimaryResult:
     creation_hash: bytes
     creation_ticket: TPMT_TK_CREATION
     name: bytes
+    creation_data_bytes: bytes = b""
+    """TPMS_CREATION_DATA as the TPM marshalled it (what creationHash covers)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -485,10 +487,12 @@ class TpmCommands:
             start = rr.pos
             pub = TPM2B_PUBLIC.unmarshal(rr).public_area
             raw = rr.buffer[start : rr.pos]
+            cd_start = rr.pos
             cd = TPM2B_CREATION_DATA.unmarshal(rr).creation_data
+            cd_raw = rr.buffer[cd_start + 2 : rr.pos]
             ch = rr.tpm2b("creationHash", 64)
             tk = TPMT_TK_CREATION.unmarshal(rr)
-            return CreatePrimaryResult(hs[0], pub, raw, cd, ch, tk, rr.tpm2b("name", 66))
+            return CreatePrimaryResult(hs[0], pub, raw, cd, ch, tk, rr.tpm2b("name", 66), cd_raw)
 
         return self._parse("TPM2_CreatePrimary", r, parse)
 

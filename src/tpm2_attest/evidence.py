@@ -32,10 +32,12 @@ from .tpm2.structures import (
     TPMT_SIGNATURE,
 )
 
-AkFormat = Literal["TPW1", "PCP1", "PCP2"]
-AK_FORMATS: Final[tuple[AkFormat, ...]] = ("TPW1", "PCP1", "PCP2")
+AkFormat = Literal["TPW1", "TPP1", "PCP1", "PCP2"]
+AK_FORMATS: Final[tuple[AkFormat, ...]] = ("TPW1", "TPP1", "PCP1", "PCP2")
 SRK_RECREATE: Final = 0x40000001
 """Parent value meaning "re-create the standard ECC P-256 SRK under the owner hierarchy"."""
+TPP1_HIERARCHIES: Final = frozenset({0x40000001, 0x4000000B})
+"""Hierarchies a ``TPP1`` primary AK may be derived in: owner, endorsement (GCE's AKs)."""
 MAX_KEY_NAME: Final = 256
 MAX_BLOB: Final = 16384
 QUOTE_JSON_VERSION: Final = 1
@@ -103,6 +105,15 @@ class AkBlob(_PublicArea):
                 raise _bad("TPW1 blobs carry no key name")
             if not self.private:
                 raise _bad("TPW1 blob without a private part")
+        elif self.format == "TPP1":
+            if self.key_name:
+                raise _bad("TPP1 blobs carry no key name")
+            if self.parent not in TPP1_HIERARCHIES:
+                raise _bad(f"TPP1 blob for hierarchy 0x{self.parent:08x} (owner or endorsement only)")
+            try:
+                TPMT_PUBLIC.from_bytes(self.private)
+            except ParseError as exc:
+                raise _bad(f"TPP1 blob: the template is not a TPMT_PUBLIC: {exc}") from exc
         else:
             if self.private or self.parent:
                 raise _bad(f"{self.format} blobs carry no private part and no parent")
@@ -113,7 +124,8 @@ class AkBlob(_PublicArea):
 
     @property
     def scope(self) -> Literal["user", "machine", "tpm"]:
-        """'user' (PCP1), 'machine' (PCP2) or 'tpm' (TPW1: a TPM-wrapped key)."""
+        """'user' (PCP1), 'machine' (PCP2) or 'tpm' (TPW1: a TPM-wrapped key; TPP1: a primary
+        key the TPM derives from a template)."""
         if self.format == "PCP1":
             return "user"
         if self.format == "PCP2":
@@ -129,6 +141,11 @@ class AkBlob(_PublicArea):
     def ak_public_der(self) -> bytes:
         """SubjectPublicKeyInfo DER of the AK (the brief's ``akPublicDer``)."""
         return self.public_der
+
+    @cached_property
+    def template(self) -> TPMT_PUBLIC | None:
+        """``TPP1``: the template the TPM derives the key from (in the ``private`` field)."""
+        return TPMT_PUBLIC.from_bytes(self.private) if self.format == "TPP1" else None
 
     @cached_property
     def creation_data_struct(self) -> TPMS_CREATION_DATA:
@@ -163,12 +180,14 @@ class AkBlob(_PublicArea):
             fmt: AkFormat
             if magic == b"TPW1":
                 fmt = "TPW1"
+            elif magic == b"TPP1":
+                fmt = "TPP1"
             elif magic == b"PCP1":
                 fmt = "PCP1"
             elif magic == b"PCP2":
                 fmt = "PCP2"
             else:
-                raise _bad(f"unknown AK blob magic {magic!r} (expected TPW1, PCP1 or PCP2)")
+                raise _bad(f"unknown AK blob magic {magic!r} (expected TPW1, TPP1, PCP1 or PCP2)")
             name_bytes = r.tpm2b("key_name", MAX_KEY_NAME)
             parent = r.u32("parent")
             p0 = r.pos
@@ -314,6 +333,21 @@ class EkInfo(_PublicArea):
     certificate: bytes | None
     handle: int | None = None
     persistent: bool = False
+    certificate_url: str | None = None
+    """Where the TPM's vendor publishes this EK's certificate (Intel PTT, AMD fTPM), else None."""
+
+
+@dataclass(frozen=True)
+class CertifiedAk:
+    """An AK the platform's CA certified (a GCE vTPM's): the blob ``quote`` takes (``TPP1``:
+    the TPM derives the key again from its template) and the certificate (DER) from NV."""
+
+    kind: str
+    """``rsa`` or ``ecc``."""
+    blob: AkBlob
+    certificate: bytes
+    certificate_index: int
+    template_index: int
 
 
 @dataclass(frozen=True)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
@@ -12,13 +14,20 @@ from .backends.base import Backend, EkKind, TpmInfo
 from .backends.raw import RawBackend
 from .commands import CommandStats, TpmCommands
 from .errors import ErrorCode, TpmError
-from .evidence import AkBlob, CredentialChallenge, EkInfo, PublicKey, Quote, bank_alg, bank_name
+from .evidence import (
+    AkBlob,
+    CertifiedAk,
+    CredentialChallenge,
+    EkInfo,
+    PublicKey,
+    Quote,
+    bank_alg,
+    bank_name,
+)
 from .tpm2.constants import HASH_SIZES
 from .transport import open_transport, resolve_tcti
 
 if TYPE_CHECKING:
-    import os
-
     from .backends.pcp_emulator import Privilege
     from .embedded import EmbeddedSwtpm
     from .transport.base import Transport
@@ -111,6 +120,7 @@ class Tpm:
         self.embedded = embedded
         self.tcti_source = tcti_source
         self.pcr = PcrApi(self)
+        self._manufacturer_id: int | None = None
 
     # -- opening --------------------------------------------------------------------------------
 
@@ -235,10 +245,39 @@ class Tpm:
         """Public area, Name and SubjectPublicKeyInfo of a loaded or persistent object."""
         return self.backend.read_public(handle)
 
-    def ek(self, kind: EkKind = "rsa") -> EkInfo:
+    def ek(self, kind: EkKind = "rsa", *, fetch: bool = False, url: str | None = None,
+           timeout: float = 10.0, cache_dir: str | os.PathLike[str] | None = None,
+           offline: bool = False) -> EkInfo:
         """The endorsement key ('rsa', 'ecc' P-256, or 'ecc384' as swtpm provisions) and its
-        certificate from NV (None when the TPM has none)."""
-        return self.backend.ek(kind)
+        certificate from NV (None when the TPM has none).
+
+        ``certificate_url`` is where the TPM's vendor publishes the EK certificate (Intel PTT,
+        AMD fTPM; None for other vendors), or ``url`` when given (a mirror). With
+        ``fetch=True`` a TPM without a certificate in NV gets it from that URL (see
+        ``trust.fetch_ek_certificate``: ``timeout``, ``cache_dir``, ``offline``); a fetch that
+        fails raises ``trust.FetchError``. The certificate is not verified here."""
+        info = self.backend.ek(kind)
+        from . import trust  # lazy: nothing of the trust layer loads for plain EK reads
+
+        certificate_url = url
+        if certificate_url is None:
+            try:
+                certificate_url = trust.ek_certificate_url(info.public, self._manufacturer())
+            except ValueError:  # not an RSA/ECC public area: no vendor service names it
+                certificate_url = None
+        if certificate_url is not None:
+            info = replace(info, certificate_url=certificate_url)
+        if fetch and info.certificate is None and certificate_url is not None:
+            der = trust.fetch_ek_certificate(certificate_url, timeout=timeout, cache_dir=cache_dir,
+                                             offline=offline)
+            info = replace(info, certificate=der)
+        return info
+
+    def _manufacturer(self) -> int:
+        """TPM_PT_MANUFACTURER, read once per Tpm (it names the EK certificate service)."""
+        if self._manufacturer_id is None:
+            self._manufacturer_id = self.backend.info().manufacturer_id
+        return self._manufacturer_id
 
     def event_log(self) -> bytes:
         """The raw TCG firmware event log (Linux securityfs, Windows TBS)."""
@@ -249,9 +288,19 @@ class Tpm:
     def provision_ak(self, *, key_name: str | None = None, scope: str = "user", overwrite: bool = False,
                      nonce: bytes | None = None, algorithm: str | None = None) -> AkBlob:
         """Create an attestation key and return its blob (TPW1 on a raw TPM; PCP1/PCP2 on
-        Windows). ``nonce`` is bound into the creation attestation for enrollment freshness."""
+        Windows). ``nonce`` is bound into the creation attestation for enrollment freshness.
+        For the AK a cloud vTPM comes with, certified by its CA, see :meth:`certified_ak`."""
         return self.backend.provision_ak(key_name=key_name, scope=scope, overwrite=overwrite,
                                          nonce=nonce, algorithm=algorithm)
+
+    def certified_ak(self, kind: str = "rsa", *, nonce: bytes | None = None) -> CertifiedAk:
+        """The AK a platform CA certified for this TPM (Google Compute Engine vTPMs): its
+        certificate from NV 0x01c10000 (RSA) / 0x01c10002 (ECC), the key derived in the
+        endorsement hierarchy from the template at 0x01c10001 / 0x01c10003. Returns a
+        ``TPP1`` blob that ``quote`` takes (the TPM derives the key again each time) with a
+        creation attestation over ``nonce``, and the certificate (DER) for
+        ``verify.verify_ak_certificate``. KEY_NOT_FOUND when the TPM has no such AK."""
+        return self.backend.certified_ak(kind, nonce)
 
     def quote(self, ak: AkBlob | bytes | str, *, pcrs: Iterable[int] | None = None, bank: str = "sha256",
               qualifying_data: bytes = b"") -> Quote:

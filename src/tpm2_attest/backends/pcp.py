@@ -38,7 +38,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..commands import Channel, TpmCommands
 from ..errors import ELEVATION_HRESULTS, NTE_DEVICE_NOT_READY, ErrorCode, TpmError
-from ..evidence import AkBlob, CredentialChallenge, EkInfo, PublicKey, Quote, bank_alg
+from ..evidence import AkBlob, CertifiedAk, CredentialChallenge, EkInfo, PublicKey, Quote, bank_alg
 from ..tpm2 import templates as T
 from ..tpm2.constants import TPM_ST
 from ..tpm2.keys import ecc_point_of, object_name
@@ -535,11 +535,17 @@ class PcpBackend:
                     self._free(key)
 
     def _pcp_blob(self, ak: AkBlob) -> bool:
-        """True for a machine (PCP2) blob; BAD_BLOB for a TPM-wrapped (TPW1) one."""
-        if ak.format == "TPW1":
-            raise TpmError("TPW1 blobs are TPM-wrapped keys for a raw TPM; on Windows AKs are PCP "
+        """True for a machine (PCP2) blob; BAD_BLOB for a raw TPM's (TPW1, TPP1) one."""
+        if ak.format in ("TPW1", "TPP1"):
+            raise TpmError(f"{ak.format} blobs are keys of a raw TPM; on Windows AKs are PCP "
                            "keys (PCP1/PCP2 blobs)", code=ErrorCode.BAD_BLOB)
         return ak.format == "PCP2"
+
+    def certified_ak(self, kind: str, nonce: bytes | None) -> CertifiedAk:
+        """Not through the Platform Crypto Provider: its keys live in the owner hierarchy."""
+        raise TpmError("certified AKs (GCE's NV AK templates) need raw TPM access; the Windows PCP "
+                       "backend does not derive keys in the endorsement hierarchy",
+                       code=ErrorCode.UNSUPPORTED)
 
     @serialized
     def quote(self, ak: AkBlob, *, pcrs: list[int], bank: str, qualifying_data: bytes) -> Quote:

@@ -20,6 +20,7 @@ from ..errors import ErrorCode, TpmError
 from ..evidence import (
     SRK_RECREATE,
     AkBlob,
+    CertifiedAk,
     CredentialChallenge,
     EkInfo,
     PublicKey,
@@ -47,7 +48,7 @@ from ..tpm2.constants import (
     TPM_ST,
     TPMA_OBJECT,
 )
-from ..tpm2.keys import object_name
+from ..tpm2.keys import object_name, parse_public
 from ..tpm2.marshal import ParseError
 from ..tpm2.rc import TPM_RC, decode
 from ..tpm2.structures import (
@@ -63,6 +64,11 @@ from ..tpm2.structures import (
 from .base import EkKind, Platform, TpmInfo
 
 QUOTE_ATTEMPTS: Final = 5
+GCE_AK_NV: Final[dict[str, tuple[int, int]]] = {
+    # kind: (AK certificate NV index, AK template NV index), as go-tpm-tools names them
+    "rsa": (0x01C10000, 0x01C10001),
+    "ecc": (0x01C10002, 0x01C10003),
+}
 
 _EK_SLOTS: Final[dict[str, tuple[int, int, int | None, int | None, TPMT_PUBLIC]]] = {
     # kind: (persistent handle, cert NV index, nonce NV index, template NV index, template)
@@ -306,6 +312,10 @@ class RawBackend:
 
     @contextmanager
     def _loaded(self, ak: AkBlob) -> Iterator[int]:
+        if ak.format == "TPP1":
+            with self._derived(ak) as handle:
+                yield handle
+            return
         if ak.format != "TPW1":
             raise TpmError(f"{ak.format} blobs are Windows PCP keys; this TPM uses TPW1 blobs",
                            code=ErrorCode.BAD_BLOB)
@@ -321,6 +331,59 @@ class RawBackend:
                 raise
             with flushed(self.cmd, handle):
                 yield handle
+
+    @contextmanager
+    def _derived(self, ak: AkBlob) -> Iterator[int]:
+        """A ``TPP1`` AK: the primary key its template derives in its hierarchy, which must be
+        the key of the blob (the same template gives another key on another TPM)."""
+        assert ak.template is not None
+        res = self.cmd.create_primary(ak.parent, ak.template)
+        with flushed(self.cmd, res.handle):
+            if res.name != ak.name:
+                raise TpmError("this TPM derives another key from the blob's template: the blob "
+                               "was made by another TPM (or modified)", code=ErrorCode.BAD_BLOB)
+            yield res.handle
+
+    @serialized
+    def certified_ak(self, kind: str, nonce: bytes | None) -> CertifiedAk:
+        """The AK a platform CA certified in NV (GCE: certificate at 0x01c10000/0x01c10002, the
+        TPMT_PUBLIC template at 0x01c10001/0x01c10003): derived in the endorsement hierarchy
+        from the template, its creation certified over ``nonce``, returned with the certificate."""
+        try:
+            cert_index, template_index = GCE_AK_NV[kind]
+        except KeyError:
+            raise TpmError(f"unknown AK kind {kind!r} (expected 'rsa' or 'ecc')",
+                           code=ErrorCode.INVALID_ARGUMENT) from None
+        qualifying = nonce or b""
+        if len(qualifying) > 64:
+            raise TpmError("nonce longer than 64 bytes", code=ErrorCode.INVALID_ARGUMENT)
+        raw_cert = self._nv_read_optional(cert_index)
+        raw_template = self._nv_read_optional(template_index)
+        if not raw_cert or not raw_template:
+            missing = f"0x{cert_index:08x}" if not raw_cert else f"0x{template_index:08x}"
+            raise TpmError(f"no certified {kind.upper()} AK on this TPM (NV index {missing} is not "
+                           "defined; Google Compute Engine vTPMs provision one)",
+                           code=ErrorCode.KEY_NOT_FOUND)
+        try:
+            template = parse_public(raw_template)
+        except ParseError as exc:
+            raise TpmError(f"AK template NV index 0x{template_index:08x} is malformed: {exc}",
+                           code=ErrorCode.BAD_RESPONSE) from exc
+        scheme = _quote_scheme(template)
+        res = self.cmd.create_primary(TPM_RH.ENDORSEMENT, template, outside_info=qualifying)
+        with flushed(self.cmd, res.handle):
+            signed = self.cmd.certify_creation(res.handle, res.handle, qualifying, res.creation_hash,
+                                               scheme, res.creation_ticket)
+        blob = AkBlob(
+            format="TPP1",
+            public=res.public_bytes,
+            private=template.to_bytes(),
+            creation_data=res.creation_data_bytes,
+            attest=signed.attest,
+            signature=signed.signature,
+            parent=TPM_RH.ENDORSEMENT,
+        )
+        return CertifiedAk(kind, blob, strip_nv_cert(raw_cert), cert_index, template_index)
 
     @serialized
     def provision_ak(self, *, key_name: str | None, scope: str, overwrite: bool,

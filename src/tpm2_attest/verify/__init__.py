@@ -4,6 +4,7 @@ Nothing here returns a boolean verdict: a function returns only when every check
 """
 
 from .ak import AkPublic, CreationResult, check_ak, verify_creation
+from .akcert import AkCertificate, verify_ak_certificate
 from .credential import EkPublic, check_ek, make_credential, verify_activation
 from .ekcert import EkCertificate, verify_ek_certificate
 from .errors import Reason, VerificationError
@@ -11,6 +12,7 @@ from .eventlog import EventLogResult, verify_event_log
 from .quote import QuoteResult, verify_quote
 
 __all__ = [
+    "AkCertificate",
     "AkPublic",
     "CreationResult",
     "EkCertificate",
@@ -23,6 +25,7 @@ __all__ = [
     "check_ek",
     "make_credential",
     "verify_activation",
+    "verify_ak_certificate",
     "verify_creation",
     "verify_ek_certificate",
     "verify_event_log",

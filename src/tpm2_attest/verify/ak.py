@@ -7,8 +7,8 @@ signing scheme is one we verify (RSASSA, RSAPSS, ECDSA with SHA-1/256/384/512). 
 the quote hot path needs (the `cryptography` key, padding/hash objects, the expected
 TPMT_SIGNATURE header) is computed once here and cached on the ``AkPublic``.
 
-Nonces in creation attestations: a ``TPW1`` blob (TPM2_CertifyCreation) carries the
-enrollment nonce verbatim in ``attest.extraData``. A Windows PCP blob (``PCP1``/``PCP2``)
+Nonces in creation attestations: a ``TPW1`` or ``TPP1`` blob (TPM2_CertifyCreation) carries
+the enrollment nonce verbatim in ``attest.extraData``. A Windows PCP blob (``PCP1``/``PCP2``)
 carries ``SHA-1(nonce)``: the provider's PCP_TPM12_IDBINDING property takes a 20-byte
 SHA-1 nonce and places it both in ``creationData.outsideInfo`` and in ``attest.extraData``,
 so ``check_ak`` compares both against ``SHA-1(nonce)`` for PCP blobs.
@@ -505,7 +505,7 @@ def _load_blob(blob: AkBlob | bytes | bytearray | memoryview | str) -> AkBlob:
         head = data.lstrip()[:1]
         if head != b"{" and data[:4].decode("ascii", "replace") not in AK_FORMATS:
             raise _fail(Reason.UNSUPPORTED_FORMAT,
-                        f"AK blob magic {data[:4]!r}: expected TPW1, PCP1 or PCP2")
+                        f"AK blob magic {data[:4]!r}: expected TPW1, TPP1, PCP1 or PCP2")
         blob = data
     try:
         return AkBlob.load(blob)
@@ -515,17 +515,23 @@ def _load_blob(blob: AkBlob | bytes | bytearray | memoryview | str) -> AkBlob:
 
 def check_ak(blob: AkBlob | bytes | bytearray | memoryview | str, *, nonce: bytes | None = None,
              allow_sha1: bool = True) -> AkPublic:
-    """Check an AK blob (``TPW1``, ``PCP1`` or ``PCP2``; binary, JSON or AkBlob) and return its key.
+    """Check an AK blob (``TPW1``, ``TPP1``, ``PCP1`` or ``PCP2``; binary, JSON or AkBlob) and
+    return its key.
 
     Checks the key (see :meth:`AkPublic.from_public`) and its creation attestation, signed by
-    the AK itself (:func:`verify_creation`). With ``nonce``: a ``TPW1`` blob's extraData must
+    the AK itself (:func:`verify_creation`). With ``nonce``: a ``TPW1``/``TPP1`` blob's extraData must
     equal the nonce; a PCP blob's extraData and creationData.outsideInfo must both equal
     SHA-1(nonce), because PCP's IDBINDING takes a SHA-1 digest as its nonce. ``allow_sha1``
     False refuses SHA-1 keys, among them every PCP identity key (RSASSA-SHA1).
+
+    What it does not prove: that a TPM made the key. The attributes are claims and the
+    creation attestation is signed by the key itself, so a software key can pose as an AK
+    here. Tie the AK to a TPM with a credential activation against a certified EK
+    (``make_credential``) or with an AK certificate (``verify_ak_certificate``).
     """
     ak_blob = _load_blob(blob)
     ak = AkPublic.from_public(ak_blob.public, allow_sha1=allow_sha1)._with_format(ak_blob.format)
-    pcp = ak_blob.format != "TPW1"
+    pcp = ak_blob.format in ("PCP1", "PCP2")
     expected = None
     if nonce is not None:
         expected = hashlib.sha1(bytes(nonce)).digest() if pcp else bytes(nonce)
