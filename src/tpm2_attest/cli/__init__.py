@@ -1,6 +1,7 @@
 """The ``tpm2-attest`` command line: thin wrappers over ``Tpm``, evidence, ``verify`` and the service.
 
-One module per topic (``device``, ``verifier``, ``probe``, ``eventlog``, ``policy``, ``service``), each with an
+One module per topic (``device``, ``verifier``, ``trust``, ``probe``, ``eventlog``, ``policy``,
+``service``), each with an
 ``add_parser(subparsers)``; shared helpers are in :mod:`.common`. The CLI holds no logic of its own:
 it parses arguments, calls the layers below and reports their errors in its own words.
 """
@@ -14,11 +15,12 @@ from collections.abc import Sequence
 
 from .._version import __version__
 from ..errors import ErrorCode, TpmError
+from ..trust.errors import FetchError
 from ..verify import VerificationError
-from . import device, eventlog, policy, probe, service, verifier
+from . import device, eventlog, policy, probe, service, trust, verifier
 from .common import EXIT_FAIL, EXIT_NO_TPM, EXIT_OK, EXIT_USAGE, hint
 
-TOPICS = (device, verifier, probe, eventlog, policy, service)
+TOPICS = (device, verifier, trust, probe, eventlog, policy, service)
 """The sub-command modules, in the order ``--help`` lists their commands."""
 
 
@@ -53,6 +55,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(json.dumps({"ok": False, "reason": exc.reason.value, "detail": exc.detail}, indent=2))
         else:
             print(f"verification failed: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    except FetchError as exc:
+        if getattr(args, "json", False):
+            print(json.dumps({"ok": False, "fetch_failure": exc.failure.value, "url": exc.url,
+                              "detail": exc.detail}, indent=2))
+        else:
+            print(f"error: fetching {exc.url} failed [{exc.failure.value}]: {exc.detail}", file=sys.stderr)
         return EXIT_FAIL
     except (OSError, argparse.ArgumentTypeError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -74,14 +74,16 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_ek(args: argparse.Namespace) -> int:
     with open_tpm(args, fallback=False) as tpm:
-        ek = tpm.ek(args.kind)
+        ek = tpm.ek(args.kind, fetch=args.fetch or args.offline, url=args.certificate_url,
+                    timeout=args.timeout, cache_dir=args.cache_dir, offline=args.offline)
         if args.out_public:
             write_atomic(args.out_public, ek.public)
         if args.out_cert and ek.certificate:
             write_atomic(args.out_cert, ek.certificate)
         obj = {"kind": ek.kind, "handle": f"0x{ek.handle:08x}" if ek.handle else None,
                "persistent": ek.persistent, "name": ek.name.hex(),
-               "certificate": len(ek.certificate) if ek.certificate else None}
+               "certificate": len(ek.certificate) if ek.certificate else None,
+               "certificate_url": ek.certificate_url}
         emit(args, obj, lambda: print("\n".join(f"{k}: {v}" for k, v in obj.items())))
     return EXIT_OK
 
@@ -138,6 +140,12 @@ def add_parser(sub: SubParsers) -> None:
     s.add_argument("--kind", choices=["rsa", "ecc", "ecc384"], default="rsa")
     s.add_argument("--out-public", metavar="FILE", help="write the TPM2B_PUBLIC")
     s.add_argument("--out-cert", metavar="FILE", help="write the certificate (DER)")
+    s.add_argument("--fetch", action="store_true",
+                   help="no certificate in NV: fetch it from the vendor's service (Intel PTT, AMD fTPM)")
+    s.add_argument("--certificate-url", metavar="URL", help="fetch from this URL instead (a mirror)")
+    s.add_argument("--cache-dir", metavar="DIR", help="keep fetched certificates here, by URL")
+    s.add_argument("--offline", action="store_true", help="only read --cache-dir, never the network")
+    s.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
     s.set_defaults(func=cmd_ek)
 
     s = sub.add_parser("provision-ak", parents=[dev], help="create an attestation key blob")
