@@ -36,7 +36,7 @@ from tpm2_attest.tpm2.constants import TPM_ALG, TPM_ST
 ROOT = Path(__file__).resolve().parent.parent
 DOCS = ROOT / "docs"
 OWN_DOCS = ("index.md", "concepts.md", "formats.md", "verifier.md", "errors.md", "linux.md",
-            "cli.md", "swtpm.md")
+            "cli.md", "swtpm.md", "trust.md")
 FOREIGN_DOCS: dict[str, str] = {}
 """Docs whose examples this test does not run, and why (their owners test them elsewhere)."""
 
@@ -126,6 +126,13 @@ def test_every_error_code_is_documented() -> None:
     codes = {c.value for c in ErrorCode}
     assert codes - documented == set(), "undocumented ErrorCode values in docs/errors.md"
     assert documented - codes == set(), "docs/errors.md documents codes that do not exist"
+
+
+def test_every_fetch_failure_is_documented() -> None:
+    from tpm2_attest.trust import FetchFailure
+
+    documented = _table_names(DOCS / "trust.md")
+    assert {f.value for f in FetchFailure} == documented, "docs/trust.md: the FetchFailure table"
 
 
 def test_every_cli_command_and_probe_option_is_documented() -> None:
