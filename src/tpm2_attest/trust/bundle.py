@@ -17,11 +17,9 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from importlib import resources
-from pathlib import Path
 from typing import Any, Final, Literal
 
 from .errors import BundleError
@@ -178,16 +176,19 @@ def _der_of(data: bytes, name: str) -> bytes:
 
 
 def _time(text: str, name: str) -> datetime:
+    """``YYYY-MM-DDTHH:MM:SSZ`` (fromisoformat: strptime alone would cost more than the load)."""
     try:
-        return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-    except (TypeError, ValueError) as exc:
+        if not text.endswith("Z"):
+            raise ValueError("not UTC")
+        return datetime.fromisoformat(text[:-1]).replace(tzinfo=UTC)
+    except (AttributeError, TypeError, ValueError) as exc:
         raise BundleError(f"{name}: bad time {text!r}") from exc
 
 
-def _entry(raw: Mapping[str, Any], sources: Mapping[str, CaSource], root: Any) -> CaEntry:
+def _entry(raw: Mapping[str, Any], sources: Mapping[str, CaSource], read: Callable[[str], bytes]) -> CaEntry:
     name = str(raw.get("file", "?"))
     try:
-        data = (root / name).read_bytes()
+        data = read(name)
     except OSError as exc:
         raise BundleError(f"{name}: listed in the manifest but unreadable: {exc}") from exc
     if hashlib.sha256(data).hexdigest() != raw["file_sha256"]:
@@ -207,23 +208,39 @@ def _entry(raw: Mapping[str, Any], sources: Mapping[str, CaSource], root: Any) -
     )
 
 
+def _directory_reader(directory: str) -> Callable[[str], bytes]:
+    def read(name: str) -> bytes:
+        if name.startswith(("/", "\\")) or ".." in name.replace("\\", "/").split("/"):
+            raise OSError(f"{name}: outside the bundle directory")
+        with open(os.path.join(directory, name), "rb") as f:
+            return f.read()
+
+    return read
+
+
 def load_bundle(directory: str | os.PathLike[str]) -> TrustBundle:
     """A bundle laid out like the shipped one: ``manifest.json`` (as written by
     ``tools/build_trust_bundle.py``) and the certificate files it lists, each checked
     against its SHA-256. Raises BundleError."""
-    return _read(Path(directory))
+    return _read(_directory_reader(os.fspath(directory)))
 
 
 @functools.cache
 def _load() -> TrustBundle:
-    return _read(resources.files(__package__).joinpath("ca"))
+    here = os.path.join(os.path.dirname(__file__), "ca")
+    if os.path.isdir(here):  # installed or source tree: plain files, no importlib.resources
+        return _read(_directory_reader(here))
+    from importlib import resources  # a zipped install
+
+    root = resources.files(__package__).joinpath("ca")
+    return _read(lambda name: root.joinpath(name).read_bytes())
 
 
-def _read(root: Any) -> TrustBundle:
+def _read(read: Callable[[str], bytes]) -> TrustBundle:
     try:
-        manifest = json.loads(root.joinpath("manifest.json").read_text(encoding="utf-8"))
+        manifest = json.loads(read("manifest.json").decode("utf-8"))
         sources = {k: CaSource(name=k, **v) for k, v in manifest["sources"].items()}
-        entries = tuple(_entry(e, sources, root) for e in manifest["certificates"])
+        entries = tuple(_entry(e, sources, read) for e in manifest["certificates"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         if isinstance(exc, BundleError):
             raise
