@@ -14,7 +14,7 @@ from typing import Any
 
 from .._files import write_atomic
 from ..service.errors import ServiceError
-from ..service.settings import DEFAULT_DATABASE_URL, Settings, load_pcr_policy_file
+from ..service.settings import DEFAULT_DATABASE_URL, Settings, load_pcr_policy_file, parse_ca_spec
 from .common import (
     EXIT_FAIL,
     EXIT_OK,
@@ -49,9 +49,14 @@ def cmd_serve(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return EXIT_USAGE
     default_pcrs, device_pcrs = (load_pcr_policy_file(args.pcr_policy) if args.pcr_policy else (None, {}))
+    ek_roots, ek_vendors = parse_ca_spec(args.ek_root or [])
+    ak_roots, ak_vendors = parse_ca_spec(args.ak_root or [])
     settings = Settings(
-        database_url=args.db, ek_roots=tuple(Path(p) for p in args.ek_root or ()),
+        database_url=args.db, ek_roots=ek_roots, ek_vendor_cas=ek_vendors,
         ek_intermediates=tuple(Path(p) for p in args.ek_intermediate or ()),
+        ek_ca_exclude=tuple(args.ek_ca_exclude or ()), ek_ca_validity=args.ek_ca_validity,
+        ak_certificate_enrollment=args.enroll_by_ak_certificate, ak_roots=ak_roots, ak_vendor_cas=ak_vendors,
+        ak_intermediates=tuple(Path(p) for p in args.ak_intermediate or ()),
         require_ek_certificate=not args.allow_missing_ek_certificate, allow_reenroll=args.allow_reenroll,
         nonce_ttl=args.nonce_ttl, enrollment_ttl=args.enrollment_ttl, allow_sha1=not args.no_sha1,
         expected_pcrs=default_pcrs, device_pcrs=device_pcrs, max_body_bytes=args.max_body)
@@ -72,7 +77,8 @@ def cmd_enroll(args: argparse.Namespace) -> int:
     with open_tpm(args, fallback=False) as tpm:
         try:
             result = enroll(tpm, args.server, ek_kind=args.ek_kind, key_name=args.key_name, scope=args.scope,
-                            overwrite=args.overwrite, algorithm=args.algorithm, timeout=args.timeout)
+                            overwrite=args.overwrite, algorithm=args.algorithm, timeout=args.timeout,
+                            certified_ak=args.certified_ak, fetch_ek_certificate=args.fetch_ek_certificate)
         except ServiceError as exc:
             return _refused(args, exc)
     write_atomic(out, result.to_json().encode("utf-8"))
@@ -118,8 +124,19 @@ def add_parser(subparsers: SubParsers) -> None:
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--db", default=DEFAULT_DATABASE_URL, metavar="URL",
                    help=f"SQLAlchemy URL (default {DEFAULT_DATABASE_URL}; postgresql://... needs the postgres extra)")
-    s.add_argument("--ek-root", action="append", metavar="PATH", help="trusted EK root CA: PEM/DER file or directory (repeatable)")
+    s.add_argument("--ek-root", action="append", metavar="PATH|vendors[:NAMES]",
+                   help="trusted EK root CA: PEM/DER file or directory; 'vendors' trusts the shipped TPM "
+                        "vendor / cloud CA bundle, 'vendors:Infineon,Intel' part of it (repeatable)")
     s.add_argument("--ek-intermediate", action="append", metavar="PATH", help="EK intermediate CA file or directory (repeatable)")
+    s.add_argument("--ek-ca-exclude", action="append", metavar="SHA256",
+                   help="a CA of the shipped bundle not to trust, by fingerprint (repeatable; see 'trust list')")
+    s.add_argument("--ek-ca-validity", choices=["at-issuance", "at-time"], default="at-issuance",
+                   help="accept CAs that expired after issuing (default), or want every CA valid now")
+    s.add_argument("--enroll-by-ak-certificate", action="store_true",
+                   help="also enroll devices by a certified AK (cloud vTPMs) instead of credential activation")
+    s.add_argument("--ak-root", action="append", metavar="PATH|vendors[:NAMES]",
+                   help="trusted AK certificate CA, as --ek-root (e.g. vendors:Google) (repeatable)")
+    s.add_argument("--ak-intermediate", action="append", metavar="PATH", help="AK intermediate CA (repeatable)")
     s.add_argument("--allow-missing-ek-certificate", action="store_true",
                    help="enroll TPMs without an EK certificate (trust on first use)")
     s.add_argument("--allow-reenroll", action="store_true", help="let an enrolled EK enroll again (revokes its old device)")
@@ -142,6 +159,10 @@ def add_parser(subparsers: SubParsers) -> None:
     s.add_argument("--key-name", help="PCP key name (Windows; required for --scope machine)")
     s.add_argument("--scope", choices=["user", "machine"], default="user")
     s.add_argument("--overwrite", action="store_true", help="replace a PCP key of the same name")
+    s.add_argument("--certified-ak", choices=["rsa", "ecc"],
+                   help="enroll with the TPM's certified AK (GCE vTPMs) and its certificate, no activation")
+    s.add_argument("--fetch-ek-certificate", action="store_true",
+                   help="no EK certificate in NV: fetch it from the TPM vendor (Intel PTT, AMD fTPM)")
     s.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     s.set_defaults(func=cmd_enroll)
 

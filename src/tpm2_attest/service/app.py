@@ -5,6 +5,8 @@ Endpoints (all ``POST``, JSON, binary fields base64; see docs/service.md):
 * ``/v1/enroll/begin`` {ek_public, ek_certificate?} -> {enrollment_id, nonce, expires_at}
 * ``/v1/enroll/ak`` {enrollment_id, ak_blob} -> {challenge}
 * ``/v1/enroll/finish`` {enrollment_id, secret} -> {device_id, ...}
+* ``/v1/enroll/ak-certificate`` {enrollment_id, ak_blob, ak_certificate} -> {device_id, ...}
+  (opt-in: enrollment by a cloud vTPM's certified AK, instead of ``ak`` + ``finish``)
 * ``/v1/attest/challenge`` {device_id} -> {challenge_id, nonce, expires_at}
 * ``/v1/attest`` {challenge_id, quote, event_log?} -> {ok, pcrs, ...}
 
@@ -34,6 +36,7 @@ from .models import (
     ChallengeRequest,
     ChallengeResponse,
     CredentialChallengeModel,
+    EnrollAkCertificateRequest,
     EnrollAkRequest,
     EnrollAkResponse,
     EnrollBeginRequest,
@@ -131,6 +134,15 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
         return EnrollFinishResponse(device_id=d.device_id, ak_name=d.ak_name.hex(), ak_format=d.ak_format,
                                     ek_name=d.ek_name.hex(), ek_certificate_verified=d.ek_certificate_verified,
                                     replaced_devices=d.replaced_devices)
+
+    @app.post("/v1/enroll/ak-certificate", responses=_ERRORS)
+    def enroll_ak_certificate(body: EnrollAkCertificateRequest) -> EnrollFinishResponse:
+        """Enroll by AK certificate (opt-in): check the AK blob's nonce binding and its
+        certificate; register the device without a credential activation."""
+        d = service.enroll_with_ak_certificate(body.enrollment_id, body.ak_blob, body.ak_certificate)
+        return EnrollFinishResponse(device_id=d.device_id, ak_name=d.ak_name.hex(), ak_format=d.ak_format,
+                                    ek_name=d.ek_name.hex(), ek_certificate_verified=d.ek_certificate_verified,
+                                    replaced_devices=d.replaced_devices, enrolled_by=d.enrolled_by)
 
     @app.post("/v1/attest/challenge", responses=_ERRORS)
     def attest_challenge(body: ChallengeRequest) -> ChallengeResponse:

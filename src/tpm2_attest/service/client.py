@@ -135,21 +135,31 @@ def _client(server: str | ServiceClient, timeout: float) -> ServiceClient:
 
 def enroll(tpm: Tpm, server: str | ServiceClient, *, ek_kind: Literal["rsa", "ecc"] = "rsa", key_name: str | None = None,
            scope: str = "user", overwrite: bool = False, algorithm: str | None = None,
-           timeout: float = DEFAULT_TIMEOUT) -> Enrollment:
+           timeout: float = DEFAULT_TIMEOUT, certified_ak: Literal["rsa", "ecc"] | None = None,
+           fetch_ek_certificate: bool = False) -> Enrollment:
     """Enroll this TPM: send the EK (and its certificate), make an AK over the server's nonce,
     activate the server's credential challenge, and get a device id.
 
     ``ek_kind``: "rsa" or "ecc" (the EK the challenge is made for). ``key_name``, ``scope``,
     ``overwrite``, ``algorithm`` go to ``Tpm.provision_ak`` (Windows PCP: machine scope needs a
-    stable ``key_name`` and an elevated caller). ``server``: the service's base URL, or a
-    ServiceClient. Raises ServiceError or TpmError.
+    stable ``key_name`` and an elevated caller). ``certified_ak``: enroll instead with the
+    TPM's certified AK of that kind (``Tpm.certified_ak``; the server must allow enrollment
+    by AK certificate). ``fetch_ek_certificate``: a TPM without its EK certificate in NV gets
+    it from its vendor (``Tpm.ek(fetch=True)``). ``server``: the service's base URL, or a
+    ServiceClient. Raises ServiceError, TpmError or trust.FetchError.
     """
     client = _client(server, timeout)
-    ek = tpm.ek(ek_kind)
+    ek = tpm.ek(ek_kind, fetch=fetch_ek_certificate)
     begun = client.post("/v1/enroll/begin", {
         "ek_public": _b64(ek.public),
         "ek_certificate": _b64(ek.certificate) if ek.certificate else None})
     enrollment_id = _str(begun, "enrollment_id")
+    if certified_ak is not None:
+        got = tpm.certified_ak(certified_ak, nonce=_unb64(begun, "nonce"))
+        done = client.post("/v1/enroll/ak-certificate", {
+            "enrollment_id": enrollment_id, "ak_blob": _b64(got.blob.to_bytes()),
+            "ak_certificate": _b64(got.certificate)})
+        return Enrollment(_str(done, "device_id"), got.blob, client.base, done)
     blob = tpm.provision_ak(key_name=key_name, scope=scope, overwrite=overwrite,
                             nonce=_unb64(begun, "nonce"), algorithm=algorithm)
     sent = client.post("/v1/enroll/ak", {"enrollment_id": enrollment_id, "ak_blob": _b64(blob.to_bytes())})

@@ -87,6 +87,7 @@ class DeviceEnrolled:
     ak_format: str
     ek_certificate_verified: bool
     replaced_devices: list[str]
+    enrolled_by: str = "credential_activation"
 
 
 @dataclass(frozen=True)
@@ -142,6 +143,11 @@ class AttestationService:
         self.clock: Clock = clock or utc_now
         self.ek_roots = settings.load_ek_roots()
         self.ek_intermediates = settings.load_ek_intermediates()
+        self.ak_roots = settings.load_ak_roots() if settings.ak_certificate_enrollment else []
+        self.ak_intermediates = settings.load_ak_intermediates() if settings.ak_certificate_enrollment else []
+        if settings.ak_certificate_enrollment and not self.ak_roots:
+            raise ValueError("ak_certificate_enrollment is set but no AK root CA is configured "
+                             "(give ak_roots or ak_vendor_cas)")
         if settings.require_ek_certificate and not self.ek_roots:
             raise ValueError("require_ek_certificate is set but no EK root CA is configured "
                              "(give ek_roots, or turn require_ek_certificate off to trust EKs on first use)")
@@ -160,9 +166,12 @@ class AttestationService:
             if self.ek_roots:
                 cert = verify.verify_ek_certificate(ek_certificate, roots=self.ek_roots,
                                                     intermediates=self.ek_intermediates,
-                                                    ek_public=ek_public)
+                                                    ek_public=ek_public,
+                                                    ca_validity=self.settings.ek_ca_validity)
                 fingerprint = hashlib.sha256(cert.der).hexdigest()
                 verified = True
+                for stale in cert.expired_cas:
+                    log.warning("EK certificate accepted through an expired CA: %s", stale)
             else:  # no roots configured: the certificate is remembered, not trusted
                 fingerprint = hashlib.sha256(ek_certificate).hexdigest()
         elif self.settings.require_ek_certificate:
@@ -228,6 +237,45 @@ class AttestationService:
                  f", replacing {', '.join(replaced)}" if replaced else "")
         return DeviceEnrolled(device.id, device.ek_name, device.ak_name, device.ak_format,
                               device.ek_cert_verified, replaced)
+
+    def enroll_with_ak_certificate(self, enrollment_id: str, ak_blob: bytes,
+                                   ak_certificate: bytes) -> DeviceEnrolled:
+        """Enroll by AK certificate (``Settings.ak_certificate_enrollment``), in place of the ak
+        and finish steps: the AK blob is bound to this enrollment's nonce (``check_ak``) and a
+        configured AK CA certified its key (``verify_ak_certificate``). No credential
+        activation: the EK of ``begin`` is recorded, not bound to the AK (``enrolled_by``)."""
+        if not self.settings.ak_certificate_enrollment:
+            raise ServiceError(ServiceCode.AK_CERTIFICATE_ENROLLMENT_OFF,
+                               "this service enrolls devices by credential activation only")
+        rec = self._open_enrollment(enrollment_id, BEGUN)
+        try:
+            ak = verify.check_ak(ak_blob, nonce=rec.nonce, allow_sha1=self.settings.allow_sha1)
+            cert = verify.verify_ak_certificate(ak_certificate, self.ak_roots, self.ak_intermediates,
+                                                ak_public=ak,
+                                                ca_validity=self.settings.ek_ca_validity)
+        except VerificationError as exc:
+            self._fail(rec, BEGUN, exc.reason.value)
+            raise
+        now = self.clock()
+        device = DeviceRecord(
+            id=str(uuid.uuid4()), enrolled_at=now, revoked_at=None, ek_public=rec.ek_public,
+            ek_name=rec.ek_name, ek_key_id=ek_key_id(rec.ek_public), ek_cert_fingerprint=rec.ek_cert_fingerprint,
+            ek_cert_verified=rec.ek_cert_verified, ak_public=ak.public, ak_public_der=ak.public_der,
+            ak_name=ak.name, ak_format=ak.format or "", enrolled_by="ak_certificate")
+        try:
+            replaced = self.store.register_device(rec.id, device, replace=self.settings.allow_reenroll,
+                                                  now=now, from_state=BEGUN)
+        except StateConflict:
+            raise ServiceError(ServiceCode.ENROLLMENT_STATE, "this enrollment already went on") from None
+        except AlreadyEnrolled:
+            self._fail(rec, BEGUN, ServiceCode.ALREADY_ENROLLED.value)
+            raise ServiceError(ServiceCode.ALREADY_ENROLLED,
+                               "this EK already belongs to an enrolled device") from None
+        log.info("device %s enrolled by AK certificate (%s AK, certificate %s)%s", device.id,
+                 device.ak_format, cert.subject or cert.issuer,
+                 f", replacing {', '.join(replaced)}" if replaced else "")
+        return DeviceEnrolled(device.id, device.ek_name, device.ak_name, device.ak_format,
+                              device.ek_cert_verified, replaced, "ak_certificate")
 
     def _open_enrollment(self, enrollment_id: str, state: str) -> EnrollmentRecord:
         rec = self.store.enrollment(enrollment_id)

@@ -35,6 +35,8 @@ class ServiceCode(StrEnum):
     """No EK certificate was sent and ``Settings.require_ek_certificate`` is set."""
     ALREADY_ENROLLED = "ALREADY_ENROLLED"
     """This EK already belongs to an enrolled device and re-enrollment is not allowed."""
+    AK_CERTIFICATE_ENROLLMENT_OFF = "AK_CERTIFICATE_ENROLLMENT_OFF"
+    """An enrollment by AK certificate, and ``Settings.ak_certificate_enrollment`` is off."""
     CHALLENGE_USED = "CHALLENGE_USED"
     """The attestation challenge was already answered (nonces are single-use)."""
     CHALLENGE_EXPIRED = "CHALLENGE_EXPIRED"
@@ -56,6 +58,7 @@ HTTP_STATUS: Final[dict[ServiceCode, int]] = {
     ServiceCode.ENROLLMENT_EXPIRED: 410,
     ServiceCode.EK_CERTIFICATE_REQUIRED: 403,
     ServiceCode.ALREADY_ENROLLED: 409,
+    ServiceCode.AK_CERTIFICATE_ENROLLMENT_OFF: 403,
     ServiceCode.CHALLENGE_USED: 409,
     ServiceCode.CHALLENGE_EXPIRED: 410,
     ServiceCode.UNREACHABLE: 502,

@@ -80,6 +80,12 @@ class EnrollAkRequest(Request):
     ak_blob: B64 = Field(description="AkBlob.to_bytes(): TPW1, PCP1 or PCP2")
 
 
+class EnrollAkCertificateRequest(Request):
+    enrollment_id: Id
+    ak_blob: B64 = Field(description="Tpm.certified_ak(nonce=...).blob.to_bytes() (TPP1)")
+    ak_certificate: B64 = Field(description="The AK certificate (DER), from Tpm.certified_ak")
+
+
 class CredentialChallengeModel(Response):
     """``CredentialChallenge.to_json()``: TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET."""
 
@@ -104,6 +110,8 @@ class EnrollFinishResponse(Response):
     ek_name: str = Field(description="hex")
     ek_certificate_verified: bool
     replaced_devices: list[str] = Field(description="Devices of the same EK revoked by this enrollment")
+    enrolled_by: str = Field(default="credential_activation",
+                             description="credential_activation, or ak_certificate")
 
 
 class ChallengeRequest(Request):

@@ -12,7 +12,10 @@ import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+
+if TYPE_CHECKING:
+    from ..trust import TrustBundle
 
 PcrPolicy: TypeAlias = Mapping[str, Mapping[int, bytes]]
 """Expected PCR values: ``{bank: {index: digest}}``, e.g. ``{"sha256": {7: b"..."}}``."""
@@ -31,6 +34,14 @@ class Settings:
     ``postgresql+psycopg://`` for PostgreSQL (the ``postgres`` extra).
     ``ek_roots`` / ``ek_intermediates``: PEM or DER files (several PEM blocks per file are
     fine), or directories of them; an EK certificate must chain to one of the roots.
+    ``ek_vendor_cas``: also trust the CA bundle shipped with the package
+    (``trust.tpm_vendor_cas``): True for all of it, or a tuple of vendor names;
+    ``ek_ca_exclude``: SHA-256 fingerprints (hex) of bundle CAs not to trust.
+    ``ek_ca_validity``: ``"at-issuance"`` accepts CAs that expired after issuing (reported in
+    the log), ``"at-time"`` wants every certificate of the path valid now (docs/trust.md).
+    ``ak_certificate_enrollment``: allow enrolling a device by an AK certificate (a cloud
+    vTPM's certified AK) instead of a credential activation; its CAs are ``ak_roots`` /
+    ``ak_intermediates`` / ``ak_vendor_cas`` (same forms as for EKs).
     ``require_ek_certificate``: refuse devices that send no EK certificate. Without it (and
     without roots) the service trusts an EK on first use: it proves the AK lives in the same
     TPM as that EK, not that the EK belongs to a genuine TPM.
@@ -48,6 +59,13 @@ class Settings:
     database_url: str = DEFAULT_DATABASE_URL
     ek_roots: tuple[Path, ...] = ()
     ek_intermediates: tuple[Path, ...] = ()
+    ek_vendor_cas: bool | tuple[str, ...] = False
+    ek_ca_exclude: tuple[str, ...] = ()
+    ek_ca_validity: Literal["at-issuance", "at-time"] = "at-issuance"
+    ak_certificate_enrollment: bool = False
+    ak_roots: tuple[Path, ...] = ()
+    ak_intermediates: tuple[Path, ...] = ()
+    ak_vendor_cas: bool | tuple[str, ...] = False
     require_ek_certificate: bool = True
     allow_reenroll: bool = False
     nonce_ttl: float = 300.0
@@ -60,6 +78,10 @@ class Settings:
     def __post_init__(self) -> None:
         object.__setattr__(self, "ek_roots", tuple(Path(p) for p in self.ek_roots))
         object.__setattr__(self, "ek_intermediates", tuple(Path(p) for p in self.ek_intermediates))
+        object.__setattr__(self, "ak_roots", tuple(Path(p) for p in self.ak_roots))
+        object.__setattr__(self, "ak_intermediates", tuple(Path(p) for p in self.ak_intermediates))
+        if self.ek_ca_validity not in ("at-issuance", "at-time"):
+            raise ValueError("ek_ca_validity must be 'at-issuance' or 'at-time'")
         if self.nonce_ttl <= 0 or self.enrollment_ttl <= 0:
             raise ValueError("nonce_ttl and enrollment_ttl must be positive")
         if self.max_body_bytes < 1024:
@@ -74,11 +96,46 @@ class Settings:
         return self.device_pcrs.get(device_id, self.expected_pcrs)
 
     def load_ek_roots(self) -> list[bytes]:
-        """The bytes of every root CA file (raises OSError/ValueError on an unusable path)."""
-        return read_certificates(self.ek_roots)
+        """The bytes of every root CA file, then the bundle's anchors when ``ek_vendor_cas``
+        (raises OSError/ValueError on an unusable path or an unknown vendor)."""
+        return read_certificates(self.ek_roots) + list(self._bundle(self.ek_vendor_cas).roots)
 
     def load_ek_intermediates(self) -> list[bytes]:
-        return read_certificates(self.ek_intermediates)
+        return read_certificates(self.ek_intermediates) + list(self._bundle(self.ek_vendor_cas).intermediates)
+
+    def load_ak_roots(self) -> list[bytes]:
+        return read_certificates(self.ak_roots) + list(self._bundle(self.ak_vendor_cas).roots)
+
+    def load_ak_intermediates(self) -> list[bytes]:
+        return read_certificates(self.ak_intermediates) + list(self._bundle(self.ak_vendor_cas).intermediates)
+
+    def _bundle(self, vendors: bool | tuple[str, ...]) -> TrustBundle:
+        """The shipped CA bundle (or the named vendors of it) minus ``ek_ca_exclude``."""
+        from ..trust import TrustBundle, tpm_vendor_cas
+
+        if vendors is False or vendors == ():
+            return TrustBundle(())
+        bundle = tpm_vendor_cas(None if vendors is True else vendors)
+        return bundle.without(self.ek_ca_exclude) if self.ek_ca_exclude else bundle
+
+
+def parse_ca_spec(values: list[str] | tuple[str, ...]) -> tuple[tuple[Path, ...], bool | tuple[str, ...]]:
+    """CLI values of ``--ek-root`` / ``--ak-root``: paths, and ``vendors`` (the whole shipped
+    bundle) or ``vendors:Name,Name`` (those vendors of it). Returns (paths, vendor_cas)."""
+    paths: list[Path] = []
+    vendors: bool | tuple[str, ...] = False
+    for value in values:
+        if value == "vendors":
+            vendors = True
+        elif value.startswith("vendors:"):
+            names = tuple(v.strip() for v in value[len("vendors:"):].split(",") if v.strip())
+            if not names:
+                raise ValueError(f"{value!r}: name at least one vendor after 'vendors:'")
+            if vendors is not True:
+                vendors = (*(vendors or ()), *names)
+        else:
+            paths.append(Path(value))
+    return tuple(paths), vendors
 
 
 def read_certificates(paths: tuple[Path, ...]) -> list[bytes]:

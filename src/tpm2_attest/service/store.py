@@ -121,7 +121,11 @@ class DeviceRecord(Base):
     ak_public_der: Mapped[bytes]
     ak_name: Mapped[bytes]
     ak_format: Mapped[str] = mapped_column(String(8))
-    """TPW1, PCP1 or PCP2."""
+    """TPW1, TPP1, PCP1 or PCP2."""
+    enrolled_by: Mapped[str] = mapped_column(String(24), default="credential_activation",
+                                             server_default="credential_activation")
+    """How the AK was tied to a TPM: ``credential_activation`` (with the EK) or ``ak_certificate``
+    (a CA certified the AK; the EK was not bound to it)."""
 
     __table_args__ = (
         Index("ux_devices_active_ek", "ek_name", unique=True,
@@ -226,10 +230,11 @@ class Store:
             return _rowcount(res) == 1
 
     def register_device(self, enrollment_id: str, device: DeviceRecord, *, replace: bool,
-                        now: datetime) -> list[str]:
+                        now: datetime, from_state: str = AK_RECEIVED) -> list[str]:
         """Finish an enrollment and register its device, all or nothing.
 
-        Raises StateConflict if the enrollment left state ``ak`` meanwhile, AlreadyEnrolled if
+        Raises StateConflict if the enrollment left `from_state` (``ak``; ``begun`` for an
+        enrollment by AK certificate) meanwhile, AlreadyEnrolled if
         the EK has an active device and ``replace`` is False (or a concurrent enrollment of the
         same EK won). With ``replace`` the previous devices of the EK are revoked; their ids are
         returned.
@@ -238,7 +243,7 @@ class Store:
             with self.transaction() as s:
                 res = s.execute(update(EnrollmentRecord)
                                 .where(EnrollmentRecord.id == enrollment_id,
-                                       EnrollmentRecord.state == AK_RECEIVED)
+                                       EnrollmentRecord.state == from_state)
                                 .values(state=DONE, device_id=device.id))
                 if _rowcount(res) != 1:
                     raise StateConflict(enrollment_id)
