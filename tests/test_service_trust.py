@@ -94,7 +94,18 @@ def test_unusable_ek_name_alg_is_a_json_refusal(app) -> None:  # type: ignore[no
     assert r.status_code == 403 and r.json()["error"]["code"] == "UNSUPPORTED_FORMAT", r.text
 
 
-def test_parse_ca_spec_and_settings() -> None:
+def test_serve_options() -> None:
+    from tpm2_attest.cli import build_parser
+
+    args = build_parser().parse_args(["serve", "--ek-roots", "vendors", "--ek-root", "/etc/roots",
+                                      "--ek-ca-exclude", "ab" * 32, "--enroll-by-ak-certificate",
+                                      "--ak-root", "vendors:Google", "--ek-ca-validity", "at-time"])
+    assert args.ek_root == ["vendors", "/etc/roots"] and args.ak_root == ["vendors:Google"]
+    assert args.ek_ca_exclude == ["ab" * 32] and args.enroll_by_ak_certificate
+    assert parse_ca_spec(args.ek_root) == ((Path("/etc/roots"),), True)
+
+
+def test_parse_ca_spec_and_settings(tmp_path: Path) -> None:
     assert parse_ca_spec(["vendors", "/etc/x"]) == ((Path("/etc/x"),), True)
     assert parse_ca_spec(["vendors:Google, Intel", "vendors:Infineon"]) == ((), ("Google", "Intel", "Infineon"))
     assert parse_ca_spec(["vendors:Intel", "vendors"]) == ((), True)
@@ -107,7 +118,8 @@ def test_parse_ca_spec_and_settings() -> None:
     with pytest.raises(ValueError):
         Settings(ek_ca_validity="sometimes")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="AK root"):
-        create_app(Settings(ak_certificate_enrollment=True, require_ek_certificate=False))
+        create_app(Settings(database_url=f"sqlite:///{tmp_path / 'x.sqlite'}",
+                            ak_certificate_enrollment=True, require_ek_certificate=False))
 
 
 @pytest.fixture

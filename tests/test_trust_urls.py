@@ -61,7 +61,7 @@ def test_input_forms_agree() -> None:
     assert ek_certificate_url(eckey, "AMD") == ek_certificate_url(ECC_EK, "AMD")
 
 
-@pytest.mark.parametrize("manufacturer", ["INTC", "intc", " INTC ", 0x494E5443])
+@pytest.mark.parametrize("manufacturer", ["INTC", "intc", " INTC ", 0x494E5443, "Intel"])
 def test_intel_manufacturer_spellings(manufacturer: str | int) -> None:
     assert ek_certificate_url(RSA_EK, manufacturer) == INTEL_RSA_URL
 
@@ -71,7 +71,7 @@ def test_amd_manufacturer_spellings(manufacturer: str | int) -> None:
     assert (ek_certificate_url(RSA_EK, manufacturer) or "").startswith(AMD_EK_SERVICE)
 
 
-@pytest.mark.parametrize("manufacturer", ["IFX", "NTC", "STM ", "MSFT", "IBM", "", "INTEL", 0x49465800, "\u00e9"])
+@pytest.mark.parametrize("manufacturer", ["IFX", "NTC", "STM ", "MSFT", "IBM", "", "Infineon", 0x49465800, "\u00e9"])
 def test_vendors_without_a_service(manufacturer: str | int) -> None:
     assert ek_certificate_url(RSA_EK, manufacturer) is None
 

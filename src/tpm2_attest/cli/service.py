@@ -124,7 +124,7 @@ def add_parser(subparsers: SubParsers) -> None:
     s.add_argument("--port", type=int, default=8080)
     s.add_argument("--db", default=DEFAULT_DATABASE_URL, metavar="URL",
                    help=f"SQLAlchemy URL (default {DEFAULT_DATABASE_URL}; postgresql://... needs the postgres extra)")
-    s.add_argument("--ek-root", action="append", metavar="PATH|vendors[:NAMES]",
+    s.add_argument("--ek-root", "--ek-roots", dest="ek_root", action="append", metavar="PATH|vendors[:NAMES]",
                    help="trusted EK root CA: PEM/DER file or directory; 'vendors' trusts the shipped TPM "
                         "vendor / cloud CA bundle, 'vendors:Infineon,Intel' part of it (repeatable)")
     s.add_argument("--ek-intermediate", action="append", metavar="PATH", help="EK intermediate CA file or directory (repeatable)")
@@ -134,7 +134,7 @@ def add_parser(subparsers: SubParsers) -> None:
                    help="accept CAs that expired after issuing (default), or want every CA valid now")
     s.add_argument("--enroll-by-ak-certificate", action="store_true",
                    help="also enroll devices by a certified AK (cloud vTPMs) instead of credential activation")
-    s.add_argument("--ak-root", action="append", metavar="PATH|vendors[:NAMES]",
+    s.add_argument("--ak-root", "--ak-roots", dest="ak_root", action="append", metavar="PATH|vendors[:NAMES]",
                    help="trusted AK certificate CA, as --ek-root (e.g. vendors:Google) (repeatable)")
     s.add_argument("--ak-intermediate", action="append", metavar="PATH", help="AK intermediate CA (repeatable)")
     s.add_argument("--allow-missing-ek-certificate", action="store_true",

@@ -146,8 +146,9 @@ class AttestationService:
         self.ak_roots = settings.load_ak_roots() if settings.ak_certificate_enrollment else []
         self.ak_intermediates = settings.load_ak_intermediates() if settings.ak_certificate_enrollment else []
         if settings.ak_certificate_enrollment and not self.ak_roots:
-            raise ValueError("ak_certificate_enrollment is set but no AK root CA is configured "
-                             "(give ak_roots or ak_vendor_cas)")
+            raise ValueError("enrollment by AK certificate is on but no AK root CA is configured "
+                             "(serve: --ak-root FILE or --ak-root vendors:Google; Settings: ak_roots, "
+                             "ak_vendor_cas)")
         if settings.require_ek_certificate and not self.ek_roots:
             raise ValueError("require_ek_certificate is set but no EK root CA is configured "
                              "(give ek_roots, or turn require_ek_certificate off to trust EKs on first use)")

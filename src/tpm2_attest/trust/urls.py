@@ -57,10 +57,16 @@ class _HasPublic(Protocol):
 EkPublicInput = bytes | bytearray | memoryview | TPMT_PUBLIC | rsa.RSAPublicKey | ec.EllipticCurvePublicKey | _HasPublic
 
 
+_NAMES: Final = {"INTEL": VENDOR_INTEL}
+"""Vendor names some tools report instead of the TCG id (go-attestation's TCGVendorID says "Intel")."""
+
+
 def _vendor_id(manufacturer: str | int) -> int | None:
     if isinstance(manufacturer, int):
         return manufacturer
     text = manufacturer.replace("\0", "").strip().upper()
+    if text in _NAMES:
+        return _NAMES[text]
     if not text or len(text) > 4 or not text.isascii():
         return None
     return int.from_bytes(text.encode("ascii").ljust(4, b"\0"), "big")
@@ -95,7 +101,8 @@ def ek_certificate_url(ek_public: EkPublicInput, manufacturer: str | int) -> str
 
     `ek_public`: TPM2B_PUBLIC/TPMT_PUBLIC bytes, a TPMT_PUBLIC, an ``EkInfo``, or a
     `cryptography` RSA/EC key. `manufacturer`: the TPM's vendor id as ``Tpm.info()``
-    reports it (``"INTC"``, ``"AMD"``) or its integer value (``TpmInfo.manufacturer_id``).
+    reports it (``"INTC"``, ``"AMD"``; ``"Intel"`` too), or its integer value
+    (``TpmInfo.manufacturer_id``).
     Raises ValueError for a public area that is not an RSA or ECC key.
     """
     vendor = _vendor_id(manufacturer)
