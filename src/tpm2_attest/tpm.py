@@ -251,12 +251,14 @@ class Tpm:
         """The endorsement key ('rsa', 'ecc' P-256, or 'ecc384' as swtpm provisions) and its
         certificate from NV (None when the TPM has none).
 
-        ``certificate_url`` is where the TPM's vendor publishes the EK certificate (Intel PTT,
-        AMD fTPM; None for other vendors), or ``url`` when given (a mirror). With
-        ``fetch=True`` a TPM without a certificate in NV gets it from that URL (see
+        When NV holds no certificate, ``certificate_url`` says where the TPM's vendor publishes
+        it (Intel PTT, AMD fTPM; None for other vendors, as in go-attestation), or is ``url``
+        when given (a mirror). With ``fetch=True`` the certificate is fetched from there (see
         ``trust.fetch_ek_certificate``: ``timeout``, ``cache_dir``, ``offline``); a fetch that
         fails raises ``trust.FetchError``. The certificate is not verified here."""
         info = self.backend.ek(kind)
+        if info.certificate is not None and url is None:
+            return info  # NV first: no vendor URL needed (and no extra TPM or provider call)
         from . import trust  # lazy: nothing of the trust layer loads for plain EK reads
 
         certificate_url = url
