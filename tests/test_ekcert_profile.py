@@ -85,7 +85,7 @@ def test_eku_must_name_ek_certificates_when_present(pki) -> None:
     ("rsa", ku(encipher=True, cert_sign=True), False),
     ("ecc", ku(agree=True), True),
     ("ecc", ku(sign=True), False),
-    ("ecc", ku(encipher=True), False),
+    ("ecc", ku(encipher=True), True),   # not the profile's keyAgreement, still no signer
 ])
 def test_key_usage_must_fit_the_ek(pki, kind: str, usage: x509.KeyUsage, accepted: bool) -> None:
     key = rsa_key("ek-rsa").public_key() if kind == "rsa" else ec_key("ek-ecc").public_key()
@@ -94,6 +94,13 @@ def test_key_usage_must_fit_the_ek(pki, kind: str, usage: x509.KeyUsage, accepte
         assert ok(leaf, pki)
     else:
         assert reason(leaf, pki) is Reason.EK_CERT_USAGE
+
+
+def test_an_ecc_ek_with_key_encipherment_is_refused_only_when_strict(pki) -> None:
+    key = ec_key("ek-ecc").public_key()
+    leaf = make_leaf(pki[1], key, extensions=ek_extensions(key, usage=ku(encipher=True)))
+    assert ok(leaf, pki)
+    assert reason(leaf, pki, strict=True) is Reason.EK_CERT_USAGE
 
 
 def test_missing_key_usage_only_refused_when_strict(pki) -> None:

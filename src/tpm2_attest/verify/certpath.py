@@ -843,8 +843,8 @@ def usage_problem(cert: x509.Certificate, purpose: Purpose, *, strict: bool = Fa
 
     EK (TCG EK Credential Profile): not a CA; an extendedKeyUsage, when present, holds
     tcg-kp-EKCertificate; a keyUsage, when present, has keyEncipherment for an RSA key and
-    keyAgreement for an ECC key and no certificate/CRL signing; ``strict`` also requires both
-    extensions. AK: not a CA; keyUsage present with digitalSignature and no certificate/CRL
+    keyAgreement for an ECC key (keyEncipherment tolerated unless ``strict``: a decryption key
+    all the same) and no certificate/CRL signing; ``strict`` also requires both extensions. AK: not a CA; keyUsage present with digitalSignature and no certificate/CRL
     signing; an extendedKeyUsage, when present, holds tcg-kp-AIKCertificate. Both: no
     unknown critical extension.
     """
@@ -888,7 +888,11 @@ def usage_problem(cert: x509.Certificate, purpose: Purpose, *, strict: bool = Fa
     if isinstance(key, rsa.RSAPublicKey):
         return None if ku.key_encipherment else "keyUsage of an RSA EK lacks keyEncipherment"
     if isinstance(key, ec.EllipticCurvePublicKey):
-        return None if ku.key_agreement else "keyUsage of an ECC EK lacks keyAgreement"
+        # The profile asks for keyAgreement; keyEncipherment (RFC 8813 frowns on it for EC keys)
+        # still marks a decryption key, not a signer, so only strict mode refuses it.
+        if ku.key_agreement or (ku.key_encipherment and not strict):
+            return None
+        return "keyUsage of an ECC EK lacks keyAgreement" + (" (strict)" if ku.key_encipherment else "")
     return f"{type(key).__name__} keys are not EKs"
 
 
