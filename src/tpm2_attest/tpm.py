@@ -285,6 +285,22 @@ class Tpm:
         """The raw TCG firmware event log (Linux securityfs, Windows TBS)."""
         return self.backend.event_log()
 
+    def ima_log(self, bank: str | None = None, *, ascii: bool = False, offset: int = 0,
+                securityfs: str | os.PathLike[str] | None = None) -> bytes:
+        """The raw Linux IMA measurement list (binary unless ``ascii``) from byte ``offset``
+        on: the classic SHA-1 list, or with ``bank`` the kernel's list of that bank's
+        template hashes (kernels since 6.10). Read it after quoting: the kernel lists an
+        entry before extending PCR 10. IMA measures into the kernel's own TPM, so a
+        simulator needs ``securityfs`` (a directory holding ``ima/...``) to be named."""
+        from .backends.ima_source import read_ima_log  # OS files: device side only
+
+        if securityfs is None and self.backend.platform not in ("linux",):
+            raise TpmError(f"a {self.backend.platform} TPM has no IMA measurement list",
+                           code=ErrorCode.UNSUPPORTED,
+                           hint="IMA extends the kernel's TPM; pass securityfs= to read a list "
+                                "kept elsewhere")
+        return read_ima_log(bank, ascii=ascii, offset=offset, securityfs=securityfs)
+
     # -- attestation ----------------------------------------------------------------------------
 
     def provision_ak(self, *, key_name: str | None = None, scope: str = "user", overwrite: bool = False,

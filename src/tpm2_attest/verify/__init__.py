@@ -9,6 +9,7 @@ from .credential import EkPublic, check_ek, make_credential, verify_activation
 from .ekcert import EkCertificate, verify_ek_certificate
 from .errors import Reason, VerificationError
 from .eventlog import EventLogResult, verify_event_log
+from .ima import ImaResult, ImaState, verify_ima_log
 from .quote import QuoteResult, verify_quote
 
 __all__ = [
@@ -18,6 +19,8 @@ __all__ = [
     "EkCertificate",
     "EkPublic",
     "EventLogResult",
+    "ImaResult",
+    "ImaState",
     "QuoteResult",
     "Reason",
     "VerificationError",
@@ -29,5 +32,6 @@ __all__ = [
     "verify_creation",
     "verify_ek_certificate",
     "verify_event_log",
+    "verify_ima_log",
     "verify_quote",
 ]

@@ -80,6 +80,21 @@ class Reason(StrEnum):
     """The event log has no digests for the quoted bank."""
     SECURE_BOOT = "SECURE_BOOT"
     """The Secure Boot events of PCR 7 are inconsistent (duplicate/out-of-order variables)."""
+    # IMA runtime measurement lists
+    IMA_LOG_MALFORMED = "IMA_LOG_MALFORMED"
+    """The IMA measurement list does not parse."""
+    IMA_TEMPLATE_HASH_MISMATCH = "IMA_TEMPLATE_HASH_MISMATCH"
+    """An IMA entry's fields do not hash to its listed template hash."""
+    IMA_TEMPLATE_UNSUPPORTED = "IMA_TEMPLATE_UNSUPPORTED"
+    """An IMA entry's template hash cannot be recomputed (unknown template in an ASCII list)."""
+    IMA_PCR_NOT_QUOTED = "IMA_PCR_NOT_QUOTED"
+    """The quote does not cover PCR 10 (or another PCR the IMA list extends)."""
+    IMA_REPLAY_MISMATCH = "IMA_REPLAY_MISMATCH"
+    """No prefix of the IMA list replays to the quoted PCR value(s)."""
+    IMA_BOOT_AGGREGATE_MISMATCH = "IMA_BOOT_AGGREGATE_MISMATCH"
+    """The boot_aggregate entry differs from the hash of the quoted PCRs 0-7 (0-9)."""
+    IMA_STATE_MISMATCH = "IMA_STATE_MISMATCH"
+    """The saved incremental IMA state does not fit this quote or list (bank, reboot, count)."""
 
 
 class VerificationError(Exception):

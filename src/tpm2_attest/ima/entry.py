@@ -1,0 +1,199 @@
+"""One IMA measurement: ``ImaEntry`` (with its file digest as ``ImaDigest``)."""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass
+from typing import Any, Final
+
+from .templates import IMA_NAME_PAD
+
+_U32 = {"little": struct.Struct("<I"), "big": struct.Struct(">I")}
+
+
+@dataclass(frozen=True, slots=True)
+class ImaDigest:
+    """A file (or buffer) digest as IMA recorded it: ``algorithm`` is the kernel's name
+    (``sha256``, ``sm3``, ``sha3-256``...), ``kind`` is ``ima``/``verity`` for ``d-ngv2``
+    fields and None otherwise."""
+
+    algorithm: str
+    digest: bytes
+    kind: str | None = None
+
+    @property
+    def hex(self) -> str:
+        return self.digest.hex()
+
+    def __str__(self) -> str:
+        prefix = f"{self.kind}:" if self.kind else ""
+        return f"{prefix}{self.algorithm}:{self.digest.hex()}"
+
+
+def decode_digest(field_id: str, data: bytes) -> ImaDigest | None:
+    """The digest of a ``d``/``d-ng``/``d-ngv2``/``d-modsig`` field (None when empty or when
+    the field does not have the kernel's layout)."""
+    if not data:
+        return None
+    if field_id == "d":
+        alg = {20: "sha1", 16: "md5"}.get(len(data), "unknown")
+        return ImaDigest(alg, data)
+    nul = data.find(b"\0")
+    if nul < 1 or data[nul - 1] != 0x3A:  # "...:" NUL
+        return None
+    parts = data[: nul - 1].split(b":")
+    try:
+        names = [p.decode("ascii") for p in parts]
+    except UnicodeDecodeError:
+        return None
+    if field_id == "d-ngv2":
+        if len(names) != 2:
+            return None
+        return ImaDigest(names[1], data[nul + 1 :], names[0])
+    if len(names) != 1:
+        return None
+    return ImaDigest(names[0], data[nul + 1 :])
+
+
+def decode_string(data: bytes) -> str:
+    """A NUL-terminated field string; undecodable bytes are kept as surrogates (as os.fsdecode)."""
+    if data.endswith(b"\0"):
+        data = data[:-1]
+    return data.decode("utf-8", "surrogateescape")
+
+
+class ImaEntry:
+    """One measurement of a parsed list (read-only).
+
+    ``index``: its position in the whole list (0 = first measurement since boot);
+    ``offset``: byte offset in the data it was parsed from (``line``: 1-based line of an
+    ASCII list); ``pcr``; ``template_hash``: the digest as listed (in the list's algorithm;
+    all zeros for a violation); ``template_name``; ``field_ids`` (None for a template this
+    parser does not know); ``fields``: each field's data as the kernel stores it;
+    ``template_data``: the length-prefixed fields exactly as hashed (None for the legacy
+    ``ima`` template and for unknown templates of ASCII lists, which cannot be rebuilt).
+
+    Decoded views: ``digest`` (:class:`ImaDigest` of the ``d*`` field), ``path`` (the
+    ``n``/``n-ng`` field), ``signature`` (``sig``), ``buffer`` (``buf``), ``modsig``,
+    ``modsig_digest``, ``violation``.
+    """
+
+    __slots__ = ("_hash_input", "field_ids", "fields", "index", "line", "offset", "pcr",
+                 "template_data", "template_hash", "template_name")
+
+    def __init__(self, index: int, offset: int, pcr: int, template_hash: bytes, template_name: str,
+                 field_ids: tuple[str, ...] | None, fields: tuple[bytes, ...],
+                 template_data: bytes | None, line: int | None = None) -> None:
+        self.index = index
+        self.offset = offset
+        self.line = line
+        self.pcr = pcr
+        self.template_hash = template_hash
+        self.template_name = template_name
+        self.field_ids = field_ids
+        self.fields = fields
+        self.template_data = template_data
+        self._hash_input: bytes | None = None
+
+    # -- views ---------------------------------------------------------------------------------
+
+    def field(self, field_id: str) -> bytes | None:
+        """The data of the first field ``field_id`` (None when the template has none)."""
+        ids = self.field_ids
+        if ids is None:
+            return None
+        try:
+            return self.fields[ids.index(field_id)]
+        except ValueError:
+            return None
+
+    @property
+    def violation(self) -> bool:
+        """A ToMToU/open-writers violation: the kernel lists a zero digest and extends 0xff...;
+        its fields are not bound to what was extended."""
+        return not any(self.template_hash)
+
+    @property
+    def digest(self) -> ImaDigest | None:
+        ids = self.field_ids
+        if ids is None:
+            return None
+        for fid in ("d-ng", "d-ngv2", "d"):
+            if fid in ids:
+                return decode_digest(fid, self.fields[ids.index(fid)])
+        return None
+
+    @property
+    def path(self) -> str | None:
+        data = self.field("n-ng")
+        if data is None:
+            data = self.field("n")
+        return None if data is None else decode_string(data)
+
+    @property
+    def signature(self) -> bytes | None:
+        data = self.field("sig")
+        return data or None
+
+    @property
+    def buffer(self) -> bytes | None:
+        data = self.field("buf")
+        return data or None
+
+    @property
+    def modsig(self) -> bytes | None:
+        data = self.field("modsig")
+        return data or None
+
+    @property
+    def modsig_digest(self) -> ImaDigest | None:
+        data = self.field("d-modsig")
+        return decode_digest("d-modsig", data) if data else None
+
+    # -- hashing -------------------------------------------------------------------------------
+
+    @property
+    def hash_input(self) -> bytes | None:
+        """The bytes the kernel hashes into the template hash (None when unknown)."""
+        h = self._hash_input
+        if h is None:
+            if self.template_name == "ima" and self.field_ids == ("d", "n"):
+                h = self.fields[0] + self.fields[1].ljust(IMA_NAME_PAD, b"\0")
+            else:
+                h = self.template_data
+            self._hash_input = h
+        return h
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready summary (hex for bytes)."""
+        d = self.digest
+        out: dict[str, Any] = {
+            "index": self.index,
+            "pcr": self.pcr,
+            "template_hash": self.template_hash.hex(),
+            "template": self.template_name,
+            "path": self.path,
+            "digest": str(d) if d else None,
+        }
+        if self.violation:
+            out["violation"] = True
+        for fid in ("sig", "buf", "modsig"):
+            data = self.field(fid)
+            if data:
+                out[fid] = data.hex()
+        if self.field_ids is None:
+            out["fields"] = [f.hex() for f in self.fields]
+        return out
+
+    def __repr__(self) -> str:
+        return (f"ImaEntry(index={self.index}, pcr={self.pcr}, template={self.template_name!r}, "
+                f"path={self.path!r}, digest={self.digest})")
+
+
+def encode_fields(fields: tuple[bytes, ...], byteorder: str) -> bytes:
+    """Length-prefixed template data (``u32 len || data`` per field)."""
+    pack = _U32[byteorder].pack
+    return b"".join(pack(len(f)) + f for f in fields)
+
+
+U32_BY_ORDER: Final = _U32
