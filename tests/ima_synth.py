@@ -52,7 +52,8 @@ class Entry:
     fields: list[tuple[str, bytes]]
     pcr: int = 10
     violation: bool = False
-    extra_ascii_space: bool = field(default=False, repr=False)
+    forced_hash: dict[str, bytes] = field(default_factory=dict, repr=False)
+    """alg -> template hash to list instead of the computed one (tampering tests)."""
 
     def data(self, order: str = "<") -> bytes:
         """Template data as the binary list shows it (not for 'ima')."""
@@ -65,6 +66,8 @@ class Entry:
         return self.data(order)
 
     def template_hash(self, alg: str, order: str = "<", padded: bool = False) -> bytes:
+        if alg in self.forced_hash:
+            return self.forced_hash[alg]
         if self.violation:
             return bytes(SIZES[alg])
         if padded:
@@ -242,3 +245,51 @@ def pcr_values(entries: Iterable[Entry], bank: str, mode: str = "native", order:
         old = values.get(e.pcr, bytes(SIZES[bank]))
         values[e.pcr] = h(bank, old + bank_digest(e, bank, mode=mode, order=order))
     return values
+
+
+# -- fuzzing oracle (shared by tests/test_ima_fuzz.py and tests/fuzz/fuzz_ima.py) ---------------
+
+def seed_lists() -> list[bytes]:
+    """Valid lists of every shape, to mutate."""
+    from pathlib import Path
+
+    ents = every_template()
+    seeds = [binary(ents), binary(ents, "sha256"), binary(every_template(">"), order=">"),
+             ascii(ents), ascii(ents, "sha256"), binary([unknown("/u"), ima("/l")])]
+    data = Path(__file__).parent / "data" / "ima"
+    seeds += [p.read_bytes() for p in sorted(data.glob("*.ascii"))]
+    return seeds
+
+
+def exercise(data: bytes) -> None:
+    """Drive parse, views, replay and verify with ``data``; anything but the documented errors
+    (ImaLogError from the parser and replay, VerificationError from the verifier) is a bug."""
+    import json
+
+    from tpm2_attest.ima import ImaLogError, parse_ima_log
+    from tpm2_attest.verify import Reason, VerificationError, verify_ima_log
+
+    for kw in ({}, {"template_hash": "sha256"}, {"byteorder": "big"}):
+        try:
+            log = parse_ima_log(data, **kw)  # type: ignore[arg-type]
+        except ImaLogError as exc:
+            assert exc.offset is None or 0 <= exc.offset <= len(data), exc
+            continue
+        offsets = [e.offset for e in log]
+        assert offsets == sorted(offsets) and all(0 <= o < len(data) for o in offsets)
+        json.dumps(log.to_dict())
+        for e in log:
+            _ = (e.digest, e.path, e.signature, e.buffer, e.modsig, e.modsig_digest, e.hash_input)
+        try:
+            pcrs = log.replay_all("sha256")
+        except ImaLogError:
+            continue
+        quoted = {10: bytes(32), **pcrs}
+        try:
+            res = verify_ima_log(log, quoted, bank="sha256", pcrs=tuple(quoted))
+        except VerificationError as exc:
+            assert exc.reason in (Reason.IMA_TEMPLATE_HASH_MISMATCH, Reason.IMA_TEMPLATE_UNSUPPORTED,
+                                  Reason.IMA_BOOT_AGGREGATE_MISMATCH), exc
+            continue
+        assert res.count == len(log) and res.pending == ()
+        json.dumps(res.to_dict())

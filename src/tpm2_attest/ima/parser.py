@@ -107,12 +107,13 @@ def _plausible_size(buf: bytes, size: int, order: str) -> bool:
 
 
 def _template_info(raw: bytes, offset: int, index: int,
-                   cache: dict[bytes, tuple[str, tuple[str, ...] | None]]) -> tuple[str, tuple[str, ...] | None]:
+                   cache: dict[bytes, tuple[str, tuple[str, ...] | None]],
+                   line: int | None = None) -> tuple[str, tuple[str, ...] | None]:
     info = cache.get(raw)
     if info is None:
         if _TEMPLATE_NAME.match(raw) is None:
             raise ImaLogError(f"template name {raw[:40]!r} is not printable ASCII",
-                              offset=offset, entry=index)
+                              offset=offset, entry=index, line=line)
         name = raw.decode("ascii")
         info = cache[raw] = (name, template_fields(name))
     return info
@@ -281,7 +282,7 @@ def _parse_ascii(buf: bytes, alg: str | None, order: str, start: int, base: int)
         if len(th_hex) != 2 * dsize:
             raise ImaLogError(f"template hash of {len(th_hex) // 2} bytes in a list of {dsize}-byte "
                               "hashes", line=lineno, offset=here, entry=index)
-        name, ids = _template_info(raw_name, here, index, cache)
+        name, ids = _template_info(raw_name, here, index, cache, lineno)
         tokens = rest.split(b" ") if rest is not None else []
         if ids is None:
             append(ImaEntry(index, base + here, int(pcr_s), bytes.fromhex(th_hex.decode("ascii")), name,
