@@ -293,3 +293,42 @@ def exercise(data: bytes) -> None:
             continue
         assert res.count == len(log) and res.pending == ()
         json.dumps(res.to_dict())
+
+
+# -- file signatures (evmctl's format), with cryptography directly --------------------------------
+
+HASH_ALGO_NUMBERS = {"md5": 1, "sha1": 2, "sha256": 4, "sha384": 5, "sha512": 6, "sha224": 7}
+
+
+def ima_keyid(public_key: object) -> int:
+    """Last 4 bytes of SHA-1 over the PKCS#1 RSA key or the uncompressed EC point (evmctl)."""
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    if isinstance(public_key, rsa.RSAPublicKey):
+        raw = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.PKCS1)
+    else:
+        raw = public_key.public_bytes(serialization.Encoding.X962,  # type: ignore[attr-defined]
+                                      serialization.PublicFormat.UncompressedPoint)
+    return int.from_bytes(hashlib.sha1(raw).digest()[-4:], "big")
+
+
+def sign_digest(private_key: object, digest: bytes, alg: str = "sha256", version: int = 2,
+                xattr_type: int = 3, keyid: int | None = None) -> bytes:
+    """``security.ima`` as ``evmctl ima_sign`` writes it: v2 signs the digest, v3 the hash of
+    struct ima_file_id {type, algo, digest}."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+    from cryptography.hazmat.primitives.asymmetric.utils import Prehashed
+
+    h = {"sha1": hashes.SHA1, "sha256": hashes.SHA256, "sha384": hashes.SHA384, "sha512": hashes.SHA512}[alg]
+    signed = digest
+    if version == 3:
+        signed = HASHES[alg](bytes([xattr_type, HASH_ALGO_NUMBERS[alg]]) + digest).digest()
+    if isinstance(private_key, rsa.RSAPrivateKey):
+        sig = private_key.sign(signed, padding.PKCS1v15(), Prehashed(h()))
+    else:
+        assert isinstance(private_key, ec.EllipticCurvePrivateKey)
+        sig = private_key.sign(signed, ec.ECDSA(Prehashed(h())))
+    kid = ima_keyid(private_key.public_key()) if keyid is None else keyid  # type: ignore[attr-defined]
+    return struct.pack(">BBBIH", xattr_type, version, HASH_ALGO_NUMBERS[alg], kid, len(sig)) + sig

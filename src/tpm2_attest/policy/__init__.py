@@ -20,6 +20,8 @@ of a verified event log (``EventLogResult.state``).
 from .base import Evidence, PolicyError, PolicyResult, Section, Violation
 from .boot import BootSection
 from .document import SECTIONS, VERSION, Policy, learn
+from .ima import ImaSection
+from .keylime import from_keylime_runtime_policy
 from .pcrs import PcrSection
 from .secure_boot import SecureBootSection, dbx_contains_document
 
@@ -28,6 +30,7 @@ __all__ = [
     "VERSION",
     "BootSection",
     "Evidence",
+    "ImaSection",
     "PcrSection",
     "Policy",
     "PolicyError",
@@ -36,5 +39,6 @@ __all__ = [
     "SecureBootSection",
     "Violation",
     "dbx_contains_document",
+    "from_keylime_runtime_policy",
     "learn",
 ]

@@ -22,13 +22,14 @@ from typing import Any
 from .._files import write_atomic
 from .base import Evidence, PolicyError, PolicyResult, Section, mapping, string, violations_of
 from .boot import BootSection
+from .ima import ImaSection
 from .pcrs import PcrSection
 from .secure_boot import SecureBootSection
 
 VERSION = 1
 """The document format this library reads and writes."""
 
-SECTIONS: tuple[type[Section], ...] = (PcrSection, SecureBootSection, BootSection)
+SECTIONS: tuple[type[Section], ...] = (PcrSection, SecureBootSection, BootSection, ImaSection)
 """Every section class, in the order documents list them and evaluation runs them."""
 
 _BY_KEY: dict[str, type[Section]] = {s.key: s for s in SECTIONS}

@@ -44,6 +44,9 @@ BootAggregateStatus = Literal["verified", "not_quoted", "other_bank", "absent", 
 start with a boot_aggregate; ``unchecked``: not in the verified part of the list."""
 
 _STATE_VERSION: Final = 1
+MAX_KEY_BUFFERS: Final = 256
+"""Keys loaded onto keyrings that a state carries (a machine loads a handful)."""
+MAX_KEY_BUFFER_SIZE: Final = 64 << 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,7 +58,9 @@ class ImaState:
     kernel extends the bank (``listed``/``native``/``padded``; None while undetermined);
     ``reset_count``: the TPM's resetCount in the quote (a reboot restarts the list);
     ``offset``: byte offset where entry ``count`` begins in the file read (``format``,
-    ``hash_alg``), for asking the device for the rest; ``boot_aggregate``: its status.
+    ``hash_alg``), for asking the device for the rest; ``boot_aggregate``: its status;
+    ``key_buffers``: (keyring, buffer) of the verified ``ima-buf`` entries that may be keys
+    loaded onto a keyring (a policy may trust them to sign later files).
     """
 
     bank: str
@@ -67,6 +72,7 @@ class ImaState:
     format: str | None = None
     hash_alg: str | None = None
     boot_aggregate: BootAggregateStatus = "unchecked"
+    key_buffers: tuple[tuple[str, bytes], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -80,6 +86,7 @@ class ImaState:
             "format": self.format,
             "hash_alg": self.hash_alg,
             "boot_aggregate": self.boot_aggregate,
+            "key_buffers": [[k, b.hex()] for k, b in self.key_buffers],
         }
 
     @classmethod
@@ -89,7 +96,8 @@ class ImaState:
             if d.get("version") != _STATE_VERSION:
                 raise ValueError(f"version {d.get('version')!r}")
             unknown = set(d) - {"version", "bank", "count", "pcrs", "template_digests",
-                                "reset_count", "offset", "format", "hash_alg", "boot_aggregate"}
+                                "reset_count", "offset", "format", "hash_alg", "boot_aggregate",
+                                "key_buffers"}
             if unknown:
                 raise ValueError(f"unknown keys {sorted(unknown)}")
             bank = bank_name(resolve_bank(str(d["bank"])))
@@ -107,8 +115,11 @@ class ImaState:
             if count < 0 or offset < 0 or td not in (None, "listed", "native", "padded") or \
                     ba not in ("verified", "not_quoted", "other_bank", "absent", "unchecked"):
                 raise ValueError("value out of range")
+            kb = tuple((str(k), bytes.fromhex(b)) for k, b in list(d.get("key_buffers") or ()))
+            if len(kb) > MAX_KEY_BUFFERS:
+                raise ValueError("too many key_buffers")
             return cls(bank, count, pcrs, td, None if rc is None else int(rc), offset,
-                       d.get("format"), d.get("hash_alg"), ba)
+                       d.get("format"), d.get("hash_alg"), ba, kb)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise VerificationError(Reason.MALFORMED, f"saved IMA state does not parse: {exc}") from None
 
@@ -134,6 +145,7 @@ class ImaResult:
     boot_aggregate: BootAggregateStatus
     violations: int
     state: ImaState
+    key_buffers: tuple[tuple[str, bytes], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the entries themselves)."""
@@ -344,10 +356,17 @@ def verify_ima_log(
         ba = _boot_aggregate(verified[0], quoted, kname)
 
     count = tail.start + k
+    carried = prev.key_buffers if prev else ()
+    keys = list(carried)
+    for e in verified:
+        buf = e.buffer
+        if (buf is not None and len(buf) <= MAX_KEY_BUFFER_SIZE and buf[:1] in (b"\x30", b"-")
+                and not e.violation and e.path is not None and len(keys) < MAX_KEY_BUFFERS):
+            keys.append((e.path, buf))
     new_state = ImaState(name, count, values, mode_kept, reset_count, tail.offset_of(count),
-                         tail.format, tail.hash_alg, ba)
+                         tail.format, tail.hash_alg, ba, tuple(keys))
     return ImaResult(name, verified, pending, count, values, mode_kept, ba,
-                     sum(1 for e in verified if not any(e.template_hash)), new_state)
+                     sum(1 for e in verified if not any(e.template_hash)), new_state, carried)
 
 
 def _boot_aggregate(first: ImaEntry, quoted: Mapping[int, bytes], kname: str | None) -> BootAggregateStatus:
