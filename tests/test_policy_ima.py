@@ -366,6 +366,12 @@ def test_keylime_import_accepts_its_documents_as_they_are() -> None:
     # twice-encoded verification keys (as keylime's database holds them)
     doubled = {**EMPTY, "verification-keys": json.dumps(KEYRING_STRING)}
     assert judge(doubled, SIGNATURES) == []
+    # keylime's keyring JSON may carry a meta version
+    with_meta = {**EMPTY, "verification-keys": json.dumps({**json.loads(KEYRING_STRING), "meta": {"version": 1}})}
+    assert judge(with_meta, SIGNATURES) == []
+    with pytest.raises(PolicyError) as exc:
+        from_keylime_runtime_policy({**EMPTY, "verification-keys": json.dumps({"pubkeys": [], "meta": {}})})
+    assert exc.value.key == "verification-keys.meta.version"
     # violations: keylime ignores them by default; refusable
     data = synth.binary([synth.violation("/tmp/x")])
     assert judge(EMPTY, data) == []

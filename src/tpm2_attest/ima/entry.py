@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import struct
-from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, NamedTuple
 
 from .templates import IMA_NAME_PAD
 
 _U32 = {"little": struct.Struct("<I"), "big": struct.Struct(">I")}
 
 
-@dataclass(frozen=True, slots=True)
-class ImaDigest:
+class ImaDigest(NamedTuple):
     """A file (or buffer) digest as IMA recorded it: ``algorithm`` is the kernel's name
     (``sha256``, ``sm3``, ``sha3-256``...), ``kind`` is ``ima``/``verity`` for ``d-ngv2``
     fields and None otherwise."""
@@ -41,18 +39,29 @@ def decode_digest(field_id: str, data: bytes) -> ImaDigest | None:
     nul = data.find(b"\0")
     if nul < 1 or data[nul - 1] != 0x3A:  # "...:" NUL
         return None
-    parts = data[: nul - 1].split(b":")
+    key = (field_id == "d-ngv2", data[:nul])
+    names = _PREFIXES.get(key)
+    if names is None:
+        names = _prefix(*key)
+        if len(_PREFIXES) < 256:
+            _PREFIXES[key] = names
+    if not names:
+        return None
+    return ImaDigest(names[0], data[nul + 1 :], names[1])
+
+
+_PREFIXES: dict[tuple[bool, bytes], tuple[str, str | None] | tuple[()]] = {}
+
+
+def _prefix(v2: bool, prefix: bytes) -> tuple[str, str | None] | tuple[()]:
+    """(algorithm, kind) of ``algo:`` or ``kind:algo:``; () when not of that shape."""
     try:
-        names = [p.decode("ascii") for p in parts]
+        names = prefix[:-1].decode("ascii").split(":")
     except UnicodeDecodeError:
-        return None
-    if field_id == "d-ngv2":
-        if len(names) != 2:
-            return None
-        return ImaDigest(names[1], data[nul + 1 :], names[0])
-    if len(names) != 1:
-        return None
-    return ImaDigest(names[0], data[nul + 1 :])
+        return ()
+    if v2:
+        return (names[1], names[0]) if len(names) == 2 else ()
+    return (names[0], None) if len(names) == 1 else ()
 
 
 def decode_string(data: bytes) -> str:
@@ -60,6 +69,28 @@ def decode_string(data: bytes) -> str:
     if data.endswith(b"\0"):
         data = data[:-1]
     return data.decode("utf-8", "surrogateescape")
+
+
+_NONE_LAYOUT: Final = (None, -1, -1, -1, -1, -1, -1)
+
+
+def _layout(ids: tuple[str, ...] | None) -> tuple[str | None, int, int, int, int, int, int]:
+    """(digest field id, its index, name, sig, buf, modsig, d-modsig indices; -1 when absent)."""
+    if ids is None:
+        return _NONE_LAYOUT
+
+    def at(*names: str) -> int:
+        for n in names:
+            if n in ids:
+                return ids.index(n)
+        return -1
+
+    dfid = next((f for f in ("d-ng", "d-ngv2", "d") if f in ids), None)
+    return (dfid, ids.index(dfid) if dfid else -1, at("n-ng", "n"), at("sig"), at("buf"),
+            at("modsig"), at("d-modsig"))
+
+
+_LAYOUTS: dict[tuple[str, ...] | None, tuple[str | None, int, int, int, int, int, int]] = {}
 
 
 class ImaEntry:
@@ -75,11 +106,11 @@ class ImaEntry:
 
     Decoded views: ``digest`` (:class:`ImaDigest` of the ``d*`` field), ``path`` (the
     ``n``/``n-ng`` field), ``signature`` (``sig``), ``buffer`` (``buf``), ``modsig``,
-    ``modsig_digest``, ``violation``.
+    ``modsig_digest``; ``violation``.
     """
 
-    __slots__ = ("_hash_input", "field_ids", "fields", "index", "line", "offset", "pcr",
-                 "template_data", "template_hash", "template_name")
+    __slots__ = ("_digest", "_hash_input", "_layout", "field_ids", "fields", "index", "line",
+                 "offset", "pcr", "template_data", "template_hash", "template_name", "violation")
 
     def __init__(self, index: int, offset: int, pcr: int, template_hash: bytes, template_name: str,
                  field_ids: tuple[str, ...] | None, fields: tuple[bytes, ...],
@@ -94,6 +125,14 @@ class ImaEntry:
         self.fields = fields
         self.template_data = template_data
         self._hash_input: bytes | None = None
+        self._digest: ImaDigest | bool | None = False
+        layout = _LAYOUTS.get(field_ids)
+        if layout is None:
+            layout = _LAYOUTS[field_ids] = _layout(field_ids)
+        self._layout = layout
+        # a ToMToU/open-writers violation: the kernel lists a zero template hash and extends
+        # 0xff...; its fields are bound to nothing
+        self.violation: bool = not template_hash.strip(b"\0")
 
     # -- views ---------------------------------------------------------------------------------
 
@@ -107,48 +146,41 @@ class ImaEntry:
         except ValueError:
             return None
 
-    @property
-    def violation(self) -> bool:
-        """A ToMToU/open-writers violation: the kernel lists a zero digest and extends 0xff...;
-        its fields are not bound to what was extended."""
-        return not any(self.template_hash)
+    def _at(self, i: int) -> bytes | None:
+        return self.fields[i] if i >= 0 else None
 
     @property
     def digest(self) -> ImaDigest | None:
-        ids = self.field_ids
-        if ids is None:
-            return None
-        for fid in ("d-ng", "d-ngv2", "d"):
-            if fid in ids:
-                return decode_digest(fid, self.fields[ids.index(fid)])
-        return None
+        d = self._digest
+        if d is False:
+            fid, i = self._layout[0], self._layout[1]
+            d = self._digest = decode_digest(fid, self.fields[i]) if fid is not None else None
+        return d  # type: ignore[return-value]
 
     @property
     def path(self) -> str | None:
-        data = self.field("n-ng")
-        if data is None:
-            data = self.field("n")
-        return None if data is None else decode_string(data)
+        i = self._layout[2]
+        return decode_string(self.fields[i]) if i >= 0 else None
 
     @property
     def signature(self) -> bytes | None:
-        data = self.field("sig")
-        return data or None
+        i = self._layout[3]
+        return (self.fields[i] or None) if i >= 0 else None
 
     @property
     def buffer(self) -> bytes | None:
-        data = self.field("buf")
-        return data or None
+        i = self._layout[4]
+        return (self.fields[i] or None) if i >= 0 else None
 
     @property
     def modsig(self) -> bytes | None:
-        data = self.field("modsig")
-        return data or None
+        i = self._layout[5]
+        return (self.fields[i] or None) if i >= 0 else None
 
     @property
     def modsig_digest(self) -> ImaDigest | None:
-        data = self.field("d-modsig")
-        return decode_digest("d-modsig", data) if data else None
+        i = self._layout[6]
+        return decode_digest("d-modsig", self.fields[i]) if i >= 0 and self.fields[i] else None
 
     # -- hashing -------------------------------------------------------------------------------
 

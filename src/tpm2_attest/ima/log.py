@@ -104,8 +104,7 @@ class ImaLog:
         ff = b"\xff" * size
         if kname == self.hash_alg:
             def listed(e: ImaEntry) -> bytes:
-                th = e.template_hash
-                return ff if not any(th) else th
+                return ff if e.violation else e.template_hash
             return listed
         if mode == "padded" or (kname is None):
             if mode != "padded":
@@ -116,11 +115,10 @@ class ImaLog:
             own_sha1 = self.hash_alg == "sha1"
 
             def padded(e: ImaEntry) -> bytes:
-                th = e.template_hash
-                if not any(th):
+                if e.violation:
                     return ff
                 if own_sha1:
-                    return th + pad
+                    return e.template_hash + pad
                 data = e.hash_input
                 if data is None:
                     raise ImaLogError(f"template {e.template_name!r} cannot be rehashed",
@@ -132,7 +130,7 @@ class ImaLog:
             raise ValueError(f"this Python cannot compute {kname} for PCR bank {name}")
 
         def native(e: ImaEntry) -> bytes:
-            if not any(e.template_hash):
+            if e.violation:
                 return ff
             data = e.hash_input
             if data is None:

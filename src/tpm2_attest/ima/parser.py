@@ -19,7 +19,7 @@ linear in the input, memory proportional to it.
 from __future__ import annotations
 
 import re
-from typing import Final
+from typing import Any, Final
 
 from . import algorithms
 from .entry import U32_BY_ORDER, ImaEntry, encode_fields
@@ -185,29 +185,31 @@ def _parse_binary(buf: bytes, alg: str | None, byteorder: str, start: int, base:
                   end_offset=base + n)
 
 
-def _split_fields(tdata: bytes, u32: object, at: int, index: int,
+def _split_fields(tdata: bytes, unpack: Any, at: int, index: int,
                   ids: tuple[str, ...] | None) -> tuple[bytes, ...]:
     """The fields of length-prefixed template data; exactly the template's count (any count
     up to IMA_TEMPLATE_NUM_FIELDS_MAX for an unknown template), nothing left over."""
-    unpack = u32  # struct.Struct.unpack_from
     out: list[bytes] = []
+    append = out.append
+    limit = MAX_FIELDS if ids is None else len(ids)
     q = 0
     end = len(tdata)
+    n = 0
     while q < end:
-        if len(out) >= MAX_FIELDS or (ids is not None and len(out) >= len(ids)):
+        if n == limit:
             raise ImaLogError("template data has more fields than its template",
                               offset=at + q, entry=index)
         if end - q < 4:
             raise ImaLogError("truncated field length", offset=at + q, entry=index)
-        flen = unpack(tdata, q)[0]  # type: ignore[operator]
-        q += 4
-        if flen > end - q:
-            raise ImaLogError(f"field length {flen} exceeds the template data",
-                              offset=at + q - 4, entry=index)
-        out.append(tdata[q : q + flen])
-        q += flen
-    if ids is not None and len(out) != len(ids):
-        raise ImaLogError(f"template data has {len(out)} fields, its template {len(ids)}",
+        nq = q + 4 + unpack(tdata, q)[0]
+        if nq > end:
+            raise ImaLogError(f"field length {nq - q - 4} exceeds the template data",
+                              offset=at + q, entry=index)
+        append(tdata[q + 4 : nq])
+        q = nq
+        n += 1
+    if ids is not None and n != limit:
+        raise ImaLogError(f"template data has {n} fields, its template {limit}",
                           offset=at, entry=index)
     return tuple(out)
 

@@ -39,6 +39,7 @@ without a path or digest: unknown templates, malformed digests).
 
 from __future__ import annotations
 
+import contextlib
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -174,6 +175,9 @@ class ImaSection(Section):
             compiled = [re.compile(p) for p in self.excludes]
         except re.error as exc:
             raise PolicyError(join(self.key, "excludes"), f"not a valid regular expression: {exc}") from None
+        if compiled:  # one alternation: a whole path matches it iff it matches one of them
+            with contextlib.suppress(re.error):  # global inline flags: keep them apart
+                compiled = [re.compile("|".join(f"(?:{p})" for p in self.excludes))]
         object.__setattr__(self, "_excludes", compiled)
 
     # -- document ----------------------------------------------------------------------------
@@ -296,10 +300,10 @@ class ImaSection(Section):
         if buf is not None:
             yield from self._judge_buffer(e, path, d, buf, trusted)
             return
-        if self.excluded(path):
-            return
         listed = self.digests.get(path)
         if listed is not None and listed.accepts(d):
+            return
+        if self.excluded(path):
             return
         sig_note = ""
         if e.signature:

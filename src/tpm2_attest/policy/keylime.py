@@ -84,7 +84,11 @@ def _verification_keys(value: Any, path: str) -> list[KeySpec]:
     except json.JSONDecodeError as exc:
         raise PolicyError(path, f"not a JSON keyring: {exc}") from None
     ring = mapping(obj, path)
-    only_keys(ring, path, ("pubkeys", "keyids"))
+    only_keys(ring, path, ("meta", "pubkeys", "keyids"))
+    if ring.get("meta") is not None:
+        rmeta = mapping(ring["meta"], join(path, "meta"))
+        only_keys(rmeta, join(path, "meta"), ("version",))
+        integer(rmeta.get("version"), join(join(path, "meta"), "version"), minimum=1)
     pubkeys = sequence(ring.get("pubkeys", []), join(path, "pubkeys"))
     keyids = sequence(ring.get("keyids", []), join(path, "keyids"))
     if len(keyids) > len(pubkeys):

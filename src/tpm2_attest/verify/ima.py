@@ -177,9 +177,9 @@ def _check_bindings(log: ImaLog) -> None:
     assert sha1 is not None
     pad = bytes(algorithms.DIGEST_SIZES[own] - 20) if own != "sha1" else b""
     for e in log.entries:
-        th = e.template_hash
-        if not any(th):
+        if e.violation:
             continue
+        th = e.template_hash
         data = e.hash_input
         if data is None:
             raise VerificationError(Reason.IMA_TEMPLATE_UNSUPPORTED,
@@ -366,11 +366,11 @@ def verify_ima_log(
     new_state = ImaState(name, count, values, mode_kept, reset_count, tail.offset_of(count),
                          tail.format, tail.hash_alg, ba, tuple(keys))
     return ImaResult(name, verified, pending, count, values, mode_kept, ba,
-                     sum(1 for e in verified if not any(e.template_hash)), new_state, carried)
+                     sum(1 for e in verified if e.violation), new_state, carried)
 
 
 def _boot_aggregate(first: ImaEntry, quoted: Mapping[int, bytes], kname: str | None) -> BootAggregateStatus:
-    if first.path != BOOT_AGGREGATE_NAME or not any(first.template_hash):
+    if first.path != BOOT_AGGREGATE_NAME or first.violation:
         return "absent"
     d = first.digest
     alg = algorithms.canonical(d.algorithm) if d is not None else None
