@@ -107,7 +107,8 @@ def cmd_attest(args: argparse.Namespace) -> int:
             log = Path(args.event_log).read_bytes()
         try:
             verdict: dict[str, Any] = attest(tpm, args.server, device_id, raw, pcrs=parse_pcrs(args.pcrs),
-                                             bank=args.bank, event_log=log, timeout=args.timeout)
+                                             bank=args.bank, event_log=log, ima=args.ima,
+                                             timeout=args.timeout)
         except ServiceError as exc:
             return _refused(args, exc)
     emit(args, verdict, lambda: print(f"attested: device {device_id}, {len(verdict.get('pcrs', {}))} "
@@ -173,5 +174,8 @@ def add_parser(subparsers: SubParsers) -> None:
     s.add_argument("--pcrs", default="0-7", help="e.g. 0-7,16")
     s.add_argument("--bank", default="sha256")
     s.add_argument("--event-log", metavar="FILE|auto", help="send the firmware event log ('auto': read it from the OS)")
+    s.add_argument("--ima", action="store_true",
+                   help="also quote PCR 10 and send the IMA measurement list (only the entries the "
+                        "server has not verified yet)")
     s.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
     s.set_defaults(func=cmd_attest)

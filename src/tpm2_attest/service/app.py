@@ -8,7 +8,7 @@ Endpoints (all ``POST``, JSON, binary fields base64; see docs/service.md):
 * ``/v1/enroll/ak-certificate`` {enrollment_id, ak_blob, ak_certificate} -> {device_id, ...}
   (opt-in: enrollment by a cloud vTPM's certified AK, instead of ``ak`` + ``finish``)
 * ``/v1/attest/challenge`` {device_id} -> {challenge_id, nonce, expires_at}
-* ``/v1/attest`` {challenge_id, quote, event_log?} -> {ok, pcrs, ...}
+* ``/v1/attest`` {challenge_id, quote, event_log?, ima_log?, ima_offset?} -> {ok, pcrs, ...}
 
 plus ``GET /v1/health``. Refusals are ``{"error": {"code", "reason", "detail"}}`` with a 4xx
 status (:mod:`.errors`). Handlers are plain ``def``: FastAPI runs them in its thread pool, since
@@ -148,12 +148,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
     def attest_challenge(body: ChallengeRequest) -> ChallengeResponse:
         """Issue a single-use nonce for an enrolled device."""
         c = service.issue_challenge(body.device_id)
-        return ChallengeResponse(challenge_id=c.challenge_id, nonce=c.nonce, expires_at=c.expires_at)
+        return ChallengeResponse(challenge_id=c.challenge_id, nonce=c.nonce, expires_at=c.expires_at,
+                                 ima_offset=c.ima_offset)
 
     @app.post("/v1/attest", responses=_ERRORS)
     def attest(body: AttestRequest) -> AttestResponse:
         """Verify a quote over a challenge's nonce with the device's enrolled AK."""
-        r = service.attest(body.challenge_id, body.quote.model_dump(), body.event_log)
+        r = service.attest(body.challenge_id, body.quote.model_dump(), body.event_log,
+                           body.ima_log, body.ima_offset)
         return AttestResponse(attestation_id=r.attestation_id, device_id=r.device_id, **r.result)
 
     return app

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import os
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -21,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
+from ..errors import ErrorCode, TpmError
 from ..evidence import AK_JSON_VERSION, AkBlob, CredentialChallenge
 from ..tpm import Tpm
 from .errors import ServiceCode, ServiceError
@@ -174,15 +176,41 @@ def enroll(tpm: Tpm, server: str | ServiceClient, *, ek_kind: Literal["rsa", "ec
 
 def attest(tpm: Tpm, server: str | ServiceClient, device_id: str, ak_blob: AkBlob | bytes | str, *,
            pcrs: Iterable[int] | None = None, bank: str = "sha256", event_log: bytes | None = None,
+           ima: bool = False, ima_securityfs: str | os.PathLike[str] | None = None,
            timeout: float = DEFAULT_TIMEOUT) -> dict[str, Any]:
     """Ask for a challenge, quote ``pcrs`` (default 0-7) of ``bank`` over its nonce, send the
     quote (and ``event_log`` when given) and return the server's verdict (``ok``, ``pcrs``...).
-    Raises ServiceError when the server refuses (``code`` says why) or TpmError."""
+
+    ``ima``: also quote PCR 10 (and by default 0-9, which the IMA list's boot_aggregate
+    covers) and send the IMA measurement list, read after quoting and only
+    from the offset the server asks (the entries it has not verified); when the server no
+    longer holds that state (a reboot), the whole list is sent once more on a new challenge.
+    ``ima_securityfs``: where to read it (``Tpm.ima_log``). Raises ServiceError when the
+    server refuses (``code`` says why) or TpmError."""
     client = _client(server, timeout)
     blob = AkBlob.load(ak_blob)
-    issued = client.post("/v1/attest/challenge", {"device_id": device_id})
-    quote = tpm.quote(blob, pcrs=pcrs, bank=bank, qualifying_data=_unb64(issued, "nonce"))
-    body: dict[str, Any] = {"challenge_id": _str(issued, "challenge_id"), "quote": quote.to_dict()}
-    if event_log is not None:
-        body["event_log"] = _b64(event_log)
-    return client.post("/v1/attest", body)
+    if ima:  # PCR 10, and PCRs 0-9 unless told otherwise: what the boot_aggregate covers
+        pcrs = sorted({*(range(10) if pcrs is None else pcrs), 10})
+    for attempt in range(2 if ima else 1):
+        issued = client.post("/v1/attest/challenge", {"device_id": device_id})
+        quote = tpm.quote(blob, pcrs=pcrs, bank=bank, qualifying_data=_unb64(issued, "nonce"))
+        body: dict[str, Any] = {"challenge_id": _str(issued, "challenge_id"), "quote": quote.to_dict()}
+        if event_log is not None:
+            body["event_log"] = _b64(event_log)
+        if ima:
+            offset = issued.get("ima_offset", 0)
+            if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+                raise ServiceError(ServiceCode.BAD_RESPONSE, "ima_offset: expected an integer >= 0")
+            try:
+                body["ima_log"] = _b64(tpm.ima_log(offset=offset, securityfs=ima_securityfs))
+            except TpmError as exc:
+                if not offset or exc.code != ErrorCode.INVALID_ARGUMENT:
+                    raise
+                body["ima_log"] = ""  # past the end of a shorter list: rebooted; refused, then resent
+            body["ima_offset"] = offset
+        try:
+            return client.post("/v1/attest", body)
+        except ServiceError as exc:
+            if not (ima and attempt == 0 and body.get("ima_offset") and exc.code == "IMA_STATE_MISMATCH"):
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover

@@ -95,6 +95,8 @@ class ChallengeIssued:
     challenge_id: str
     nonce: bytes
     expires_at: datetime
+    ima_offset: int = 0
+    """Where the device's IMA list should start: past the entries already verified."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +105,8 @@ class AttestationPassed:
     device_id: str
     result: dict[str, Any]
     """bank, pcrs {index: hex}, clock, reset_count, restart_count, safe, firmware_version,
-    and event_log (the ``EventLogResult`` summary) when a log was posted."""
+    event_log (the ``EventLogResult`` summary) when a log was posted, ima (the ``ImaResult``
+    summary with its incremental state) when an IMA list was."""
 
 
 @functools.lru_cache(maxsize=1024)
@@ -310,15 +313,31 @@ class AttestationService:
                                  expires_at=now + timedelta(seconds=self.settings.nonce_ttl),
                                  consumed_at=None)
         self.store.add(record)
-        return ChallengeIssued(record.id, record.nonce, record.expires_at)
+        state = self._ima_state(device.id)
+        return ChallengeIssued(record.id, record.nonce, record.expires_at, state.offset if state else 0)
+
+    def _ima_state(self, device_id: str) -> verify.ImaState | None:
+        """The IMA state the device's latest attestation left, if it passed with an IMA list
+        (after any refusal the device sends its whole list again)."""
+        last = self.store.latest_attestation(device_id)
+        ima = last.result.get("ima") if last is not None and last.ok and last.result else None
+        if not isinstance(ima, dict) or not isinstance(ima.get("state"), dict):
+            return None
+        try:
+            return verify.ImaState.from_dict(ima["state"])
+        except VerificationError:
+            return None
 
     def attest(self, challenge_id: str, quote: Quote | Mapping[str, Any],
-               event_log: bytes | None = None) -> AttestationPassed:
+               event_log: bytes | None = None, ima_log: bytes | None = None,
+               ima_offset: int = 0) -> AttestationPassed:
         """Verify a quote over a challenge's nonce with the device's enrolled AK.
 
         The challenge is spent first (committed), whatever follows; every outcome of a known
         challenge is recorded. ``quote`` is a Quote or its JSON object form; ``event_log`` the
-        raw TCG log, replayed against the quoted PCRs when given.
+        raw TCG log, replayed against the quoted PCRs when given; ``ima_log`` the binary IMA
+        list from byte ``ima_offset`` on (the challenge's), verified from the state of the
+        device's previous attestation.
         """
         now = self.clock()
         got = self.store.consume_challenge(challenge_id, now)
@@ -326,7 +345,7 @@ class AttestationService:
             raise ServiceError(ServiceCode.UNKNOWN_CHALLENGE, "no such challenge")
         challenge, first = got
         try:
-            result = self._verify(challenge, first, now, quote, event_log)
+            result = self._verify(challenge, first, now, quote, event_log, ima_log, ima_offset)
         except (ServiceError, VerificationError) as exc:
             code = exc.code if isinstance(exc, ServiceError) else exc.reason.value
             self.store.record_attestation(AttestationRecord(
@@ -341,7 +360,8 @@ class AttestationService:
         return AttestationPassed(attestation_id, challenge.device_id, result)
 
     def _verify(self, challenge: ChallengeRecord, first: bool, now: datetime,
-                quote: Quote | Mapping[str, Any], event_log: bytes | None) -> dict[str, Any]:
+                quote: Quote | Mapping[str, Any], event_log: bytes | None,
+                ima_log: bytes | None = None, ima_offset: int = 0) -> dict[str, Any]:
         if not first:
             raise ServiceError(ServiceCode.CHALLENGE_USED, "this challenge was already answered")
         if now >= challenge.expires_at:
@@ -364,4 +384,11 @@ class AttestationService:
         out["event_log"] = None
         if event_log is not None:
             out["event_log"] = verify.verify_event_log(event_log, res).to_dict()
+        out["ima"] = None
+        if ima_log is not None:
+            state = self._ima_state(device.id) if ima_offset else None
+            if ima_offset and (state is None or state.offset != ima_offset):
+                raise VerificationError(Reason.IMA_STATE_MISMATCH,
+                                        f"no verified IMA state ends at offset {ima_offset}: send the whole list")
+            out["ima"] = verify.verify_ima_log(ima_log, res, state=state).to_dict()
         return out

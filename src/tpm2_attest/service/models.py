@@ -122,6 +122,8 @@ class ChallengeResponse(Response):
     challenge_id: str
     nonce: B64Out = Field(description="Quote with qualifying_data=nonce")
     expires_at: datetime
+    ima_offset: int = Field(default=0, description="Send the IMA list from this byte offset: the "
+                            "entries before it are verified already (0: the whole list)")
 
 
 class QuoteModel(Request):
@@ -137,6 +139,9 @@ class AttestRequest(Request):
     challenge_id: Id
     quote: QuoteModel
     event_log: B64 | None = Field(default=None, description="Raw TCG event log, replayed against the quote")
+    ima_log: B64 | None = Field(default=None, description="The binary IMA measurement list from "
+                                "ima_offset on, read after quoting (the quote must cover PCR 10)")
+    ima_offset: int = Field(default=0, ge=0, description="The challenge's ima_offset the list starts at")
 
 
 class AttestResponse(Response):
@@ -151,6 +156,8 @@ class AttestResponse(Response):
     safe: bool
     firmware_version: int
     event_log: dict[str, Any] | None = Field(default=None, description="EventLogResult summary")
+    ima: dict[str, Any] | None = Field(default=None, description="ImaResult summary, with the "
+                                       "incremental state the next attestation continues")
 
 
 class ErrorDetail(Response):

@@ -292,6 +292,12 @@ class Store:
             s.flush()
             return record.id
 
+    def latest_attestation(self, device_id: str) -> AttestationRecord | None:
+        """A device's most recent attestation, passed or refused."""
+        with self._sessions() as s:
+            return s.scalars(select(AttestationRecord).where(AttestationRecord.device_id == device_id)
+                             .order_by(AttestationRecord.id.desc()).limit(1)).first()
+
     def attestations(self, device_id: str) -> list[AttestationRecord]:
         """A device's attestations, oldest first."""
         with self._sessions() as s:

@@ -1,0 +1,154 @@
+"""The service verifies IMA lists incrementally: the challenge says from which byte offset
+the device sends its list, the attestation continues from the state the previous one left.
+A real swtpm is the device (PCR 10 extended as the kernel does), the FastAPI app runs
+in-process, SQLite in tmp_path is the store."""
+
+from __future__ import annotations
+
+import base64
+import os
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tpm2_attest import Tpm
+from tpm2_attest.embedded import EmbeddedSwtpm
+from tpm2_attest.service import ServiceClient, ServiceError, Settings, attest, create_app, enroll
+
+pytest.importorskip("fastapi")
+pytest.importorskip("sqlalchemy")
+pytest.importorskip("httpx")
+
+with warnings.catch_warnings():
+    warnings.simplefilter("ignore")
+    from fastapi.testclient import TestClient
+
+try:
+    import ima_synth as synth
+except ImportError:  # pragma: no cover
+    from tests import ima_synth as synth  # type: ignore[no-redef]
+
+
+class InProcess(ServiceClient):
+    def __init__(self, http: TestClient) -> None:
+        super().__init__("http://testserver")
+        self.http = http
+        self.sent: list[dict[str, Any]] = []
+
+    def post(self, path: str, body: Any) -> dict[str, Any]:
+        self.sent.append(body)
+        r = self.http.post(path, json=body)
+        if r.status_code >= 400:
+            raise self._refusal(r.status_code, r.content)
+        return self._decode(r.status_code, r.content)
+
+
+class Machine:
+    """A kernel's IMA over swtpm: measures into PCR 10 and lists in a securityfs directory."""
+
+    def __init__(self, tpm: Tpm, root: Path) -> None:
+        self.tpm, self.root = tpm, root
+        (root / "ima").mkdir(parents=True, exist_ok=True)
+        for i in range(10):
+            tpm.pcr.extend(i, os.urandom(8))
+        self.entries: list[synth.Entry] = []
+        self.measure(synth.boot_aggregate_entry(tpm.pcr.read(range(10), "sha256"), "sha256"))
+
+    def measure(self, *entries: synth.Entry) -> None:
+        for e in entries:
+            self.tpm.backend.pcr_extend(e.pcr, {b: synth.bank_digest(e, b) for b in self.tpm.pcr.banks()})
+            self.entries.append(e)
+        (self.root / "ima" / "binary_runtime_measurements").write_bytes(synth.binary(self.entries))
+
+
+@pytest.fixture
+def env(fresh_swtpm: EmbeddedSwtpm, tmp_path: Path) -> Iterator[tuple[Tpm, TestClient, Machine]]:
+    """(device TPM, in-process service, the kernel's IMA on that TPM)."""
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'service.db'}",
+                        ek_roots=(Path(fresh_swtpm.ca_root_path),),
+                        ek_intermediates=(Path(fresh_swtpm.ca_intermediate_path),))
+    with Tpm.open(fresh_swtpm.tcti) as tpm, TestClient(create_app(settings)) as http:
+        yield tpm, http, Machine(tpm, tmp_path / "securityfs")
+
+
+def test_incremental_ima_attestation(env: tuple[Tpm, TestClient, Machine]) -> None:
+    tpm, http, machine = env
+    client = InProcess(http)
+    dev = enroll(tpm, client)
+    machine.measure(*(synth.ima_ng(f"/usr/bin/tool{i}") for i in range(20)))
+
+    def run() -> dict[str, Any]:
+        return attest(tpm, client, dev.device_id, dev.ak_blob, ima=True, ima_securityfs=machine.root)
+
+    first = run()
+    assert first["ima"]["count"] == 21 and first["ima"]["verified"] == 21
+    assert first["ima"]["boot_aggregate"] == "verified" and "10" in first["pcrs"]
+    assert client.sent[-1]["ima_offset"] == 0
+    offset = first["ima"]["state"]["offset"]
+    assert offset == len(synth.binary(machine.entries))
+
+    machine.measure(synth.ima_ng("/usr/bin/new"), synth.ima_sig("/usr/bin/newer"))
+    second = run()
+    assert client.sent[-1]["ima_offset"] == offset  # only the new entries travel
+    assert len(base64.b64decode(client.sent[-1]["ima_log"])) == len(synth.binary(machine.entries[-2:]))
+    assert (second["ima"]["count"], second["ima"]["verified"]) == (23, 2)
+    assert second["ima"]["boot_aggregate"] == "verified"  # carried by the state
+
+    nothing = run()  # nothing new: an empty tail against the same PCR 10
+    assert (nothing["ima"]["count"], nothing["ima"]["verified"]) == (23, 0)
+
+
+def test_a_refused_ima_list_is_sent_whole_next_time(env: tuple[Tpm, TestClient, Machine]) -> None:
+    tpm, http, machine = env
+    client = InProcess(http)
+    dev = enroll(tpm, client)
+    machine.measure(synth.ima_ng("/bin/a"))
+    attest(tpm, client, dev.device_id, dev.ak_blob, ima=True, ima_securityfs=machine.root)
+    # the device lies about its new entry: the list no longer replays to PCR 10
+    machine.measure(synth.ima_ng("/bin/evil"))
+    machine.entries[-1] = synth.ima_ng("/bin/innocent")
+    (machine.root / "ima" / "binary_runtime_measurements").write_bytes(synth.binary(machine.entries))
+    with pytest.raises(ServiceError) as exc:
+        attest(tpm, client, dev.device_id, dev.ak_blob, ima=True, ima_securityfs=machine.root)
+    assert exc.value.code == "IMA_REPLAY_MISMATCH"
+    r = http.post("/v1/attest/challenge", json={"device_id": dev.device_id})
+    assert r.json()["ima_offset"] == 0  # after a refusal: the whole list again
+
+
+def test_offsets_the_service_did_not_give_are_refused(env: tuple[Tpm, TestClient, Machine]) -> None:
+    tpm, http, machine = env
+    client = InProcess(http)
+    dev = enroll(tpm, client)
+    r = http.post("/v1/attest/challenge", json={"device_id": dev.device_id}).json()
+    q = tpm.quote(dev.ak_blob, pcrs=[0, 10], qualifying_data=base64.b64decode(r["nonce"]))
+    raw = synth.binary(machine.entries)
+    resp = http.post("/v1/attest", json={"challenge_id": r["challenge_id"], "quote": q.to_dict(),
+                                         "ima_log": base64.b64encode(raw[5:]).decode(), "ima_offset": 5})
+    assert resp.status_code == 403 and resp.json()["error"]["code"] == "IMA_STATE_MISMATCH"
+    # the client recovers by itself when the server's state went away (a reboot)
+    machine.measure(synth.ima_ng("/bin/b"))
+    verdict = attest(tpm, client, dev.device_id, dev.ak_blob, ima=True, ima_securityfs=machine.root)
+    assert verdict["ima"]["count"] == 2
+
+
+def test_after_a_reboot_the_whole_list_is_sent_again(fresh_swtpm: EmbeddedSwtpm,
+                                                    env: tuple[Tpm, TestClient, Machine], tmp_path: Path) -> None:
+    tpm, http, machine = env
+    client = InProcess(http)
+    dev = enroll(tpm, client)
+    machine.measure(*(synth.ima_ng(f"/bin/x{i}") for i in range(5)))
+    before = attest(tpm, client, dev.device_id, dev.ak_blob, ima=True, ima_securityfs=machine.root)
+    for extra in (30, 0):  # the new boot's list is longer, then shorter, than the saved offset
+        saved = before["ima"]["state"]["offset"]
+        fresh_swtpm.reboot()
+        booted = Machine(tpm, tmp_path / f"boot{extra}")
+        booted.measure(*(synth.ima_ng(f"/bin/y{i}") for i in range(extra)))
+        after = attest(tpm, client, dev.device_id, dev.ak_blob, ima=True, ima_securityfs=booted.root)
+        assert after["reset_count"] > before["reset_count"]
+        assert after["ima"]["count"] == after["ima"]["verified"] == extra + 1
+        # the stale offset was tried and refused, then the whole list went on a new challenge
+        assert [b.get("ima_offset") for b in client.sent[-4:] if "quote" in b] == [saved, 0]
+        before = after
