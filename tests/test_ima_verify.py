@@ -296,6 +296,7 @@ def test_state_mismatches() -> None:
     tail = parse_ima_log(synth.binary(ents[5:]), start=3)
     expect(Reason.IMA_STATE_MISMATCH, tail, quoted, state=st)
     expect(Reason.IMA_STATE_MISMATCH, parse_ima_log(synth.binary(ents[:3])), quoted, state=st)
+    expect(Reason.IMA_STATE_MISMATCH, tail, quoted)  # a tail without the state it continues
 
     @dataclasses.dataclass
     class Q:
@@ -321,3 +322,18 @@ def test_saved_state_that_does_not_parse(change: dict[str, Any]) -> None:
     assert exc.value.reason is Reason.MALFORMED
     with pytest.raises(VerificationError):
         verify_ima_log(b"", {10: bytes(32)}, state={**good, **change})
+
+
+def test_state_carries_a_bounded_number_of_key_buffers() -> None:
+    """Keys a list loads onto keyrings ride along in the state; a hostile list cannot bloat it."""
+    bufs = [synth.ima_buf(".ima", b"\x30\x82" + bytes([i % 256]) * 100) for i in range(100)]
+    huge = synth.ima_buf(".ima", b"\x30" + b"\x00" * 20000)
+    text = synth.ima_buf("kexec-cmdline", b"quiet")
+    ents = [huge, text, *bufs]
+    log = parse_ima_log(synth.binary(ents))
+    res = verify_ima_log(log, log.replay_all("sha256"))
+    kb = res.state.key_buffers
+    assert len(kb) == 64 and all(name == ".ima" and len(b) == 102 for name, b in kb)
+    assert ImaState.from_dict(json.loads(json.dumps(res.state.to_dict()))).key_buffers == kb
+    with pytest.raises(VerificationError):
+        ImaState.from_dict({**res.state.to_dict(), "key_buffers": [[".ima", "30"]] * 65})

@@ -44,9 +44,10 @@ BootAggregateStatus = Literal["verified", "not_quoted", "other_bank", "absent", 
 start with a boot_aggregate; ``unchecked``: not in the verified part of the list."""
 
 _STATE_VERSION: Final = 1
-MAX_KEY_BUFFERS: Final = 256
+MAX_KEY_BUFFERS: Final = 64
 """Keys loaded onto keyrings that a state carries (a machine loads a handful)."""
-MAX_KEY_BUFFER_SIZE: Final = 64 << 10
+MAX_KEY_BUFFER_SIZE: Final = 8 << 10
+"""A DER certificate of a signing key is one or two KiB."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -291,6 +292,10 @@ def verify_ima_log(
         except ImaLogError as exc:
             raise VerificationError(Reason.IMA_LOG_MALFORMED, str(exc)) from None
     tail = log
+    if prev is None and log.start != 0:
+        raise VerificationError(Reason.IMA_STATE_MISMATCH,
+                                f"the list given starts at entry {log.start}: pass the state of the "
+                                "verification that ended there")
     if prev is not None and log.start != prev.count:
         if log.start == 0 and len(log) >= prev.count:
             tail = log.since(prev.count)
