@@ -109,7 +109,7 @@ class ImaEntry:
     ``modsig_digest``; ``violation``.
     """
 
-    __slots__ = ("_digest", "_hash_input", "_layout", "field_ids", "fields", "index", "line",
+    __slots__ = ("_digest", "_layout", "field_ids", "fields", "index", "line",
                  "offset", "pcr", "template_data", "template_hash", "template_name", "violation")
 
     def __init__(self, index: int, offset: int, pcr: int, template_hash: bytes, template_name: str,
@@ -124,7 +124,6 @@ class ImaEntry:
         self.field_ids = field_ids
         self.fields = fields
         self.template_data = template_data
-        self._hash_input: bytes | None = None
         self._digest: ImaDigest | bool | None = False
         layout = _LAYOUTS.get(field_ids)
         if layout is None:
@@ -187,14 +186,10 @@ class ImaEntry:
     @property
     def hash_input(self) -> bytes | None:
         """The bytes the kernel hashes into the template hash (None when unknown)."""
-        h = self._hash_input
-        if h is None:
-            if self.template_name == "ima" and self.field_ids == ("d", "n"):
-                h = self.fields[0] + self.fields[1].ljust(IMA_NAME_PAD, b"\0")
-            else:
-                h = self.template_data
-            self._hash_input = h
-        return h
+        data = self.template_data
+        if data is None and self.template_name == "ima" and self.field_ids == ("d", "n"):
+            return self.fields[0] + self.fields[1].ljust(IMA_NAME_PAD, b"\0")
+        return data
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (hex for bytes)."""

@@ -19,6 +19,7 @@ linear in the input, memory proportional to it.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from typing import Any, Final
 
 from . import algorithms
@@ -34,8 +35,6 @@ LEGACY_NAME_MAX: Final = 255
 
 _SIZES_TO_ALG: Final = {20: "sha1", 32: "sha256", 48: "sha384", 64: "sha512"}
 _TEMPLATE_NAME: Final = re.compile(rb"[\x21-\x7e]{1,255}\Z")
-_HEX: Final = re.compile(rb"(?:[0-9a-fA-F]{2})*\Z")
-_DIGITS: Final = re.compile(rb"[0-9]{1,10}\Z")
 
 
 def _resolve_alg(template_hash: str | None) -> str | None:
@@ -217,41 +216,75 @@ def _split_fields(tdata: bytes, unpack: Any, at: int, index: int,
 # -- ASCII --------------------------------------------------------------------------------------
 
 
-def _ascii_field(fid: str, tok: bytes, order: str, line: int, offset: int) -> bytes:
+class _Bad(Exception):
+    """A field token that does not decode (turned into an ImaLogError with its line)."""
+
+
+def _unhex(tok: bytes) -> bytes:
+    """Hex digits only (``bytes.fromhex`` alone would skip whitespace)."""
+    try:
+        raw = bytes.fromhex(tok.decode("ascii"))
+    except (UnicodeDecodeError, ValueError):
+        raise _Bad("is not hex") from None
+    if 2 * len(raw) != len(tok):
+        raise _Bad("is not hex")
+    return raw
+
+
+def _decoder(fid: str, order: str) -> Callable[[bytes], bytes]:
+    """How an ASCII token of field ``fid`` becomes the field's data."""
     kind = FIELDS[fid]
     if kind == "string":
-        if not tok and fid == "xattrnames":
-            return b""
-        return tok + b"\0"
+        if fid == "xattrnames":
+            return lambda tok: tok + b"\0" if tok else b""
+        return lambda tok: tok + b"\0"
     if kind == "uint":
-        if not tok:
-            return b""
-        if _DIGITS.match(tok) is None:
-            raise ImaLogError(f"field {fid} {tok[:20]!r} is not a decimal number", line=line, offset=offset)
-        value = int(tok)
         size = UINT_SIZES[fid]
-        if value >> (8 * size):
-            raise ImaLogError(f"field {fid} value {value} does not fit {size} bytes", line=line, offset=offset)
-        return value.to_bytes(size, order)  # type: ignore[arg-type]
+
+        def uint(tok: bytes) -> bytes:
+            if not tok:
+                return b""
+            if not tok.isdigit() or len(tok) > 20:
+                raise _Bad(f"{tok[:20]!r} is not a decimal number")
+            value = int(tok)
+            if value >> (8 * size):
+                raise _Bad(f"value {value} does not fit {size} bytes")
+            return value.to_bytes(size, order)  # type: ignore[arg-type]
+        return uint
     if kind == "digest_ng":
-        if not tok:
-            return b""
-        prefix, colon, hexpart = tok.rpartition(b":")
-        if not colon or not prefix or _HEX.match(hexpart) is None:
-            raise ImaLogError(f"field {fid} {tok[:40]!r} is not <algo>:<hex>", line=line, offset=offset)
-        if prefix.count(b":") != (1 if fid == "d-ngv2" else 0):
-            raise ImaLogError(f"field {fid} {tok[:40]!r} has a wrong prefix", line=line, offset=offset)
-        return prefix + b":\0" + bytes.fromhex(hexpart.decode("ascii"))
-    # digest / hex
-    if _HEX.match(tok) is None:
-        raise ImaLogError(f"field {fid} is not hex", line=line, offset=offset)
-    return bytes.fromhex(tok.decode("ascii"))
+        colons = 1 if fid == "d-ngv2" else 0
+
+        def digest_ng(tok: bytes) -> bytes:
+            if not tok:
+                return b""
+            prefix, colon, hexpart = tok.rpartition(b":")
+            if not colon or not prefix:
+                raise _Bad(f"{tok[:40]!r} is not <algo>:<hex>")
+            if prefix.count(b":") != colons:
+                raise _Bad(f"{tok[:40]!r} has a wrong prefix")
+            try:
+                return prefix + b":\0" + _unhex(hexpart)
+            except _Bad:
+                raise _Bad(f"{tok[:40]!r} is not <algo>:<hex>") from None
+        return digest_ng
+    return _unhex  # digest / hex
+
+
+def _decoders(ids: tuple[str, ...], order: str,
+              cache: dict[tuple[tuple[str, ...], str], tuple[Callable[[bytes], bytes], ...]]
+              ) -> tuple[Callable[[bytes], bytes], ...]:
+    key = (ids, order)
+    got = cache.get(key)
+    if got is None:
+        got = cache[key] = tuple(_decoder(f, order) for f in ids)
+    return got
 
 
 def _parse_ascii(buf: bytes, alg: str | None, order: str, start: int, base: int) -> ImaLog:
     entries: list[ImaEntry] = []
     append = entries.append
     cache: dict[bytes, tuple[str, tuple[str, ...] | None]] = {}
+    decoders: dict[tuple[tuple[str, ...], str], tuple[Callable[[bytes], bytes], ...]] = {}
     dsize = algorithms.DIGEST_SIZES[alg] if alg else None
     index = start
     offset = 0
@@ -271,9 +304,13 @@ def _parse_ascii(buf: bytes, alg: str | None, order: str, start: int, base: int)
                               offset=here, entry=index)
         pcr_s, th_hex, raw_name = parts[0], parts[1], parts[2]
         rest = parts[3] if len(parts) == 4 else None
-        if _DIGITS.match(pcr_s) is None or int(pcr_s) > MAX_PCR:
+        if not pcr_s.isdigit() or len(pcr_s) > 2 or int(pcr_s) > MAX_PCR:
             raise ImaLogError(f"PCR {pcr_s[:12]!r} is not a PCR index", line=lineno, offset=here, entry=index)
-        if _HEX.match(th_hex) is None or not th_hex:
+        try:
+            th = _unhex(th_hex)
+        except _Bad:
+            th = b""
+        if not th:
             raise ImaLogError("template hash is not hex", line=lineno, offset=here, entry=index)
         if dsize is None:
             dsize = len(th_hex) // 2
@@ -287,8 +324,7 @@ def _parse_ascii(buf: bytes, alg: str | None, order: str, start: int, base: int)
         name, ids = _template_info(raw_name, here, index, cache, lineno)
         tokens = rest.split(b" ") if rest is not None else []
         if ids is None:
-            append(ImaEntry(index, base + here, int(pcr_s), bytes.fromhex(th_hex.decode("ascii")), name,
-                            None, tuple(tokens), None, lineno))
+            append(ImaEntry(index, base + here, int(pcr_s), th, name, None, tuple(tokens), None, lineno))
             index += 1
             continue
         if len(tokens) > len(ids):
@@ -300,19 +336,31 @@ def _parse_ascii(buf: bytes, alg: str | None, order: str, start: int, base: int)
                 raise ImaLogError(f"{len(tokens)} fields for template {name} of {len(ids)}",
                                   line=lineno, offset=here, entry=index)
             tokens += [b""] * len(missing)
-        fields = tuple(_ascii_field(fid, tok, order, lineno, here) for fid, tok in zip(ids, tokens, strict=True))
+        try:
+            fields = tuple([dec(tok) for dec, tok in zip(_decoders(ids, order, decoders), tokens, strict=True)])
+        except _Bad as exc:
+            bad = next(f for f, t, d in zip(ids, tokens, _decoders(ids, order, decoders), strict=True)
+                       if _fails(d, t))
+            raise ImaLogError(f"field {bad} {exc}", line=lineno, offset=here, entry=index) from None
         if name == "ima":
             if len(fields[1]) > LEGACY_NAME_MAX + 1:
                 raise ImaLogError("'ima' name longer than 255 bytes", line=lineno, offset=here, entry=index)
             tdata = None
         else:
             tdata = encode_fields(fields, order)
-        append(ImaEntry(index, base + here, int(pcr_s), bytes.fromhex(th_hex.decode("ascii")), name,
-                        ids, fields, tdata, lineno))
+        append(ImaEntry(index, base + here, int(pcr_s), th, name, ids, fields, tdata, lineno))
         index += 1
     assert alg is not None or not entries
     return ImaLog(tuple(entries), format="ascii", hash_alg=alg or "sha1", byteorder=order,
                   start=start, end_offset=base + len(buf))
+
+
+def _fails(decode: Callable[[bytes], bytes], tok: bytes) -> bool:
+    try:
+        decode(tok)
+    except _Bad:
+        return True
+    return False
 
 
 __all__ = ["parse_ima_log"]
