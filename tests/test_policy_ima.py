@@ -376,3 +376,17 @@ def test_keylime_import_accepts_its_documents_as_they_are() -> None:
     data = synth.binary([synth.violation("/tmp/x")])
     assert judge(EMPTY, data) == []
     assert judge(EMPTY, data, allow_violations=False) == ["ima.violation"]
+
+
+def test_many_offending_files_are_capped_per_rule() -> None:
+    from tpm2_attest.policy.base import MAX_LISTED
+
+    res = booted([synth.ima_ng(f"/tmp/x{i}") for i in range(40)] + [synth.violation("/v")])
+    p = Policy.from_dict({"ima": {}})
+    r = p.evaluate(ima=res)
+    unknown = [v for v in r.violations if v.rule == "ima.unknown_file"]
+    assert len(unknown) == MAX_LISTED + 1 and unknown[-1].seen == {"more": 40 - MAX_LISTED}
+    assert r.failed_rules() == ["ima.unknown_file", "ima.violation"]
+    section = p.section("ima")
+    assert isinstance(section, ImaSection)
+    assert len([v for v in section.violations(res) if v.rule == "ima.unknown_file"]) == 40

@@ -55,6 +55,7 @@ from .base import (
     Section,
     Violation,
     boolean,
+    capped,
     join,
     mapping,
     only_keys,
@@ -161,6 +162,9 @@ class ImaSection(Section):
     """Allowed files, keys and buffers of a verified IMA measurement list."""
 
     key: ClassVar[str] = "ima"
+    rules: ClassVar[tuple[str, ...]] = (
+        "ima.no_evidence", "ima.unknown_file", "ima.digest", "ima.boot_aggregate", "ima.keyring",
+        "ima.buffer", "ima.violation", "ima.template")
     digests: Mapping[str, Digests] = field(default_factory=dict)
     excludes: tuple[str, ...] = ()
     keys: tuple[KeySpec, ...] = ()
@@ -232,11 +236,21 @@ class ImaSection(Section):
         return any(p.fullmatch(path) for p in self.__dict__["_excludes"])
 
     def evaluate(self, evidence: Evidence) -> Iterator[Violation]:
-        result = evidence.ima
-        if result is None:
+        """The violations of :meth:`violations`, at most MAX_LISTED per rule (and one counting
+        the rest): a list of thousands of unknown files must not make a result of megabytes."""
+        if evidence.ima is None:
             yield Violation("ima.no_evidence", "no verified IMA measurement list: runtime integrity "
                             "cannot be judged")
             return
+        by_rule: dict[str, list[Violation]] = {}
+        for v in self.violations(evidence.ima):
+            by_rule.setdefault(v.rule, []).append(v)
+        for group in by_rule.values():
+            yield from capped(group)
+
+    def violations(self, result: Any) -> Iterator[Violation]:
+        """Every violation of a verified IMA result (an ``ImaResult``), one per entry, in list
+        order, uncapped: for tools that list every unknown file."""
         trusted: list[TrustedKey] = [k.trusted for k in self.keys]
         for keyring, buf in getattr(result, "key_buffers", ()):
             self._trust_measured(keyring, buf, None, trusted)
