@@ -146,3 +146,34 @@ def test_windows_gce_shielded_vm_against_the_quote_and_go_attestation() -> None:
     assert s.linux is None and s.grub is None
 
 
+# -- PCR 0: nothing after the separator is believed, whatever the separator claims to be ------
+
+
+def _gce_with_disguised_separator(separator: tuple[int, bytes]) -> synth.LogBuilder:
+    b = synth.LogBuilder()
+    b.event(0, synth.EV_S_CRTM_VERSION, synth.gce_scrtm_version(3))
+    b.event(0, EV_NONHOST_INFO, synth.gce_nonhost_info(0))
+    etype, data = separator
+    b.event(0, etype, data, measured=b"\0\0\0\0")  # the firmware's PCR 0 separator
+    # extended from the OS after boot, with a log rewritten to hide the boundary:
+    b.event(0, synth.EV_S_CRTM_VERSION, synth.gce_scrtm_version(99))
+    b.event(0, EV_NONHOST_INFO, synth.gce_nonhost_info(5))
+    return b
+
+
+@pytest.mark.parametrize("separator", [
+    (synth.EV_POST_CODE, b"\0\0\0\0"),         # relabelled: its data still matches the digest
+    (synth.EV_SEPARATOR, b"\x01\0\0\0"),       # data rewritten: no longer matches the digest
+    (synth.EV_S_CRTM_CONTENTS, b"anything"),   # both
+])
+def test_pcr0_facts_after_a_disguised_separator_are_not_believed(
+        separator: tuple[int, bytes]) -> None:
+    """go-tpm-tools stops at any PCR 0 event carrying a separator's digest: the event type and
+    data are claims of the log, the digest is what the firmware extended."""
+    res = built(_gce_with_disguised_separator(separator))
+    p = res.state.platform
+    assert p is not None and p.gce_firmware_version == 3
+    assert p.confidential_computing == "NONE"
+    assert failed({"boot": {"min_gce_firmware_version": 10}}, res) == ["boot.gce_firmware_version"]
+
+

@@ -419,6 +419,10 @@ class _Ctx:
         d = self.digest(ev)
         return d is not None and self.h(ev.data if data is None else data).digest() == d
 
+    def separator_digests(self) -> frozenset[bytes]:
+        """The digests of the two separator values (PFP: 00000000h, or FFFFFFFFh on error)."""
+        return frozenset(self.h(v).digest() for v in (b"\0\0\0\0", b"\xff\xff\xff\xff"))
+
     def matches_string(self, ev: Event) -> bool:
         """A string event: its digest covers the data, or the data without trailing NULs
         (firmware differs on whether the terminator is hashed)."""
@@ -533,13 +537,17 @@ def _platform(ctx: _Ctx, log: EventLog, by_pcr: dict[int, list[Event]]) -> Platf
     versions = 0
     tech: int | None = None
     blobs: list[FirmwareComponent] = []
+    separators = ctx.separator_digests()
     for ev in by_pcr[0]:
         t = ev.type
-        if t == _SEP:
-            if ctx.matches(ev):
-                break  # nothing before the OS hand-off is believed after it (as go-tpm-tools)
-            ctx.note(f"event {ev.index}: PCR 0 separator data does not match its digest")
-            continue
+        if t == _SEP or ctx.digest(ev) in separators:
+            # Nothing after the OS hand-off is believed: the OS can extend PCR 0 and rewrite
+            # the log. The boundary is the separator's digest, whatever type or data the log
+            # claims for it (go-tpm-tools refuses such a disguised separator).
+            if t != _SEP or not ctx.matches(ev):
+                ctx.note(f"event {ev.index}: PCR 0 separator logged as {ev.type_name} with "
+                         "data that is not a separator's; the platform facts end there")
+            break
         if t == _SCRTM_VERSION:
             if ctx.matches(ev):
                 version_ev = ev
