@@ -177,3 +177,56 @@ def test_pcr0_facts_after_a_disguised_separator_are_not_believed(
     assert failed({"boot": {"min_gce_firmware_version": 10}}, res) == ["boot.gce_firmware_version"]
 
 
+# -- kernel command lines that the log hides ----------------------------------------------------
+
+
+def _systemd_boot(b: synth.LogBuilder, cmdline: str = "root=/dev/vda2 ro") -> synth.LogBuilder:
+    synth.gce_boot(b)
+    return synth.systemd_cmdline(b, cmdline)
+
+
+CMDLINE_POLICY = {"boot": {"kernel_cmdline": ["root=/dev/vda2 ro"]}}
+
+
+def test_an_unexplained_pcr8_measurement_fails_kernel_cmdline_without_grub() -> None:
+    """systemd-boot before 251 measured the command line into PCR 8; rewriting its data hides
+    it, and an allowed line appended to PCR 12 after boot must not make the rule pass."""
+    b = _systemd_boot(synth.LogBuilder())
+    b.event(8, synth.EV_IPL, synth.ucs2z("root=/dev/vda2 ro"),
+            measured="init=/bin/sh".encode("utf-16-le"))
+    res = built(b)
+    assert res.state.grub is None
+    assert res.state.linux is not None and res.state.linux.unexplained == (
+        next(e.index for e in res.log.events if e.pcr == 8),)
+    assert failed(CMDLINE_POLICY, res) == ["boot.kernel_cmdline"]
+
+
+def test_a_rewritten_pcr12_command_line_fails_kernel_cmdline() -> None:
+    b = _systemd_boot(synth.LogBuilder())
+    b.event(12, synth.EV_IPL, synth.ucs2z("root=/dev/vda2 ro"),
+            measured="root=/dev/vda2 init=/bin/sh".encode("utf-16-le"))
+    assert failed(CMDLINE_POLICY, built(b)) == ["boot.kernel_cmdline"]
+
+
+def test_systemd_measurements_that_are_not_command_lines_do_not_fail_it() -> None:
+    b = _systemd_boot(synth.LogBuilder())
+    for name in ("Credentials initrd", "Global credentials initrd",
+                 "Configuration extension initrd"):
+        b.event(12, synth.EV_IPL, synth.ucs2z(name), measured=name.encode() + b" cpio")
+    b.event(12, synth.EV_EVENT_TAG, synth.tagged(0x6C46F751, synth.ucs2z("board.dtb")),
+            measured=b"devicetree")
+    b.event(13, synth.EV_IPL, synth.ucs2z("System extension initrd"), measured=b"sysext cpio")
+    res = built(b)
+    assert res.state.linux is not None and res.state.linux.unexplained == ()
+    assert failed(CMDLINE_POLICY, res) == []
+
+
+def test_command_lines_of_an_unquoted_pcr_fail_kernel_cmdline() -> None:
+    """GRUB's command line sits in PCR 8; a quote without PCR 8 cannot vouch for it, even if
+    PCR 12 shows an allowed line."""
+    b = _systemd_boot(synth.LogBuilder())
+    synth.grub_string(b, "kernel_cmdline", "/vmlinuz root=/dev/vda2 init=/bin/sh")
+    assert failed(CMDLINE_POLICY, built(b)) == ["boot.kernel_cmdline"]  # seen when quoted
+    assert failed(CMDLINE_POLICY, built(b, drop=(8,))) == ["boot.kernel_cmdline"]
+
+

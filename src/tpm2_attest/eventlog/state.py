@@ -55,6 +55,13 @@ GRUB_PREFIXES: Final = (b"grub_cmd: ", b"kernel_cmdline: ", b"module_cmdline: ",
 Fedora/RHEL patches. GRUB measures the string after the prefix, without its NUL."""
 GRUB_KERNEL_CMDLINE: Final = (b"kernel_cmdline: ", b"grub_kernel_cmdline ")
 
+SYSTEMD_OPAQUE_IPL: Final = frozenset({
+    "Credentials initrd", "Global credentials initrd", "System extension initrd",
+    "Configuration extension initrd",
+})
+"""UTF-16 descriptions of systemd-stub's EV_IPL measurements that are no command line (cpio
+archives it generates; systemd docs/TPM2_PCR_MEASUREMENTS.md): PCR 12, 13, or 8 before 251."""
+
 LINUX_INITRD_TAG: Final = 0x8F3B22EC
 """EV_EVENT_TAG id of the Linux EFI stub's initrd measurement (PCR 9, "Linux initrd")."""
 LINUX_LOAD_OPTIONS_TAG: Final = 0x8F3B22ED
@@ -269,7 +276,9 @@ class UkiSection:
 class LinuxState:
     """The Linux boot: ``cmdline`` is the last kernel command line measured (``cmdlines`` has
     every one), ``kernel`` and ``initrds`` the measurements of the kernel and initrd images
-    (label = where the association comes from), ``uki_sections`` a UKI's measured sections."""
+    (label = where the association comes from), ``uki_sections`` a UKI's measured sections.
+    ``unexplained`` lists the PCR 8 and PCR 12 events that neither GRUB nor systemd explains
+    (data that does not match the digest, or an unknown kind): a command line may hide there."""
 
     cmdline: str | None
     cmdline_source: str | None
@@ -278,6 +287,7 @@ class LinuxState:
     initrds: tuple[Measurement, ...]
     uki_sections: tuple[UkiSection, ...]
     load_options_digest: bytes | None
+    unexplained: tuple[int, ...] = ()
 
     @property
     def initrd_digest(self) -> bytes | None:
@@ -295,6 +305,7 @@ class LinuxState:
             "initrds": [m.to_dict() for m in self.initrds],
             "uki_sections": [s.to_dict() for s in self.uki_sections],
             "load_options_digest": _hex(self.load_options_digest),
+            "unexplained": list(self.unexplained),
         }
 
 
@@ -471,8 +482,8 @@ def _machine_state(log: EventLog, alg: int, pcrs: frozenset[int],
 
     platform = _platform(ctx, log, by_pcr) if 0 in pcrs else None
     efi = _efi(ctx, by_pcr) if 4 in pcrs else None
-    grub, grub_cmdlines, sd_pcr8 = _grub(ctx, by_pcr)
-    linux = _linux(ctx, by_pcr, grub, grub_cmdlines, sd_pcr8)
+    grub, grub_cmdlines, sd_pcr8, pcr8_other = _grub(ctx, by_pcr)
+    linux = _linux(ctx, by_pcr, grub, grub_cmdlines, sd_pcr8, pcr8_other)
     windows = _windows(ctx, by_pcr, efi)
     if secure_boot is not None and 7 not in pcrs:
         secure_boot = None
@@ -663,11 +674,14 @@ def _systemd_cmdline(ctx: _Ctx, ev: Event) -> str | None:
 
 
 def _grub(ctx: _Ctx, by_pcr: dict[int, list[Event]]
-          ) -> tuple[GrubState | None, list[KernelCmdline], list[KernelCmdline]]:
+          ) -> tuple[GrubState | None, list[KernelCmdline], list[KernelCmdline], list[Event]]:
+    """GRUB's state, its command lines, systemd's PCR 8 command lines, and the PCR 8 events
+    neither explains (GRUB's ``unverified`` when GRUB measured into PCR 8)."""
     commands: list[str] | None = None
     cmdlines: list[KernelCmdline] = []
     systemd: list[KernelCmdline] = []
     unverified: list[int] = []
+    other: list[Event] = []
     seen = False
     if 8 in by_pcr:
         commands = []
@@ -693,6 +707,7 @@ def _grub(ctx: _Ctx, by_pcr: dict[int, list[Event]]
                     systemd.append(KernelCmdline(ev.index, 8, "systemd", sd))
                     continue
             unverified.append(ev.index)
+            other.append(ev)
     files: list[GrubFile] | None = None
     if 9 in by_pcr:
         files = []
@@ -702,12 +717,12 @@ def _grub(ctx: _Ctx, by_pcr: dict[int, list[Event]]
                 name = ev.data.rstrip(b"\0").decode("utf-8", "replace")
                 files.append(GrubFile(ev.index, ctx.digest(ev) or b"", name))
     if not seen:
-        return None, cmdlines, systemd
+        return None, cmdlines, systemd, other
     if unverified:
         ctx.note(f"{len(unverified)} PCR 8 measurement(s) the log does not explain")
     return (GrubState(None if files is None else tuple(files),
                       None if commands is None else tuple(commands), tuple(unverified)),
-            cmdlines, systemd)
+            cmdlines, systemd, other)
 
 
 GRUB_LINUX_COMMANDS: Final = ("linux", "linuxefi", "linux16")
@@ -725,14 +740,37 @@ def _grub_argument(commands: Sequence[str], names: Sequence[str]) -> list[str]:
     return []
 
 
+def _opaque_systemd(ev: Event) -> bool:
+    """An EV_IPL of systemd-stub that measures a generated archive, not a command line."""
+    return ev.type == _IPL and _utf16_text(ev.data) in SYSTEMD_OPAQUE_IPL
+
+
 def _linux(ctx: _Ctx, by_pcr: dict[int, list[Event]], grub: GrubState | None,
-           grub_cmdlines: list[KernelCmdline], sd_pcr8: list[KernelCmdline]) -> LinuxState | None:
+           grub_cmdlines: list[KernelCmdline], sd_pcr8: list[KernelCmdline],
+           pcr8_other: list[Event]) -> LinuxState | None:
     cmdlines = list(grub_cmdlines) + list(sd_pcr8)
+    # PCR 8 events neither GRUB nor systemd explains. Old systemd-stub measured its credential
+    # archives into PCR 8; on a GRUB machine such a description is no explanation (GRUB's
+    # strings are what PCR 8 holds there, and a rewritten one must not pass as an archive).
+    grub_pcr8 = grub is not None and grub.commands is not None and (
+        bool(grub.commands) or bool(grub.unverified))
+    unexplained = [ev.index for ev in pcr8_other if grub_pcr8 or not _opaque_systemd(ev)]
+    if unexplained and grub is None:
+        ctx.note(f"{len(unexplained)} PCR 8 measurement(s) the log does not explain")
     if 12 in by_pcr:
+        hidden: list[int] = []
         for ev in by_pcr[12]:
             sd = _systemd_cmdline(ctx, ev)
             if sd is not None:
                 cmdlines.append(KernelCmdline(ev.index, 12, "systemd", sd))
+            elif ev.type == _IPL and not _opaque_systemd(ev):
+                hidden.append(ev.index)  # a command line whose data was rewritten, or unknown
+            elif ev.type not in (_IPL, _TAG, _SEP):
+                hidden.append(ev.index)
+        if hidden:
+            ctx.note(f"{len(hidden)} PCR 12 measurement(s) are neither a command line whose "
+                     "data matches its digest nor a known systemd or Windows measurement")
+        unexplained += hidden
     cmdlines.sort(key=lambda c: c.index)
     kernel: Measurement | None = None
     initrds: list[Measurement] = []
@@ -762,7 +800,7 @@ def _linux(ctx: _Ctx, by_pcr: dict[int, list[Event]], grub: GrubState | None,
                                                "efi-stub:initrd"))
                 elif info.tag_id == LINUX_LOAD_OPTIONS_TAG:
                     load_options = ctx.digest(ev)
-    if not (cmdlines or kernel or initrds or sections or load_options):
+    if not (cmdlines or kernel or initrds or sections or load_options or unexplained):
         return None
     last = cmdlines[-1] if cmdlines else None
     return LinuxState(
@@ -773,6 +811,7 @@ def _linux(ctx: _Ctx, by_pcr: dict[int, list[Event]], grub: GrubState | None,
         initrds=tuple(initrds),
         uki_sections=tuple(sections),
         load_options_digest=load_options,
+        unexplained=tuple(sorted(unexplained)),
     )
 
 
@@ -938,6 +977,7 @@ def _summary(s: MachineState) -> dict[str, Any]:
         "uki_sections": [{"name": _cut(u.name, 64), "digest": u.digest.hex()}
                          for u in lx.uki_sections[:n]],
         "uki_sections_count": len(lx.uki_sections),
+        "unexplained": len(lx.unexplained),
     }
     w = s.windows
     out["windows"] = None if w is None else {

@@ -21,7 +21,8 @@ Each key is an optional rule over ``EventLogResult.state``; a rule whose evidenc
 - ``kernel_cmdline`` (``boot.kernel_cmdline``): every kernel command line measured (GRUB's
   ``kernel_cmdline``, systemd's PCR 12 or PCR 8 command line) must equal one of the strings or
   fully match one of the ``{"regex": ...}`` patterns. GRUB's string begins with the kernel path.
-  PCR 8 measurements the log does not explain violate it too (a hidden command line).
+  PCR 8/12 measurements the log does not explain violate it too (a hidden command line), and
+  so does a log that measures into PCR 8 or 12 when the quote does not cover that PCR.
 - ``scrtm_versions`` (``boot.scrtm_version``): the S-CRTM version (the firmware version PCR 0
   records) must be one of these: its text, or ``{"hex": ...}`` for the raw event data.
 - ``min_gce_firmware_version`` (``boot.gce_firmware_version``): a GCE VM's virtual firmware
@@ -195,7 +196,8 @@ class BootSection(Section):
         if self.grub_files is not None:
             yield from self._grub_files(state, why)
         if self.kernel_cmdline:
-            yield from self._kernel_cmdline(state, why)
+            uncovered = frozenset(getattr(evidence.event_log, "uncovered", frozenset()))
+            yield from self._kernel_cmdline(state, why, uncovered)
         if self.scrtm_versions:
             yield from self._scrtm(state, why)
         if self.min_gce_firmware_version is not None:
@@ -238,14 +240,21 @@ class BootSection(Section):
                       seen={"digest": f.digest.hex(), "name": _cut(f.name)})
             for f in grub.files if f.digest not in allowed])
 
-    def _kernel_cmdline(self, state: Any, why: _Why) -> Iterator[Violation]:
+    def _kernel_cmdline(self, state: Any, why: _Why, uncovered: frozenset[int]) -> Iterator[Violation]:
         rule = "boot.kernel_cmdline"
         linux = getattr(state, "linux", None)
         grub = getattr(state, "grub", None)
-        if grub is not None and grub.unverified:
-            yield Violation(rule, f"PCR 8 holds {len(grub.unverified)} measurement(s) the log does "
+        hidden = sorted(set(grub.unverified if grub is not None else ())
+                        | set(getattr(linux, "unexplained", ()) or ()))
+        if hidden:
+            yield Violation(rule, f"PCR 8/12 hold {len(hidden)} measurement(s) the log does "
                             "not explain (a command line may be hidden)",
-                            seen={"events": list(grub.unverified[:MAX_LISTED])})
+                            seen={"events": hidden[:MAX_LISTED]})
+        unquoted = sorted(uncovered & {8, 12})
+        if unquoted:
+            yield Violation(rule, f"the log measures into PCR {'/'.join(map(str, unquoted))}, which "
+                            "the quote does not cover: the command lines there are not verified",
+                            seen={"pcrs": unquoted})
         cmdlines = linux.cmdlines if linux is not None else ()
         if not cmdlines:
             yield Violation(rule, f"no verified kernel command line: {why(8, 12)}")
