@@ -80,11 +80,11 @@ def test_centos_stream9_shim_grub_secure_boot() -> None:
     assert e.apps[2].digest == e.apps[3].digest
     g = s.grub
     assert g is not None and g.files is not None and g.commands is not None and g.unverified == ()
-    assert len(g.files) == 8 and len(g.commands) == 60
+    assert len(g.files) == 8 and len(g.commands) == 60 and g.other == ()
     assert g.files[0].name == "(hd0,gpt1)/EFI/centos/grub.cfg"
     assert "grub_cmd: blscfg" in g.commands
     lx = s.linux
-    assert lx is not None and lx.cmdline_source == "grub"
+    assert lx is not None and lx.cmdline_source == "grub" and lx.unexplained == ()
     assert lx.cmdline is not None and lx.cmdline.startswith(
         "(hd0,gpt2)/vmlinuz-5.14.0-183.el9.x86_64 root=/dev/mapper/cs-root ro ")
     assert lx.kernel is not None and lx.kernel.label == "grub:(hd0,gpt2)/vmlinuz-5.14.0-183.el9.x86_64"
@@ -228,5 +228,25 @@ def test_command_lines_of_an_unquoted_pcr_fail_kernel_cmdline() -> None:
     synth.grub_string(b, "kernel_cmdline", "/vmlinuz root=/dev/vda2 init=/bin/sh")
     assert failed(CMDLINE_POLICY, built(b)) == ["boot.kernel_cmdline"]  # seen when quoted
     assert failed(CMDLINE_POLICY, built(b, drop=(8,))) == ["boot.kernel_cmdline"]
+
+
+# -- PCR 9: every digest is a file GRUB may have read -------------------------------------------
+
+
+def test_a_relabelled_pcr9_measurement_is_still_judged_by_grub_files() -> None:
+    """A file measurement's type and name are not covered by its digest: relabelled as the
+    kernel EFI stub's initrd event, an unlisted kernel must not slip past the allow-list."""
+    b = synth.gce_boot(synth.LogBuilder())
+    synth.grub_file(b, "(hd0,gpt2)/grub2/grub.cfg", b"config")
+    b.event(9, synth.EV_EVENT_TAG, synth.tagged(0x8F3B22EC, b"Linux initrd\0"),
+            measured=b"evil kernel")
+    res = built(b)
+    g = res.state.grub
+    assert g is not None and [m.digest for m in g.other] == [H(b"evil kernel").digest()]
+    doc = {"boot": {"grub_files": {"sha256": [H(b"config").hexdigest()]}}}
+    assert failed(doc, res) == ["boot.grub_files"]
+    learned = policy.learn(None, res, sections=["boot"])
+    assert learned.evaluate(None, res).ok
+    assert H(b"evil kernel").hexdigest() in learned.to_dict()["boot"]["grub_files"]["sha256"]
 
 

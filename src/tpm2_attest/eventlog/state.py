@@ -229,18 +229,27 @@ class GrubState:
     """GRUB's measurements: ``files`` (PCR 9) and ``commands`` (PCR 8: the whole strings as
     logged, ``grub_cmd: ...``, ``kernel_cmdline: ...``, ``module_cmdline: ...``, each verified
     against its digest). ``unverified`` lists PCR 8 events whose data does not match their
-    digest (a command the log does not show). ``files``/``commands`` are None when PCR 9/8
-    was not verified."""
+    digest (a command the log does not show). ``other`` holds the PCR 9 measurements that are
+    not EV_IPL (the Linux EFI stub's tagged events, or a file measurement relabelled: the type
+    is not covered by the digest). ``files``/``commands`` are None when PCR 9/8 was not
+    verified."""
 
     files: tuple[GrubFile, ...] | None
     commands: tuple[str, ...] | None
     unverified: tuple[int, ...]
+    other: tuple[Measurement, ...] = ()
+
+    @property
+    def digests(self) -> tuple[bytes, ...]:
+        """Every PCR 9 digest, files first: what an allow-list of GRUB files must cover."""
+        return tuple(f.digest for f in self.files or ()) + tuple(m.digest for m in self.other)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description."""
         return {"files": None if self.files is None else [f.to_dict() for f in self.files],
                 "commands": None if self.commands is None else list(self.commands),
-                "unverified": list(self.unverified)}
+                "unverified": list(self.unverified),
+                "other": [m.to_dict() for m in self.other]}
 
 
 @dataclass(frozen=True, slots=True)
@@ -625,6 +634,8 @@ def _label(ev: Event) -> str | None:
         return info.device_path_text
     if isinstance(info, TextInfo):
         return info.text[:256]
+    if isinstance(info, TaggedEventInfo):
+        return f"tag 0x{info.tag_id:08x}"
     return None
 
 
@@ -709,6 +720,7 @@ def _grub(ctx: _Ctx, by_pcr: dict[int, list[Event]]
             unverified.append(ev.index)
             other.append(ev)
     files: list[GrubFile] | None = None
+    pcr9_other: list[Measurement] = []
     if 9 in by_pcr:
         files = []
         for ev in by_pcr[9]:
@@ -716,12 +728,16 @@ def _grub(ctx: _Ctx, by_pcr: dict[int, list[Event]]
                 seen = True
                 name = ev.data.rstrip(b"\0").decode("utf-8", "replace")
                 files.append(GrubFile(ev.index, ctx.digest(ev) or b"", name))
+            else:
+                pcr9_other.append(Measurement(ev.index, 9, ev.type_name, ctx.digest(ev) or b"",
+                                              _label(ev)))
     if not seen:
         return None, cmdlines, systemd, other
     if unverified:
         ctx.note(f"{len(unverified)} PCR 8 measurement(s) the log does not explain")
     return (GrubState(None if files is None else tuple(files),
-                      None if commands is None else tuple(commands), tuple(unverified)),
+                      None if commands is None else tuple(commands), tuple(unverified),
+                      tuple(pcr9_other)),
             cmdlines, systemd, other)
 
 
@@ -960,6 +976,7 @@ def _summary(s: MachineState) -> dict[str, Any]:
     out["grub"] = None if g is None else {
         "files": None if g.files is None else len(g.files),
         "files_sha256": None if g.files is None else _list_digest(f.digest for f in g.files),
+        "other": len(g.other),
         "commands": None if g.commands is None else len(g.commands),
         "commands_sha256": (None if g.commands is None
                             else _list_digest(c.encode("utf-8") for c in g.commands)),

@@ -17,7 +17,8 @@ Each key is an optional rule over ``EventLogResult.state``; a rule whose evidenc
   (the boot applications' PE Authenticode digests, and any other PCR 4 measurement whose data
   does not describe itself). Every one must be listed.
 - ``grub_files`` (``boot.grub_files``): allow-list per bank of the digests of the files GRUB
-  measured into PCR 9 (configuration, kernel, initrd, modules lists). Every one must be listed.
+  measured into PCR 9 (configuration, kernel, initrd, modules lists), and of every other PCR 9
+  measurement (its event type is not covered by its digest). Every one must be listed.
 - ``kernel_cmdline`` (``boot.kernel_cmdline``): every kernel command line measured (GRUB's
   ``kernel_cmdline``, systemd's PCR 12 or PCR 8 command line) must equal one of the strings or
   fully match one of the ``{"regex": ...}`` patterns. GRUB's string begins with the kernel path.
@@ -234,11 +235,15 @@ class BootSection(Section):
         if isinstance(allowed, Violation):
             yield allowed
             return
-        yield from capped([
-            Violation(rule, f"GRUB file {_cut(f.name)} (event {f.index}) has {state.bank} digest "
-                      f"{f.digest.hex()}, which the policy does not allow",
-                      seen={"digest": f.digest.hex(), "name": _cut(f.name)})
-            for f in grub.files if f.digest not in allowed])
+        found = [Violation(rule, f"GRUB file {_cut(f.name)} (event {f.index}) has {state.bank} "
+                           f"digest {f.digest.hex()}, which the policy does not allow",
+                           seen={"digest": f.digest.hex(), "name": _cut(f.name)})
+                 for f in grub.files if f.digest not in allowed]
+        found += [Violation(rule, f"PCR 9 {m.event_type} measurement (event {m.index}) has "
+                            f"{state.bank} digest {m.digest.hex()}, which the policy does not allow",
+                            seen={"digest": m.digest.hex(), "event_type": m.event_type})
+                  for m in getattr(grub, "other", ()) if m.digest not in allowed]
+        yield from capped(found)
 
     def _kernel_cmdline(self, state: Any, why: _Why, uncovered: frozenset[int]) -> Iterator[Violation]:
         rule = "boot.kernel_cmdline"
@@ -310,7 +315,7 @@ class BootSection(Section):
         efi = {state.bank: frozenset(state.efi.digests)} if state.efi is not None else None
         grub = None
         if state.grub is not None and state.grub.files is not None:
-            grub = {state.bank: frozenset(f.digest for f in state.grub.files)}
+            grub = {state.bank: frozenset(state.grub.digests)}
         cmdlines: tuple[CmdlinePattern, ...] = ()
         if state.linux is not None:
             cmdlines = tuple(dict.fromkeys(CmdlinePattern(c.text) for c in state.linux.cmdlines))
