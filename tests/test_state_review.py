@@ -250,3 +250,28 @@ def test_a_relabelled_pcr9_measurement_is_still_judged_by_grub_files() -> None:
     assert H(b"evil kernel").hexdigest() in learned.to_dict()["boot"]["grub_files"]["sha256"]
 
 
+# -- Windows: the boot configuration ends at the WBCL separator ---------------------------------
+
+
+def _wbcl(*events: bytes) -> bytes:
+    return synth.tagged(0x40010001, b"".join(events))
+
+
+def test_wbcl_events_after_the_separator_are_not_read() -> None:
+    """As go-attestation reads the WBCL: after Windows closed PCR 12 with its "WBCL"
+    separator, tagged events are extensions from the running OS, not the boot's."""
+    b = synth.LogBuilder()
+    b.event(12, synth.EV_EVENT_TAG, _wbcl(synth.sipa(0x00020002, struct.pack("<Q", 7)),
+                                          synth.sipa(0x00020003, struct.pack("<I", 2)),
+                                          synth.sipa(0x00050002, b"\x00")))
+    b.event(12, synth.EV_SEPARATOR, b"WBCL")
+    b.event(12, synth.EV_EVENT_TAG, _wbcl(synth.sipa(0x00020003, struct.pack("<I", 1)),
+                                          synth.sipa(0x00020002, struct.pack("<Q", 8)),
+                                          synth.sipa(0x00050003, b"\x01")))
+    s = state_of(b)
+    w = s.windows
+    assert w is not None and w.boot_count == 7 and w.cold_boot is False
+    assert w.code_integrity is False and not w.test_signing
+    assert any("after the WBCL separator" in n for n in s.notes)
+
+

@@ -860,12 +860,19 @@ def _windows(ctx: _Ctx, by_pcr: dict[int, list[Event]], efi: EfiState | None
     seps: list[int] = []
     unverified: list[int] = []
     found = False
+    late = 0
     for pcr in (12, 13, 14):
+        closed = False
         for ev in by_pcr.get(pcr, ()):
             info = ev.info
             if ev.type == _SEP and ev.data == b"WBCL" and ctx.matches(ev):
-                seps.append(pcr)
-                found = True
+                if not closed:
+                    seps.append(pcr)
+                closed = found = True
+            elif closed:
+                # Windows closes PCRs 12-14 with the WBCL separator at the end of its boot;
+                # later extensions come from the running OS (go-attestation skips them too).
+                late += 1
             elif ev.type == _TAG and isinstance(info, TaggedEventInfo):
                 if not ctx.matches(ev):
                     if info.tag_id & 0x000F0000 == 0x00010000:
@@ -874,6 +881,9 @@ def _windows(ctx: _Ctx, by_pcr: dict[int, list[Event]], efi: EfiState | None
                 found = reader.read(pcr, info.tag_id, info.tag_data) or found
     if not found:
         return None
+    if late:
+        ctx.note(f"{late} PCR 12-14 event(s) after the WBCL separator are not read: they are "
+                 "not part of the boot's configuration")
     for c in reader.conflicts[:4]:
         ctx.note(f"WBCL: {c}")
     if unverified:
