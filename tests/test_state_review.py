@@ -73,6 +73,7 @@ def test_centos_stream9_shim_grub_secure_boot() -> None:
     assert (second.name, second.guid, second.owner) == ("Shim", SHIM_LOCK, None)
     assert second.certificate is not None
     assert "CentOS Secure Boot CA 2" in second.certificate.subject.rfc4514_string()
+    assert not sb.shim_validation_disabled and sb.sbat_level is None
     e = s.efi
     assert e is not None and e.boot_option_called and e.exit_boot_services
     assert [a.path.rsplit("\\", 1)[-1] if a.path else None for a in e.apps] == [
@@ -273,5 +274,49 @@ def test_wbcl_events_after_the_separator_are_not_read() -> None:
     assert w is not None and w.boot_count == 7 and w.cold_boot is False
     assert w.code_integrity is False and not w.test_signing
     assert any("after the WBCL separator" in n for n in s.notes)
+
+
+# -- Secure Boot: on, but not enforced ----------------------------------------------------------
+
+
+def _authority(name: str, value: bytes, guid: str = SHIM_LOCK) -> bytes:
+    return synth.uefi_variable(guid, name, value)
+
+
+def test_shim_with_validation_disabled_fails_secure_boot_required() -> None:
+    """`mokutil --disable-validation` sets MokSBState; shim then verifies nothing, and measures
+    the variable into PCR 7 as an authority event (shim README.tpm, mok.c)."""
+    s = synth.secure_boot_log(("sha256",))
+    s.builder.event(7, synth.EV_EFI_VARIABLE_AUTHORITY, _authority("MokSBState", b"\x01"))
+    s.builder.event(7, synth.EV_EFI_VARIABLE_AUTHORITY,
+                    _authority("SbatLevel", b"sbat,1,2022052400\ngrub,2\n"))
+    res = built(s.builder)
+    sb = res.state.secure_boot
+    assert sb is not None and sb.enabled and sb.shim_validation_disabled
+    assert sb.sbat_level == "sbat,1,2022052400\ngrub,2\n"
+    assert sb.to_dict()["shim_validation_disabled"] is True
+    assert res.state.summary()["secure_boot"]["shim_validation_disabled"] is True
+    r = Policy.from_dict({"secure_boot": {"required": True, "forbidden": []}}).evaluate(None, res)
+    assert r.failed_rules() == ["secure_boot.required"]
+    assert "MokSBState" in str(r)
+    learned = policy.learn(None, res, sections=["secure_boot"])
+    assert not learned.evaluate(None, res).ok  # learning never blesses a disabled shim
+
+
+def test_shim_validation_enabled_again_passes() -> None:
+    s = synth.secure_boot_log(("sha256",))
+    s.builder.event(7, synth.EV_EFI_VARIABLE_AUTHORITY, _authority("MokSBState", b"\x00"))
+    res = built(s.builder)
+    assert res.state.secure_boot is not None and not res.state.secure_boot.shim_validation_disabled
+    assert failed({"secure_boot": {"required": True, "forbidden": []}}, res) == []
+
+
+def test_a_uefi_debugger_fails_secure_boot_required() -> None:
+    """go-attestation refuses a log whose PCR 7 says "UEFI Debug Mode": a debugger can
+    bypass every signature check, so Secure Boot is not in force."""
+    res = built(synth.secure_boot_log(("sha256",), debug=True).builder)
+    assert res.state.secure_boot is not None and res.state.secure_boot.enabled
+    r = Policy.from_dict({"secure_boot": {"required": True, "forbidden": []}}).evaluate(None, res)
+    assert r.failed_rules() == ["secure_boot.required"] and "debug" in str(r).lower()
 
 

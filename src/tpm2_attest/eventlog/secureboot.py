@@ -177,6 +177,22 @@ class SecureBootState:
         """Authorities that verified boot applications (after the separator)."""
         return tuple(a for a in self.authorities if a.after_separator)
 
+    @property
+    def shim_validation_disabled(self) -> bool:
+        """True when shim measured MokSBState set (``mokutil --disable-validation``): shim then
+        loads GRUB and kernels without verifying them, Secure Boot or not. shim measures the
+        variable into PCR 7 as an authority event (SHIM_LOCK GUID) only when it is set."""
+        return any(a.guid == guids.SHIM_LOCK and a.name == "MokSBState"
+                   and a.value[:1] not in (b"", b"\0") for a in self.authorities)
+
+    @property
+    def sbat_level(self) -> str | None:
+        """The SBAT revocation level shim measured into PCR 7 (``SbatLevel``), as text."""
+        for a in reversed(self.authorities):
+            if a.guid == guids.SHIM_LOCK and a.name == "SbatLevel":
+                return a.value.decode("utf-8", "replace").rstrip("\0")
+        return None
+
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description."""
         def db(x: SignatureDatabase | None) -> dict[str, Any] | None:
@@ -195,6 +211,8 @@ class SecureBootState:
             "other_variables": [v.to_dict() for v in self.other_variables],
             "debug_mode": self.debug_mode,
             "dma_protection_disabled": self.dma_protection_disabled,
+            "shim_validation_disabled": self.shim_validation_disabled,
+            "sbat_level": self.sbat_level,
             "separator_seen": self.separator_seen,
             "spec_order": self.spec_order,
             "events": list(self.events),

@@ -973,6 +973,8 @@ def _summary(s: MachineState) -> dict[str, Any]:
                                           if n is not None}),
         "debug_mode": sb.debug_mode,
         "dma_protection_disabled": sb.dma_protection_disabled,
+        "shim_validation_disabled": sb.shim_validation_disabled,
+        "sbat_level": _cut(sb.sbat_level, 256),
     }
     e = s.efi
     out["efi"] = None if e is None else {

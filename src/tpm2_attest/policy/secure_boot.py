@@ -19,7 +19,8 @@ the BootHole signers when ``required`` is true (write ``[]`` to forbid nothing).
 given inline (``update``, base64: Microsoft's authenticated payload or bare signature lists) is
 read into ``hashes`` and ``certificates`` when the policy is loaded.
 
-Rule ids: ``secure_boot.required`` (Secure Boot must be on), ``secure_boot.pk``,
+Rule ids: ``secure_boot.required`` (Secure Boot must be on and in force: no UEFI debugger, shim
+validating what it loads), ``secure_boot.pk``,
 ``secure_boot.kek``, ``secure_boot.db`` (a listed certificate is missing from that database),
 ``secure_boot.forbidden`` (a forbidden certificate is in db without dbx revoking it, or verified
 a boot component), ``secure_boot.dbx_contains`` (a listed revocation is missing from dbx),
@@ -189,6 +190,17 @@ class SecureBootSection(Section):
             return
         if self.required and not sb.enabled:
             yield Violation("secure_boot.required", "Secure Boot is disabled", seen=False, wanted=True)
+        elif self.required:
+            # On, but not in force: a debugger can bypass every check (go-attestation refuses
+            # such a log), and shim with validation disabled loads unverified code.
+            if sb.debug_mode:
+                yield Violation("secure_boot.required", "a UEFI debugger was enabled during boot "
+                                "(\"UEFI Debug Mode\" in PCR 7): Secure Boot is not in force",
+                                seen={"debug_mode": True}, wanted=True)
+            if sb.shim_validation_disabled:
+                yield Violation("secure_boot.required", "shim's signature validation is disabled "
+                                "(MokSBState set): shim loads GRUB and kernels unverified",
+                                seen={"shim_validation_disabled": True}, wanted=True)
         for name, db in (("pk", sb.pk), ("kek", sb.kek), ("db", sb.db)):
             wanted: tuple[CertificateRef, ...] = getattr(self, name)
             if wanted:
