@@ -320,3 +320,26 @@ def test_a_uefi_debugger_fails_secure_boot_required() -> None:
     assert r.failed_rules() == ["secure_boot.required"] and "debug" in str(r).lower()
 
 
+# -- policy documents: a key given twice -------------------------------------------------------
+
+
+@pytest.mark.parametrize("text", [
+    '{"version": 1, "secure_boot": {"required": true}, "secure_boot": {}}',
+    '{"version": 1, "secure_boot": {"required": true, "required": false}}',
+    '{"pcrs": {"sha256": {"7": "%s", "7": "%s"}}}'.replace("%s", "00" * 32),
+])
+def test_a_key_given_twice_in_json_is_an_error(text: str) -> None:
+    """JSON parsers keep the last of duplicate keys: the first (a required rule) would vanish
+    silently."""
+    with pytest.raises(PolicyError, match="twice"):
+        Policy.from_text(text)
+
+
+@pytest.mark.parametrize("text", [
+    "version: 1\nsecure_boot:\n  required: true\nsecure_boot: {}\n",
+    "secure_boot:\n  required: true\n  required: false\n",
+    "pcrs:\n  sha256:\n    7: '%s'\n    '7': '%s'\n".replace("%s", "11" * 32),
+])
+def test_a_key_given_twice_in_yaml_is_an_error(text: str) -> None:
+    with pytest.raises(PolicyError, match="twice"):
+        Policy.from_text(text, filename="p.yaml")

@@ -6,7 +6,7 @@
 
 Top-level keys other than ``version``, ``name`` and ``description`` are sections, each read by
 its :class:`~.base.Section` class (``SECTIONS``). Unknown keys are errors, never ignored: a
-misspelt rule must not pass silently. Files are JSON, or YAML when PyYAML is installed
+misspelt rule must not pass silently; so is a key given twice (parsers keep the last one). Files are JSON, or YAML when PyYAML is installed
 (``pip install 'tpm2-attest[yaml]'``).
 """
 
@@ -97,7 +97,7 @@ class Policy:
         want_yaml = filename is not None and filename.lower().endswith((".yaml", ".yml"))
         if not want_yaml:
             try:
-                return cls.from_dict(json.loads(text))
+                return cls.from_dict(json.loads(text, object_pairs_hook=_unique_keys))
             except json.JSONDecodeError as exc:
                 if filename is not None and filename.lower().endswith(".json"):
                     raise PolicyError("", f"not valid JSON: {exc}") from None
@@ -163,6 +163,17 @@ def learn(quote_result: Any = None, event_log_result: Any = None, *, ima: Any = 
     return Policy(tuple(learned), name=name)
 
 
+def _unique_keys(pairs: list[tuple[Any, Any]]) -> dict[Any, Any]:
+    """A JSON object whose keys are all different: parsers keep the last of a repeated key, so
+    a rule written first would vanish without a word."""
+    out: dict[Any, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise PolicyError(str(key), "given twice in the same object")
+        out[key] = value
+    return out
+
+
 def _yaml_module() -> Any:
     try:
         import yaml
@@ -173,8 +184,25 @@ def _yaml_module() -> Any:
 
 def _load_yaml(text: str) -> Mapping[str, Any]:
     yaml = _yaml_module()
+
+    class UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[name-defined,misc]
+        """SafeLoader refusing a key given twice in one mapping (PyYAML keeps the last)."""
+
+        def construct_mapping(self, node: Any, deep: bool = False) -> Any:
+            seen: set[Any] = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    duplicate = key in seen
+                    seen.add(key)
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+                if duplicate:
+                    raise PolicyError(str(key), "given twice in the same mapping")
+            return super().construct_mapping(node, deep=deep)
+
     try:
-        doc = yaml.safe_load(text)
+        doc = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader subclass: safe
     except yaml.YAMLError as exc:
         raise PolicyError("", f"not valid YAML: {exc}") from None
     except RecursionError:
@@ -186,10 +214,16 @@ def _load_yaml(text: str) -> Mapping[str, Any]:
 
 
 def _string_keys(value: Any) -> Any:
-    """YAML reads ``7:`` as the integer 7: policy keys are strings (PCR indices included)."""
+    """YAML reads ``7:`` as the integer 7: policy keys are strings (PCR indices included); ``7``
+    and ``'7'`` in one mapping are then the same key given twice."""
     if isinstance(value, dict):
-        return {str(k) if isinstance(k, int) and not isinstance(k, bool) else k: _string_keys(v)
-                for k, v in value.items()}
+        out: dict[Any, Any] = {}
+        for k, v in value.items():
+            key = str(k) if isinstance(k, int) and not isinstance(k, bool) else k
+            if key in out:
+                raise PolicyError(str(key), "given twice in the same mapping")
+            out[key] = _string_keys(v)
+        return out
     if isinstance(value, list):
         return [_string_keys(v) for v in value]
     return value
