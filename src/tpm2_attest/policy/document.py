@@ -186,7 +186,15 @@ def _load_yaml(text: str) -> Mapping[str, Any]:
     yaml = _yaml_module()
 
     class UniqueKeyLoader(yaml.SafeLoader):  # type: ignore[name-defined,misc]
-        """SafeLoader refusing a key given twice in one mapping (PyYAML keeps the last)."""
+        """SafeLoader refusing a key given twice in one mapping (PyYAML keeps the last) and any
+        alias (nested aliases expand exponentially when the document is walked)."""
+
+        def compose_node(self, parent: Any, index: Any) -> Any:
+            if self.check_event(yaml.AliasEvent):
+                mark = self.peek_event().start_mark
+                raise PolicyError("", f"YAML aliases are not accepted in a policy (line "
+                                  f"{mark.line + 1}): write the value out")
+            return super().compose_node(parent, index)
 
         def construct_mapping(self, node: Any, deep: bool = False) -> Any:
             seen: set[Any] = set()
