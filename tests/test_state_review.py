@@ -354,3 +354,16 @@ def test_yaml_aliases_are_refused_before_they_expand() -> None:
         Policy.from_text("\n".join(lines) + "\n", filename="p.yaml")
     with pytest.raises(PolicyError, match="alias"):
         Policy.from_text("secure_boot: &s {required: true}\nboot: *s\n", filename="p.yaml")
+
+
+@pytest.mark.parametrize(("text", "filename"), [
+    ('{"version": ' + "1" * 5000 + "}", None),
+    ("version: " + "1" * 5000 + "\n", "p.yaml"),
+    ('{"boot": {"min_gce_firmware_version": ' + "9" * 5000 + "}}", "p.json"),
+])
+def test_a_number_beyond_pythons_digit_limit_is_a_policy_error(text: str,
+                                                              filename: str | None) -> None:
+    """Python refuses to convert integers of more than 4300 digits with a plain ValueError;
+    the CLI catches PolicyError, so that was a traceback."""
+    with pytest.raises(PolicyError, match="cannot read the document"):
+        Policy.from_text(text, filename=filename)

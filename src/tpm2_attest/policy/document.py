@@ -97,13 +97,19 @@ class Policy:
         want_yaml = filename is not None and filename.lower().endswith((".yaml", ".yml"))
         if not want_yaml:
             try:
-                return cls.from_dict(json.loads(text, object_pairs_hook=_unique_keys))
+                doc = json.loads(text, object_pairs_hook=_unique_keys)
             except json.JSONDecodeError as exc:
                 if filename is not None and filename.lower().endswith(".json"):
                     raise PolicyError("", f"not valid JSON: {exc}") from None
                 json_error = exc
             except RecursionError:
                 raise PolicyError("", "the document nests too deeply") from None
+            except PolicyError:
+                raise
+            except ValueError as exc:  # a number beyond Python's 4300-digit conversion limit
+                raise PolicyError("", f"cannot read the document: {exc}") from None
+            else:
+                return cls.from_dict(doc)
             try:
                 import yaml  # noqa: F401
             except ImportError:
@@ -215,6 +221,10 @@ def _load_yaml(text: str) -> Mapping[str, Any]:
         raise PolicyError("", f"not valid YAML: {exc}") from None
     except RecursionError:
         raise PolicyError("", "the document nests too deeply") from None
+    except PolicyError:
+        raise
+    except ValueError as exc:  # a number beyond Python's 4300-digit conversion limit
+        raise PolicyError("", f"cannot read the document: {exc}") from None
     try:
         return mapping(_string_keys(doc), "")
     except RecursionError:
