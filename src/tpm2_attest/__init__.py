@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from . import policy, verify
     from .backends.base import TpmInfo
     from .evidence import AkBlob, CredentialChallenge, EkInfo, PublicKey, Quote
-    from .tpm import Tpm
+    from .tpm import Availability, Tpm
 
 _LAZY: dict[str, tuple[str, str | None]] = {
     "verify": (".verify", None),
@@ -31,10 +31,12 @@ _LAZY: dict[str, tuple[str, str | None]] = {
     "PublicKey": (".evidence", "PublicKey"),
     "Quote": (".evidence", "Quote"),
     "Tpm": (".tpm", "Tpm"),
+    "Availability": (".tpm", "Availability"),
 }
 
 __all__ = [
     "AkBlob",
+    "Availability",
     "CredentialChallenge",
     "EkInfo",
     "ErrorCode",

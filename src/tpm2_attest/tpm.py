@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import os
+import struct
 import sys
 from collections.abc import Callable, Iterable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
 
@@ -24,7 +25,7 @@ from .evidence import (
     bank_alg,
     bank_name,
 )
-from .tpm2.constants import HASH_SIZES
+from .tpm2.constants import HASH_SIZES, TPM_CAP, TPM_CC, TPM_PT, TPM_ST
 from .transport import open_transport, resolve_tcti
 
 if TYPE_CHECKING:
@@ -34,6 +35,59 @@ if TYPE_CHECKING:
 
 DEFAULT_QUOTE_PCRS: Final = (0, 1, 2, 3, 4, 5, 6, 7)
 MAX_PCR_INDEX: Final = 23
+FIRST_RESPONSE_TIMEOUT: Final = 5.0
+"""Seconds a TPM gets to answer the first command at open time (a TPM2_GetCapability, which
+every TPM answers in milliseconds): what is silent that long is not a TPM, or not this one's
+data port. A ``timeout`` given to :meth:`Tpm.open` replaces it."""
+_FIRST_COMMAND: Final = struct.pack(">HIIIII", TPM_ST.NO_SESSIONS, 22, TPM_CC.GetCapability,
+                                    TPM_CAP.TPM_PROPERTIES, TPM_PT.MANUFACTURER, 1)
+NOT_A_TPM_HINT: Final = ("check that this is a TPM: for swtpm, its data port (swtpm socket --server "
+                         "port=N), not its control port (--ctrl, usually N + 1); a TPM that needs "
+                         "longer to answer: open it with a longer timeout")
+
+
+def _check_answers(transport: Transport, limit: float) -> None:
+    """Send one TPM2_GetCapability and wait at most ``limit`` seconds for a well-formed response
+    (any response code will do: it answered). A silent peer fails in seconds, not after the
+    per-command timeout; a peer that answers something else than a TPM response fails at once."""
+    saved = transport.timeout
+    transport.timeout = min(saved, limit)
+    try:
+        transport.send(_FIRST_COMMAND)
+    except TpmError as exc:
+        if exc.code != ErrorCode.TRANSPORT:
+            raise
+        detail = exc.message.removeprefix(f"{transport.tcti}: ")
+        raise TpmError(f"{transport.tcti} does not answer like a TPM: {detail}",
+                       code=ErrorCode.TRANSPORT, hint=exc.hint or NOT_A_TPM_HINT) from None
+    finally:
+        transport.timeout = saved
+
+
+@dataclass(frozen=True)
+class Availability:
+    """What :meth:`Tpm.is_available` found: truthy only when a TPM answered.
+
+    ``code`` says why not: ``TPM_NOT_FOUND`` (no TPM there), ``REQUIRES_ELEVATION`` (a TPM is
+    there but this account may not open it, e.g. /dev/tpmrm0 without the ``tss`` group),
+    ``TRANSPORT`` (something is there that does not answer like a TPM, or it is busy),
+    ``INVALID_ARGUMENT`` (the TCTI does not parse) or another ``ErrorCode``. ``reason`` is the
+    error message and ``hint`` what to do about it.
+    """
+
+    available: bool
+    tcti: str | None
+    code: ErrorCode | None = None
+    reason: str = ""
+    hint: str | None = None
+
+    def __bool__(self) -> bool:
+        return self.available
+
+    @property
+    def present(self) -> bool:
+        """True when a TPM is there, usable or not (only denied to this account)."""
+        return self.available or self.code == ErrorCode.REQUIRES_ELEVATION
 
 
 def _check_indices(indices: Iterable[int], limit: int = MAX_PCR_INDEX) -> list[int]:
@@ -49,8 +103,8 @@ def _bank_digest(bank: str, data: bytes) -> bytes:
     try:
         return hashlib.new("sm3" if bank == "sm3_256" else bank, data).digest()
     except ValueError:
-        raise TpmError(f"this Python/OpenSSL cannot hash for PCR bank {bank!r}; pass bank= to "
-                       "extend other banks, or digest=True with a precomputed digest",
+        raise TpmError(f"this Python/OpenSSL cannot hash for PCR bank {bank!r}: extend the other "
+                       "banks alone, or give a precomputed digest",
                        code=ErrorCode.UNSUPPORTED) from None
 
 
@@ -125,16 +179,19 @@ class Tpm:
     # -- opening --------------------------------------------------------------------------------
 
     @staticmethod
-    def is_available(tcti: str | None = None) -> bool:
-        """True when a TPM 2.0 answers at ``tcti`` (or the default); never raises for "no TPM"."""
+    def is_available(tcti: str | None = None, *, timeout: float | None = None) -> Availability:
+        """Whether a TPM 2.0 answers at ``tcti`` (or the default), and if not, why: the result
+        is truthy only when it answered, and its ``code`` tells "no TPM" (TPM_NOT_FOUND) from
+        "a TPM this account may not use" (REQUIRES_ELEVATION). Never raises for either."""
+        where = resolve_tcti(tcti)[0]
         try:
-            with Tpm.open(tcti) as tpm:
+            with Tpm.open(tcti, timeout=timeout) as tpm:
                 tpm.backend.pcr_banks()
-            return True
-        except TpmError:
-            return False
-        except OSError:
-            return False
+                return Availability(True, tpm.tcti)
+        except TpmError as exc:
+            return Availability(False, where, exc.code, str(exc), exc.hint)
+        except OSError as exc:
+            return Availability(False, where, ErrorCode.TRANSPORT, str(exc))
 
     @classmethod
     def open(cls, tcti: str | None = None, *, timeout: float | None = None,
@@ -142,18 +199,30 @@ class Tpm:
              on_command: Callable[[str], None] | None = None) -> Tpm:
         """Open the TPM at ``tcti``, else $TPM2_ATTEST_TCTI, $TPM2TOOLS_TCTI, else the platform
         default. ``embedded_fallback=True`` starts the embedded swtpm when no TCTI was given
-        and no TPM device exists (an explicit or environment TCTI never falls back)."""
+        and no TPM device exists (an explicit or environment TCTI never falls back).
+
+        ``timeout``: seconds each command may take (default: the transport's, 60 s over TCP,
+        120 s for a device). Opening sends one command that must answer within
+        :data:`FIRST_RESPONSE_TIMEOUT` (or ``timeout`` when given), so a peer that is not a TPM
+        fails fast with ``TRANSPORT``."""
         resolved, source = resolve_tcti(tcti)
         try:
             if resolved is None:
-                raise TpmError("no TPM found (no /dev/tpmrm0 or /dev/tpm0; set --tcti or "
-                               "$TPM2_ATTEST_TCTI to use another TPM)", code=ErrorCode.TPM_NOT_FOUND)
-            transport = open_transport(resolved, timeout=timeout)
+                raise TpmError("no TPM found: no /dev/tpmrm0 or /dev/tpm0, and no TCTI given or set in "
+                               "$TPM2_ATTEST_TCTI or $TPM2TOOLS_TCTI", code=ErrorCode.TPM_NOT_FOUND)
+            transport = open_transport(tcti, timeout=timeout)  # names $VAR on a bad one
         except TpmError as exc:
             if embedded_fallback and source == "default" and exc.code == ErrorCode.TPM_NOT_FOUND:
                 return cls.open_embedded(on_command=on_command)
             raise
-        return cls._from_transport(transport, source, srk_handle=srk_handle, on_command=on_command)
+        try:
+            if transport.kind != "tbs":  # TBS enforces its own timeouts
+                _check_answers(transport, FIRST_RESPONSE_TIMEOUT if timeout is None else timeout)
+            return cls._from_transport(transport, source, srk_handle=srk_handle,
+                                       on_command=on_command)
+        except BaseException:
+            transport.close()
+            raise
 
     @classmethod
     def open_embedded(cls, *, on_command: Callable[[str], None] | None = None) -> Tpm:

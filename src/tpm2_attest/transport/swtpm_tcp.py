@@ -16,6 +16,7 @@ from ..errors import ErrorCode, TpmError
 from .base import (
     DEFAULT_TCP_TIMEOUT,
     HEADER_SIZE,
+    RESPONSE_TAGS,
     Transport,
     check_timeout,
     response_size,
@@ -55,15 +56,25 @@ class StreamReader:
         """Bytes received beyond what was read (a protocol error on a framed stream)."""
         return len(self._buf)
 
-    def read(self, n: int, what: str) -> bytes:
-        """Exactly ``n`` bytes; TRANSPORT on EOF, TimeoutError past the deadline."""
+    def read(self, n: int, what: str, *, check_tag: bool = False) -> bytes:
+        """Exactly ``n`` bytes; TRANSPORT on EOF, TimeoutError past the deadline.
+
+        ``check_tag``: as soon as two bytes are in, they must be a TPM response tag (a peer
+        that is not a TPM, such as swtpm's control port answering a 4-byte result, fails at
+        once instead of leaving us waiting for the rest of a header)."""
         buf = self._buf
+        if check_tag and len(buf) >= 2:
+            self._check_tag(buf)
+            check_tag = False
         if len(buf) >= n:
             self._buf = buf[n:]
             return buf[:n]
         parts = [buf]
         have = len(buf)
         while have < n:
+            if check_tag and have >= 2:
+                self._check_tag(b"".join(parts))
+                check_tag = False
             remaining = self._deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError
@@ -80,11 +91,15 @@ class StreamReader:
         self._buf = data[n:]
         return data[:n]
 
+    def _check_tag(self, head: bytes) -> None:
+        if int.from_bytes(head[:2], "big") not in RESPONSE_TAGS:
+            raise transport_error(f"{self._where}: not a TPM response (it begins 0x{head[:4].hex()})")
+
     def read_response(self, expected: int | None = None) -> bytes:
         """One complete TPM response (header checked, then exactly its size).
 
         ``expected``: the size an outer framing announced; the header must agree."""
-        header = self.read(HEADER_SIZE, "response header")
+        header = self.read(HEADER_SIZE, "response header", check_tag=True)
         size = response_size(header, self._where)
         if expected is not None and size != expected:
             raise transport_error(f"{self._where}: framing says {expected} bytes but the "

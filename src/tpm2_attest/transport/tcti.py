@@ -33,8 +33,11 @@ DEFAULT_HOST: Final = "127.0.0.1"
 DEFAULT_PORT: Final = 2321
 
 # tpm2-tss TCTIs this library does not implement: named in the error instead of "unknown".
-_TSS_ONLY: Final = frozenset({"tabrmd", "cmd", "pcap", "libtpms", "spi-helper", "spi-ltt2go",
-                              "spidev", "spi-ftdi", "i2c-helper", "i2c-ftdi", "fuzzing"})
+_TSS_ONLY: Final = frozenset({"tabrmd", "abrmd", "cmd", "pcap", "libtpms", "spi-helper", "spi-ltt2go",
+                              "spidev", "spi-ftdi", "i2c-helper", "i2c-ftdi", "fuzzing", "none"})
+INSTEAD: Final = ("device:/dev/tpmrm0 (the kernel's resource manager, which shares the TPM "
+                  "between programs as tpm2-abrmd does) or swtpm:host=...,port=...")
+"""What to use instead of a tpm2-tss TCTI this library does not implement."""
 _DIGITS: Final = re.compile(r"[0-9]{1,5}")
 _LIBNAME: Final = re.compile(r"^(?:lib)?(?:tss2-)?(?:tcti-)?(?P<name>[a-z0-9-]+?)(?:\.so(?:\.\d+)*)?$")
 
@@ -92,8 +95,9 @@ def _kind_of(name: str) -> str:
         return kind
     supported = ", ".join(KINDS)
     if kind in _TSS_ONLY or name.lower() in _TSS_ONLY:
-        raise _bad(f"TCTI {name!r} is a tpm2-tss TCTI that tpm2-attest does not implement "
-                   f"(supported: {supported})")
+        raise TpmError(f"TCTI {name!r} is a tpm2-tss TCTI that tpm2-attest does not implement "
+                       f"(supported: {supported})", code=ErrorCode.INVALID_ARGUMENT,
+                       hint=f"use {INSTEAD}")
     raise _bad(f"unknown TCTI kind {name!r} (supported: {supported})")
 
 
@@ -196,6 +200,14 @@ def resolve_tcti(explicit: str | None = None) -> tuple[str | None, str]:
     return default_tcti(), "default"
 
 
+def env_hint(var: str, exc: TpmError) -> str:
+    """What to do about a TCTI from environment variable ``var`` that does not parse."""
+    if var == "TPM2TOOLS_TCTI":
+        return (f"$TPM2TOOLS_TCTI is tpm2-tools' setting; tpm2-attest reads $TPM2_ATTEST_TCTI "
+                f"first: set it to {INSTEAD}")
+    return exc.hint or f"set ${var} to {INSTEAD}, or unset it"
+
+
 def open_transport(tcti: str | None = None, *, timeout: float | None = None) -> Transport:
     """Open the TPM named by ``tcti`` (or chosen by :func:`resolve_tcti`).
 
@@ -211,6 +223,7 @@ def open_transport(tcti: str | None = None, *, timeout: float | None = None) -> 
         spec = parse_tcti(chosen)
     except TpmError as exc:
         if source in ENV_VARS:
-            raise TpmError(f"${source}: {exc.message}", code=exc.code) from None
+            raise TpmError(f"${source}={chosen!r}: {exc.message}", code=exc.code,
+                           hint=env_hint(source, exc)) from None
         raise
     return spec.open(timeout=timeout)
