@@ -241,6 +241,25 @@ class TpmCommands:
                 raise self._error(rc, name, attempt)
         raise AssertionError("unreachable")  # pragma: no cover
 
+    def _memory_hint(self, base: int) -> str:
+        """Why a TPM ran out of object or session slots, and what to do, by transport.
+
+        A TPM holds only a few loaded objects (3 on swtpm, often 3-7 on hardware). Behind no
+        resource manager (/dev/tpm0, a simulator over TCP) an object another program loaded
+        and did not flush stays loaded after it exits (tpm2-tools tools leave them so); the
+        kernel resource manager (/dev/tpmrmN) or Windows TBS flush a program's objects when
+        it closes the TPM."""
+        what, flag = ("objects", "-t") if base == TPM_RC.OBJECT_MEMORY else ("sessions", "-s")
+        kind = getattr(self.channel, "kind", None)
+        path = str(getattr(self.channel, "path", "") or "")
+        if kind == "tbs" or (kind == "device" and "tpmrm" in path):
+            return (f"the resource manager has no room for more {what} of this process: close "
+                    "other Tpm objects or handles it holds open")
+        return (f"the TPM's {what} slots are full: with no resource manager in between, "
+                f"{what} that other programs loaded and did not flush stay loaded; flush them "
+                f"with `tpm2_flushcontext {flag}` (same TCTI), or use /dev/tpmrm0, whose kernel "
+                "resource manager flushes each program's objects when it exits")
+
     @staticmethod
     def _response_code(rsp: bytes, name: str) -> int:
         if len(rsp) < HEADER_SIZE:
@@ -265,6 +284,8 @@ class TpmCommands:
         if d.base in RETRYABLE:
             return TpmError(f"still {d.name} after {attempt} retries", code=ErrorCode.RETRY_EXHAUSTED,
                             tpm_rc=rc, command=name)
+        if d.base in (TPM_RC.OBJECT_MEMORY, TPM_RC.SESSION_MEMORY):
+            return TpmError(tpm_rc=rc, command=name, hint=self._memory_hint(d.base))
         if d.base == TPM_RC.INITIALIZE:
             return TpmError(tpm_rc=rc, command=name,
                             hint="the TPM has not received TPM2_Startup since reset (the firmware "
