@@ -107,7 +107,7 @@ def run_demo(tpm: Tpm, *, ek_roots: list[bytes] | None = None, ek_intermediates:
         if ek is None or ek.certificate is None:
             st.status, st.detail = "SKIP", "no EK certificate in NV"
         elif not ek_roots:
-            st.status, st.detail = "SKIP", "no EK root CA given (--ek-roots)"
+            st.status, st.detail = "SKIP", "no EK root CA given"
         else:
             ekcert = verify.verify_ek_certificate(ek.certificate, roots=ek_roots,
                                                   intermediates=ek_intermediates or [], ek_public=ek.public)

@@ -242,8 +242,8 @@ def ncrypt_error(exc: NCryptError, action: str, *, lookup: bool = False,
         return TpmError(f"{action}: no such key", code=ErrorCode.KEY_NOT_FOUND, hresult=hr,
                         command=exc.function)
     if hr == NTE_EXISTS:
-        return TpmError(f"{action}: a key of that name exists (pass overwrite=True to replace it)",
-                        code=ErrorCode.KEY_EXISTS, hresult=hr, command=exc.function)
+        return TpmError(f"{action}: a key of that name exists", code=ErrorCode.KEY_EXISTS, hresult=hr,
+                        command=exc.function, hint="overwrite=True replaces it")
     if hr & 0xFFFF0000 == _TPM_E_BASE and _is_tpm2_rc(hr & 0xFFFF):
         return TpmError(action, tpm_rc=hr & 0xFFFF, hresult=hr, command=exc.function)
     return TpmError(action, code=ErrorCode.TPM_ERROR, hresult=hr, command=exc.function)
@@ -566,7 +566,7 @@ class PcpBackend:
                 cmd = TpmCommands(channel)
                 if cmd.read_public(handle).name != ak.name:
                     raise TpmError(f"PCP key {ak.key_name!r} is not the key this blob was made for "
-                                   "(was it re-provisioned with overwrite=True?)",
+                                   "(was another key provisioned under that name since?)",
                                    code=ErrorCode.BAD_BLOB)
                 return quote_consistent(cmd, handle, scheme=TPMT_SCHEME(), bank=bank_alg(bank),
                                         pcrs=pcrs, qualifying_data=qualifying_data)

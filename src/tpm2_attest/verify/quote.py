@@ -385,10 +385,10 @@ def verify_quote(
         attest, sig, pcrs = _split_quote(quote)
     if not nonce:
         if not allow_empty_nonce:
-            raise _fail(Reason.EMPTY_NONCE, "no nonce given (pass allow_empty_nonce=True to accept replayable quotes)")
+            raise _fail(Reason.EMPTY_NONCE, "no nonce given: a quote over no nonce can be replayed")
         nonce = b""
     if not allow_sha1 and ak._sha1:
-        raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1 (allow_sha1=False)")
+        raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1, which is refused")
 
     # 1. Signature, under the AK's own scheme, before anything of the attest is believed.
     try:
@@ -422,7 +422,7 @@ def verify_quote(
     # 4. One bank; supplied values == selected indices, exactly.
     bank = layout[2]
     if not allow_sha1 and layout[4]:
-        raise _fail(Reason.WEAK_KEY, "the quote covers the SHA-1 PCR bank (allow_sha1=False)")
+        raise _fail(Reason.WEAK_KEY, "the quote covers the SHA-1 PCR bank, which is refused")
     sel = _SELECTIONS.get(f[9])
     if sel is None:
         sel = _selection(f[9])
