@@ -10,6 +10,7 @@ from .ekcert import EkCertificate, verify_ek_certificate
 from .errors import Reason, VerificationError
 from .eventlog import EventLogResult, verify_event_log
 from .ima import ImaResult, ImaState, verify_ima_log
+from .inputs import load_ak, load_public, quote_from_files, read_pcrs_file
 from .quote import QuoteResult, verify_quote
 
 __all__ = [
@@ -26,7 +27,11 @@ __all__ = [
     "VerificationError",
     "check_ak",
     "check_ek",
+    "load_ak",
+    "load_public",
     "make_credential",
+    "quote_from_files",
+    "read_pcrs_file",
     "verify_activation",
     "verify_ak_certificate",
     "verify_creation",

@@ -37,7 +37,7 @@ from ..tpm2.constants import (
     TPM_ST,
     TPMA_OBJECT,
 )
-from ..tpm2.keys import CURVE_BYTES, PublicKey, public_der, public_key_from_public
+from ..tpm2.keys import CURVE_BYTES, PublicKey, ecc_point_of, public_der, public_key_from_public
 from ..tpm2.marshal import ParseError
 from ..tpm2.structures import (
     TPMS_ATTEST,
@@ -251,6 +251,37 @@ class AkPublic:
         return cls._build(area, tpmt, allow_sha1=allow_sha1, fmt=None)
 
     @classmethod
+    def from_key(cls, key: PublicKey, *, scheme: int | None = None, hash_alg: int = TPM_ALG.SHA256,
+                 allow_sha1: bool = True) -> AkPublic:
+        """An AK known only by its key (PEM/DER, e.g. ``tpm2_createak -f pem``), as
+        ``tpm2_checkquote -u ak.pem`` takes it: the public area is the one our AK template
+        gives that key, with the signing scheme ``scheme`` (default RSASSA or ECDSA) and
+        ``hash_alg``. A bare key carries no attributes: that it is a restricted TPM key is
+        the caller's claim, not checked, and its Name is not the device's AK Name."""
+        from ..tpm2.templates import AK_ECC_TEMPLATE, AK_RSA_TEMPLATE, SYM_NULL
+
+        if isinstance(key, rsa.RSAPublicKey):
+            nums = key.public_numbers()
+            exponent = 0 if nums.e == 65537 else nums.e
+            params: TPMS_RSA_PARMS | TPMS_ECC_PARMS = TPMS_RSA_PARMS(
+                SYM_NULL, TPMT_SCHEME(scheme or TPM_ALG.RSASSA, hash_alg), key.key_size, exponent)
+            unique: Any = nums.n.to_bytes((key.key_size + 7) // 8, "big")
+            area = TPMT_PUBLIC(AK_RSA_TEMPLATE.type, AK_RSA_TEMPLATE.name_alg,
+                               AK_RSA_TEMPLATE.object_attributes, b"", params, unique)
+        elif isinstance(key, ec.EllipticCurvePublicKey):
+            try:
+                curve, unique = ecc_point_of(key)
+            except ValueError as exc:
+                raise _fail(Reason.WEAK_KEY, str(exc)) from None
+            params = TPMS_ECC_PARMS(SYM_NULL, TPMT_SCHEME(scheme or TPM_ALG.ECDSA, hash_alg), curve,
+                                    TPMT_SCHEME())
+            area = TPMT_PUBLIC(AK_ECC_TEMPLATE.type, AK_ECC_TEMPLATE.name_alg,
+                               AK_ECC_TEMPLATE.object_attributes, b"", params, unique)
+        else:
+            raise _fail(Reason.UNSUPPORTED_FORMAT, f"{type(key).__name__}: only RSA and EC keys sign quotes")
+        return cls._build(area, area.to_bytes(), allow_sha1=allow_sha1, fmt=None)
+
+    @classmethod
     def _build(cls, area: TPMT_PUBLIC, tpmt: bytes, *, allow_sha1: bool, fmt: AkFormat | None) -> AkPublic:
         attrs = area.object_attributes
         missing = AK_REQUIRED & ~attrs
@@ -278,7 +309,7 @@ class AkPublic:
             raise _fail(Reason.UNSUPPORTED_FORMAT, f"nameAlg {_alg_name(area.name_alg)}")
         sha1 = TPM_ALG.SHA1 in (scheme.hash_alg, area.name_alg)
         if sha1 and not allow_sha1:
-            raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1 (allow_sha1=False)")
+            raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1, which is refused")
         coord = 0
         if isinstance(params, TPMS_RSA_PARMS):
             modulus = area.unique if isinstance(area.unique, bytes) else b""
@@ -356,7 +387,7 @@ class AkPublic:
         (SHA-1 refused), MALFORMED (not exactly one TPMT_SIGNATURE) or BAD_SIGNATURE.
         """
         if self._sha1 and not allow_sha1:
-            raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1 (allow_sha1=False)")
+            raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1, which is refused")
         sig = bytes(signature)
         if sig[:4] != self._sig_head[:4]:
             if len(sig) < 4:
@@ -478,7 +509,7 @@ def verify_creation(
     if hash_pair is None:
         raise _fail(Reason.UNSUPPORTED_FORMAT, f"nameAlg {_alg_name(area.name_alg)}")
     if area.name_alg == TPM_ALG.SHA1 and not allow_sha1:  # its Name and creationHash are SHA-1
-        raise _fail(Reason.WEAK_KEY, "the certified object's nameAlg is SHA-1 (allow_sha1=False)")
+        raise _fail(Reason.WEAK_KEY, "the certified object's nameAlg is SHA-1, which is refused")
     name = _U16.pack(area.name_alg) + hash_pair[1](tpmt).digest()
     if info.object_name != name:
         raise _fail(Reason.NAME_MISMATCH, "the attested objectName is not the Name of the public area")
