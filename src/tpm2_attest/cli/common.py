@@ -1,4 +1,5 @@
-"""What every ``tpm2-attest`` sub-command shares: exit codes, opening the TPM, output, parsing.
+"""What every ``tpm2-attest`` sub-command shares: exit codes, opening the TPM, output, parsing,
+and putting library errors in the CLI's words (its flags and environment variables).
 
 The sub-command modules of this package (``device``, ``verifier``, ``eventlog``, ``probe``,
 ``service``) import these helpers; nothing below the CLI layer imports this module.
@@ -8,29 +9,58 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any, Final, TypeAlias
 
+from .._files import write_atomic
 from ..errors import ErrorCode, TpmError
 from ..progress import terminal_progress
-from ..tpm import Tpm
+from ..tpm import FIRST_RESPONSE_TIMEOUT, NOT_A_TPM_HINT, Tpm
+from ..tpm2.selection import PcrSelectionError, parse_pcr_selection
+from ..transport.tcti import ENV_VARS, env_hint, parse_tcti, resolve_tcti
+from ..verify import Reason, VerificationError
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_TPM = 0, 1, 2, 3
-"""Exit codes of every command: success, a refusal or failure, a usage error, no TPM."""
+"""Exit codes of every command: 0 success; 1 a check, step or request failed (``TpmError``,
+``VerificationError``, a refusal by the server, a service that cannot start); 2 a usage error
+(bad option or value, a missing input file, a TCTI that does not parse, an output file that
+exists without --force); 3 no TPM (``TPM_NOT_FOUND``)."""
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What ``add_subparsers()`` returns: each topic module registers its commands on it."""
 
+DEFAULT_BANK: Final = "sha256"
 
-def device_options() -> argparse.ArgumentParser:
-    """The options of commands that talk to a TPM: --tcti, --embedded, --json."""
+
+class UsageError(Exception):
+    """A command line the user must fix (exit 2); the message names the option at fault."""
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+# -- options shared by several commands ----------------------------------------------------------
+
+
+def device_options(*, timeout: bool = True) -> argparse.ArgumentParser:
+    """The options of commands that talk to a TPM: --tcti, --embedded, --timeout, --json.
+
+    ``timeout=False`` leaves out --timeout for a command that uses that name for something
+    else (its TPM then gets the default timeouts)."""
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--tcti", help="TPM to use, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321 "
                    "(default: $TPM2_ATTEST_TCTI, $TPM2TOOLS_TCTI, then the platform device)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--embedded", action="store_true", help="use a fresh embedded swtpm")
+    if timeout:
+        p.add_argument("--timeout", dest="tpm_timeout", type=seconds, metavar="SECONDS",
+                       help="seconds each TPM command may take (default: 60 over TCP, 120 for a "
+                            f"device); without it the TPM must answer a first command within "
+                            f"{FIRST_RESPONSE_TIMEOUT:g} s")
     return p
 
 
@@ -41,17 +71,67 @@ def output_options() -> argparse.ArgumentParser:
     return p
 
 
+def seconds(text: str) -> float:
+    """argparse type: a positive, finite number of seconds."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < 1e6:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1000000 seconds, not {text}")
+    return value
+
+
+# -- opening the TPM ------------------------------------------------------------------------------
+
+
+def tcti_origin(source: str) -> str:
+    """Where a TCTI came from, in the CLI's words: ``--tcti`` or ``$TPM2TOOLS_TCTI``..."""
+    return "--tcti" if source == "argument" else f"${source}" if source in ENV_VARS else source
+
+
+def check_tcti(tcti: str | None) -> tuple[str | None, str]:
+    """The TCTI to use and its source; a TCTI that does not parse is a UsageError naming
+    where it came from (--tcti, $TPM2_ATTEST_TCTI or $TPM2TOOLS_TCTI) and what to use instead."""
+    chosen, source = resolve_tcti(tcti)
+    if chosen is None:
+        return None, source
+    try:
+        parse_tcti(chosen)
+    except TpmError as exc:
+        if source in ENV_VARS:
+            raise UsageError(f"${source}={chosen!r}: {exc.message}",
+                             hint=f"{env_hint(source, exc)}; or pass --tcti") from None
+        raise UsageError(f"--tcti {chosen!r}: {exc.message}", hint=exc.hint) from None
+    return chosen, source
+
+
 def open_tpm(args: argparse.Namespace, *, fallback: bool) -> Tpm:
     """Open --tcti / the environment / the device; the embedded swtpm only when allowed and
     nothing was named (an explicit TPM that is down is an error, not a silent swap)."""
     progress = terminal_progress()  # a spinner on a terminal for slow key creation; None when piped
-    if getattr(args, "embedded", False):
-        tpm = Tpm.open_embedded(on_command=progress)
-    else:
-        tpm = Tpm.open(args.tcti, embedded_fallback=fallback, on_command=progress)
+    source = "embedded"
+    try:
+        if getattr(args, "embedded", False):
+            tpm = Tpm.open_embedded(on_command=progress)
+        else:
+            _chosen, source = check_tcti(args.tcti)
+            tpm = Tpm.open(args.tcti, timeout=getattr(args, "tpm_timeout", None),
+                           embedded_fallback=fallback, on_command=progress)
+    except TpmError as exc:
+        if exc.code == ErrorCode.TRANSPORT and exc.hint == NOT_A_TPM_HINT:
+            exc.hint = (f"check that {tcti_origin(source)} names a TPM: for swtpm its data port "
+                        "(swtpm socket --server port=N), not its control port (--ctrl, usually "
+                        "N + 1); for a TPM that needs longer to answer, pass --timeout SECONDS")
+        elif exc.code == ErrorCode.TPM_NOT_FOUND and source == "default":
+            exc.hint = "no TPM device here: pass --tcti, set $TPM2_ATTEST_TCTI, or use --embedded"
+        raise
     if tpm.embedded is not None and not getattr(args, "json", False):
         print(f"No TPM found: using an embedded software TPM (swtpm at {tpm.tcti})", file=sys.stderr)
     return tpm
+
+
+# -- input and output -----------------------------------------------------------------------------
 
 
 def emit(args: argparse.Namespace, obj: dict[str, Any], text: Callable[[], None]) -> None:
@@ -62,56 +142,161 @@ def emit(args: argparse.Namespace, obj: dict[str, Any], text: Callable[[], None]
         text()
 
 
-def parse_pcrs(text: str) -> list[int]:
-    """A PCR list such as ``0-7,16``."""
-    out: list[int] = []
-    for part in text.split(","):
-        part = part.strip()
-        if not part:
-            continue
-        if "-" in part:
-            lo, hi = part.split("-", 1)
-            out.extend(range(int(lo), int(hi) + 1))
-        else:
-            out.append(int(part))
-    return out
+def read_input(path: str, option: str) -> bytes:
+    """The bytes of an input file; a UsageError naming ``option`` when it cannot be read."""
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"{option} {path}: {exc.strerror or exc}") from None
 
 
-def hex_or_file(value: str | None) -> bytes | None:
+def check_output(path: str, option: str, *, force: bool) -> None:
+    """Refuse (UsageError) to replace an existing output file unless ``force``."""
+    if os.path.lexists(path) and not force:
+        raise UsageError(f"{option} {path} exists; pass --force to replace it")
+
+
+class CommandError(Exception):
+    """The command could not do its work for a reason outside the TPM and the evidence: an
+    output file that cannot be written, a port that is taken (exit 1)."""
+
+
+def write_output(path: str, data: bytes, option: str) -> None:
+    """Write an output file atomically; a CommandError naming ``option`` when that fails."""
+    try:
+        write_atomic(path, data)
+    except OSError as exc:
+        raise CommandError(f"{option} {path}: {exc.strerror or exc}") from None
+
+
+def hex_or_file(value: str | None, option: str = "--nonce") -> bytes | None:
     """A byte string given as hex, or as ``@FILE`` for a file's contents."""
     if value is None:
         return None
     if value.startswith("@"):
-        return Path(value[1:]).read_bytes()
+        return read_input(value[1:], option)
     try:
         return bytes.fromhex(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"not hex: {value!r} (use @FILE for a file)") from None
+        raise UsageError(f"{option}: not hex: {value!r} (give hex digits, or @FILE for a "
+                         "file's contents)") from None
+
+
+def check_listen(host: str, port: int) -> None:
+    """Refuse (CommandError naming --host/--port) an address a server could not listen on,
+    before the server starts (uvicorn exits 3 on that, which here means "no TPM")."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except (OSError, UnicodeError) as exc:
+        raise UsageError(f"--host {host}: cannot resolve it: {exc}") from None
+    family, kind, proto, _canon, address = infos[0]
+    with socket.socket(family, kind, proto) as sock:
+        if os.name == "posix":  # as uvicorn: a port in TIME_WAIT is free to listen on
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(address)
+        except OSError as exc:
+            raise CommandError(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose "
+                               "another --port (or stop the program that holds it)") from None
+
+
+# -- PCR selections -------------------------------------------------------------------------------
+
+
+def pcr_selection(text: str) -> dict[str | None, tuple[int, ...]]:
+    """argparse type: a PCR selection as tpm2-tools writes it (``sha256:0,1,2+sha1:0``,
+    ``sha256:all``) or a bare list (``0-7,16``); see :mod:`tpm2_attest.tpm2.selection`."""
+    try:
+        return parse_pcr_selection(text)
+    except PcrSelectionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def parse_pcrs(text: str) -> list[int]:
+    """The indices of a PCR list such as ``0-7,16`` (a bank, if named, is ignored)."""
+    sel = pcr_selection(text)
+    return sorted({i for idx in sel.values() for i in idx})
+
+
+def one_bank(selection: dict[str | None, tuple[int, ...]], bank: str | None,
+             option: str = "--pcrs") -> tuple[str, list[int]]:
+    """(bank, indices) of a selection for a quote, which covers one bank: the bank named in
+    the selection, else ``bank`` (--bank), else sha256. UsageError when the two disagree or
+    the selection names several banks."""
+    named = [b for b in selection if b is not None]
+    if len(selection) > 1:
+        raise UsageError(f"{option} selects banks {', '.join(named)}: a quote here covers one "
+                         "bank (the verifier refuses quotes over several); quote each bank alone")
+    (sel_bank, idx), = selection.items()
+    if sel_bank is not None and bank is not None and sel_bank != bank.lower():
+        raise UsageError(f"{option} names bank {sel_bank} but --bank says {bank}")
+    if not idx:
+        raise UsageError(f"{option} selects no PCR")
+    return sel_bank or (bank or DEFAULT_BANK).lower(), list(idx)
+
+
+# -- errors in the CLI's words --------------------------------------------------------------------
+
+_TPM_HINTS: Final = {
+    ErrorCode.TPM_NOT_FOUND: "no TPM: pass --tcti, set TPM2_ATTEST_TCTI, or use --embedded",
+    ErrorCode.REQUIRES_ELEVATION: "run elevated (Windows: Administrator or SYSTEM; Linux: the tss group)",
+    ErrorCode.LOCKOUT: "the TPM is in dictionary-attack lockout; wait or reset it",
+    ErrorCode.BAD_BLOB: "the blob is malformed or was made by another TPM",
+}
+_CLI_TPM_HINTS: Final = {
+    ErrorCode.KEY_EXISTS: "a key of that name exists: pass --overwrite to replace it",
+}
+"""Hints the CLI gives instead of the library's (which name Python parameters)."""
+
+_VERIFY_HINTS: Final = {
+    Reason.EMPTY_NONCE: "pass --nonce with the nonce the quote was made over, or "
+                        "--allow-empty-nonce to accept a quote that can be replayed",
+    Reason.NONCE_MISMATCH: "--nonce must be the value given to the device for this quote or key",
+}
 
 
 def hint(exc: TpmError) -> str | None:
     """What to do about a device-side error, in the CLI's words."""
-    if exc.hint:
-        return exc.hint
-    return {
-        ErrorCode.TPM_NOT_FOUND: "no TPM: pass --tcti, set TPM2_ATTEST_TCTI, or use --embedded",
-        ErrorCode.REQUIRES_ELEVATION: "run elevated (Windows: Administrator or SYSTEM; Linux: the tss group)",
-        ErrorCode.LOCKOUT: "the TPM is in dictionary-attack lockout; wait or reset it",
-        ErrorCode.BAD_BLOB: "the blob is malformed or was made by another TPM",
-    }.get(exc.code)
+    return _CLI_TPM_HINTS.get(exc.code) or exc.hint or _TPM_HINTS.get(exc.code)
+
+
+def verification_hint(exc: VerificationError) -> str | None:
+    """What to do about a verifier refusal, in the CLI's words (None when the reason says it)."""
+    return _VERIFY_HINTS.get(exc.reason)
+
+
+def exit_code(exc: TpmError) -> int:
+    """The exit code of a device-side error: 3 when there is no TPM, else 1."""
+    return EXIT_NO_TPM if exc.code == ErrorCode.TPM_NOT_FOUND else EXIT_FAIL
 
 
 __all__ = [
+    "DEFAULT_BANK",
     "EXIT_FAIL",
     "EXIT_NO_TPM",
     "EXIT_OK",
     "EXIT_USAGE",
+    "CommandError",
     "SubParsers",
+        "UsageError",
+    "check_listen",
+    "check_output",
+    "check_tcti",
     "device_options",
     "emit",
+    "exit_code",
     "hex_or_file",
     "hint",
+    "one_bank",
     "open_tpm",
     "output_options",
     "parse_pcrs",
+    "pcr_selection",
+    "read_input",
+    "seconds",
+    "tcti_origin",
+    "verification_hint",
+    "write_output",
 ]

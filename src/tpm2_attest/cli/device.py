@@ -4,20 +4,33 @@ from __future__ import annotations
 
 import argparse
 import json
-from pathlib import Path
 
-from .._files import write_atomic
+from ..errors import TpmError
 from ..evidence import AkBlob, CredentialChallenge
 from .common import (
     EXIT_FAIL,
     EXIT_OK,
     SubParsers,
+    UsageError,
+    check_output,
     device_options,
     emit,
     hex_or_file,
+    one_bank,
     open_tpm,
-    parse_pcrs,
+    pcr_selection,
+    read_input,
+    write_output,
 )
+
+
+def load_ak(path: str, option: str = "--ak") -> AkBlob:
+    """The AK blob in ``path`` (binary or JSON); a malformed one names the option."""
+    try:
+        return AkBlob.load(read_input(path, option))
+    except TpmError as exc:
+        raise TpmError(f"{option} {path}: {exc.message}", code=exc.code,
+                       hint="give the file provision-ak, probe --save-blob or enroll wrote") from None
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -44,8 +57,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from ..demo import Step, run_demo
 
-    roots = [Path(p).read_bytes() for p in args.ek_root] if args.ek_root else None
-    inter = [Path(p).read_bytes() for p in args.ek_intermediate] if args.ek_intermediate else None
+    roots = [read_input(p, "--ek-root") for p in args.ek_root] if args.ek_root else None
+    inter = [read_input(p, "--ek-intermediate") for p in args.ek_intermediate] if args.ek_intermediate else None
 
     def show(st: Step) -> None:
         if args.json:
@@ -77,9 +90,9 @@ def cmd_ek(args: argparse.Namespace) -> int:
         ek = tpm.ek(args.kind, fetch=args.fetch or args.offline, url=args.certificate_url,
                     timeout=args.timeout, cache_dir=args.cache_dir, offline=args.offline)
         if args.out_public:
-            write_atomic(args.out_public, ek.public)
+            write_output(args.out_public, ek.public, "--out-public")
         if args.out_cert and ek.certificate:
-            write_atomic(args.out_cert, ek.certificate)
+            write_output(args.out_cert, ek.certificate, "--out-cert")
         obj = {"kind": ek.kind, "handle": f"0x{ek.handle:08x}" if ek.handle else None,
                "persistent": ek.persistent, "name": ek.name.hex(),
                "certificate": len(ek.certificate) if ek.certificate else None,
@@ -89,36 +102,46 @@ def cmd_ek(args: argparse.Namespace) -> int:
 
 
 def cmd_provision_ak(args: argparse.Namespace) -> int:
+    check_output(args.out, "--out", force=args.force)  # an earlier AK blob is not lost by accident
+    nonce = hex_or_file(args.nonce)
     with open_tpm(args, fallback=False) as tpm:
         blob = tpm.provision_ak(key_name=args.key_name, scope=args.scope, overwrite=args.overwrite,
-                                nonce=hex_or_file(args.nonce), algorithm=args.algorithm)
-    write_atomic(args.out, blob.to_bytes())
+                                nonce=nonce, algorithm=args.algorithm)
+    write_output(args.out, blob.to_bytes(), "--out")
     obj = {"format": blob.format, "file": args.out, "name": blob.name.hex(), "key_name": blob.key_name}
     emit(args, obj, lambda: print(f"{blob.format} AK written to {args.out}; Name {blob.name.hex()}"))
     return EXIT_OK
 
 
 def cmd_quote(args: argparse.Namespace) -> int:
-    blob = AkBlob.load(Path(args.ak).read_bytes())
+    bank, pcrs = one_bank(args.pcrs, args.bank)
+    blob = load_ak(args.ak)
+    nonce = hex_or_file(args.nonce) or b""
+    if len(nonce) > 64:
+        raise UsageError(f"--nonce of {len(nonce)} bytes: a TPM takes at most 64 (a digest)")
     with open_tpm(args, fallback=False) as tpm:
-        q = tpm.quote(blob, pcrs=parse_pcrs(args.pcrs), bank=args.bank,
-                      qualifying_data=hex_or_file(args.nonce) or b"")
+        q = tpm.quote(blob, pcrs=pcrs, bank=bank, qualifying_data=nonce)
     data = q.to_json().encode()
     if args.out:
-        write_atomic(args.out, data)
+        write_output(args.out, data, "--out")
     else:
         print(data.decode())
     return EXIT_OK
 
 
 def cmd_activate(args: argparse.Namespace) -> int:
-    blob = AkBlob.load(Path(args.ak).read_bytes())
-    raw = Path(args.challenge).read_bytes()
-    ch = CredentialChallenge.from_json(raw) if raw.lstrip().startswith(b"{") else CredentialChallenge.from_bytes(raw)
+    blob = load_ak(args.ak)
+    raw = read_input(args.challenge, "--challenge")
+    try:
+        ch = (CredentialChallenge.from_json(raw) if raw.lstrip().startswith(b"{")
+              else CredentialChallenge.from_bytes(raw))
+    except TpmError as exc:
+        raise TpmError(f"--challenge {args.challenge}: {exc.message}", code=exc.code,
+                       hint="give the file make-credential (or tpm2_makecredential) wrote") from None
     with open_tpm(args, fallback=False) as tpm:
         secret = tpm.activate_credential(blob, ch)
     if args.out:
-        write_atomic(args.out, secret)
+        write_output(args.out, secret, "--out")
     else:
         print(secret.hex())
     return EXIT_OK
@@ -137,7 +160,8 @@ def add_parser(sub: SubParsers) -> None:
     s.set_defaults(func=cmd_demo)
 
     s = sub.add_parser("ek", parents=[dev], help="read the endorsement key and certificate")
-    s.add_argument("--kind", choices=["rsa", "ecc", "ecc384"], default="rsa")
+    s.add_argument("--kind", choices=["rsa", "ecc", "ecc384"], default="rsa",
+                   help="which EK: RSA 2048, ECC NIST P-256, or ECC P-384 (default rsa)")
     s.add_argument("--out-public", metavar="FILE", help="write the TPM2B_PUBLIC")
     s.add_argument("--out-cert", metavar="FILE", help="write the certificate (DER)")
     s.add_argument("--fetch", action="store_true",
@@ -149,24 +173,31 @@ def add_parser(sub: SubParsers) -> None:
     s.set_defaults(func=cmd_ek)
 
     s = sub.add_parser("provision-ak", parents=[dev], help="create an attestation key blob")
-    s.add_argument("--out", required=True, metavar="FILE", help="AK blob file (written atomically)")
+    s.add_argument("--out", required=True, metavar="FILE",
+                   help="AK blob file (written atomically; an existing one needs --force)")
+    s.add_argument("--force", action="store_true", help="replace an existing --out file")
     s.add_argument("--nonce", help="enrollment nonce (hex, or @FILE)")
-    s.add_argument("--algorithm", choices=["ecc", "rsa"])
+    s.add_argument("--algorithm", choices=["ecc", "rsa"],
+                   help="AK algorithm on a raw TPM (default ecc: ECDSA P-256)")
     s.add_argument("--key-name", help="PCP key name (Windows)")
-    s.add_argument("--scope", choices=["user", "machine"], default="user")
-    s.add_argument("--overwrite", action="store_true")
+    s.add_argument("--scope", choices=["user", "machine"], default="user",
+                   help="PCP key scope (Windows; machine needs an elevated account)")
+    s.add_argument("--overwrite", action="store_true",
+                   help="replace a PCP key of the same --key-name (Windows)")
     s.set_defaults(func=cmd_provision_ak)
 
     s = sub.add_parser("quote", parents=[dev], help="quote PCRs with an AK blob")
-    s.add_argument("--ak", required=True, metavar="FILE")
-    s.add_argument("--pcrs", default="0-7", help="e.g. 0-7,16")
-    s.add_argument("--bank", default="sha256")
-    s.add_argument("--nonce", help="qualifying data (hex, or @FILE)")
+    s.add_argument("--ak", required=True, metavar="FILE", help="AK blob (from provision-ak)")
+    s.add_argument("--pcrs", default="0-7", type=pcr_selection, metavar="SELECTION",
+                   help="PCRs to quote, as tpm2-tools writes them: sha256:0,1,2 or sha256:all, "
+                        "or a list such as 0-7,16 (default 0-7)")
+    s.add_argument("--bank", help="PCR bank when --pcrs names none (default sha256)")
+    s.add_argument("--nonce", help="qualifying data (hex, or @FILE; at most 64 bytes)")
     s.add_argument("--out", metavar="FILE", help="quote JSON file (default: stdout)")
     s.set_defaults(func=cmd_quote)
 
     s = sub.add_parser("activate", parents=[dev], help="activate a credential challenge")
-    s.add_argument("--ak", required=True, metavar="FILE")
+    s.add_argument("--ak", required=True, metavar="FILE", help="AK blob the challenge was made for")
     s.add_argument("--challenge", required=True, metavar="FILE", help="our JSON/binary form or a tpm2-tools file")
     s.add_argument("--out", metavar="FILE", help="write the secret (default: hex on stdout)")
     s.set_defaults(func=cmd_activate)

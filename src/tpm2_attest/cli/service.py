@@ -20,10 +20,13 @@ from .common import (
     EXIT_OK,
     EXIT_USAGE,
     SubParsers,
+    check_listen,
     device_options,
     emit,
+    one_bank,
     open_tpm,
-    parse_pcrs,
+    pcr_selection,
+    read_input,
 )
 
 INSTALL_HINT = "pip install 'tpm2-attest[service]'"
@@ -60,6 +63,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         require_ek_certificate=not args.allow_missing_ek_certificate, allow_reenroll=args.allow_reenroll,
         nonce_ttl=args.nonce_ttl, enrollment_ttl=args.enrollment_ttl, allow_sha1=not args.no_sha1,
         expected_pcrs=default_pcrs, device_pcrs=device_pcrs, max_body_bytes=args.max_body)
+    check_listen(args.host, args.port)
     app = create_app(settings)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return EXIT_OK
@@ -91,7 +95,7 @@ def cmd_attest(args: argparse.Namespace) -> int:
     """Quote over the server's nonce and print its verdict (exit 1 when refused)."""
     from ..service.client import Enrollment, attest
 
-    raw = Path(args.ak).read_bytes()
+    raw = read_input(args.ak, "--ak")
     device_id = args.device_id
     if device_id is None:
         try:
@@ -104,10 +108,11 @@ def cmd_attest(args: argparse.Namespace) -> int:
         if args.event_log == "auto":
             log = tpm.event_log()
         elif args.event_log:
-            log = Path(args.event_log).read_bytes()
+            log = read_input(args.event_log, "--event-log")
         try:
-            verdict: dict[str, Any] = attest(tpm, args.server, device_id, raw, pcrs=parse_pcrs(args.pcrs),
-                                             bank=args.bank, event_log=log, ima=args.ima,
+            bank, pcrs = one_bank(args.pcrs, args.bank)
+            verdict: dict[str, Any] = attest(tpm, args.server, device_id, raw, pcrs=pcrs,
+                                             bank=bank, event_log=log, ima=args.ima,
                                              timeout=args.timeout)
         except ServiceError as exc:
             return _refused(args, exc)
@@ -118,11 +123,11 @@ def cmd_attest(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: SubParsers) -> None:
     """Add ``serve``, ``enroll`` and ``attest`` to the main CLI."""
-    parents = [device_options()]
+    parents = [device_options(timeout=False)]  # --timeout is the HTTP timeout here
     s = subparsers.add_parser("serve", help="run the enrollment + attestation service (needs the service extra)",
                               description="Run the HTTP service (uvicorn). Put it behind TLS in production.")
-    s.add_argument("--host", default="127.0.0.1")
-    s.add_argument("--port", type=int, default=8080)
+    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, default=8080, help="TCP port to listen on (default 8080)")
     s.add_argument("--db", default=DEFAULT_DATABASE_URL, metavar="URL",
                    help=f"SQLAlchemy URL (default {DEFAULT_DATABASE_URL}; postgresql://... needs the postgres extra)")
     s.add_argument("--ek-root", "--ek-roots", dest="ek_root", action="append", metavar="PATH|vendors[:NAMES]",
@@ -141,41 +146,49 @@ def add_parser(subparsers: SubParsers) -> None:
     s.add_argument("--allow-missing-ek-certificate", action="store_true",
                    help="enroll TPMs without an EK certificate (trust on first use)")
     s.add_argument("--allow-reenroll", action="store_true", help="let an enrolled EK enroll again (revokes its old device)")
-    s.add_argument("--nonce-ttl", type=float, default=300.0, metavar="SECONDS")
-    s.add_argument("--enrollment-ttl", type=float, default=300.0, metavar="SECONDS")
+    s.add_argument("--nonce-ttl", type=float, default=300.0, metavar="SECONDS",
+                   help="how long an attestation nonce stays valid (default 300)")
+    s.add_argument("--enrollment-ttl", type=float, default=300.0, metavar="SECONDS",
+                   help="how long an enrollment challenge stays valid (default 300)")
     s.add_argument("--no-sha1", action="store_true", help="refuse SHA-1 AKs and quotes (refuses Windows PCP AKs)")
     s.add_argument("--pcr-policy", metavar="FILE",
                    help='expected PCRs: {"default": {"sha256": {"7": "<hex>"}}, "devices": {"<id>": {...}}}')
-    s.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES")
-    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
+    s.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES",
+                   help="largest request body accepted (default 1 MiB; larger ones get HTTP 413)")
+    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="server log level (default info)")
     s.set_defaults(func=cmd_serve)
 
     s = subparsers.add_parser("enroll", parents=parents, help="enroll this TPM with a service")
-    s.add_argument("--server", required=True, metavar="URL")
+    s.add_argument("--server", required=True, metavar="URL", help="the service's base URL")
     s.add_argument("--ak-out", default=DEFAULT_AK_FILE, metavar="FILE",
                    help=f"where to write the AK blob and device id (default {DEFAULT_AK_FILE})")
     s.add_argument("--force", action="store_true", help="replace an existing --ak-out file")
-    s.add_argument("--ek-kind", choices=["rsa", "ecc"], default="rsa")
+    s.add_argument("--ek-kind", choices=["rsa", "ecc"], default="rsa", help="which EK to enroll (default rsa)")
     s.add_argument("--algorithm", choices=["ecc", "rsa"], help="AK algorithm")
     s.add_argument("--key-name", help="PCP key name (Windows; required for --scope machine)")
-    s.add_argument("--scope", choices=["user", "machine"], default="user")
+    s.add_argument("--scope", choices=["user", "machine"], default="user",
+                   help="PCP key scope (Windows; machine needs an elevated account)")
     s.add_argument("--overwrite", action="store_true", help="replace a PCP key of the same name")
     s.add_argument("--certified-ak", choices=["rsa", "ecc"],
                    help="enroll with the TPM's certified AK (GCE vTPMs) and its certificate, no activation")
     s.add_argument("--fetch-ek-certificate", action="store_true",
                    help="no EK certificate in NV: fetch it from the TPM vendor (Intel PTT, AMD fTPM)")
-    s.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    s.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds to wait for each HTTP request (default 30)")
     s.set_defaults(func=cmd_enroll)
 
     s = subparsers.add_parser("attest", parents=parents, help="attest this TPM to a service")
-    s.add_argument("--server", required=True, metavar="URL")
+    s.add_argument("--server", required=True, metavar="URL", help="the service's base URL")
     s.add_argument("--ak", required=True, metavar="FILE", help="the file 'enroll' wrote (or any AK blob)")
     s.add_argument("--device-id", metavar="ID", help="default: the one in the --ak file")
-    s.add_argument("--pcrs", default="0-7", help="e.g. 0-7,16")
-    s.add_argument("--bank", default="sha256")
+    s.add_argument("--pcrs", default="0-7", type=pcr_selection, metavar="SELECTION",
+                   help="PCRs to quote: sha256:0,1,2, sha256:all or 0-7,16 (default 0-7)")
+    s.add_argument("--bank", help="PCR bank when --pcrs names none (default sha256)")
     s.add_argument("--event-log", metavar="FILE|auto", help="send the firmware event log ('auto': read it from the OS)")
     s.add_argument("--ima", action="store_true",
                    help="also quote PCR 10 and send the IMA measurement list (only the entries the "
                         "server has not verified yet)")
-    s.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    s.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="seconds to wait for each HTTP request (default 30)")
     s.set_defaults(func=cmd_attest)
