@@ -162,7 +162,17 @@ PARAM = re.compile(r"\b[a-z][a-z0-9_]*=(True|False|None)\b|\bpass [a-z_]+=")
 ERROR_CALLS = {"_fail", "_bad", "transport_error", "TpmError", "VerificationError", "UsageError",
                "PcrSelectionError", "ParseError"}
 LIBRARY_WORDS_THE_CLI_REPLACES = {("backends/pcp.py", "overwrite=True replaces it")}
-"""A library hint naming a Python parameter, which cli.common.hint() replaces for KEY_EXISTS."""
+"""A library hint naming a Python parameter, which cli.common.hint() replaces."""
+
+
+def test_cli_replaces_every_library_hint_that_names_a_parameter() -> None:
+    from tpm2_attest.cli.common import _CLI_WORDS
+
+    for _where, words in LIBRARY_WORDS_THE_CLI_REPLACES:
+        said = hint(TpmError("x", code=ErrorCode.KEY_EXISTS, hint=words))
+        assert said == _CLI_WORDS[words] and not PARAM.search(said) and FLAG.search(said)
+    nv = TpmError(tpm_rc=0x14C)  # TPM_RC_NV_DEFINED is KEY_EXISTS too: no PCP advice for it
+    assert nv.code == ErrorCode.KEY_EXISTS and "--overwrite" not in (hint(nv) or "")
 
 
 def _messages() -> list[tuple[str, int, str]]:

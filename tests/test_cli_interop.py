@@ -15,13 +15,21 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives import serialization
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tpm2_attest.cli import EXIT_FAIL, EXIT_OK, EXIT_USAGE
 from tpm2_attest.embedded import EmbeddedSwtpm, swtpm_available
 from tpm2_attest.evidence import Quote
 from tpm2_attest.tpm2.keys import public_key_from_public
 from tpm2_attest.tpm2.marshal import ParseError
-from tpm2_attest.tpm2.tools_formats import pcr_file_format, read_pcr_file, write_pcr_file
+from tpm2_attest.tpm2.structures import TPMT_SIGNATURE
+from tpm2_attest.tpm2.tools_formats import (
+    pcr_file_format,
+    read_pcr_file,
+    signature_from_plain,
+    write_pcr_file,
+)
 
 NONCE = "c0ffee0123456789"
 Tools = Callable[..., subprocess.CompletedProcess[str]]
@@ -285,3 +293,32 @@ def test_our_quote_passes_tpm2_checkquote(tcti: str, tools: Tools, tmp_path: Pat
 def test_hostile_pcr_files_raise_parse_error(data: bytes) -> None:
     with pytest.raises(ParseError):
         read_pcr_file(data, [(0x000B, [0, 1])])
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=2000), st.sampled_from([None, [(0x000B, [0, 1])], [(0x0004, list(range(24)))]]))
+def test_pcr_file_reader_on_random_bytes(data: bytes, selection: list[tuple[int, list[int]]] | None) -> None:
+    try:
+        out = read_pcr_file(data, selection)
+    except ParseError:
+        return
+    assert all(isinstance(v, bytes) for bank in out.values() for v in bank.values())
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=200), st.sampled_from([(0x0014, 256), (0x0018, 32), (0x0018, 48)]))
+def test_plain_signature_reader_on_random_bytes(data: bytes, scheme: tuple[int, int]) -> None:
+    try:
+        sig = signature_from_plain(data, scheme[0], 0x000B, size=scheme[1])
+    except ParseError:
+        return
+    parsed = TPMT_SIGNATURE.from_bytes(sig)  # only ParseError, or a well-formed signature
+    assert parsed.sig_alg == scheme[0] and len(parsed.sig or parsed.r) == scheme[1]
+
+
+def test_serialized_write_read_round_trip_many_banks() -> None:
+    pcrs = {"sha1": {i: bytes([i]) * 20 for i in range(24)}, "sha256": {3: b"\x03" * 32, 17: b"\x11" * 32}}
+    for fmt in ("serialized", "marshaled"):
+        assert read_pcr_file(write_pcr_file(pcrs, fmt)) == pcrs
+    sel = [(0x0004, list(range(24))), (0x000B, [3, 17])]
+    assert read_pcr_file(write_pcr_file(pcrs, "values"), sel) == pcrs

@@ -245,10 +245,10 @@ _TPM_HINTS: Final = {
     ErrorCode.LOCKOUT: "the TPM is in dictionary-attack lockout; wait or reset it",
     ErrorCode.BAD_BLOB: "the blob is malformed or was made by another TPM",
 }
-_CLI_TPM_HINTS: Final = {
-    ErrorCode.KEY_EXISTS: "a key of that name exists: pass --overwrite to replace it",
+_CLI_WORDS: Final = {
+    "overwrite=True replaces it": "pass --overwrite to replace it (blobs of the old key stop working)",
 }
-"""Hints the CLI gives instead of the library's (which name Python parameters)."""
+"""Library hints that name Python parameters, and what the CLI says instead."""
 
 _VERIFY_HINTS: Final = {
     Reason.EMPTY_NONCE: "pass --nonce with the nonce the quote was made over, or "
@@ -259,7 +259,9 @@ _VERIFY_HINTS: Final = {
 
 def hint(exc: TpmError) -> str | None:
     """What to do about a device-side error, in the CLI's words."""
-    return _CLI_TPM_HINTS.get(exc.code) or exc.hint or _TPM_HINTS.get(exc.code)
+    if exc.hint:
+        return _CLI_WORDS.get(exc.hint, exc.hint)
+    return _TPM_HINTS.get(exc.code)
 
 
 def verification_hint(exc: VerificationError) -> str | None:
