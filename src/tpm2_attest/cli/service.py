@@ -65,7 +65,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         expected_pcrs=default_pcrs, device_pcrs=device_pcrs, max_body_bytes=args.max_body)
     check_listen(args.host, args.port)
     app = create_app(settings)
-    uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
+    except SystemExit as exc:  # uvicorn exits 3 when it cannot start; 3 means "no TPM" here
+        if exc.code == 3:
+            print("error: the service did not start (uvicorn's reason is above)", file=sys.stderr)
+            return EXIT_FAIL
+        raise
     return EXIT_OK
 
 
