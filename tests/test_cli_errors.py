@@ -163,6 +163,8 @@ ERROR_CALLS = {"_fail", "_bad", "transport_error", "TpmError", "VerificationErro
                "PcrSelectionError", "ParseError"}
 LIBRARY_WORDS_THE_CLI_REPLACES = {("backends/pcp.py", "overwrite=True replaces it")}
 """A library hint naming a Python parameter, which cli.common.hint() replaces."""
+EMULATOR_KNOBS = {"backends/pcp_emulator.py"}
+"""The PCP emulator (a test device) says which of its knobs (``knob x=True``) made an error."""
 
 
 def test_cli_replaces_every_library_hint_that_names_a_parameter() -> None:
@@ -199,7 +201,8 @@ def test_library_errors_name_no_cli_flag_and_no_error_names_a_python_parameter()
     messages = _messages()
     assert len(messages) > 300  # the scan sees the error messages
     flags = [m for m in messages if not m[0].startswith("cli/") and m[0] != "probe.py" and FLAG.search(m[2])]
-    params = [m for m in messages if PARAM.search(m[2]) and (m[0], m[2]) not in LIBRARY_WORDS_THE_CLI_REPLACES]
+    params = [m for m in messages if PARAM.search(m[2]) and (m[0], m[2]) not in LIBRARY_WORDS_THE_CLI_REPLACES
+              and m[0] not in EMULATOR_KNOBS]
     assert not flags, flags
     assert not params, params
 
@@ -259,9 +262,18 @@ def test_exit_codes_are_documented() -> None:
 
 
 def _commands() -> dict[str, argparse.ArgumentParser]:
-    p = build_parser()
-    sub = next(a for a in p._actions if isinstance(a, argparse._SubParsersAction))
-    return dict(sub.choices)
+    """Every command and sub-command (``policy learn``) with its parser."""
+    out: dict[str, argparse.ArgumentParser] = {}
+
+    def walk(prefix: str, parser: argparse.ArgumentParser) -> None:
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for name, sub in action.choices.items():
+                    out[f"{prefix}{name}"] = sub
+                    walk(f"{prefix}{name} ", sub)
+
+    walk("", build_parser())
+    return out
 
 
 def test_every_option_of_every_command_has_help() -> None:
@@ -270,12 +282,17 @@ def test_every_option_of_every_command_has_help() -> None:
         for action in parser._actions:
             if isinstance(action, argparse._HelpAction):
                 continue
+            if isinstance(action, argparse._SubParsersAction):  # each sub-command has a help line
+                missing += [f"{name} {c.dest}" for c in action._choices_actions if not c.help]
+                continue
             if not (action.help or "").strip():
                 missing.append(f"{name} {'/'.join(action.option_strings) or action.dest}")
+    assert "policy learn" in _commands()  # sub-commands are walked too
     assert not missing, missing
 
 
-VERIFIER_COMMANDS = {"make-credential", "verify-ak", "verify-quote", "eventlog", "serve"}
+VERIFIER_COMMANDS = {"make-credential", "verify-ak", "verify-quote", "eventlog", "serve",
+                     "policy learn", "policy check"}
 
 
 def test_verifier_commands_offer_no_tpm_options() -> None:

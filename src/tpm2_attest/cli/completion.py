@@ -56,6 +56,25 @@ def _commands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentPar
     return dict(sub.choices)
 
 
+def _actions(parser: argparse.ArgumentParser) -> list[argparse.Action]:
+    """A command's actions and those of its sub-commands (``policy learn``), once each."""
+    out: list[argparse.Action] = []
+    seen: set[tuple[str, ...]] = set()
+    for a in parser._actions:
+        key = tuple(a.option_strings)
+        if key and key in seen:
+            continue
+        seen.add(key)
+        out.append(a)
+        if isinstance(a, argparse._SubParsersAction):
+            for sub in a.choices.values():
+                for b in _actions(sub):
+                    if b.option_strings and tuple(b.option_strings) not in seen:
+                        seen.add(tuple(b.option_strings))
+                        out.append(b)
+    return out
+
+
 def bash_script(parser: argparse.ArgumentParser) -> str:
     """The bash completion function for ``parser`` (also loaded by zsh's bashcompinit)."""
     commands = _commands(parser)
@@ -65,7 +84,7 @@ def bash_script(parser: argparse.ArgumentParser) -> str:
         opts: list[str] = []
         positional: list[str] = []
         files_positional = False
-        for a in p._actions:
+        for a in _actions(p):
             if not a.option_strings:
                 if a.choices:
                     positional += [str(c) for c in a.choices]
