@@ -89,6 +89,7 @@ def test_library_no_tpm_message_names_no_cli_flag(monkeypatch: pytest.MonkeyPatc
     (["verify-ak", "--ak", "{missing}", "--nonce", "@{missing}"], "--nonce"),
     (["demo", "--embedded", "--ek-root", "{missing}"], "--ek-root"),
     (["attest", "--server", "http://127.0.0.1:1", "--ak", "{missing}"], "--ak"),
+    (["policy", "learn", "--ak", "{missing}", "--quote", "q", "--out", "{out}"], "--ak"),
 ])
 def test_missing_file_names_its_option(tmp_path: Path, args: list[str], option: str) -> None:
     missing = str(tmp_path / "no-such-file")

@@ -17,6 +17,7 @@ from typing import Any, Final, TypeAlias
 
 from .._files import write_atomic
 from ..errors import ErrorCode, TpmError
+from ..evidence import Quote
 from ..progress import terminal_progress
 from ..tpm import FIRST_RESPONSE_TIMEOUT, NOT_A_TPM_HINT, Tpm
 from ..tpm2.selection import PcrSelectionError, parse_pcr_selection
@@ -169,6 +170,17 @@ def write_output(path: str, data: bytes, option: str) -> None:
         raise CommandError(f"{option} {path}: {exc.strerror or exc}") from None
 
 
+def read_quote(path: str, option: str = "--quote") -> Quote:
+    """The quote JSON ``tpm2-attest quote`` wrote; malformed, it is a VerificationError
+    (MALFORMED) naming ``option``, in the verifier's words."""
+    raw = read_input(path, option)
+    try:
+        return Quote.from_json(raw)
+    except TpmError as exc:
+        raise VerificationError(Reason.MALFORMED, f"{option} {path}: {exc.message} (a quote as "
+                                "'tpm2-attest quote' writes it)") from None
+
+
 def hex_or_file(value: str | None, option: str = "--nonce") -> bytes | None:
     """A byte string given as hex, or as ``@FILE`` for a file's contents."""
     if value is None:
@@ -297,6 +309,7 @@ __all__ = [
     "parse_pcrs",
     "pcr_selection",
     "read_input",
+    "read_quote",
     "seconds",
     "tcti_origin",
     "verification_hint",

@@ -9,24 +9,32 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Any
 
 from .. import verify
-from ..evidence import Quote
 from ..policy import SECTIONS, Policy, PolicyError, learn
-from .common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, SubParsers, emit, hex_or_file, output_options
+from .common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_USAGE,
+    SubParsers,
+    emit,
+    hex_or_file,
+    output_options,
+    read_input,
+    read_quote,
+)
 
 
 def _evidence(args: argparse.Namespace) -> tuple[verify.QuoteResult, verify.EventLogResult | None]:
     """Verify --ak, --quote over --nonce, and --event-log against the quote."""
-    ak = verify.check_ak(Path(args.ak).read_bytes())
-    quote = Quote.from_json(Path(args.quote).read_bytes())
+    ak = verify.check_ak(read_input(args.ak, "--ak"))
+    quote = read_quote(args.quote)
     nonce = hex_or_file(args.nonce) or b""
     result = verify.verify_quote(ak, quote, nonce=nonce, allow_empty_nonce=args.allow_empty_nonce)
     log = None
     if args.event_log:
-        log = verify.verify_event_log(Path(args.event_log).read_bytes(), result)
+        log = verify.verify_event_log(read_input(args.event_log, "--event-log"), result)
     return result, log
 
 

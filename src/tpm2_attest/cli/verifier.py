@@ -12,7 +12,6 @@ import argparse
 import json
 
 from .. import verify
-from ..errors import TpmError
 from ..evidence import Quote
 from ..tpm2.constants import HASH_BY_NAME, HASH_SIZES
 from ..tpm2.selection import PcrSelectionError, parse_pcr_selection
@@ -27,6 +26,7 @@ from .common import (
     hex_or_file,
     output_options,
     read_input,
+    read_quote,
     write_output,
 )
 
@@ -130,13 +130,7 @@ def cmd_verify_quote(args: argparse.Namespace) -> int:
         if extra:
             raise UsageError(f"{' and '.join(extra)} go with --message (tpm2_quote's files), "
                              "not with --quote")
-        raw = read_input(args.quote, "--quote")
-        try:
-            quote = Quote.from_json(raw)
-        except TpmError as exc:
-            raise VerificationError(Reason.MALFORMED, f"--quote {args.quote}: {exc.message} "
-                                    "(a quote as 'tpm2-attest quote' writes it; for tpm2_quote's "
-                                    "files use --message, --signature, --pcrs-file)") from None
+        quote = read_quote(args.quote)
         ak, kind = verify.load_ak(ak_data, f"--ak {args.ak}", signature=quote.signature)
         attest = quote.attest
     else:
