@@ -66,10 +66,10 @@ def test_silent_listener_fails_after_the_first_response_timeout(silent_port: int
 
 
 def test_timeout_option_sets_the_wait(silent_port: int) -> None:
-    res = run_cli("ek", "--tcti", f"mssim:port={silent_port}", "--timeout", "0.5", timeout=20)
+    res = run_cli("info", "--tcti", f"mssim:port={silent_port}", "--timeout", "0.5", timeout=20)
     assert res.returncode == EXIT_FAIL, res.stderr
     assert "no complete response within 0.5 s" in res.stderr
-    res = run_cli("ek", "--timeout", "-1")
+    res = run_cli("quote", "--ak", "x", "--timeout", "-1")
     assert res.returncode == 2 and "argument --timeout" in res.stderr
 
 

@@ -159,7 +159,8 @@ def add_parser(sub: SubParsers) -> None:
     s.add_argument("--algorithm", choices=["ecc", "rsa"], default="ecc", help="AK algorithm")
     s.set_defaults(func=cmd_demo)
 
-    s = sub.add_parser("ek", parents=[dev], help="read the endorsement key and certificate")
+    s = sub.add_parser("ek", parents=[device_options(timeout=False)],  # --timeout: the download's
+                       help="read the endorsement key and certificate")
     s.add_argument("--kind", choices=["rsa", "ecc", "ecc384"], default="rsa",
                    help="which EK: RSA 2048, ECC NIST P-256, or ECC P-384 (default rsa)")
     s.add_argument("--out-public", metavar="FILE", help="write the TPM2B_PUBLIC")
@@ -169,7 +170,8 @@ def add_parser(sub: SubParsers) -> None:
     s.add_argument("--certificate-url", metavar="URL", help="fetch from this URL instead (a mirror)")
     s.add_argument("--cache-dir", metavar="DIR", help="keep fetched certificates here, by URL")
     s.add_argument("--offline", action="store_true", help="only read --cache-dir, never the network")
-    s.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS")
+    s.add_argument("--timeout", type=float, default=10.0, metavar="SECONDS",
+                   help="seconds to wait for the certificate download (default 10)")
     s.set_defaults(func=cmd_ek)
 
     s = sub.add_parser("provision-ak", parents=[dev], help="create an attestation key blob")
