@@ -366,8 +366,8 @@ class Tpm:
         if securityfs is None and self.backend.platform not in ("linux",):
             raise TpmError(f"a {self.backend.platform} TPM has no IMA measurement list",
                            code=ErrorCode.UNSUPPORTED,
-                           hint="IMA extends the kernel's TPM; pass securityfs= to read a list "
-                                "kept elsewhere")
+                           hint="IMA extends the kernel's own TPM: a list kept elsewhere is read "
+                                "from the securityfs directory that holds it")
         return read_ima_log(bank, ascii=ascii, offset=offset, securityfs=securityfs)
 
     # -- attestation ----------------------------------------------------------------------------

@@ -127,7 +127,7 @@ def _parse_binary(buf: bytes, alg: str | None, byteorder: str, start: int, base:
                 break
         else:
             raise ImaLogError("cannot frame the first entry with a 20/32/48/64-byte template "
-                              "hash (pass template_hash=)", offset=0, entry=start)
+                              "hash: name the list's template hash algorithm", offset=0, entry=start)
     dsize = algorithms.DIGEST_SIZES[alg]
     u32 = U32_BY_ORDER[order].unpack_from
     n = len(buf)
@@ -316,8 +316,9 @@ def _parse_ascii(buf: bytes, alg: str | None, order: str, start: int, base: int)
             dsize = len(th_hex) // 2
             alg = _SIZES_TO_ALG.get(dsize)
             if alg is None:
-                raise ImaLogError(f"a {dsize}-byte template hash has no default algorithm "
-                                  "(pass template_hash=)", line=lineno, offset=here, entry=index)
+                raise ImaLogError(f"a {dsize}-byte template hash has no default algorithm: "
+                                  "name the list's template hash algorithm", line=lineno,
+                                  offset=here, entry=index)
         if len(th_hex) != 2 * dsize:
             raise ImaLogError(f"template hash of {len(th_hex) // 2} bytes in a list of {dsize}-byte "
                               "hashes", line=lineno, offset=here, entry=index)
