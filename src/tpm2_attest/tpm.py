@@ -39,6 +39,8 @@ FIRST_RESPONSE_TIMEOUT: Final = 5.0
 """Seconds a TPM gets to answer the first command at open time (a TPM2_GetCapability, which
 every TPM answers in milliseconds): what is silent that long is not a TPM, or not this one's
 data port. A ``timeout`` given to :meth:`Tpm.open` replaces it."""
+_NETWORK_TRANSPORTS: Final = frozenset({"swtpm", "mssim"})
+"""Transports whose peer may be something else than a TPM: opening them checks it answers."""
 _FIRST_COMMAND: Final = struct.pack(">HIIIII", TPM_ST.NO_SESSIONS, 22, TPM_CC.GetCapability,
                                     TPM_CAP.TPM_PROPERTIES, TPM_PT.MANUFACTURER, 1)
 NOT_A_TPM_HINT: Final = ("check that this is a TPM: for swtpm, its data port (swtpm socket --server "
@@ -202,9 +204,9 @@ class Tpm:
         and no TPM device exists (an explicit or environment TCTI never falls back).
 
         ``timeout``: seconds each command may take (default: the transport's, 60 s over TCP,
-        120 s for a device). Opening sends one command that must answer within
-        :data:`FIRST_RESPONSE_TIMEOUT` (or ``timeout`` when given), so a peer that is not a TPM
-        fails fast with ``TRANSPORT``."""
+        120 s for a device). Opening a TPM over TCP (swtpm, mssim) sends one command that must
+        answer within :data:`FIRST_RESPONSE_TIMEOUT` (or ``timeout`` when given), so a peer that
+        is not a TPM fails fast with ``TRANSPORT``."""
         resolved, source = resolve_tcti(tcti)
         try:
             if resolved is None:
@@ -216,7 +218,11 @@ class Tpm:
                 return cls.open_embedded(on_command=on_command)
             raise
         try:
-            if transport.kind != "tbs":  # TBS enforces its own timeouts
+            # Only a network peer can be the wrong thing (swtpm's control port, any other server);
+            # a kernel device is a TPM, and one busy with another process's RSA key generation
+            # (tens of seconds on some chips) must not be mistaken for "not a TPM". TBS and the
+            # kernel enforce their own timeouts.
+            if transport.kind in _NETWORK_TRANSPORTS:
                 _check_answers(transport, FIRST_RESPONSE_TIMEOUT if timeout is None else timeout)
             return cls._from_transport(transport, source, srk_handle=srk_handle,
                                        on_command=on_command)
