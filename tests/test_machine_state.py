@@ -407,6 +407,114 @@ def test_windows_boot_configuration_log() -> None:
     assert s.summary()["windows"]["modules"] == 2
 
 
+def _load(digest: bytes | None, *fields: bytes) -> bytes:
+    """A loaded-module aggregation: its Authenticode hash (when given) and other fields."""
+    head = [] if digest is None else [synth.sipa(0x00070004, digest)]
+    return synth.sipa(0x40010003, b"".join(head + list(fields)))
+
+
+def test_windows_modules_are_merged_by_authenticode_hash() -> None:
+    """Windows measures each module twice: its hash alone in PCR 12, the hash with its path,
+    size and signer in PCR 13. go-attestation keys LoadedModules by hash (a later load
+    replacing an earlier one): one module per hash here too, every PCR and load counted."""
+    winload, ntos, anon = b"\x11" * 32, b"\x22" * 32, b"\x33" * 32
+    b = synth.LogBuilder()
+    b.event(12, synth.EV_EVENT_TAG, _wbcl(_load(winload), _load(ntos), _load(anon),
+                                          _load(None, synth.sipa(0x00070001, synth.ucs2z("a")))))
+    b.event(13, synth.EV_EVENT_TAG, _wbcl(
+        _module("\\Windows\\System32\\winload.efi", winload),
+        _load(ntos, synth.sipa(0x00070001, synth.ucs2z("\\Windows\\System32\\ntoskrnl.exe")),
+              synth.sipa(0x0007000A, b"\x00")),       # not validated by this load
+        _load(ntos, synth.sipa(0x0007000A, b"\x01")),  # validated by a third one: still not
+        _load(None, synth.sipa(0x00070001, synth.ucs2z("b")))))
+    b.event(12, synth.EV_SEPARATOR, b"WBCL")
+    w = state_of(b).windows
+    assert w is not None
+    assert [(m.authenticode_hash, m.path, m.pcrs, m.loads, m.image_validated)
+            for m in w.modules] == [
+        (winload, "\\Windows\\System32\\winload.efi", (12, 13), 2, True),
+        (ntos, "\\Windows\\System32\\ntoskrnl.exe", (12, 13), 3, False),
+        (anon, None, (12,), 1, None),
+        (None, "a", (12,), 1, None),   # no hash: nothing to merge by, a module of its own
+        (None, "b", (13,), 1, None)]
+    assert w.modules[0].authority_issuer == "Microsoft Windows Production PCA 2011"
+    assert w.modules[0].hash_algorithm == "sha256" and w.sipa_events == 8 + 15
+    d = w.to_dict()["modules"][1]
+    assert (d["pcr"], d["pcrs"], d["loads"]) == (12, [12, 13], 3)
+
+
+def test_real_windows_modules_merge_into_one_per_hash() -> None:
+    """The GCE Windows log: 128 loads, 64 hashes each measured in PCR 12 then PCR 13."""
+    raw = (LOGS / "windows_gce_shielded_vm_eventlog").read_bytes()
+    log = parse_event_log(raw)
+    res = verify.verify_event_log(raw, log.replay("sha1"), bank="sha1")
+    w = res.state.windows
+    assert w is not None and len(w.modules) == 64 and w.sipa_events == 904
+    assert all(m.pcrs == (12, 13) and m.loads == 2 and m.path and m.image_validated
+               and m.hash_algorithm == "sha256" for m in w.modules)
+    assert len({m.authenticode_hash for m in w.modules}) == 64
+    summary = res.state.summary()["windows"]
+    assert (summary["modules"], summary["module_loads"]) == (64, 128)
+
+
+def test_the_windows_state_is_read_on_first_use_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The WBCL is the bulk of a Windows log and policies judge other parts: it is read when
+    the Windows facts, the notes, to_dict() or summary() are first asked for, once, and the
+    result is the same as reading it at once."""
+    from tpm2_attest import policy
+    from tpm2_attest.eventlog import state as state_module
+
+    raw = (LOGS / "windows_gce_shielded_vm_eventlog").read_bytes()
+    log = parse_event_log(raw)
+    pcrs = log.replay("sha1")
+    eager = verify.verify_event_log(raw, pcrs, bank="sha1").state
+    expected = (eager.windows, eager.notes, eager.to_dict(), eager.summary())
+    calls: list[int] = []
+    real = state_module._windows
+
+    def counted(*args: Any) -> Any:
+        calls.append(1)
+        return real(*args)
+
+    monkeypatch.setattr(state_module, "_windows", counted)
+    res = verify.verify_event_log(raw, pcrs, bank="sha1")
+    learned = policy.learn(None, res)
+    assert learned.evaluate(None, res).ok and calls == []
+    s = res.state
+    assert (s.windows, s.notes, s.to_dict(), s.summary()) == expected and calls == [1]
+    assert s == eager and len(calls) == 1
+
+
+def test_a_failure_reading_the_windows_state_is_a_note(monkeypatch: pytest.MonkeyPatch) -> None:
+    from tpm2_attest.eventlog import state as state_module
+
+    def broken(*args: Any) -> Any:
+        raise KeyError("boom")
+
+    raw = (LOGS / "windows_gce_shielded_vm_eventlog").read_bytes()
+    monkeypatch.setattr(state_module, "_windows", broken)
+    s = verify.verify_event_log(raw, parse_event_log(raw).replay("sha1"), bank="sha1").state
+    assert s.windows is None and s.efi is not None
+    assert s.notes == ("the Windows state could not be read: KeyError: 'boom'",)
+    assert s.summary()["windows"] is None and s.summary()["notes"] == 1
+
+
+def test_notes_of_the_windows_state_share_the_bound() -> None:
+    b = synth.gce_boot(synth.LogBuilder())
+    for i in range(30):
+        b.event(8, synth.EV_IPL, f"grub_cmd: c{i}\0".encode(), measured=b"forged")
+    b.event(12, synth.EV_EVENT_TAG, _wbcl(synth.sipa(0x00020002, struct.pack("<Q", 1)),
+                                          synth.sipa(0x00020002, struct.pack("<Q", 2)),
+                                          struct.pack("<II", 0x00020002, 99)))
+    for _ in range(5):
+        b.event(13, synth.EV_EVENT_TAG, _wbcl(), measured=b"forged")
+    s = state_of(b)
+    notes = s.notes
+    assert len(notes) == 33 and notes[-1].startswith("... and ") and notes[-1].endswith(" more notes")
+    assert sum(1 for n in notes if n.startswith("WBCL:")) == 1  # the room left: 32 - 31
+    assert s.summary()["notes"] == 33
+
+
 def test_hostile_wbcl_nesting_and_lengths_are_bounded() -> None:
     nested = synth.sipa(0x00020002, struct.pack("<Q", 7))
     for _ in range(5000):

@@ -368,6 +368,49 @@ class WindowsState:
         }
 
 
+class _LazyWindows:
+    """The Windows part of a machine state, read from its verified events on first use.
+
+    A Windows boot logs ~1,000 SIPA events in PCRs 12-14; reading them costs several times
+    parsing the whole log, while policies judge other parts. The events (the log's own objects)
+    are kept and read once, when ``MachineState.windows``, ``notes``, ``to_dict()`` or
+    ``summary()`` first needs them; the result is then the same as an eager read."""
+
+    __slots__ = ("_alg", "_efi", "_events", "_result")
+
+    def __init__(self, alg: int, events: dict[int, list[Event]], efi: EfiState | None) -> None:
+        self._alg = alg
+        self._events = events
+        self._efi = efi
+        self._result: tuple[WindowsState | None, tuple[str, ...], int] | None = None
+
+    def resolve(self) -> tuple[WindowsState | None, tuple[str, ...], int]:
+        """(the Windows state, its notes, how many notes were dropped), read once."""
+        result = self._result
+        if result is None:
+            ctx = _Ctx(self._alg, hash_factory(self._alg))
+            try:
+                state = _windows(ctx, self._events, self._efi)
+            except Exception as exc:  # as machine_state: a bug must not make a crash of a log
+                state = None
+                ctx.note(f"the Windows state could not be read: {type(exc).__name__}: "
+                         f"{str(exc)[:200]}")
+            result = self._result = (state, tuple(ctx.notes), ctx.dropped)
+            self._events = {}
+        return result
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _LazyWindows):
+            return self.resolve() == other.resolve()
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self.resolve())
+
+    def __repr__(self) -> str:
+        return repr(self.resolve()[0]) if self._result is not None else "<Windows state, unread>"
+
+
 @dataclass(frozen=True, slots=True)
 class MachineState:
     """Everything a verified event log says about the machine (see the module docstring).
@@ -375,7 +418,8 @@ class MachineState:
     ``verified_pcrs`` are the PCRs the facts come from; each part is None when the PCRs it
     needs were not verified (``platform``: 0, ``secure_boot``: 7, ``efi``: 4, ``grub``: 8/9,
     ``linux``: 8/9/11/12, ``windows``: 12-14) or when the log has no such measurements.
-    ``notes`` says what was seen but not believed, and why."""
+    ``notes`` says what was seen but not believed, and why. ``windows`` is read from its
+    events when first asked for (it is the bulk of a Windows log), with the same result."""
 
     bank: str
     verified_pcrs: frozenset[int]
@@ -384,8 +428,29 @@ class MachineState:
     efi: EfiState | None
     grub: GrubState | None
     linux: LinuxState | None
-    windows: WindowsState | None
-    notes: tuple[str, ...] = ()
+    _windows: WindowsState | _LazyWindows | None = None
+    _notes: tuple[str, ...] = ()
+    _dropped_notes: int = 0
+
+    @property
+    def windows(self) -> WindowsState | None:
+        """The Windows Boot Configuration Log's facts (PCRs 12-14), or None."""
+        w = self._windows
+        return w.resolve()[0] if isinstance(w, _LazyWindows) else w
+
+    @property
+    def notes(self) -> tuple[str, ...]:
+        """What was seen but not believed, and why: at most :data:`MAX_NOTES`, then a count."""
+        notes, dropped = list(self._notes), self._dropped_notes
+        w = self._windows
+        if isinstance(w, _LazyWindows):
+            _, more, more_dropped = w.resolve()
+            room = max(MAX_NOTES - len(notes), 0)
+            notes += more[:room]
+            dropped += more_dropped + max(len(more) - room, 0)
+        if dropped:
+            notes.append(f"... and {dropped} more notes")
+        return tuple(notes)
 
     def to_dict(self) -> dict[str, Any]:
         """The full state, JSON-ready, with the stable keys documented in docs/verifier.md."""
@@ -493,13 +558,13 @@ def _machine_state(log: EventLog, alg: int, pcrs: frozenset[int],
     efi = _efi(ctx, by_pcr) if 4 in pcrs else None
     grub, grub_cmdlines, sd_pcr8, pcr8_other = _grub(ctx, by_pcr)
     linux = _linux(ctx, by_pcr, grub, grub_cmdlines, sd_pcr8, pcr8_other)
-    windows = _windows(ctx, by_pcr, efi)
+    wbcl = {p: by_pcr[p] for p in (12, 13, 14) if by_pcr.get(p)}
+    windows = _LazyWindows(alg, wbcl, efi) if any(
+        ev.type in (_TAG, _SEP) for events in wbcl.values() for ev in events) else None
     if secure_boot is not None and 7 not in pcrs:
         secure_boot = None
-    if ctx.dropped:
-        ctx.notes.append(f"... and {ctx.dropped} more notes")
     return MachineState(bank_name(alg), pcrs, platform, secure_boot, efi, grub, linux, windows,
-                        tuple(ctx.notes))
+                        tuple(ctx.notes), ctx.dropped)
 
 
 def gce_firmware_version(scrtm_version: bytes) -> int | None:
@@ -1022,6 +1087,7 @@ def _summary(s: MachineState) -> dict[str, Any]:
         "dep": w.dep,
         "bitlocker_unlocks": [f for f in w.bitlocker_unlocks[:n]],
         "modules": len(w.modules),
+        "module_loads": sum(m.loads for m in w.modules),
         "modules_sha256": _list_digest(m.authenticode_hash or b"" for m in w.modules),
     }
     out["notes"] = len(s.notes)

@@ -9,14 +9,16 @@ Microsoft's ``wbcl.h`` (as go-attestation reads them).
 
 Decoded: boot counter, cold boot vs resume (transfer control), boot/kernel debugging, test
 signing, code integrity, DEP, safe mode, WinPE, flight signing, BitLocker unlock flags, the
-loaded modules (path, Authenticode hash, hash algorithm, signer). Counted but not decoded: ELAM
-configuration, VBS and hypervisor settings, revocation lists, authorities (PCR 14), KSR.
-The walk is iterative over an explicit stack: linear in the data, whatever the nesting.
+loaded modules (path, Authenticode hash, hash algorithm, signer; the loads of one hash merged
+into one module). Counted but not decoded: ELAM configuration, VBS and hypervisor settings,
+revocation lists, authorities (PCR 14), KSR. The walk is one loop over an explicit stack of
+container ends: linear in the data, whatever the nesting.
 """
 
 from __future__ import annotations
 
 import struct
+from codecs import utf_16_le_decode as _utf16_le_decode
 from dataclasses import dataclass
 from typing import Any, Final
 
@@ -59,7 +61,14 @@ HASH_ALGORITHMS: Final[dict[int, str]] = {
 
 @dataclass(frozen=True, slots=True)
 class WindowsModule:
-    """A module the Windows loader measured (a loaded-module aggregation in PCR 12-14)."""
+    """A module the Windows loader measured (loaded-module aggregations in PCRs 12-14).
+
+    Windows measures a module more than once (its Authenticode hash alone in PCR 12, the same
+    hash with the path, size and signer in PCR 13): the loads of one hash are merged into one
+    module, as go-attestation keys ``LoadedModules`` by hash. ``pcrs`` lists where it was
+    measured, ``loads`` how many aggregations were merged; a field is the last value measured
+    for it, except ``image_validated``, true only when no load said it was not validated. A
+    load without a hash is a module of its own."""
 
     pcr: int
     path: str | None
@@ -69,11 +78,15 @@ class WindowsModule:
     image_validated: bool | None
     authority_issuer: str | None
     authority_publisher: str | None
+    pcrs: tuple[int, ...] = ()
+    loads: int = 1
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description."""
         return {
             "pcr": self.pcr,
+            "pcrs": list(self.pcrs or (self.pcr,)),
+            "loads": self.loads,
             "path": self.path,
             "authenticode_hash": self.authenticode_hash.hex() if self.authenticode_hash else None,
             "hash_algorithm": self.hash_algorithm,
@@ -93,48 +106,68 @@ class WbclReader:
         self.flags: dict[str, bool] = {}
         self.latched_off: dict[str, bool | None] = {"code_integrity": None, "dep": None}
         self.bitlocker_unlocks: list[int] = []
-        self.modules: list[WindowsModule] = []
+        # Authenticode hash (or, for a load without one, its position) -> the merged load:
+        # [first PCR, {field type: value}, PCRs, loads, validated]; decoded by ``modules``.
+        self._modules: dict[bytes | int, list[Any]] = {}
+        self._loads = 0
         self.sipa_events = 0
         self.conflicts: list[str] = []
 
+    @property
+    def modules(self) -> list[WindowsModule]:
+        """The modules measured, one per Authenticode hash, in the order first measured."""
+        return [_module(m) for m in self._modules.values()]
+
     def read(self, pcr: int, tag_id: int, data: bytes) -> bool:
-        """Read one verified tagged event; False when it is not a SIPA container."""
+        """Read one verified tagged event; False when it is not a SIPA container.
+
+        One pass over the data with an explicit stack of container ends: linear in the data
+        whatever the nesting, and no object per SIPA event (a Windows boot logs ~1,000)."""
         if tag_id & TYPE_CLASS_MASK != CONTAINER_CLASS:
             return False
-        # Frames: (position, end, the module being collected or None, finish it at the end).
-        stack: list[tuple[int, int, dict[int, bytes] | None, bool]] = [(0, len(data), None, False)]
-        while stack:
-            pos, end, module, finish = stack.pop()
-            descended = False
-            while pos < end:
-                if end - pos < _HDR.size:
-                    self.conflicts.append(f"PCR {pcr}: truncated SIPA event header")
+        unpack = _HDR.unpack_from
+        event = self._event
+        pos, end = 0, len(data)
+        ends: list[int] = []      # the ends of the enclosing containers
+        module: dict[int, bytes] | None = None  # type -> value of the first such field
+        module_depth = -1
+        count = 0
+        while True:
+            if pos >= end:
+                if module is not None and len(ends) == module_depth:
+                    self._module(pcr, module)
+                    module = None
+                if not ends:
                     break
-                etype, size = _HDR.unpack_from(data, pos)
-                body = pos + _HDR.size
-                if size > end - body:
-                    self.conflicts.append(f"PCR {pcr}: SIPA event 0x{etype:08x} overruns its "
-                                          "container")
-                    break
-                self.sipa_events += 1
-                pos = body + size
+                pos, end = end, ends.pop()
+                continue
+            if end - pos < 8:
+                self.conflicts.append(f"PCR {pcr}: truncated SIPA event header")
+                pos = end
+                continue
+            etype, size = unpack(data, pos)
+            body = pos + 8
+            nxt = body + size
+            if nxt > end:
+                self.conflicts.append(f"PCR {pcr}: SIPA event 0x{etype:08x} overruns its "
+                                      "container")
+                pos = end
+                continue
+            count += 1
+            if etype & 0x000F0000 == 0x00010000 and etype != ELAM_AGGREGATION:
                 if module is None and etype == LOADED_MODULE_AGGREGATION:
-                    stack.append((pos, end, module, finish))
-                    stack.append((body, pos, {}, True))
-                    descended = True
-                    break
-                if etype & TYPE_CLASS_MASK == CONTAINER_CLASS and etype != ELAM_AGGREGATION:
-                    stack.append((pos, end, module, finish))
-                    stack.append((body, pos, module, False))
-                    descended = True
-                    break
-                value = data[body:pos]
-                if module is not None:
-                    module.setdefault(etype, value)
-                else:
-                    self._event(pcr, etype, value)
-            if finish and not descended and module is not None:
-                self._module(pcr, module)
+                    module = {}
+                    module_depth = len(ends) + 1
+                ends.append(end)
+                pos, end = body, nxt
+                continue
+            if module is not None:
+                if etype not in module:
+                    module[etype] = data[body:nxt]
+            else:
+                event(pcr, etype, data[body:nxt])
+            pos = nxt
+        self.sipa_events += count
         return True
 
     def _event(self, pcr: int, etype: int, value: bytes) -> None:
@@ -159,20 +192,43 @@ class WbclReader:
                 self.latched_off[name] = True
 
     def _module(self, pcr: int, f: dict[int, bytes]) -> None:
-        alg = f.get(HASH_ALGORITHM_ID)
-        size = f.get(IMAGE_SIZE)
+        """Merge one loaded-module aggregation (``f``: field type -> the value of the first such
+        field in it) into the module of its Authenticode hash: later values win, as a later
+        load wins in go-attestation, and one unvalidated load makes the module unvalidated."""
+        digest = f.get(AUTHENTICODE_HASH)
+        self._loads += 1
+        key: bytes | int = digest if digest is not None else self._loads
         valid = f.get(IMAGE_VALIDATED)
-        self.modules.append(WindowsModule(
-            pcr=pcr,
-            path=_utf16(f.get(FILE_PATH)),
-            authenticode_hash=f.get(AUTHENTICODE_HASH),
-            hash_algorithm=(HASH_ALGORITHMS.get(int.from_bytes(alg, "little"), f"0x{alg.hex()}")
-                            if alg and len(alg) == 4 else None),
-            image_size=int.from_bytes(size, "little") if size and len(size) == 8 else None,
-            image_validated=(valid[0] == 1) if valid and len(valid) == 1 else None,
-            authority_issuer=_utf16(f.get(AUTHORITY_ISSUER)),
-            authority_publisher=_utf16(f.get(AUTHORITY_PUBLISHER)),
-        ))
+        validated = (valid[0] == 1) if valid is not None and len(valid) == 1 else None
+        m = self._modules.get(key)
+        if m is None:
+            self._modules[key] = [pcr, f, [pcr], 1, validated]
+            return
+        m[1].update(f)
+        if pcr not in m[2]:
+            m[2].append(pcr)
+        m[3] += 1
+        if validated is not None:
+            m[4] = validated and m[4] is not False
+
+
+def _module(record: list[Any]) -> WindowsModule:
+    pcr, f, pcrs, loads, validated = record
+    alg = f.get(HASH_ALGORITHM_ID)
+    size = f.get(IMAGE_SIZE)
+    return WindowsModule(
+        pcr=pcr,
+        path=_utf16(f.get(FILE_PATH)),
+        authenticode_hash=f.get(AUTHENTICODE_HASH),
+        hash_algorithm=((HASH_ALGORITHMS.get(int.from_bytes(alg, "little")) or f"0x{alg.hex()}")
+                        if alg and len(alg) == 4 else None),
+        image_size=int.from_bytes(size, "little") if size and len(size) == 8 else None,
+        image_validated=validated,
+        authority_issuer=_utf16(f.get(AUTHORITY_ISSUER)),
+        authority_publisher=_utf16(f.get(AUTHORITY_PUBLISHER)),
+        pcrs=tuple(pcrs),
+        loads=loads,
+    )
 
 
 _LATCH_ON: Final[dict[int, str]] = {
@@ -195,7 +251,8 @@ _LATCH_OFF: Final[dict[int, tuple[str, int]]] = {
 def _utf16(value: bytes | None) -> str | None:
     if not value:
         return None
-    return value[: len(value) & ~1].decode("utf-16-le", "replace").rstrip("\0")
+    # The codec function itself: bytes.decode("utf-16-le") goes through a Python wrapper.
+    return _utf16_le_decode(value[: len(value) & ~1], "replace", True)[0].rstrip("\0")
 
 
 def bitlocker_flag_names(flags: int) -> list[str]:
