@@ -8,13 +8,16 @@ import json
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from tpm2_attest import policy, verify
 from tpm2_attest.eventlog import (
+    KNOWN_ACTIONS,
     EventLogBankError,
     SecureBootError,
     parse_event_log,
     parse_signature_lists,
     secure_boot_state,
 )
+from tpm2_attest.policy import Policy
 
 try:
     import eventlog_synth as synth
@@ -168,10 +171,116 @@ def test_unexpected_event_type_in_pcr7_is_rejected(etype: int) -> None:
 
 
 def test_unknown_efi_action_is_rejected() -> None:
+    """An unknown PCR 7 action never passes silently: the log verifies and records it (the
+    machine can attest), and a policy's secure_boot section refuses it unless it lists it."""
     def action(b: synth.LogBuilder) -> None:
         b.event(7, synth.EV_EFI_ACTION, b"Something else")
 
-    _fails(action, "unexpected EV_EFI_ACTION")
+    b = synth.secure_boot_log(extra_pcr7=action).builder
+    res = verify.verify_event_log(b.build(), b.expected("sha256"))
+    sb = res.secure_boot
+    assert sb is not None and sb.enabled and res.state.secure_boot == sb
+    assert sb.unknown_actions == ("Something else",) and not sb.dma_protection_disabled
+    for doc in ({"required": True}, {"required": False}, {}):
+        r = Policy.from_dict({"secure_boot": doc}).evaluate(None, res)
+        assert r.failed_rules() == ["secure_boot.unknown_action"]
+        assert "'Something else'" in r.violations[0].detail
+        assert r.violations[0].seen == {"event": sb.actions[0].event_index,
+                                        "action": "Something else"}
+    allowed = {"secure_boot": {"required": True, "allowed_actions": ["Something else"]}}
+    assert Policy.from_dict(allowed).evaluate(None, res).ok
+    assert not Policy.from_dict({"secure_boot": {"allowed_actions": ["Something"]}}).evaluate(
+        None, res).ok  # the whole string, exactly
+
+
+def test_an_action_that_does_not_match_its_digest_is_refused() -> None:
+    """Recording actions is no license to forge one: its data must hash to its digest."""
+    def forged(b: synth.LogBuilder) -> None:
+        b.event(7, synth.EV_EFI_ACTION, b"Something else", measured=b"UEFI Debug Mode")
+
+    _fails(forged, "EV_EFI_ACTION: event data does not match its sha256 digest")
+
+
+# Action strings real firmware measures into PCR 7. HP (ZBook Ultra G1a, BIOS X89 01.05.07, with
+# "Measure Additional DMA Settings: PCR7"), before the Secure Boot variables, as canonical/secboot
+# recognizes it (efi: support HP pre-OS PCR measurements, #556; internal/efi/tcg_events.go).
+HP_DMA = b'"SVM CPU Virtualization":"Enable";"DMA protection":"Enable";"Pre-boot DMA protection":"All PCIe devices";'
+# Intel NUC8v5PNB firmware at Thunderbolt security level 0 (canonical/secboot#553, snapd#17467).
+THUNDERBOLT = b"Security Level is Downgraded to 0"
+
+
+def _real_actions_log() -> synth.LogBuilder:
+    def after(lb: synth.LogBuilder) -> None:
+        lb.event(7, synth.EV_EFI_ACTION, THUNDERBOLT + b"\0", measured=THUNDERBOLT)
+
+    b = synth.secure_boot_log(extra_pcr7=after).builder
+    hp = synth.LogBuilder(banks=b.banks).event(7, synth.EV_EFI_ACTION, HP_DMA).records[0]
+    first = next(i for i, r in enumerate(b.records) if r.pcr == 7)
+    b.records.insert(first, hp)  # before the SecureBoot variable, as HP measures it
+    return b
+
+
+def test_real_firmware_actions_are_recorded() -> None:
+    b = _real_actions_log()
+    res = verify.verify_event_log(b.build(), b.expected("sha256"))
+    sb = res.secure_boot
+    assert sb is not None and sb.enabled and sb.spec_order  # variables only: actions aside
+    assert [(a.text, a.known, a.after_separator) for a in sb.actions] == [
+        (HP_DMA.decode(), None, False), (THUNDERBOLT.decode(), None, False)]  # NUL not hashed
+    assert sb.unknown_actions == (HP_DMA.decode(), THUNDERBOLT.decode())
+    d = sb.to_dict()
+    assert d["unknown_actions"] == [HP_DMA.decode(), THUNDERBOLT.decode()]
+    assert d["actions"][1] == {"event": sb.actions[1].event_index, "text": THUNDERBOLT.decode(),
+                               "after_separator": False, "known": None}
+    summary = res.state.summary()["secure_boot"]
+    assert (summary["actions"], summary["unknown_actions_count"]) == (2, 2)
+    assert summary["unknown_actions"] == [HP_DMA.decode(), THUNDERBOLT.decode()]
+    r = Policy.from_dict({"secure_boot": {"required": True}}).evaluate(None, res)
+    assert [v.rule for v in r.violations] == ["secure_boot.unknown_action"] * 2
+    learned = policy.learn(None, res)
+    doc = learned.to_dict()["secure_boot"]
+    assert doc["allowed_actions"] == [HP_DMA.decode(), THUNDERBOLT.decode()]
+    assert Policy.from_dict(json.loads(json.dumps(learned.to_dict()))).evaluate(None, res).ok
+    only_hp = {"secure_boot": {"required": True, "allowed_actions": [HP_DMA.decode()]}}
+    r = Policy.from_dict(only_hp).evaluate(None, res)
+    assert r.failed_rules() == ["secure_boot.unknown_action"] and "Downgraded" in str(r)
+
+
+def test_action_text_is_the_measured_bytes() -> None:
+    """One character per byte (Latin-1): two different measurements never read alike, and a
+    policy string matches exactly the bytes it spells."""
+    def actions(b: synth.LogBuilder) -> None:
+        b.event(7, synth.EV_EFI_ACTION, "\u00e9".encode("utf-8"))
+        b.event(7, synth.EV_EFI_ACTION, "\u00e9".encode("latin-1"))
+        b.event(7, synth.EV_EFI_ACTION, b"\xff\xfe")
+
+    sb = secure_boot_state(parse_event_log(synth.secure_boot_log(extra_pcr7=actions).build()))
+    assert sb.unknown_actions == ("\u00c3\u00a9", "\u00e9", "\u00ff\u00fe")
+
+
+def test_known_actions_set_their_flags_not_unknown_actions() -> None:
+    sb = secure_boot_state(parse_event_log(synth.secure_boot_log(debug=True).build()))
+    assert sb.debug_mode and sb.unknown_actions == ()
+    assert [(a.text, a.known) for a in sb.actions] == [("UEFI Debug Mode", "debug_mode")]
+    assert set(KNOWN_ACTIONS) == {"UEFI Debug Mode", "DMA Protection Disabled"}
+
+
+def test_many_and_long_actions_stay_bounded() -> None:
+    def actions(b: synth.LogBuilder) -> None:
+        b.event(7, synth.EV_EFI_ACTION, b"x" * 1_000_000)
+        for i in range(1000):
+            b.event(7, synth.EV_EFI_ACTION, f"action {i}".encode())
+
+    b = synth.secure_boot_log(extra_pcr7=actions).builder
+    res = verify.verify_event_log(b.build(), b.expected("sha256"))
+    assert res.secure_boot is not None and len(res.secure_boot.unknown_actions) == 1001
+    summary = res.state.summary()
+    assert len(json.dumps(summary)) < 16_000
+    assert summary["secure_boot"]["unknown_actions_count"] == 1001
+    assert len(summary["secure_boot"]["unknown_actions"]) == 16
+    assert summary["secure_boot"]["unknown_actions"][0] == "x" * 253 + "..."
+    r = Policy.from_dict({"secure_boot": {}}).evaluate(None, res)
+    assert len(r.violations) == 17 and len(json.dumps(r.to_dict())) < 16_000
 
 
 def test_enabled_without_authority_or_keys_is_rejected() -> None:

@@ -60,6 +60,20 @@ def test_eventlog_state_json(capsys: pytest.CaptureFixture[str]) -> None:
     assert rc == 2 and "--bank" in err
 
 
+def test_eventlog_state_text_shows_pcr7_actions(capsys: pytest.CaptureFixture[str],
+                                                tmp_path: Path) -> None:
+    """A log with a firmware action in PCR 7 reads (it used to be refused) and shows it."""
+    def action(b: synth.LogBuilder) -> None:
+        b.event(7, synth.EV_EFI_ACTION, b"Security Level is Downgraded to 0")
+
+    path = tmp_path / "log.bin"
+    path.write_bytes(synth.secure_boot_log(extra_pcr7=action).build())
+    rc, out, _ = run(capsys, "eventlog", str(path), "--state")
+    assert rc == 0 and "Secure Boot state not read" not in out
+    assert "dma_protection_disabled: false" in out
+    assert 'unknown_actions:\n    - "Security Level is Downgraded to 0"' in out
+
+
 # -- policy learn / check -------------------------------------------------------------------------
 
 

@@ -184,9 +184,12 @@ FULL_SB = {"secure_boot": {"required": True, "pk": ["GCE_DEFAULT_PK"], "kek": ["
 
 
 def test_missing_secure_boot_evidence_violates_every_configured_rule() -> None:
-    expected = ["secure_boot.required", "secure_boot.pk", "secure_boot.kek", "secure_boot.db",
-                "secure_boot.forbidden", "secure_boot.dbx_contains", "secure_boot.dbx_min_entries"]
+    expected = ["secure_boot.required", "secure_boot.unknown_action", "secure_boot.pk",
+                "secure_boot.kek", "secure_boot.db", "secure_boot.forbidden",
+                "secure_boot.dbx_contains", "secure_boot.dbx_min_entries"]
     assert rules(FULL_SB, None) == expected
+    # Present, the section always checks PCR 7's actions: without PCR 7 they are unknown.
+    assert rules({"secure_boot": {"required": False}}, None) == ["secure_boot.unknown_action"]
     r = Policy.from_dict(FULL_SB).evaluate(None, result(SB_CERT, drop=(7,)))
     assert r.failed_rules() == expected and "PCR 7 not covered by the quote" in r.violations[0].detail
     r = Policy.from_dict(FULL_SB).evaluate(None, result(SB_CERT))
@@ -205,11 +208,59 @@ def test_missing_secure_boot_evidence_violates_every_configured_rule() -> None:
     ({"dbx": {"contains": {"update": "not base64!"}}}, "secure_boot.dbx.contains.update", "base64"),
     ({"dbx": {"contains": {"update": base64.b64encode(b"\x01" * 40).decode()}}},
      "secure_boot.dbx.contains.update", "not a signature database update"),
+    ({"allowed_actions": "Security Level is Downgraded to 0"}, "secure_boot.allowed_actions",
+     "expected a list"),
+    ({"allowed_actions": ["ok", 0]}, "secure_boot.allowed_actions.1", "string"),
 ])
 def test_bad_secure_boot_documents_name_the_key(doc: Any, key: str, message: str) -> None:
     with pytest.raises(PolicyError) as ei:
         Policy.from_dict({"secure_boot": doc})
     assert ei.value.key == key and message in str(ei.value)
+
+
+def _with_actions(*actions: bytes, debug: bool = False) -> verify.EventLogResult:
+    def extra(b: synth.LogBuilder) -> None:
+        for a in actions:
+            b.event(7, synth.EV_EFI_ACTION, a)
+
+    return built(synth.secure_boot_log(("sha256",), extra_pcr7=extra, debug=debug).builder)
+
+
+def test_dma_protection_disabled_fails_required_unless_allowed() -> None:
+    """"DMA Protection Disabled" (EDK II, measured into PCR 7 when pre-boot DMA protection is
+    supported but off): a device could rewrite memory while firmware verifies the boot. It
+    fails secure_boot.required unless allowed_actions lists it (secboot's
+    PermitInsufficientDMAProtection); it is no unknown action."""
+    res = _with_actions(b"DMA Protection Disabled\0")
+    sb = res.state.secure_boot
+    assert sb is not None and sb.dma_protection_disabled and sb.unknown_actions == ()
+    required = {"required": True, "forbidden": []}
+    r = Policy.from_dict({"secure_boot": required}).evaluate(None, res)
+    assert r.failed_rules() == ["secure_boot.required"] and "DMA" in r.violations[0].detail
+    assert r.violations[0].seen == {"dma_protection_disabled": True}
+    assert rules({"secure_boot": {**required, "allowed_actions": ["DMA Protection Disabled"]}},
+                 res) == []
+    assert rules({"secure_boot": {"required": False}}, res) == []
+    assert rules({"secure_boot": required}, _with_actions()) == []
+
+
+def test_learned_policies_allow_the_actions_seen_but_a_debugger() -> None:
+    res = _with_actions(b"DMA Protection Disabled", b"Vendor setting: on", b"Vendor setting: on")
+    learned = policy.learn(None, res)
+    section = learned.to_dict()["secure_boot"]
+    assert section["allowed_actions"] == ["DMA Protection Disabled", "Vendor setting: on"]
+    assert learned.evaluate(None, res).ok
+    assert Policy.from_dict(learned.to_dict()) == learned
+    other = _with_actions(b"Vendor setting: off")  # (a log with other keys: judge actions only)
+    r = Policy.from_dict({"secure_boot": {"allowed_actions": section["allowed_actions"]}}).evaluate(
+        None, other)
+    assert r.failed_rules() == ["secure_boot.unknown_action"] and "'Vendor setting: off'" in str(r)
+    debugged = _with_actions(debug=True)
+    learned = policy.learn(None, debugged)
+    assert "allowed_actions" not in learned.to_dict()["secure_boot"]
+    assert learned.evaluate(None, debugged).failed_rules() == ["secure_boot.required"]
+    allowing = {"secure_boot": {"required": True, "allowed_actions": ["UEFI Debug Mode"]}}
+    assert rules(allowing, debugged) == ["secure_boot.required"]  # never acceptable
 
 
 def test_an_update_with_other_entry_types_cannot_be_required() -> None:

@@ -162,6 +162,8 @@ def _readable_state(doc: dict[str, Any]) -> dict[str, Any]:
         compact["authorities"] = [a.get("well_known") or a.get("subject") or a.get("variable")
                                   for a in sb["authorities"]]
         compact["debug_mode"] = sb["debug_mode"]
+        compact["dma_protection_disabled"] = sb["dma_protection_disabled"]
+        compact["unknown_actions"] = sb["unknown_actions"]
         doc = {**doc, "secure_boot": compact}
     return doc
 

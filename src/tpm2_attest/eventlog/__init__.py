@@ -44,7 +44,14 @@ from .events import (
     UefiVariableInfo,
 )
 from .parser import parse_event_log
-from .secureboot import Authority, SecureBootState, SignatureDatabase, secure_boot_state
+from .secureboot import (
+    KNOWN_ACTIONS,
+    Authority,
+    EfiAction,
+    SecureBootState,
+    SignatureDatabase,
+    secure_boot_state,
+)
 from .types import EventType, event_type_name
 from .wellknown import BOOTHOLE_SIGNERS, WELL_KNOWN_NAMES, well_known_certificate
 
@@ -89,10 +96,12 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "BOOTHOLE_SIGNERS",
+    "KNOWN_ACTIONS",
     "WELL_KNOWN_NAMES",
     "Authority",
     "DevicePathNode",
     "Digest",
+    "EfiAction",
     "EfiApp",
     "EfiState",
     "Event",

@@ -2,9 +2,11 @@
 
 Event types are not covered by the digests, so every PCR 7 event is accepted only when its
 data hashes to its digest in the chosen bank, and only the event types PCR 7 may hold are
-allowed. As go-attestation does, a variable measured twice or after the PCR 7 separator, a
-second separator or an unexpected EV_EFI_ACTION is refused (SecureBootError). Use this on a
-log whose PCR 7 replay matched a quoted PCR (``verify_event_log`` does exactly that).
+allowed. As go-attestation does, a variable measured twice or after the PCR 7 separator or a
+second separator is refused (SecureBootError). EV_EFI_ACTION strings are recorded, not refused:
+firmware measures its own into PCR 7 (HP's SVM/DMA settings, a lowered Thunderbolt security
+level), which a policy judges (``secure_boot.unknown_action``). Use this on a log whose PCR 7
+replay matched a quoted PCR (``verify_event_log`` does exactly that).
 """
 
 from __future__ import annotations
@@ -34,7 +36,15 @@ _DBT: Final = (guids.EFI_IMAGE_SECURITY_DATABASE, "dbt")
 _DBR: Final = (guids.EFI_IMAGE_SECURITY_DATABASE, "dbr")
 _SPEC_ORDER: Final = (_SB, _PK, _KEK, _DB, _DBX)
 _DATABASES: Final = frozenset({_PK, _KEK, _DB, _DBX, _DBT, _DBR})
-_ACTIONS: Final = {b"UEFI Debug Mode": "debug_mode", b"DMA Protection Disabled": "dma"}
+KNOWN_ACTIONS: Final[dict[str, str]] = {
+    "UEFI Debug Mode": "debug_mode",
+    "DMA Protection Disabled": "dma_protection_disabled",
+}
+"""PCR 7 EV_EFI_ACTION strings whose meaning is known (EDK II's TCG trusted boot chain), by the
+:class:`SecureBootState` flag they set. Both weaken the boot: a UEFI debugger can bypass every
+check, and without pre-boot DMA protection a device can rewrite memory while firmware and boot
+loaders verify what they load. Firmware puts them into PCR 7 so that they change the Secure
+Boot policy's value."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +158,26 @@ class Authority:
 
 
 @dataclass(frozen=True, slots=True)
+class EfiAction:
+    """An EV_EFI_ACTION measured into PCR 7 whose data matches its digest.
+
+    ``text`` is the measured string: its bytes as Latin-1 (one character per byte, so equal
+    texts are equal measurements; ASCII in practice), trailing NULs removed (some firmware
+    NUL-terminates the string, hashed with or without the NUL). ``known`` is the flag a known
+    string sets (:data:`KNOWN_ACTIONS`), None for any other."""
+
+    event_index: int
+    text: str
+    after_separator: bool
+    known: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready description."""
+        return {"event": self.event_index, "text": self.text,
+                "after_separator": self.after_separator, "known": self.known}
+
+
+@dataclass(frozen=True, slots=True)
 class SecureBootState:
     """What PCR 7 says about UEFI Secure Boot (see :func:`secure_boot_state`)."""
 
@@ -166,6 +196,12 @@ class SecureBootState:
     separator_seen: bool
     spec_order: bool
     events: tuple[int, ...]
+    actions: tuple[EfiAction, ...] = ()
+
+    @property
+    def unknown_actions(self) -> tuple[str, ...]:
+        """The PCR 7 action strings whose meaning is not known, in order (see ``actions``)."""
+        return tuple(a.text for a in self.actions if a.known is None)
 
     @property
     def pre_separator_authorities(self) -> tuple[Authority, ...]:
@@ -211,6 +247,8 @@ class SecureBootState:
             "other_variables": [v.to_dict() for v in self.other_variables],
             "debug_mode": self.debug_mode,
             "dma_protection_disabled": self.dma_protection_disabled,
+            "actions": [a.to_dict() for a in self.actions],
+            "unknown_actions": list(self.unknown_actions),
             "shim_validation_disabled": self.shim_validation_disabled,
             "sbat_level": self.sbat_level,
             "separator_seen": self.separator_seen,
@@ -263,9 +301,11 @@ def secure_boot_state(log: EventLog, bank: str | int | None = None) -> SecureBoo
     """Derive the Secure Boot state from the PCR 7 events of ``log``.
 
     ``bank`` (default: sha256 when the log has it, else its first bank) is the bank whose
-    digests authenticate each event's data. Raises SecureBootError for inconsistent PCR 7
-    events (duplicate or post-separator variables, digest mismatches, unexpected event types,
-    malformed databases, Secure Boot enabled without PK/KEK/db or without any authority) and
+    digests authenticate each event's data. EV_EFI_ACTION strings are recorded in ``actions``
+    (those not in :data:`KNOWN_ACTIONS` also in ``unknown_actions``), whatever they say.
+    Raises SecureBootError for inconsistent PCR 7 events (duplicate or post-separator
+    variables, digest mismatches, unexpected event types, malformed databases, Secure Boot
+    enabled without PK/KEK/db or without any authority) and
     EventLogBankError when the bank is missing. The caller must still check that PCR 7
     replays to a quoted value (``verify_event_log`` does).
     """
@@ -285,7 +325,7 @@ def secure_boot_state(log: EventLog, bank: str | int | None = None) -> SecureBoo
     seen_keys: set[tuple[str, str]] = set()
     others: list[MeasuredVariable] = []
     authorities: list[Authority] = []
-    flags = {"debug_mode": False, "dma": False}
+    actions: list[EfiAction] = []
     separator = False
     used: list[int] = []
 
@@ -303,12 +343,10 @@ def secure_boot_state(log: EventLog, bank: str | int | None = None) -> SecureBoo
             _require_digest(ev, alg, "separator")
             separator = True
         elif t == EventType.EV_EFI_ACTION:
-            _require_digest(ev, alg, "EV_EFI_ACTION")
-            flag = _ACTIONS.get(ev.data.rstrip(b"\0"))  # some firmware NUL-terminates
-            if flag is None:
-                raise SecureBootError(f"unexpected EV_EFI_ACTION {ev.data[:64]!r} in PCR 7",
-                                      ev.offset, ev.index)
-            flags[flag] = True
+            measured = ev.data.rstrip(b"\0")  # some firmware NUL-terminates, hashed or not
+            _require_digest(ev, alg, "EV_EFI_ACTION", measured)
+            text = measured.decode("latin-1")
+            actions.append(EfiAction(ev.index, text, separator, KNOWN_ACTIONS.get(text)))
         elif t == EventType.EV_EFI_VARIABLE_DRIVER_CONFIG:
             var = _variable(ev)
             _require_digest(ev, alg, f"variable {var.name}")
@@ -363,11 +401,12 @@ def secure_boot_state(log: EventLog, bank: str | int | None = None) -> SecureBoo
         dbr=dbs.get(_DBR),
         authorities=tuple(authorities),
         other_variables=tuple(others),
-        debug_mode=flags["debug_mode"],
-        dma_protection_disabled=flags["dma"],
+        debug_mode=any(a.known == "debug_mode" for a in actions),
+        dma_protection_disabled=any(a.known == "dma_protection_disabled" for a in actions),
         separator_seen=separator,
         spec_order=_in_spec_order(seen),
         events=tuple(used),
+        actions=tuple(actions),
     )
     if enabled:
         for name, d in (("PK", state.pk), ("KEK", state.kek), ("db", state.db)):

@@ -1038,6 +1038,9 @@ def _summary(s: MachineState) -> dict[str, Any]:
                                           if n is not None}),
         "debug_mode": sb.debug_mode,
         "dma_protection_disabled": sb.dma_protection_disabled,
+        "actions": len(sb.actions),
+        "unknown_actions": [_cut(t, 256) for t in sb.unknown_actions[:n]],
+        "unknown_actions_count": len(sb.unknown_actions),
         "shim_validation_disabled": sb.shim_validation_disabled,
         "sbat_level": _cut(sb.sbat_level, 256),
     }

@@ -9,7 +9,8 @@
   "forbidden": ["CANONICAL_BOOTHOLE", "CISCO_BOOTHOLE", "DEBIAN_BOOTHOLE"],
   "dbx": {"min_entries": 180,
           "contains": {"hashes": ["<sha256 hex>", ...], "certificates": ["CISCO_BOOTHOLE"],
-                       "update": "<base64 of a dbx update file>"}}
+                       "update": "<base64 of a dbx update file>"}},
+  "allowed_actions": ["Security Level is Downgraded to 0"]
 }
 ```
 
@@ -20,7 +21,10 @@ given inline (``update``, base64: Microsoft's authenticated payload or bare sign
 read into ``hashes`` and ``certificates`` when the policy is loaded.
 
 Rule ids: ``secure_boot.required`` (Secure Boot must be on and in force: no UEFI debugger, shim
-validating what it loads), ``secure_boot.pk``,
+validating what it loads, pre-boot DMA protection on unless ``allowed_actions`` lists
+"DMA Protection Disabled"), ``secure_boot.unknown_action`` (PCR 7 holds an EV_EFI_ACTION
+string ``allowed_actions`` does not list, other than the two above; checked whenever the section
+is present), ``secure_boot.pk``,
 ``secure_boot.kek``, ``secure_boot.db`` (a listed certificate is missing from that database),
 ``secure_boot.forbidden`` (a forbidden certificate is in db without dbx revoking it, or verified
 a boot component), ``secure_boot.dbx_contains`` (a listed revocation is missing from dbx),
@@ -67,6 +71,12 @@ if TYPE_CHECKING:
     from ..eventlog.secureboot import SecureBootState, SignatureDatabase
 
 _FINGERPRINT = re.compile(r"[0-9a-fA-F]{64}")
+_DMA_DISABLED = "DMA Protection Disabled"
+
+
+def _short(text: str, limit: int = 256) -> str:
+    """A firmware string cut for a violation (a hostile log's could be megabytes)."""
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 @dataclass(frozen=True, order=True)
@@ -105,8 +115,9 @@ class SecureBootSection(Section):
 
     key: ClassVar[str] = "secure_boot"
     rules: ClassVar[tuple[str, ...]] = (
-        "secure_boot.required", "secure_boot.pk", "secure_boot.kek", "secure_boot.db",
-        "secure_boot.forbidden", "secure_boot.dbx_contains", "secure_boot.dbx_min_entries")
+        "secure_boot.required", "secure_boot.unknown_action", "secure_boot.pk",
+        "secure_boot.kek", "secure_boot.db", "secure_boot.forbidden", "secure_boot.dbx_contains",
+        "secure_boot.dbx_min_entries")
 
     required: bool = False
     pk: tuple[CertificateRef, ...] = ()
@@ -116,6 +127,7 @@ class SecureBootSection(Section):
     dbx_hashes: frozenset[bytes] = frozenset()
     dbx_certificates: tuple[CertificateRef, ...] = ()
     dbx_min_entries: int | None = None
+    allowed_actions: tuple[str, ...] = ()
 
     # -- the document ---------------------------------------------------------------------------
 
@@ -123,7 +135,8 @@ class SecureBootSection(Section):
     def from_dict(cls, doc: Any) -> SecureBootSection:
         """Read the section (see the module docstring); :class:`PolicyError` names the key."""
         top = mapping(doc, cls.key)
-        only_keys(top, cls.key, ("required", "pk", "kek", "db", "forbidden", "dbx"))
+        only_keys(top, cls.key, ("required", "pk", "kek", "db", "forbidden", "dbx",
+                                 "allowed_actions"))
         required = boolean(top["required"], join(cls.key, "required")) if "required" in top else False
         lists = {k: _refs(top[k], join(cls.key, k)) if k in top else () for k in ("pk", "kek", "db")}
         if "forbidden" in top:
@@ -142,8 +155,13 @@ class SecureBootSection(Section):
                 minimum = integer(dbx["min_entries"], join(path, "min_entries"), minimum=0)
             if "contains" in dbx:
                 hashes, certs = _contains(dbx["contains"], join(path, "contains"))
+        actions: tuple[str, ...] = ()
+        if "allowed_actions" in top:
+            path = join(cls.key, "allowed_actions")
+            actions = tuple(dict.fromkeys(string(v, join(path, i)) for i, v in
+                                          enumerate(sequence(top["allowed_actions"], path))))
         return cls(required, lists["pk"], lists["kek"], lists["db"], forbidden, frozenset(hashes),
-                   tuple(dict.fromkeys(certs)), minimum)
+                   tuple(dict.fromkeys(certs)), minimum, actions)
 
     def to_dict(self) -> dict[str, Any]:
         """The section as a document (``from_dict(to_dict())`` gives an equal section)."""
@@ -165,12 +183,15 @@ class SecureBootSection(Section):
             dbx["contains"] = contains
         if dbx:
             out["dbx"] = dbx
+        if self.allowed_actions:
+            out["allowed_actions"] = list(self.allowed_actions)
         return out
 
     # -- judging --------------------------------------------------------------------------------
 
     def _configured(self) -> list[str]:
         rules = ["secure_boot.required"] if self.required else []
+        rules.append("secure_boot.unknown_action")  # whenever the section is present
         rules += [f"secure_boot.{n}" for n in ("pk", "kek", "db") if getattr(self, n)]
         if self.forbidden:
             rules.append("secure_boot.forbidden")
@@ -201,6 +222,12 @@ class SecureBootSection(Section):
                 yield Violation("secure_boot.required", "shim's signature validation is disabled "
                                 "(MokSBState set): shim loads GRUB and kernels unverified",
                                 seen={"shim_validation_disabled": True}, wanted=True)
+            if sb.dma_protection_disabled and _DMA_DISABLED not in self.allowed_actions:
+                yield Violation("secure_boot.required", "pre-boot DMA protection was disabled "
+                                "(\"DMA Protection Disabled\" in PCR 7): a device could rewrite "
+                                "memory while firmware verified the boot",
+                                seen={"dma_protection_disabled": True}, wanted=True)
+        yield from self._unknown_actions(sb)
         for name, db in (("pk", sb.pk), ("kek", sb.kek), ("db", sb.db)):
             wanted: tuple[CertificateRef, ...] = getattr(self, name)
             if wanted:
@@ -216,6 +243,16 @@ class SecureBootSection(Section):
                 yield Violation("secure_boot.dbx_min_entries",
                                 f"dbx has {n} entries, at least {self.dbx_min_entries} required",
                                 seen=n, wanted=self.dbx_min_entries)
+
+    def _unknown_actions(self, sb: SecureBootState) -> Iterator[Violation]:
+        allowed = set(self.allowed_actions)
+        found = [Violation("secure_boot.unknown_action",
+                           f"PCR 7 holds the firmware action {_short(a.text)!r} (event "
+                           f"{a.event_index}), which the policy does not allow",
+                           seen={"event": a.event_index, "action": _short(a.text)},
+                           wanted=[_short(t) for t in self.allowed_actions[:MAX_LISTED]])
+                 for a in sb.actions if a.known is None and a.text not in allowed]
+        yield from capped(found)
 
     def _forbidden(self, sb: SecureBootState) -> Iterator[Violation]:
         bad = {r.fingerprint: r.text for r in self.forbidden}
@@ -264,8 +301,9 @@ class SecureBootSection(Section):
     @classmethod
     def learn(cls, evidence: Evidence) -> SecureBootSection | None:
         """The Secure Boot state seen: on/off, every PK/KEK/db certificate, the dbx as a floor
-        (everything it revokes, and its size), and the BootHole signers forbidden when the
-        machine neither trusts nor booted with them."""
+        (everything it revokes, and its size), the BootHole signers forbidden when the
+        machine neither trusts nor booted with them, and the PCR 7 action strings seen
+        (except "UEFI Debug Mode") as ``allowed_actions``."""
         sb = _secure_boot(evidence)
         if sb is None:
             return None
@@ -286,8 +324,11 @@ class SecureBootSection(Section):
             CertificateRef(fingerprint_of(n), n) for n in BOOTHOLE_SIGNERS))
         present = {v.seen for v in candidate._forbidden(sb)}
         forbidden = tuple(r for r in candidate.forbidden if r.text not in present)
+        # Every action string seen but the debugger's (never acceptable): the unknown ones,
+        # and "DMA Protection Disabled" when the machine booted so.
+        actions = tuple(dict.fromkeys(a.text for a in sb.actions if a.known != "debug_mode"))
         return cls(sb.enabled, refs(sb.pk), refs(sb.kek), refs(sb.db), forbidden, hashes,
-                   dbx_certs, minimum)
+                   dbx_certs, minimum, actions)
 
 
 def _contains(value: Any, path: str) -> tuple[set[bytes], list[CertificateRef]]:
