@@ -326,7 +326,8 @@ class WindowsState:
     ``safe_mode``, ``winpe``, ``flight_signing``) are true when any event set them;
     ``code_integrity`` and ``dep`` are true only when every event said so (None: never said).
     ``bitlocker_unlocks`` holds the FVEB unlock flags of each BitLocker unlock (PCR 12),
-    ``boot_manager`` the PCR 4 application whose path is Windows' boot manager."""
+    ``boot_manager`` the PCR 4 application whose path is Windows' boot manager, ``modules``
+    one :class:`WindowsModule` per Authenticode hash (its loads in PCRs 12 and 13 merged)."""
 
     boot_manager: EfiApp | None
     boot_count: int | None
