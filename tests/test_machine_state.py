@@ -483,6 +483,9 @@ def test_the_windows_state_is_read_on_first_use_only(monkeypatch: pytest.MonkeyP
     s = res.state
     assert (s.windows, s.notes, s.to_dict(), s.summary()) == expected and calls == [1]
     assert s == eager and len(calls) == 1
+    read = MachineState(s.bank, s.verified_pcrs, s.platform, s.secure_boot, s.efi, s.grub,
+                        s.linux, s.windows, s.notes)
+    assert read == s and hash(read) == hash(s)
 
 
 def test_a_failure_reading_the_windows_state_is_a_note(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -400,19 +400,11 @@ class _LazyWindows:
             self._events = {}
         return result
 
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, _LazyWindows):
-            return self.resolve() == other.resolve()
-        return NotImplemented
-
-    def __hash__(self) -> int:
-        return hash(self.resolve())
-
     def __repr__(self) -> str:
         return repr(self.resolve()[0]) if self._result is not None else "<Windows state, unread>"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, eq=False)
 class MachineState:
     """Everything a verified event log says about the machine (see the module docstring).
 
@@ -432,6 +424,19 @@ class MachineState:
     _windows: WindowsState | _LazyWindows | None = None
     _notes: tuple[str, ...] = ()
     _dropped_notes: int = 0
+
+    def _facts(self) -> tuple[Any, ...]:
+        return (self.bank, self.verified_pcrs, self.platform, self.secure_boot, self.efi,
+                self.grub, self.linux, self.windows, self.notes)
+
+    def __eq__(self, other: object) -> bool:
+        """Equal facts (whether the Windows part was read yet or not)."""
+        if not isinstance(other, MachineState):
+            return NotImplemented
+        return self._facts() == other._facts()
+
+    def __hash__(self) -> int:
+        return hash(self._facts())
 
     @property
     def windows(self) -> WindowsState | None:
