@@ -162,12 +162,34 @@ def test_relabelled_event_is_not_trusted() -> None:
     _fails(relabel, "does not match its sha256 digest")
 
 
-@pytest.mark.parametrize("etype", [synth.EV_IPL, synth.EV_EFI_VARIABLE_BOOT, 0x12345678])
+@pytest.mark.parametrize("etype", [synth.EV_IPL, synth.EV_EFI_VARIABLE_BOOT])
 def test_unexpected_event_type_in_pcr7_is_rejected(etype: int) -> None:
+    """A standard TCG event type that has no place in PCR 7 makes the log inconsistent."""
     def odd(b: synth.LogBuilder) -> None:
         b.event(7, etype, synth.uefi_variable(synth.EFI_GLOBAL_VARIABLE, "SecureBoot", b"\x01"))
 
     _fails(odd, "unexpected")
+
+
+@pytest.mark.parametrize("etype", [0x8401, 0x12345678])
+def test_vendor_event_in_pcr7_is_recorded_and_refused_unless_allowed(etype: int) -> None:
+    """A vendor event type (AMD's TSME event is 0x8401, handled by canonical/secboot) does not
+    make the log unverifiable; its digest, what was extended, is what a policy may allow."""
+    def vendor(b: synth.LogBuilder) -> None:
+        b.event(7, etype, b"\x01\x00 vendor data")
+
+    b = synth.secure_boot_log(extra_pcr7=vendor).builder
+    res = verify.verify_event_log(b.build(), b.expected("sha256"))
+    sb = res.secure_boot
+    assert sb is not None and sb.enabled
+    (act,) = sb.actions
+    digest = hashlib.sha256(b"\x01\x00 vendor data").digest().hex()
+    assert act.event_type == f"0x{etype:08x}" or act.event_type.endswith(f"{etype:x}")
+    assert act.text == f"{act.event_type} {digest}" and act.known is None
+    r = Policy.from_dict({"secure_boot": {"required": True}}).evaluate(None, res)
+    assert r.failed_rules() == ["secure_boot.unknown_action"]
+    allowed = {"secure_boot": {"required": True, "allowed_actions": [act.text]}}
+    assert Policy.from_dict(allowed).evaluate(None, res).ok
 
 
 def test_unknown_efi_action_is_rejected() -> None:
@@ -231,7 +253,8 @@ def test_real_firmware_actions_are_recorded() -> None:
     d = sb.to_dict()
     assert d["unknown_actions"] == [HP_DMA.decode(), THUNDERBOLT.decode()]
     assert d["actions"][1] == {"event": sb.actions[1].event_index, "text": THUNDERBOLT.decode(),
-                               "after_separator": False, "known": None}
+                               "after_separator": False, "known": None,
+                               "type": "EV_EFI_ACTION"}
     summary = res.state.summary()["secure_boot"]
     assert (summary["actions"], summary["unknown_actions_count"]) == (2, 2)
     assert summary["unknown_actions"] == [HP_DMA.decode(), THUNDERBOLT.decode()]

@@ -36,6 +36,9 @@ _DBT: Final = (guids.EFI_IMAGE_SECURITY_DATABASE, "dbt")
 _DBR: Final = (guids.EFI_IMAGE_SECURITY_DATABASE, "dbr")
 _SPEC_ORDER: Final = (_SB, _PK, _KEK, _DB, _DBX)
 _DATABASES: Final = frozenset({_PK, _KEK, _DB, _DBX, _DBT, _DBR})
+_REFUSED_IN_PCR7: Final = frozenset(int(t) for t in EventType)
+"""Standard event types PCR 7 does not hold except those handled by name: one of them in PCR 7
+is an inconsistent log. Types outside the TCG registry (vendor events) are recorded instead."""
 KNOWN_ACTIONS: Final[dict[str, str]] = {
     "UEFI Debug Mode": "debug_mode",
     "DMA Protection Disabled": "dma_protection_disabled",
@@ -159,21 +162,26 @@ class Authority:
 
 @dataclass(frozen=True, slots=True)
 class EfiAction:
-    """An EV_EFI_ACTION measured into PCR 7 whose data matches its digest.
+    """A firmware action in PCR 7: an EV_EFI_ACTION whose data matches its digest, or an event
+    of a type this library does not interpret (e.g. AMD's TSME event, type 0x8401).
 
-    ``text`` is the measured string: its bytes as Latin-1 (one character per byte, so equal
-    texts are equal measurements; ASCII in practice), trailing NULs removed (some firmware
-    NUL-terminates the string, hashed with or without the NUL). ``known`` is the flag a known
-    string sets (:data:`KNOWN_ACTIONS`), None for any other."""
+    ``text`` is the measured string of an EV_EFI_ACTION: its bytes as Latin-1 (one character
+    per byte, so equal texts are equal measurements; ASCII in practice), trailing NULs removed
+    (some firmware NUL-terminates the string, hashed with or without the NUL). For an event of
+    another type, whose data cannot be checked against its digest, ``text`` is
+    ``"<type name> <digest hex>"``: the digest is what was extended, so allowing that text
+    allows exactly that measurement. ``known`` is the flag a known string sets
+    (:data:`KNOWN_ACTIONS`), None for any other; ``event_type`` the event's type name."""
 
     event_index: int
     text: str
     after_separator: bool
     known: str | None = None
+    event_type: str = "EV_EFI_ACTION"
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready description."""
-        return {"event": self.event_index, "text": self.text,
+        return {"event": self.event_index, "type": self.event_type, "text": self.text,
                 "after_separator": self.after_separator, "known": self.known}
 
 
@@ -386,9 +394,19 @@ def secure_boot_state(log: EventLog, bank: str | int | None = None) -> SecureBoo
             _require_digest(ev, alg, ev.type_name)
             others.append(MeasuredVariable(var.guid, var.name, var.value, ev.index,
                                            ev.type_name))
-        else:
+        elif t in _REFUSED_IN_PCR7:
             raise SecureBootError(f"unexpected {ev.type_name} event in PCR 7", ev.offset,
                                   ev.index)
+        else:
+            # A type we do not interpret (vendor events such as AMD's TSME, 0x8401): its data
+            # proves nothing, its digest is what was extended. Recorded, never trusted: a
+            # policy refuses it unless it allows that exact measurement.
+            digest = ev.digest(alg)
+            if digest is None:
+                raise SecureBootError(f"{ev.type_name} event has no {bank_name(alg)} digest",
+                                      ev.offset, ev.index)
+            actions.append(EfiAction(ev.index, f"{ev.type_name} {digest.hex()}", separator,
+                                     None, ev.type_name))
 
     state = SecureBootState(
         bank=bank_name(alg),
