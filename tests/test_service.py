@@ -15,7 +15,6 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
-from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -47,7 +46,6 @@ with warnings.catch_warnings():  # newest Starlette prefers httpx2 for its TestC
 
 from tpm2_attest.service.store import (  # noqa: E402 (needs the extra)
     FAILED,
-    Base,
     DeviceRecord,
     EnrollmentRecord,
     Store,
@@ -79,12 +77,13 @@ class Clock:
 class InProcess(ServiceClient):
     """The stdlib client's protocol code, carried by FastAPI's TestClient instead of urllib."""
 
-    def __init__(self, http: TestClient) -> None:
-        super().__init__("http://testserver")
+    def __init__(self, http: TestClient, token: str | None = None) -> None:
+        super().__init__("http://testserver", token=token)
         self.http = http
 
-    def post(self, path: str, body: Any) -> dict[str, Any]:
-        r = self.http.post(path, json=body)
+    def request(self, method: str, path: str, body: Any = None) -> dict[str, Any]:
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        r = self.http.request(method, path, json=body, headers=headers)
         if r.status_code >= 400:
             raise self._refusal(r.status_code, r.content)
         return self._decode(r.status_code, r.content)
@@ -265,20 +264,38 @@ def test_expired_nonce(http: TestClient, tpm: Tpm, device: Enrollment, clock: Cl
     assert post_quote(http, cid, tpm.quote(device.ak_blob, pcrs=[0], qualifying_data=nonce)).status_code == 200
 
 
-def test_pcr_policy(http: TestClient, tpm: Tpm, device: Enrollment, settings: Settings, clock: Clock) -> None:
+def test_pcr_policy_file_seeds_the_policies(http: TestClient, tpm: Tpm, device: Enrollment, settings: Settings,
+                                            clock: Clock, tmp_path: Path) -> None:
+    """The PCR file of earlier releases still works: it seeds the database's policies."""
     now = tpm.pcr.read([0, 16])
-    good = replace(settings, expected_pcrs={"sha256": now})
+    file = tmp_path / "pcrs.json"
+    file.write_text(json.dumps({"default": {"sha256": {str(i): v.hex() for i, v in now.items()}}}))
+    good = settings.replace(pcr_policy=file)
     with TestClient(create_app(good, clock=clock)) as c:
-        assert attest(tpm, InProcess(c), device.device_id, device.ak_blob, pcrs=[0, 16])["ok"]
+        verdict = attest(tpm, InProcess(c), device.device_id, device.ak_blob, pcrs=[0, 16])
+        assert verdict["ok"] and verdict["policies"] == [{"name": "default", "version": 1}]
+        assert verdict["status"] == "trusted"
         with pytest.raises(ServiceError) as info:  # an expected PCR the quote does not cover
             attest(tpm, InProcess(c), device.device_id, device.ak_blob, pcrs=[0])
-        assert info.value.code == "PCR_VALUE_MISMATCH"
-    # A device's own policy replaces the global one.
-    per_device = replace(good, device_pcrs={device.device_id: {"sha256": {16: b"\x01" * 32}}})
-    with TestClient(create_app(per_device, clock=clock)) as c:
+        assert info.value.code == "POLICY_VIOLATION" and info.value.status == 403
+        assert info.value.extra["rules"] == ["pcrs.not_quoted"] and "PCR 16" in info.value.detail
+    # A device's own policy replaces the default one.
+    file.write_text(json.dumps({"default": {"sha256": {str(i): v.hex() for i, v in now.items()}},
+                                "devices": {device.device_id: {"sha256": {"16": "01" * 32}}}}))
+    with TestClient(create_app(good, clock=clock)) as c:
         with pytest.raises(ServiceError) as info:
             attest(tpm, InProcess(c), device.device_id, device.ak_blob, pcrs=[0, 16])
-        assert info.value.code == "PCR_VALUE_MISMATCH" and info.value.status == 403
+        assert info.value.code == "POLICY_VIOLATION" and info.value.extra["rules"] == ["pcrs.value"]
+    store = store_of(settings)
+    try:
+        rec = store.device(device.device_id)
+        assert rec is not None and rec.status == "failed"
+        last = store.attestations(device.device_id)[-1]
+        assert last.policies == [{"name": f"device-{device.device_id}", "version": 1}]
+        assert last.violations is not None and last.violations[0]["rule"] == "pcrs.value"
+        assert last.result is not None and last.result["pcrs"]["16"] == now[16].hex()  # what was seen
+    finally:
+        store.close()
 
 
 def test_event_log_is_replayed(fresh_swtpm: EmbeddedSwtpm, settings: Settings, clock: Clock) -> None:
@@ -360,7 +377,7 @@ def test_reenrollment_is_a_policy_decision(http: TestClient, tpm: Tpm, device: E
         enroll(tpm, InProcess(http))
     assert info.value.code == "ALREADY_ENROLLED" and info.value.status == 409
 
-    with TestClient(create_app(replace(settings, allow_reenroll=True), clock=clock)) as c:
+    with TestClient(create_app(settings.replace(allow_reenroll=True), clock=clock)) as c:
         again = enroll(tpm, InProcess(c))
         assert again.device_id != device.device_id and again.info["replaced_devices"] == [device.device_id]
         refused(c.post("/v1/attest/challenge", json={"device_id": device.device_id}), 404, "UNKNOWN_DEVICE")
@@ -382,14 +399,14 @@ def test_ek_certificate_policy(swtpm: EmbeddedSwtpm, tpm: Tpm, settings: Setting
     other.mkdir()
     (other / "unrelated.der").write_bytes(ecc.certificate)
     (other / "README").write_text("ignored")
-    wrong = replace(settings, ek_roots=(other,), ek_intermediates=())
+    wrong = settings.replace(ek_roots=(other,), ek_intermediates=())
     with TestClient(create_app(wrong, clock=clock)) as c:
         refused(c.post("/v1/enroll/begin", json={"ek_public": b64(ek.public), "ek_certificate": b64(ek.certificate or b"")}),
                 403, "EK_CERT_CHAIN")
     with pytest.raises(ValueError, match="no EK root"):
-        create_app(replace(settings, ek_roots=()), clock=clock)
+        create_app(settings.replace(ek_roots=()), clock=clock)
     # Trust on first use, when the operator says so.
-    tofu = replace(settings, ek_roots=(), ek_intermediates=(), require_ek_certificate=False,
+    tofu = settings.replace(ek_roots=(), ek_intermediates=(), require_ek_certificate=False,
                    database_url=f"sqlite:///{tmp_path / 'tofu.db'}")
     with TestClient(create_app(tofu, clock=clock)) as c:
         dev = enroll(tpm, InProcess(c))
@@ -406,7 +423,7 @@ def test_pcp_device_enrolls_and_attests(swtpm: EmbeddedSwtpm, http: TestClient, 
     with Tpm.open_pcp_emulator(swtpm.tcti, state, privilege="standard") as user:
         assert attest(user, InProcess(http), dev.device_id, dev.ak_blob, pcrs=[0, 7])["ok"]
     # PCP identity keys sign with SHA-1: a service that refuses SHA-1 refuses them at enrollment.
-    strict = replace(settings, allow_sha1=False, database_url=f"sqlite:///{tmp_path / 'strict.db'}")
+    strict = settings.replace(allow_sha1=False, database_url=f"sqlite:///{tmp_path / 'strict.db'}")
     with TestClient(create_app(strict, clock=clock)) as c, \
             Tpm.open_pcp_emulator(swtpm.tcti, state, privilege="system") as system:
         with pytest.raises(ServiceError) as info:
@@ -487,16 +504,27 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
     not POSTGRES_URL, reason="set TPM2_ATTEST_TEST_POSTGRES_URL to run against PostgreSQL"))]
 
 
+def reset_postgres(url: str) -> None:
+    """An empty database: every table of an earlier run (and Alembic's version table) dropped."""
+    from sqlalchemy import text
+
+    store = Store(url, create_schema=False, pool_size=1)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(text("DROP SCHEMA public CASCADE"))
+            conn.execute(text("CREATE SCHEMA public"))
+    finally:
+        store.close()
+
+
 @pytest.fixture(params=BACKENDS)
 def backend_settings(request: pytest.FixtureRequest, settings: Settings) -> Iterator[Settings]:
     if request.param == "sqlite":
         yield settings
         return
     assert POSTGRES_URL
-    store = Store(POSTGRES_URL, create_schema=False)
-    Base.metadata.drop_all(store.engine)
-    store.close()
-    yield replace(settings, database_url=POSTGRES_URL)
+    reset_postgres(POSTGRES_URL)
+    yield settings.replace(database_url=POSTGRES_URL)
 
 
 def test_one_active_device_per_ek_is_a_database_constraint(backend_settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""``tpm2-attest serve | enroll | attest``: run the service, or be a device talking to it.
+"""``tpm2-attest serve | db | enroll | attest``: run the service, or be a device talking to it.
 
 ``enroll`` and ``attest`` need only the standard library (and a TPM); ``serve`` needs the
 ``service`` extra and says how to install it when it is missing.
@@ -14,7 +14,6 @@ from typing import Any
 
 from .._files import write_atomic
 from ..service.errors import ServiceError
-from ..service.settings import DEFAULT_DATABASE_URL, Settings, load_pcr_policy_file, parse_ca_spec
 from .common import (
     EXIT_FAIL,
     EXIT_OK,
@@ -25,11 +24,13 @@ from .common import (
     emit,
     one_bank,
     open_tpm,
-    pcr_selection,
-    read_input,
+    output_options,
+    parse_pcrs,
 )
 
 INSTALL_HINT = "pip install 'tpm2-attest[service]'"
+DEFAULT_DATABASE_URL = "sqlite:///tpm2-attest.db"
+"""The same as ``service.settings.DEFAULT_DATABASE_URL`` (that module needs the extra)."""
 DEFAULT_AK_FILE = "tpm2-attest-ak.json"
 
 
@@ -41,38 +42,104 @@ def _refused(args: argparse.Namespace, exc: ServiceError) -> int:
     return EXIT_FAIL
 
 
+def _server_settings(args: argparse.Namespace) -> Any:
+    """Settings from the serve flags that were given, the environment and the config file."""
+    from ..service.settings import Settings
+
+    flags = {
+        "database_url": args.db, "ek_roots": args.ek_root, "ek_intermediates": args.ek_intermediate,
+        "require_ek_certificate": False if args.allow_missing_ek_certificate else None,
+        "allow_reenroll": True if args.allow_reenroll else None, "nonce_ttl": args.nonce_ttl,
+        "enrollment_ttl": args.enrollment_ttl, "allow_sha1": False if args.no_sha1 else None,
+        "pcr_policy": args.pcr_policy, "max_body_bytes": args.max_body, "freshness": args.freshness,
+        "challenge_rate": args.challenge_rate, "challenge_rate_window": args.challenge_rate_window,
+        "sweep_interval": args.sweep_interval, "retention": args.retention, "threads": args.threads,
+        "workers": args.workers, "host": args.host, "port": args.port, "log_format": args.log_format,
+        "log_level": args.log_level, "header_timeout": args.header_timeout,
+        "body_timeout": args.body_timeout, "max_connections": args.max_connections,
+    }
+    return Settings.load(args.config, **flags)
+
+
+def _missing_extra(exc: ImportError) -> int:
+    print(f"error: this command needs the service extra ({exc.name or exc} is missing): {INSTALL_HINT}",
+          file=sys.stderr)
+    return EXIT_USAGE
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Run the service under uvicorn until interrupted."""
+    """Run the service under uvicorn until interrupted (several processes with --workers)."""
     try:
         import uvicorn
 
+        from ..service import migrate
         from ..service.app import create_app
+        from ..service.http import protocol
+        from ..service.logs import configure
+        from ..service.runner import SETTINGS_ENV
+        from ..service.settings import SettingsError
+        from ..service.store import Store
     except ImportError as exc:
-        print(f"error: 'serve' needs the service extra ({exc.name or exc} is missing): {INSTALL_HINT}",
-              file=sys.stderr)
-        return EXIT_USAGE
-    default_pcrs, device_pcrs = (load_pcr_policy_file(args.pcr_policy) if args.pcr_policy else (None, {}))
-    ek_roots, ek_vendors = parse_ca_spec(args.ek_root or [])
-    ak_roots, ak_vendors = parse_ca_spec(args.ak_root or [])
-    settings = Settings(
-        database_url=args.db, ek_roots=ek_roots, ek_vendor_cas=ek_vendors,
-        ek_intermediates=tuple(Path(p) for p in args.ek_intermediate or ()),
-        ek_ca_exclude=tuple(args.ek_ca_exclude or ()), ek_ca_validity=args.ek_ca_validity,
-        ak_certificate_enrollment=args.enroll_by_ak_certificate, ak_roots=ak_roots, ak_vendor_cas=ak_vendors,
-        ak_intermediates=tuple(Path(p) for p in args.ak_intermediate or ()),
-        require_ek_certificate=not args.allow_missing_ek_certificate, allow_reenroll=args.allow_reenroll,
-        nonce_ttl=args.nonce_ttl, enrollment_ttl=args.enrollment_ttl, allow_sha1=not args.no_sha1,
-        expected_pcrs=default_pcrs, device_pcrs=device_pcrs, max_body_bytes=args.max_body)
-    check_listen(args.host, args.port)
-    app = create_app(settings)
+        return _missing_extra(exc)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
-    except SystemExit as exc:  # uvicorn exits 3 when it cannot start; 3 means "no TPM" here
-        if exc.code == 3:
-            print("error: the service did not start (uvicorn's reason is above)", file=sys.stderr)
-            return EXIT_FAIL
-        raise
+        settings = _server_settings(args)
+    except SettingsError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    configure(settings.log_format, settings.log_level)
+    try:  # create an empty schema once, before any worker starts; refuse one that is behind
+        Store(settings.database_url, pool_size=1).close()
+    except migrate.SchemaError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_FAIL
+    common = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
+              "http": protocol(), "timeout_keep_alive": 5}
+    if settings.workers == 1:
+        try:
+            app = create_app(settings)
+        except (SettingsError, migrate.SchemaError) as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_USAGE
+        uvicorn.run(app, **common)
+        return EXIT_OK
+    import os
+    import tempfile
+
+    os.environ[SETTINGS_ENV] = settings.model_dump_json()
+    with tempfile.TemporaryDirectory(prefix="tpm2-attest-metrics-") as shared:
+        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", shared)  # counters summed over workers
+        uvicorn.run("tpm2_attest.service.runner:app_from_environment", factory=True,
+                    workers=settings.workers, **common)
     return EXIT_OK
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """``db upgrade`` / ``db status``: the schema of the service's database."""
+    try:
+        from ..service import migrate
+        from ..service.store import Store
+    except ImportError as exc:
+        return _missing_extra(exc)
+    from ..service.settings import DEFAULT_DATABASE_URL
+
+    url = args.db or __import__("os").environ.get("TPM2_ATTEST_DATABASE_URL") or DEFAULT_DATABASE_URL
+    store = Store(url, create_schema=False, pool_size=1)
+    try:
+        if args.db_command == "upgrade":
+            before, after = migrate.upgrade(store.engine, args.revision)
+            obj = {"ok": True, "before": before, "after": after}
+            emit(args, obj, lambda: print(f"database at revision {after}" + (
+                f" (was {before or 'a release before migrations or empty'})" if before != after else
+                " (already up to date)")))
+            return EXIT_OK
+        st = migrate.state(store.engine)
+        obj = {"ok": st.up_to_date, "current": st.current, "head": st.head, "legacy": st.legacy, "empty": st.empty}
+        emit(args, obj, lambda: print(
+            f"revision {st.current or ('none (a release before migrations)' if st.legacy else 'none (empty)')}, "
+            f"this release needs {st.head}: " + ("up to date" if st.up_to_date else "run 'tpm2-attest db upgrade'")))
+        return EXIT_OK if st.up_to_date else EXIT_FAIL
+    finally:
+        store.close()
 
 
 def cmd_enroll(args: argparse.Namespace) -> int:
@@ -128,13 +195,21 @@ def cmd_attest(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: SubParsers) -> None:
-    """Add ``serve``, ``enroll`` and ``attest`` to the main CLI."""
-    parents = [device_options(timeout=False)]  # --timeout is the HTTP timeout here
-    s = subparsers.add_parser("serve", help="run the enrollment + attestation service (needs the service extra)",
-                              description="Run the HTTP service (uvicorn). Put it behind TLS in production.")
-    s.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    s.add_argument("--port", type=int, default=8080, help="TCP port to listen on (default 8080)")
-    s.add_argument("--db", default=DEFAULT_DATABASE_URL, metavar="URL",
+    """Add ``serve``, ``db``, ``enroll`` and ``attest`` to the main CLI."""
+    parents = [device_options()]
+    s = subparsers.add_parser(
+        "serve", help="run the enrollment + attestation service (needs the service extra)",
+        description="Run the HTTP service (uvicorn). Every option can also come from the environment "
+                    "(TPM2_ATTEST_<SETTING>, e.g. TPM2_ATTEST_NONCE_TTL) or a config file (--config); "
+                    "flags win over the environment, the environment over the file. Put it behind TLS "
+                    "in production.")
+    s.add_argument("--config", metavar="FILE", help="TOML (or .json) file of settings (default: $TPM2_ATTEST_CONFIG)")
+    s.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    s.add_argument("--port", type=int, help="default 8080")
+    s.add_argument("--workers", type=int, metavar="N", help="server processes (default 1; use PostgreSQL for more)")
+    s.add_argument("--threads", type=int, metavar="N",
+                   help="request threads per process, and database connections (default 16)")
+    s.add_argument("--db", metavar="URL",
                    help=f"SQLAlchemy URL (default {DEFAULT_DATABASE_URL}; postgresql://... needs the postgres extra)")
     s.add_argument("--ek-root", "--ek-roots", dest="ek_root", action="append", metavar="PATH|vendors[:NAMES]",
                    help="trusted EK root CA: PEM/DER file or directory; 'vendors' trusts the shipped TPM "
@@ -151,19 +226,43 @@ def add_parser(subparsers: SubParsers) -> None:
     s.add_argument("--ak-intermediate", action="append", metavar="PATH", help="AK intermediate CA (repeatable)")
     s.add_argument("--allow-missing-ek-certificate", action="store_true",
                    help="enroll TPMs without an EK certificate (trust on first use)")
-    s.add_argument("--allow-reenroll", action="store_true", help="let an enrolled EK enroll again (revokes its old device)")
-    s.add_argument("--nonce-ttl", type=float, default=300.0, metavar="SECONDS",
-                   help="how long an attestation nonce stays valid (default 300)")
-    s.add_argument("--enrollment-ttl", type=float, default=300.0, metavar="SECONDS",
-                   help="how long an enrollment challenge stays valid (default 300)")
+    s.add_argument("--allow-reenroll", action="store_true",
+                   help="let every enrolled EK enroll again (revokes its old device); see 'admin allow-reenroll' for one")
+    s.add_argument("--nonce-ttl", type=float, metavar="SECONDS", help="how long a challenge stays open (default 300)")
+    s.add_argument("--enrollment-ttl", type=float, metavar="SECONDS", help="how long an enrollment stays open (default 300)")
     s.add_argument("--no-sha1", action="store_true", help="refuse SHA-1 AKs and quotes (refuses Windows PCP AKs)")
     s.add_argument("--pcr-policy", metavar="FILE",
-                   help='expected PCRs: {"default": {"sha256": {"7": "<hex>"}}, "devices": {"<id>": {...}}}')
-    s.add_argument("--max-body", type=int, default=1 << 20, metavar="BYTES",
-                   help="largest request body accepted (default 1 MiB; larger ones get HTTP 413)")
-    s.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
-                   help="server log level (default info)")
+                   help="seed the database's policies: a policy document, or "
+                        '{"default": {"sha256": {"7": "<hex>"}}, "devices": {"<id>": {...}}}')
+    s.add_argument("--freshness", type=float, metavar="SECONDS",
+                   help="how long a passing attestation keeps a device trusted (default 3600)")
+    s.add_argument("--challenge-rate", type=int, metavar="N", help="challenges per device per window (default 10; 0: no limit)")
+    s.add_argument("--challenge-rate-window", type=float, metavar="SECONDS", help="default 60")
+    s.add_argument("--sweep-interval", type=float, metavar="SECONDS",
+                   help="seconds between sweeps of expired rows and stale devices (default 60; 0: never)")
+    s.add_argument("--retention", type=float, metavar="SECONDS",
+                   help="keep expired challenges and unfinished enrollments this long (default 3600)")
+    s.add_argument("--max-body", type=int, metavar="BYTES", help="largest request body (default 1 MiB)")
+    s.add_argument("--header-timeout", type=float, metavar="SECONDS",
+                   help="close connections whose request headers take longer (default 10)")
+    s.add_argument("--body-timeout", type=float, metavar="SECONDS", help="408 when a body takes longer (default 30)")
+    s.add_argument("--max-connections", type=int, metavar="N", help="503 beyond this many open connections (default 1024)")
+    s.add_argument("--log-format", choices=["text", "json"], help="default text")
+    s.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="default info")
     s.set_defaults(func=cmd_serve)
+
+    s = subparsers.add_parser("db", parents=[output_options()], help="the service database's schema (migrations)",
+                              description="Show or upgrade the schema of the service's database. 'serve' "
+                                          "creates it in an empty database and refuses one that is behind.")
+    db = s.add_subparsers(dest="db_command", required=True, metavar="ACTION")
+    for name, what in (("upgrade", "upgrade the schema to this release's (back the database up first)"),
+                       ("status", "show the schema's revision (exit 1 when behind)")):
+        d = db.add_parser(name, parents=[output_options()], help=what)
+        d.add_argument("--db", metavar="URL", help="SQLAlchemy URL (default $TPM2_ATTEST_DATABASE_URL, "
+                       f"else {DEFAULT_DATABASE_URL})")
+        if name == "upgrade":
+            d.add_argument("--revision", default="head", help=argparse.SUPPRESS)
+        d.set_defaults(func=cmd_db)
 
     s = subparsers.add_parser("enroll", parents=parents, help="enroll this TPM with a service")
     s.add_argument("--server", required=True, metavar="URL", help="the service's base URL")

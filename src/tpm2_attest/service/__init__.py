@@ -1,9 +1,9 @@
 """Enrollment + attestation over HTTP: the server (``create_app``) and the device client.
 
-The client (:func:`enroll`, :func:`attest`), :class:`Settings` and the error types need only the
-standard library. The server needs the ``service`` extra (FastAPI, uvicorn, SQLAlchemy,
-pydantic: ``pip install 'tpm2-attest[service]'``); ``create_app`` and ``Store`` are imported on
-first use so that a device without the extra can still enroll and attest.
+The client (:func:`enroll`, :func:`attest`) and the error types need only the standard library.
+The server needs the ``service`` extra (FastAPI, uvicorn, SQLAlchemy, Alembic, pydantic-settings,
+prometheus-client: ``pip install 'tpm2-attest[service]'``); ``create_app``, ``Settings`` and
+``Store`` are imported on first use so that a device without the extra can still enroll and attest.
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from typing import TYPE_CHECKING, Any
 
 from .client import Enrollment, ServiceClient, attest, enroll
 from .errors import ServiceCode, ServiceError
-from .settings import Settings
 
 if TYPE_CHECKING:
     from .app import create_app
+    from .hooks import StatusChange, StatusHooks
+    from .settings import Settings, SettingsError
     from .store import Store
 
 __all__ = [
@@ -24,6 +25,9 @@ __all__ = [
     "ServiceCode",
     "ServiceError",
     "Settings",
+    "SettingsError",
+    "StatusChange",
+    "StatusHooks",
     "Store",
     "attest",
     "create_app",
@@ -40,4 +44,12 @@ def __getattr__(name: str) -> Any:
         from .store import Store
 
         return Store
+    if name in ("Settings", "SettingsError"):
+        from . import settings
+
+        return getattr(settings, name)
+    if name in ("StatusChange", "StatusHooks"):
+        from . import hooks
+
+        return getattr(hooks, name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The HTTP face of the service: ``create_app(settings)`` returns a FastAPI application.
 
-Endpoints (all ``POST``, JSON, binary fields base64; see docs/service.md):
+Device endpoints (``POST``, JSON, binary fields base64; see docs/service.md):
 
 * ``/v1/enroll/begin`` {ek_public, ek_certificate?} -> {enrollment_id, nonce, expires_at}
 * ``/v1/enroll/ak`` {enrollment_id, ak_blob} -> {challenge}
@@ -8,28 +8,40 @@ Endpoints (all ``POST``, JSON, binary fields base64; see docs/service.md):
 * ``/v1/enroll/ak-certificate`` {enrollment_id, ak_blob, ak_certificate} -> {device_id, ...}
   (opt-in: enrollment by a cloud vTPM's certified AK, instead of ``ak`` + ``finish``)
 * ``/v1/attest/challenge`` {device_id} -> {challenge_id, nonce, expires_at}
-* ``/v1/attest`` {challenge_id, quote, event_log?, ima_log?, ima_offset?} -> {ok, pcrs, ...}
+* ``/v1/attest`` {challenge_id, quote, event_log?} -> {ok, pcrs, status, ...}
 
-plus ``GET /v1/health``. Refusals are ``{"error": {"code", "reason", "detail"}}`` with a 4xx
-status (:mod:`.errors`). Handlers are plain ``def``: FastAPI runs them in its thread pool, since
-the store and the signature checks block.
+plus ``GET /v1/health``, ``GET /metrics`` and the operator API under ``/v1/admin``
+(:mod:`.admin`). Refusals are ``{"error": {"code", "reason", "detail"}}`` with a 4xx status
+(:mod:`.errors`), database failures 503, faults of the service 500, all JSON. Handlers are
+plain ``def``: FastAPI runs them in its thread pool (sized by ``Settings.threads``, as is the
+database pool), since the store and the signature checks block.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Final
 
+import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .._version import __version__
 from ..verify import VerificationError
+from . import admin, policies
 from .core import AttestationService, Clock
 from .errors import VERIFICATION_STATUS, ServiceCode, ServiceError
+from .hooks import StatusHooks
+from .http import LIMITS_KEY, BodyTimeout, JsonRoute, Observe
+from .metrics import CONTENT_TYPE, Metrics
 from .models import (
     AttestRequest,
     AttestResponse,
@@ -49,70 +61,128 @@ from .models import (
 from .settings import Settings
 from .store import Store
 
+log = logging.getLogger("tpm2_attest.service")
+
 _ERRORS: Final[dict[int | str, dict[str, Any]]] = {
-    status: {"model": ErrorResponse} for status in (403, 404, 409, 410, 413, 422)
+    status: {"model": ErrorResponse} for status in (403, 404, 409, 410, 413, 422, 429, 503)
 }
 
 
-def _error(code: str, detail: str, status: int, reason: str | None = None) -> JSONResponse:
-    return JSONResponse(ServiceError(code, detail, status=status, reason=reason).to_dict(), status_code=status)
+def _error(err: ServiceError, request: Request | None = None) -> JSONResponse:
+    metrics: Metrics | None = getattr(request.app.state, "metrics", None) if request is not None else None
+    if metrics is not None:
+        metrics.refusals.labels(err.code).inc()
+    return JSONResponse(err.to_dict(), status_code=err.status, headers=err.headers or None)
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
-               store: Store | None = None) -> FastAPI:
-    """Build the service for ``settings`` (defaults: :class:`Settings`).
+               store: Store | None = None, hooks: StatusHooks | None = None) -> FastAPI:
+    """Build the service for ``settings`` (defaults: :class:`Settings` from the environment).
 
-    ``store`` defaults to one on ``settings.database_url`` (closed at shutdown); ``clock``
-    returns the current UTC time (tests inject one). Raises ValueError for settings the
-    service cannot honour (e.g. EK certificates required but no root configured).
+    ``store`` defaults to one on ``settings.database_url`` (closed at shutdown; its schema is
+    created when the database is empty, refused when behind: ``tpm2-attest db upgrade``);
+    ``clock`` returns the current UTC time (tests inject one); ``hooks`` receives device status
+    changes. Policies in ``settings.pcr_policy`` seed the database. Raises SettingsError (a
+    ValueError) for settings the service cannot honour.
     """
     settings = settings or Settings()
     owned = store is None
-    db = store if store is not None else Store(settings.database_url)
+    db = store if store is not None else Store(settings.database_url, pool_size=settings.threads)
     try:
-        service = AttestationService(settings, db, clock=clock)
+        service = AttestationService(settings, db, clock=clock, hooks=hooks)
+        if settings.pcr_policy is not None:
+            with db.session() as s:
+                policies.seed(s, settings.pcr_policy, service.clock())
     except BaseException:
         if owned:
             db.close()
         raise
+    metrics = Metrics(db, service.clock)
+
+    async def sweeper() -> None:
+        while True:
+            await asyncio.sleep(settings.sweep_interval)
+            try:
+                await anyio.to_thread.run_sync(service.sweep)
+            except Exception:
+                log.exception("the sweep of expired rows failed")
 
     @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        yield
-        if owned:
-            db.close()
+    async def lifespan(_app: FastAPI) -> AsyncIterator[dict[str, Any]]:
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
+        task = asyncio.create_task(sweeper()) if settings.sweep_interval > 0 else None
+        try:
+            yield {LIMITS_KEY: (settings.header_timeout, settings.max_connections)}
+        finally:
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if owned:
+                db.close()
 
     app = FastAPI(title="tpm2-attest", version=__version__, lifespan=lifespan,
                   max_body_size=settings.max_body_bytes,
                   description="TPM 2.0 device enrollment (EK certificate, AK, credential "
-                              "activation) and attestation (quotes over single-use nonces).")
+                              "activation), attestation (quotes over single-use nonces) and the "
+                              "operator API.")
+    app.router.route_class = JsonRoute
     app.state.service = service
+    app.state.metrics = metrics
+    app.add_middleware(Observe, body_timeout=settings.body_timeout,
+                       count=lambda route, method, status: metrics.requests.labels(route, method, str(status)).inc())
 
     @app.exception_handler(ServiceError)
-    async def _service_error(_request: Request, exc: ServiceError) -> JSONResponse:
-        return JSONResponse(exc.to_dict(), status_code=exc.status)
+    async def _service_error(request: Request, exc: ServiceError) -> JSONResponse:
+        return _error(exc, request)
 
     @app.exception_handler(VerificationError)
-    async def _verification_error(_request: Request, exc: VerificationError) -> JSONResponse:
-        return _error(exc.reason.value, exc.detail, VERIFICATION_STATUS, exc.reason.value)
+    async def _verification_error(request: Request, exc: VerificationError) -> JSONResponse:
+        return _error(ServiceError(exc.reason.value, exc.detail, status=VERIFICATION_STATUS,
+                                   reason=exc.reason.value), request)
 
     @app.exception_handler(RequestValidationError)
-    async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         # Name the field and the problem, never echo the input (it may hold a secret).
         problems = [f"{'.'.join(str(p) for p in e.get('loc', ()))}: {e.get('msg', 'invalid')}"
                     for e in exc.errors()]
-        return _error(ServiceCode.INVALID_REQUEST, "; ".join(problems[:10]), 422)
+        return _error(ServiceError(ServiceCode.INVALID_REQUEST, "; ".join(problems[:10])), request)
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_request: Request, exc: StarletteHTTPException) -> JSONResponse:
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {413: ServiceCode.BODY_TOO_LARGE, 404: ServiceCode.NOT_FOUND}.get(exc.status_code)
         detail = (f"request bodies are limited to {settings.max_body_bytes} bytes"
                   if exc.status_code == 413 else str(exc.detail))
-        return _error(code or f"HTTP_{exc.status_code}", detail, exc.status_code)
+        return _error(ServiceError(code or f"HTTP_{exc.status_code}", detail, status=exc.status_code), request)
+
+    @app.exception_handler(BodyTimeout)
+    async def _slow_body(request: Request, _exc: BodyTimeout) -> JSONResponse:
+        response = _error(ServiceError(ServiceCode.REQUEST_TIMEOUT,
+                                       f"the request body must arrive within {settings.body_timeout:g} s"), request)
+        response.headers["Connection"] = "close"
+        return response
+
+    @app.exception_handler(DBAPIError)
+    async def _database(request: Request, exc: DBAPIError) -> JSONResponse:
+        log.error("database error: %s", type(exc.orig).__name__ if exc.orig is not None else type(exc).__name__,
+                  exc_info=exc)
+        return _error(ServiceError(ServiceCode.DATABASE_UNAVAILABLE,
+                                   "the database cannot serve this request now; retry later",
+                                   headers={"Retry-After": "5"}), request)
+
+    @app.exception_handler(Exception)
+    async def _fault(request: Request, exc: Exception) -> JSONResponse:
+        log.error("internal error", exc_info=exc)
+        return _error(ServiceError(ServiceCode.INTERNAL_ERROR,
+                                   "the service failed; the request id in the logs tells more"), request)
 
     @app.get("/v1/health")
     def health() -> HealthResponse:
         return HealthResponse(version=__version__)
+
+    @app.get("/metrics", include_in_schema=False)
+    def prometheus() -> Response:
+        return Response(metrics.render(), media_type=CONTENT_TYPE)
 
     @app.post("/v1/enroll/begin", responses=_ERRORS)
     def enroll_begin(body: EnrollBeginRequest) -> EnrollBeginResponse:
@@ -153,9 +223,20 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
 
     @app.post("/v1/attest", responses=_ERRORS)
     def attest(body: AttestRequest) -> AttestResponse:
-        """Verify a quote over a challenge's nonce with the device's enrolled AK."""
-        r = service.attest(body.challenge_id, body.quote.model_dump(), body.event_log,
-                           body.ima_log, body.ima_offset)
-        return AttestResponse(attestation_id=r.attestation_id, device_id=r.device_id, **r.result)
+        """Verify a quote over a challenge's nonce with the device's enrolled AK, judge it by the
+        device's policies."""
+        started = time.perf_counter()
+        outcome = "refused"
+        try:
+            r = service.attest(body.challenge_id, body.quote.model_dump(), body.event_log)
+            outcome = "passed"
+        finally:
+            metrics.attestation.labels(outcome).observe(time.perf_counter() - started)
+        return AttestResponse(attestation_id=r.attestation_id, device_id=r.device_id, policies=r.policies,
+                              status=r.status, fresh_until=r.fresh_until, **r.result)
 
+    app.include_router(admin.router(service))
     return app
+
+
+__all__ = ["create_app"]

@@ -78,22 +78,36 @@ def _str(obj: Mapping[str, Any], key: str) -> str:
 
 
 class ServiceClient:
-    """POST JSON to one service; returns the decoded object or raises ServiceError.
+    """JSON requests to one service; returns the decoded object or raises ServiceError.
 
-    ``post`` is the only transport method: a subclass may carry the same requests another way
-    (the tests drive the in-process application through it)."""
+    ``request`` is the only transport method: a subclass may carry the same requests another
+    way (the tests drive the in-process application through it). ``token`` is sent as
+    ``Authorization: Bearer`` (the operator API needs one; device endpoints ignore it)."""
 
-    def __init__(self, server_url: str, *, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, server_url: str, *, timeout: float = DEFAULT_TIMEOUT, token: str | None = None) -> None:
         parts = urllib.parse.urlsplit(server_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"server URL must be http:// or https://, not {server_url!r}")
         self.base = server_url.rstrip("/")
         self.timeout = timeout
+        self.token = token
 
     def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
-        data = json.dumps(body).encode("utf-8")
-        req = urllib.request.Request(self.base + path, data=data, method="POST", headers={
-            "Content-Type": "application/json", "Accept": "application/json"})
+        return self.request("POST", path, body)
+
+    def get(self, path: str, query: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """GET ``path`` with ``query`` parameters (None values left out)."""
+        params = {k: v for k, v in (query or {}).items() if v is not None}
+        return self.request("GET", path + (f"?{urllib.parse.urlencode(params)}" if params else ""))
+
+    def request(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        data = None if body is None else json.dumps(body).encode("utf-8")
+        headers = {"Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if self.token:
+            headers["Authorization"] = f"Bearer {self.token}"
+        req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
         try:
             with urllib.request.urlopen(req, timeout=self.timeout) as resp:
                 raw = resp.read(MAX_RESPONSE + 1)
@@ -127,8 +141,9 @@ class ServiceClient:
                 return ServiceError(ServiceCode.BODY_TOO_LARGE, "the request body is too large", status=status)
             return ServiceError(ServiceCode.BAD_RESPONSE, f"HTTP {status} without an error object", status=status)
         reason = err.get("reason")
+        extra = {k: v for k, v in err.items() if k not in ("code", "reason", "detail")}
         return ServiceError(err["code"], str(err.get("detail") or ""), status=status,
-                            reason=reason if isinstance(reason, str) else None)
+                            reason=reason if isinstance(reason, str) else None, extra=extra)
 
 
 def _client(server: str | ServiceClient, timeout: float) -> ServiceClient:

@@ -12,11 +12,12 @@ What each step proves (see docs/service.md):
   the EK's private key and an object with that AK Name: the AK lives in the same TPM as the
   EK. Only then is the device registered, once.
 * ``attest``: a quote signed by the registered AK over a single-use nonce: the enrolled TPM
-  still holds the AK and its PCRs had these values. It says nothing about which process or
-  user asked for the quote (the brief's threat model).
+  still holds the AK and its PCRs had these values; then the device's policies judge them.
+  It says nothing about which process or user asked for the quote.
 
-Verification is delegated to :mod:`tpm2_attest.verify`; this module decides what is asked,
-what is remembered and in which order steps may come.
+Each call uses one database session. ``attest`` reads the challenge and its device in one
+query, verifies outside any write, then spends the challenge and records the outcome in ONE
+transaction: a crash leaves a challenge either unspent or spent with its record.
 """
 
 from __future__ import annotations
@@ -33,22 +34,29 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from sqlalchemy.orm import Session
 
 from .. import verify
 from ..errors import TpmError
 from ..evidence import CredentialChallenge, Quote
 from ..verify import Reason, VerificationError
+from . import store
 from .errors import ServiceCode, ServiceError
-from .settings import Settings
+from .hooks import StatusChange, StatusHooks
+from .policies import PolicyCache, Verdict, judge
+from .settings import Settings, SettingsError, describe
 from .store import (
     AK_RECEIVED,
     BEGUN,
     FAILED,
+    FAILED_STATUS,
+    STALE,
+    TRUSTED,
     AlreadyEnrolled,
-    AttestationRecord,
     ChallengeRecord,
     DeviceRecord,
     EnrollmentRecord,
+    PendingAttestation,
     StateConflict,
     Store,
 )
@@ -61,6 +69,15 @@ NONCE_SIZE: Final = 32
 Clock = Callable[[], datetime]
 
 _NEXT_STEP: Final = {BEGUN: "POST /v1/enroll/ak", AK_RECEIVED: "POST /v1/enroll/finish"}
+
+DEVICE_FAULTS: Final = frozenset({
+    Reason.PCR_DIGEST_MISMATCH, Reason.PCR_VALUE_MISMATCH, Reason.PCR_SELECTION,
+    Reason.EVENT_LOG_MALFORMED, Reason.EVENT_LOG_REPLAY_MISMATCH, Reason.EVENT_LOG_BANK_MISSING,
+    Reason.SECURE_BOOT,
+})
+"""Refusals that turn a device ``failed``: raised only after the quote verified as the device's
+own over the fresh nonce. Anything earlier (a bad signature, a wrong nonce, a used or expired
+challenge) is recorded but leaves the status alone: anyone can post to a device's challenge."""
 
 
 def utc_now() -> datetime:
@@ -105,11 +122,13 @@ class AttestationPassed:
     device_id: str
     result: dict[str, Any]
     """bank, pcrs {index: hex}, clock, reset_count, restart_count, safe, firmware_version,
-    event_log (the ``EventLogResult`` summary) when a log was posted, ima (the ``ImaResult``
-    summary with its incremental state) when an IMA list was."""
+    and event_log (the ``EventLogResult`` summary) when a log was posted."""
+    policies: list[dict[str, Any]]
+    status: str
+    fresh_until: datetime
 
 
-@functools.lru_cache(maxsize=1024)
+@functools.lru_cache(maxsize=4096)
 def _ak_public(public: bytes, allow_sha1: bool) -> verify.AkPublic:
     """AkPublic of a stored AK, parsed once (it also caches the AK's quote layouts)."""
     return verify.AkPublic.from_public(public, allow_sha1=allow_sha1)
@@ -134,16 +153,37 @@ def ek_name(ek_public: bytes) -> bytes:
     return name
 
 
+@dataclass
+class _Outcome:
+    """What answering one challenge came to, before it is recorded."""
+
+    error: ServiceError | VerificationError | None = None
+    result: dict[str, Any] | None = None
+    verdict: Verdict | None = None
+    state: dict[str, Any] | None = None
+    device_fault: bool = False
+
+    @property
+    def code(self) -> str | None:
+        if self.error is None:
+            return None
+        return self.error.code if isinstance(self.error, ServiceError) else self.error.reason.value
+
+
 class AttestationService:
     """The protocol over a :class:`Store`; raises ServiceError or VerificationError to refuse.
 
-    ``clock`` returns the current UTC time (tests inject one to expire nonces).
+    ``clock`` returns the current UTC time (tests inject one to expire nonces); ``hooks``
+    receives every device status change.
     """
 
-    def __init__(self, settings: Settings, store: Store, *, clock: Clock | None = None) -> None:
+    def __init__(self, settings: Settings, store_: Store, *, clock: Clock | None = None,
+                 hooks: StatusHooks | None = None) -> None:
         self.settings = settings
-        self.store = store
+        self.store = store_
         self.clock: Clock = clock or utc_now
+        self.hooks = hooks or StatusHooks()
+        self.policy_cache = PolicyCache()
         self.ek_roots = settings.load_ek_roots()
         self.ek_intermediates = settings.load_ek_intermediates()
         self.ak_roots = settings.load_ak_roots() if settings.ak_certificate_enrollment else []
@@ -153,8 +193,10 @@ class AttestationService:
                              "(serve: --ak-root FILE or --ak-root vendors:Google; Settings: ak_roots, "
                              "ak_vendor_cas)")
         if settings.require_ek_certificate and not self.ek_roots:
-            raise ValueError("require_ek_certificate is set but no EK root CA is configured "
-                             "(give ek_roots, or turn require_ek_certificate off to trust EKs on first use)")
+            raise SettingsError(
+                f"an EK certificate is required but no EK root CA is configured: give {describe('ek_roots')}, "
+                f"or pass --allow-missing-ek-certificate (TPM2_ATTEST_REQUIRE_EK_CERTIFICATE=false) to "
+                "trust EKs on first use")
 
     # -- enrollment -----------------------------------------------------------------------------
 
@@ -181,108 +223,79 @@ class AttestationService:
         elif self.settings.require_ek_certificate:
             raise ServiceError(ServiceCode.EK_CERTIFICATE_REQUIRED,
                                "this service enrolls only TPMs whose EK certificate chains to its roots")
-        if (not self.settings.allow_reenroll
-                and self.store.active_device_for_ek(name, ek_key_id(ek_public)) is not None):
-            raise ServiceError(ServiceCode.ALREADY_ENROLLED, "this EK already belongs to an enrolled device")
         now = self.clock()
         record = EnrollmentRecord(
             id=secrets.token_urlsafe(24), state=BEGUN, created_at=now,
             expires_at=now + timedelta(seconds=self.settings.enrollment_ttl),
             ek_public=bytes(ek_public), ek_name=name, ek_cert_fingerprint=fingerprint,
             ek_cert_verified=verified, nonce=os.urandom(NONCE_SIZE))
-        self.store.add(record)
+        with self.store.session() as s:
+            existing = store.active_device_for_ek(s, name, ek_key_id(ek_public))
+            if existing is not None and not (self.settings.allow_reenroll or existing.reenroll_allowed):
+                raise ServiceError(ServiceCode.ALREADY_ENROLLED, "this EK already belongs to an enrolled device")
+            s.add(record)
+            s.commit()
         log.info("enrollment %s begun: EK %s, certificate %s", _short(record.id), name.hex()[:16],
                  "verified" if verified else ("unverified" if fingerprint else "absent"))
         return EnrollmentBegun(record.id, record.nonce, record.expires_at)
 
     def submit_ak(self, enrollment_id: str, ak_blob: bytes) -> CredentialChallenge:
         """Check the AK blob against the enrollment nonce; answer with a credential challenge."""
-        rec = self._open_enrollment(enrollment_id, BEGUN)
-        try:
-            ak = verify.check_ak(ak_blob, nonce=rec.nonce, allow_sha1=self.settings.allow_sha1)
-            challenge, secret = verify.make_credential(rec.ek_public, ak.name)
-        except VerificationError as exc:
-            self._fail(rec, BEGUN, exc.reason.value)
-            raise
-        if not self.store.advance_enrollment(
-                rec.id, BEGUN, AK_RECEIVED, ak_public=ak.public, ak_public_der=ak.public_der,
-                ak_name=ak.name, ak_format=ak.format, secret_hash=hashlib.sha256(secret).digest()):
-            raise ServiceError(ServiceCode.ENROLLMENT_STATE, "the AK step of this enrollment already ran")
+        with self.store.session() as s:
+            rec = self._open_enrollment(s, enrollment_id, BEGUN)
+            try:
+                ak = verify.check_ak(ak_blob, nonce=rec.nonce, allow_sha1=self.settings.allow_sha1)
+                challenge, secret = verify.make_credential(rec.ek_public, ak.name)
+            except VerificationError as exc:
+                self._fail(s, rec, BEGUN, exc.reason.value)
+                raise
+            if not store.advance_enrollment(
+                    s, rec.id, BEGUN, AK_RECEIVED, ak_public=ak.public, ak_public_der=ak.public_der,
+                    ak_name=ak.name, ak_format=ak.format, secret_hash=hashlib.sha256(secret).digest()):
+                raise ServiceError(ServiceCode.ENROLLMENT_STATE, "the AK step of this enrollment already ran")
+            s.commit()
         log.info("enrollment %s: %s AK %s accepted, credential challenge sent", _short(rec.id),
                  ak.format, ak.name.hex()[:16])
         return challenge
 
     def finish_enrollment(self, enrollment_id: str, secret: bytes) -> DeviceEnrolled:
         """Compare the activated secret (constant time, as hashes) and register the device."""
-        rec = self._open_enrollment(enrollment_id, AK_RECEIVED)
-        assert rec.secret_hash is not None and rec.ak_public is not None
-        assert rec.ak_public_der is not None and rec.ak_name is not None and rec.ak_format is not None
-        try:
-            verify.verify_activation(rec.secret_hash, hashlib.sha256(secret).digest())
-        except VerificationError as exc:
-            self._fail(rec, AK_RECEIVED, exc.reason.value)
-            raise
-        now = self.clock()
-        device = DeviceRecord(
-            id=str(uuid.uuid4()), enrolled_at=now, revoked_at=None, ek_public=rec.ek_public,
-            ek_name=rec.ek_name, ek_key_id=ek_key_id(rec.ek_public), ek_cert_fingerprint=rec.ek_cert_fingerprint,
-            ek_cert_verified=rec.ek_cert_verified, ak_public=rec.ak_public,
-            ak_public_der=rec.ak_public_der, ak_name=rec.ak_name, ak_format=rec.ak_format)
-        try:
-            replaced = self.store.register_device(rec.id, device, replace=self.settings.allow_reenroll, now=now)
-        except StateConflict:
-            raise ServiceError(ServiceCode.ENROLLMENT_STATE, "this enrollment already finished") from None
-        except AlreadyEnrolled:
-            self._fail(rec, AK_RECEIVED, ServiceCode.ALREADY_ENROLLED.value)
-            raise ServiceError(ServiceCode.ALREADY_ENROLLED,
-                               "this EK already belongs to an enrolled device") from None
+        with self.store.session() as s:
+            rec = self._open_enrollment(s, enrollment_id, AK_RECEIVED)
+            assert rec.secret_hash is not None and rec.ak_public is not None
+            assert rec.ak_public_der is not None and rec.ak_name is not None and rec.ak_format is not None
+            try:
+                verify.verify_activation(rec.secret_hash, hashlib.sha256(secret).digest())
+            except VerificationError as exc:
+                self._fail(s, rec, AK_RECEIVED, exc.reason.value)
+                raise
+            now = self.clock()
+            device = DeviceRecord(
+                id=str(uuid.uuid4()), enrolled_at=now, revoked_at=None, ek_public=rec.ek_public,
+                ek_name=rec.ek_name, ek_key_id=ek_key_id(rec.ek_public),
+                ek_cert_fingerprint=rec.ek_cert_fingerprint, ek_cert_verified=rec.ek_cert_verified,
+                ak_public=rec.ak_public, ak_public_der=rec.ak_public_der, ak_name=rec.ak_name,
+                ak_format=rec.ak_format, status=STALE, status_since=now, reenroll_allowed=False)
+            try:
+                replaced = store.register_device(s, rec.id, device, replace=self.settings.allow_reenroll, now=now)
+            except StateConflict:
+                raise ServiceError(ServiceCode.ENROLLMENT_STATE, "this enrollment already finished") from None
+            except AlreadyEnrolled:
+                self._fail(s, rec, AK_RECEIVED, ServiceCode.ALREADY_ENROLLED.value)
+                raise ServiceError(ServiceCode.ALREADY_ENROLLED,
+                                   "this EK already belongs to an enrolled device") from None
+        replaced_ids = [old.id for old in replaced]
         log.info("device %s enrolled (%s AK, EK certificate %s)%s", device.id, device.ak_format,
                  "verified" if device.ek_cert_verified else "not verified",
-                 f", replacing {', '.join(replaced)}" if replaced else "")
+                 f", replacing {', '.join(replaced_ids)}" if replaced_ids else "")
+        self.hooks.emit(StatusChange(device.id, None, STALE, now, "enrolled"))
+        for old in replaced:
+            self.hooks.emit(StatusChange(old.id, None, store.REVOKED, now, "replaced"))
         return DeviceEnrolled(device.id, device.ek_name, device.ak_name, device.ak_format,
-                              device.ek_cert_verified, replaced)
+                              device.ek_cert_verified, replaced_ids)
 
-    def enroll_with_ak_certificate(self, enrollment_id: str, ak_blob: bytes,
-                                   ak_certificate: bytes) -> DeviceEnrolled:
-        """Enroll by AK certificate (``Settings.ak_certificate_enrollment``), in place of the ak
-        and finish steps: the AK blob is bound to this enrollment's nonce (``check_ak``) and a
-        configured AK CA certified its key (``verify_ak_certificate``). No credential
-        activation: the EK of ``begin`` is recorded, not bound to the AK (``enrolled_by``)."""
-        if not self.settings.ak_certificate_enrollment:
-            raise ServiceError(ServiceCode.AK_CERTIFICATE_ENROLLMENT_OFF,
-                               "this service enrolls devices by credential activation only")
-        rec = self._open_enrollment(enrollment_id, BEGUN)
-        try:
-            ak = verify.check_ak(ak_blob, nonce=rec.nonce, allow_sha1=self.settings.allow_sha1)
-            cert = verify.verify_ak_certificate(ak_certificate, self.ak_roots, self.ak_intermediates,
-                                                ak_public=ak,
-                                                ca_validity=self.settings.ek_ca_validity)
-        except VerificationError as exc:
-            self._fail(rec, BEGUN, exc.reason.value)
-            raise
-        now = self.clock()
-        device = DeviceRecord(
-            id=str(uuid.uuid4()), enrolled_at=now, revoked_at=None, ek_public=rec.ek_public,
-            ek_name=rec.ek_name, ek_key_id=ek_key_id(rec.ek_public), ek_cert_fingerprint=rec.ek_cert_fingerprint,
-            ek_cert_verified=rec.ek_cert_verified, ak_public=ak.public, ak_public_der=ak.public_der,
-            ak_name=ak.name, ak_format=ak.format or "", enrolled_by="ak_certificate")
-        try:
-            replaced = self.store.register_device(rec.id, device, replace=self.settings.allow_reenroll,
-                                                  now=now, from_state=BEGUN)
-        except StateConflict:
-            raise ServiceError(ServiceCode.ENROLLMENT_STATE, "this enrollment already went on") from None
-        except AlreadyEnrolled:
-            self._fail(rec, BEGUN, ServiceCode.ALREADY_ENROLLED.value)
-            raise ServiceError(ServiceCode.ALREADY_ENROLLED,
-                               "this EK already belongs to an enrolled device") from None
-        log.info("device %s enrolled by AK certificate (%s AK, certificate %s)%s", device.id,
-                 device.ak_format, cert.subject or cert.issuer,
-                 f", replacing {', '.join(replaced)}" if replaced else "")
-        return DeviceEnrolled(device.id, device.ek_name, device.ak_name, device.ak_format,
-                              device.ek_cert_verified, replaced, "ak_certificate")
-
-    def _open_enrollment(self, enrollment_id: str, state: str) -> EnrollmentRecord:
-        rec = self.store.enrollment(enrollment_id)
+    def _open_enrollment(self, s: Session, enrollment_id: str, state: str) -> EnrollmentRecord:
+        rec = s.get(EnrollmentRecord, enrollment_id)
         if rec is None:
             raise ServiceError(ServiceCode.UNKNOWN_ENROLLMENT, "no such enrollment")
         if rec.state != state:
@@ -291,104 +304,167 @@ class AttestationService:
                                f"enrollment is {rec.state}" + (f"; the next step is {expected}" if expected
                                                                else "; start again with POST /v1/enroll/begin"))
         if self.clock() >= rec.expires_at:
-            self._fail(rec, state, ServiceCode.ENROLLMENT_EXPIRED.value)
+            self._fail(s, rec, state, ServiceCode.ENROLLMENT_EXPIRED.value)
             raise ServiceError(ServiceCode.ENROLLMENT_EXPIRED,
                                f"enrollments must finish within {self.settings.enrollment_ttl:g} s")
         return rec
 
-    def _fail(self, rec: EnrollmentRecord, state: str, code: str) -> None:
-        self.store.advance_enrollment(rec.id, state, FAILED, failure=code)
+    def _fail(self, s: Session, rec: EnrollmentRecord, state: str, code: str) -> None:
+        s.rollback()
+        store.advance_enrollment(s, rec.id, state, FAILED, failure=code)
+        s.commit()
         log.warning("enrollment %s failed: %s", _short(rec.id), code)
 
     # -- attestation ----------------------------------------------------------------------------
 
     def issue_challenge(self, device_id: str) -> ChallengeIssued:
-        """A fresh single-use nonce for ``device_id`` to quote over."""
-        device = self.store.device(device_id)
-        if device is None or device.revoked_at is not None:
-            raise ServiceError(ServiceCode.UNKNOWN_DEVICE, "no enrolled device has this id")
+        """A fresh single-use nonce for ``device_id`` to quote over (within its rate limit)."""
         now = self.clock()
-        record = ChallengeRecord(id=secrets.token_urlsafe(24), device_id=device.id,
+        record = ChallengeRecord(id=secrets.token_urlsafe(24), device_id=device_id,
                                  nonce=os.urandom(NONCE_SIZE), created_at=now,
-                                 expires_at=now + timedelta(seconds=self.settings.nonce_ttl),
-                                 consumed_at=None)
-        self.store.add(record)
-        state = self._ima_state(device.id)
-        return ChallengeIssued(record.id, record.nonce, record.expires_at, state.offset if state else 0)
-
-    def _ima_state(self, device_id: str) -> verify.ImaState | None:
-        """The IMA state the device's latest attestation left, if it passed with an IMA list
-        (after any refusal the device sends its whole list again)."""
-        last = self.store.latest_attestation(device_id)
-        ima = last.result.get("ima") if last is not None and last.ok and last.result else None
-        if not isinstance(ima, dict) or not isinstance(ima.get("state"), dict):
-            return None
-        try:
-            return verify.ImaState.from_dict(ima["state"])
-        except VerificationError:
-            return None
+                                 expires_at=now + timedelta(seconds=self.settings.nonce_ttl))
+        window = self.settings.challenge_rate_window
+        with self.store.session() as s:
+            if not store.issue_challenge(s, record, since=now - timedelta(seconds=window),
+                                         limit=self.settings.challenge_rate):
+                s.rollback()
+                if not store.device_is_active(s, device_id):
+                    raise ServiceError(ServiceCode.UNKNOWN_DEVICE, "no enrolled device has this id")
+                raise ServiceError(ServiceCode.RATE_LIMITED,
+                                   f"at most {self.settings.challenge_rate} challenges per device every "
+                                   f"{window:g} s", headers={"Retry-After": str(max(1, round(window)))})
+            s.commit()
+        return ChallengeIssued(record.id, record.nonce, record.expires_at)
 
     def attest(self, challenge_id: str, quote: Quote | Mapping[str, Any],
-               event_log: bytes | None = None, ima_log: bytes | None = None,
-               ima_offset: int = 0) -> AttestationPassed:
-        """Verify a quote over a challenge's nonce with the device's enrolled AK.
+               event_log: bytes | None = None) -> AttestationPassed:
+        """Verify a quote over a challenge's nonce with the device's enrolled AK, judge it by
+        the device's policies, and record the outcome.
 
-        The challenge is spent first (committed), whatever follows; every outcome of a known
-        challenge is recorded. ``quote`` is a Quote or its JSON object form; ``event_log`` the
-        raw TCG log, replayed against the quoted PCRs when given; ``ima_log`` the binary IMA
-        list from byte ``ima_offset`` on (the challenge's), verified from the state of the
-        device's previous attestation.
+        Every answer to a known challenge is recorded and spends it, with the record, in one
+        transaction. ``quote`` is a Quote or its JSON object form; ``event_log`` the raw TCG
+        log, replayed against the quoted PCRs when given.
         """
         now = self.clock()
-        got = self.store.consume_challenge(challenge_id, now)
-        if got is None:
-            raise ServiceError(ServiceCode.UNKNOWN_CHALLENGE, "no such challenge")
-        challenge, first = got
-        try:
-            result = self._verify(challenge, first, now, quote, event_log, ima_log, ima_offset)
-        except (ServiceError, VerificationError) as exc:
-            code = exc.code if isinstance(exc, ServiceError) else exc.reason.value
-            self.store.record_attestation(AttestationRecord(
-                device_id=challenge.device_id, challenge_id=challenge.id, at=now, ok=False,
-                code=code, detail=exc.detail, result=None))
-            log.warning("attestation of device %s refused: %s", challenge.device_id, code)
-            raise
-        attestation_id = self.store.record_attestation(AttestationRecord(
-            device_id=challenge.device_id, challenge_id=challenge.id, at=now, ok=True,
-            code=None, detail=None, result=result))
-        log.info("attestation of device %s passed (%d PCRs)", challenge.device_id, len(result["pcrs"]))
-        return AttestationPassed(attestation_id, challenge.device_id, result)
+        with self.store.session() as s:
+            pending = store.pending_attestation(s, challenge_id)
+            if pending is None:
+                raise ServiceError(ServiceCode.UNKNOWN_CHALLENGE, "no such challenge")
+            used = ServiceError(ServiceCode.CHALLENGE_USED, "this challenge was already answered")
+            if pending.consumed:
+                store.record_used(s, self._row(pending, now, _Outcome(used)))
+                log.warning("attestation of device %s refused: %s", pending.device_id, used.code)
+                raise used
+            outcome = self._judge(s, pending, now, quote, event_log)
+            old = store.status_of(pending, now)
+            new, fresh_until, device_update = self._status_update(outcome, old, now)
+            claimed, attestation_id = store.record_outcome(s, challenge_id, now, self._row(pending, now, outcome),
+                                                           device_update)
+            if not claimed:  # a concurrent answer spent it between our read and our write
+                store.record_used(s, self._row(pending, now, _Outcome(used)))
+                raise used
+        if device_update is not None:
+            self.hooks.emit(StatusChange(pending.device_id, old, new, now, "attestation", attestation_id,
+                                         tuple(outcome.verdict.failed_rules() if outcome.verdict and
+                                               not outcome.verdict.ok else [outcome.code] if outcome.code else [])))
+        if outcome.error is not None:
+            log.warning("attestation of device %s refused: %s", pending.device_id, outcome.code)
+            raise outcome.error
+        assert outcome.result is not None and outcome.verdict is not None and fresh_until is not None
+        log.info("attestation of device %s passed (%d PCRs, %d policies)", pending.device_id,
+                 len(outcome.result["pcrs"]), len(outcome.verdict.policies))
+        return AttestationPassed(attestation_id, pending.device_id, outcome.result, outcome.verdict.policies,
+                                 new, fresh_until)
 
-    def _verify(self, challenge: ChallengeRecord, first: bool, now: datetime,
-                quote: Quote | Mapping[str, Any], event_log: bytes | None,
-                ima_log: bytes | None = None, ima_offset: int = 0) -> dict[str, Any]:
-        if not first:
-            raise ServiceError(ServiceCode.CHALLENGE_USED, "this challenge was already answered")
-        if now >= challenge.expires_at:
-            raise ServiceError(ServiceCode.CHALLENGE_EXPIRED,
-                               f"challenges must be answered within {self.settings.nonce_ttl:g} s")
-        device = self.store.device(challenge.device_id)
-        if device is None or device.revoked_at is not None:
-            raise ServiceError(ServiceCode.UNKNOWN_DEVICE, "the device was revoked")
-        if not isinstance(quote, Quote):
-            try:
-                quote = Quote.from_dict(dict(quote))
-            except TpmError as exc:
-                raise VerificationError(Reason.MALFORMED, str(exc)) from None
-        allow_sha1 = self.settings.allow_sha1
-        res = verify.verify_quote(_ak_public(device.ak_public, allow_sha1), quote, nonce=challenge.nonce,
-                                  expected_pcrs=self.settings.policy_for(device.id), allow_sha1=allow_sha1)
-        out = res.to_dict()
-        for key in ("extra_data", "signer_name", "pcr_digest"):  # the nonce and what we already know
-            out.pop(key, None)
-        out["event_log"] = None
-        if event_log is not None:
-            out["event_log"] = verify.verify_event_log(event_log, res).to_dict()
-        out["ima"] = None
-        if ima_log is not None:
-            state = self._ima_state(device.id) if ima_offset else None
-            if ima_offset and (state is None or state.offset != ima_offset):
-                raise VerificationError(Reason.IMA_STATE_MISMATCH,
-                                        f"no verified IMA state ends at offset {ima_offset}: send the whole list")
-            out["ima"] = verify.verify_ima_log(ima_log, res, state=state).to_dict()
+    def _judge(self, s: Session, p: PendingAttestation, now: datetime,
+               quote: Quote | Mapping[str, Any], event_log: bytes | None) -> _Outcome:
+        """Verify and judge an answer; never raises for a refusal (it is the outcome)."""
+        if now >= p.expires_at:
+            return _Outcome(ServiceError(ServiceCode.CHALLENGE_EXPIRED,
+                                         f"challenges must be answered within {self.settings.nonce_ttl:g} s"))
+        if p.revoked:
+            return _Outcome(ServiceError(ServiceCode.UNKNOWN_DEVICE, "the device was revoked"))
+        out = _Outcome()
+        try:
+            if not isinstance(quote, Quote):
+                try:
+                    quote = Quote.from_dict(dict(quote))
+                except TpmError as exc:
+                    raise VerificationError(Reason.MALFORMED, str(exc)) from None
+            allow_sha1 = self.settings.allow_sha1
+            res = verify.verify_quote(_ak_public(p.ak_public, allow_sha1), quote, nonce=p.nonce,
+                                      allow_sha1=allow_sha1)
+            result = res.to_dict()
+            for key in ("extra_data", "signer_name", "pcr_digest"):  # the nonce and what we already know
+                result.pop(key, None)
+            result["event_log"] = None
+            out.result = result
+            log_result = None
+            if event_log is not None:
+                log_result = verify.verify_event_log(event_log, res)
+                result["event_log"] = log_result.to_dict()
+                state = getattr(log_result, "state", None)  # machine state, where the verifier has it
+                out.state = state.summary() if state is not None else None
+            out.verdict = judge(self.policy_cache, store.policies_for(s, p.device_id), res, log_result)
+            if not out.verdict.ok:
+                rules = out.verdict.failed_rules()
+                out.device_fault = True
+                out.error = ServiceError(
+                    ServiceCode.POLICY_VIOLATION,
+                    "; ".join(f"{v['rule']}: {v['detail']}" for v in out.verdict.violations[:20]),
+                    extra={"rules": rules})
+        except VerificationError as exc:
+            out.error = exc
+            out.device_fault = exc.reason in DEVICE_FAULTS
         return out
+
+    def _status_update(self, outcome: _Outcome, old: str, now: datetime
+                       ) -> tuple[str, datetime | None, dict[str, Any] | None]:
+        """The device's new status, the end of its window, and the columns to write (None:
+        the outcome says nothing about the device)."""
+        if outcome.error is None:
+            assert outcome.verdict is not None
+            window = outcome.verdict.freshness or self.settings.freshness
+            fresh_until = now + timedelta(seconds=window)
+            values: dict[str, Any] = {"status": TRUSTED, "last_attestation_at": now, "last_ok_at": now,
+                                      "fresh_until": fresh_until}
+            new = TRUSTED
+        elif outcome.device_fault:
+            values, new, fresh_until = {"status": FAILED_STATUS, "last_attestation_at": now}, FAILED_STATUS, None
+        else:
+            return old, None, None
+        if new != old:
+            values["status_since"] = now
+        return new, fresh_until, values
+
+    def _row(self, p: PendingAttestation, now: datetime, outcome: _Outcome) -> dict[str, Any]:
+        """The attestations row of an outcome."""
+        error = outcome.error
+        detail = None if error is None else error.detail
+        return {"device_id": p.device_id, "challenge_id": p.challenge_id, "at": now, "ok": error is None,
+                "code": outcome.code, "detail": detail, "result": outcome.result,
+                "policies": outcome.verdict.policies if outcome.verdict else None,
+                "violations": (outcome.verdict.violations or None) if outcome.verdict else None,
+                "state": outcome.state}
+
+    def freshness_of(self, device: DeviceRecord) -> float:
+        """The device's own freshness window, else the service default (policies may set a
+        shorter one at the next attestation)."""
+        return device.freshness or self.settings.freshness
+
+    # -- housekeeping ---------------------------------------------------------------------------
+
+    def sweep(self) -> tuple[int, int, list[str]]:
+        """Delete expired challenges and enrollments past the retention time; write down
+        devices that went stale (and tell the hooks). Returns (challenges, enrollments,
+        stale device ids)."""
+        now = self.clock()
+        with self.store.session() as s:
+            challenges, enrollments = store.sweep(s, now, grace=timedelta(seconds=self.settings.retention))
+            stale = store.mark_stale(s, now)
+        for device_id in stale:
+            self.hooks.emit(StatusChange(device_id, TRUSTED, STALE, now, "stale"))
+        if challenges or enrollments or stale:
+            log.info("sweep: %d challenges and %d enrollments deleted, %d devices stale",
+                     challenges, enrollments, len(stale))
+        return challenges, enrollments, stale

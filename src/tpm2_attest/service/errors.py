@@ -41,6 +41,27 @@ class ServiceCode(StrEnum):
     """The attestation challenge was already answered (nonces are single-use)."""
     CHALLENGE_EXPIRED = "CHALLENGE_EXPIRED"
     """The attestation challenge is older than ``Settings.nonce_ttl``."""
+    POLICY_VIOLATION = "POLICY_VIOLATION"
+    """The quote verified, but the device's policies refuse the state it shows; ``rules``
+    in the error object lists the rule ids that failed."""
+    RATE_LIMITED = "RATE_LIMITED"
+    """The device asked for more challenges than ``challenge_rate`` per window (Retry-After)."""
+    UNAUTHORIZED = "UNAUTHORIZED"
+    """The operator API needs a bearer token (missing, unknown or revoked)."""
+    FORBIDDEN = "FORBIDDEN"
+    """The token's role (``read``) does not allow this operator action."""
+    UNKNOWN_POLICY = "UNKNOWN_POLICY"
+    """No policy (or policy version) has this name."""
+    CONFLICT = "CONFLICT"
+    """The operator action clashes with the current state (e.g. a token name in use)."""
+    REQUEST_TIMEOUT = "REQUEST_TIMEOUT"
+    """The request's body did not arrive within ``body_timeout``."""
+    DATABASE_UNAVAILABLE = "DATABASE_UNAVAILABLE"
+    """The database refused or failed the operation (read-only, full, unreachable, busy)."""
+    SERVER_BUSY = "SERVER_BUSY"
+    """More connections are open than ``max_connections``: retry later."""
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+    """A fault in the service itself (logged with the request id)."""
     UNREACHABLE = "UNREACHABLE"
     """(client side) the server could not be reached (refused, timed out, TLS failure)."""
     BAD_RESPONSE = "BAD_RESPONSE"
@@ -61,6 +82,16 @@ HTTP_STATUS: Final[dict[ServiceCode, int]] = {
     ServiceCode.AK_CERTIFICATE_ENROLLMENT_OFF: 403,
     ServiceCode.CHALLENGE_USED: 409,
     ServiceCode.CHALLENGE_EXPIRED: 410,
+    ServiceCode.POLICY_VIOLATION: 403,
+    ServiceCode.RATE_LIMITED: 429,
+    ServiceCode.UNAUTHORIZED: 401,
+    ServiceCode.FORBIDDEN: 403,
+    ServiceCode.UNKNOWN_POLICY: 404,
+    ServiceCode.CONFLICT: 409,
+    ServiceCode.REQUEST_TIMEOUT: 408,
+    ServiceCode.DATABASE_UNAVAILABLE: 503,
+    ServiceCode.SERVER_BUSY: 503,
+    ServiceCode.INTERNAL_ERROR: 500,
     ServiceCode.UNREACHABLE: 502,
     ServiceCode.BAD_RESPONSE: 502,
 }
@@ -73,14 +104,19 @@ class ServiceError(Exception):
     """A request the service refused (server side), or a refusal the client received.
 
     ``code`` is a :class:`ServiceCode` value or a ``verify.Reason`` value; ``reason`` is the
-    ``Reason`` value for verification failures and None otherwise; ``status`` the HTTP status.
+    ``Reason`` value for verification failures and None otherwise; ``status`` the HTTP status;
+    ``extra`` more members of the error object (``rules`` of a POLICY_VIOLATION); ``headers``
+    HTTP headers of the refusal (``Retry-After``).
     """
 
     def __init__(self, code: str, detail: str = "", *, status: int | None = None,
-                 reason: str | None = None) -> None:
+                 reason: str | None = None, extra: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
         self.code = str(code)
         self.detail = detail
         self.reason = reason
+        self.extra = dict(extra or {})
+        self.headers = dict(headers or {})
         if status is None:
             try:
                 status = HTTP_STATUS[ServiceCode(self.code)]
@@ -91,4 +127,4 @@ class ServiceError(Exception):
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON error body (without the HTTP status)."""
-        return {"error": {"code": self.code, "reason": self.reason, "detail": self.detail}}
+        return {"error": {"code": self.code, "reason": self.reason, "detail": self.detail, **self.extra}}

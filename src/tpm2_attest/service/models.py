@@ -156,14 +156,19 @@ class AttestResponse(Response):
     safe: bool
     firmware_version: int
     event_log: dict[str, Any] | None = Field(default=None, description="EventLogResult summary")
-    ima: dict[str, Any] | None = Field(default=None, description="ImaResult summary, with the "
-                                       "incremental state the next attestation continues")
+    policies: list[dict[str, Any]] = Field(default_factory=list,
+                                           description="[{name, version}] of the policies that judged it")
+    status: str = Field(description="The device's status now: trusted")
+    fresh_until: datetime = Field(description="The device stays trusted until then without another pass")
 
 
 class ErrorDetail(Response):
+    model_config = ConfigDict(extra="allow")
+
     code: str = Field(description="A ServiceCode, or the verifier's Reason")
     reason: str | None = Field(description="The verifier's Reason for refused evidence, else null")
     detail: str
+    rules: list[str] | None = Field(default=None, description="POLICY_VIOLATION: the rule ids that failed")
 
 
 class ErrorResponse(Response):

@@ -1,141 +1,222 @@
-"""Configuration of the enrollment + attestation service (stdlib only).
+"""Configuration of the service: flags, environment variables and a config file (pydantic-settings).
 
-The trust decisions live here, each with a safe default: an EK certificate chaining to a
-configured root is required, an EK enrolls once, nonces live five minutes, and PCR values are
-checked only against a policy you write down (``expected_pcrs`` / ``device_pcrs``).
+Precedence, highest first: values given to :meth:`Settings.load` (``serve`` flags), environment
+variables ``TPM2_ATTEST_<FIELD>``, the config file (TOML, or JSON by its ``.json`` name), the
+defaults. The trust decisions have safe defaults: an EK certificate chaining to a configured
+root is required, an EK enrolls once, nonces live five minutes.
+
+Errors name what an operator typed (``--nonce-ttl`` / ``TPM2_ATTEST_NONCE_TTL``), never a
+Python field: see :class:`SettingsError`.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+import tomllib
+from contextvars import ContextVar
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias
+from typing import Annotated, Any, Final, Literal
 
-if TYPE_CHECKING:
-    from ..trust import TrustBundle
-
-PcrPolicy: TypeAlias = Mapping[str, Mapping[int, bytes]]
-"""Expected PCR values: ``{bank: {index: digest}}``, e.g. ``{"sha256": {7: b"..."}}``."""
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 CA_SUFFIXES: Final = frozenset({".pem", ".crt", ".cer", ".der"})
 """Files read from a CA directory (other files, e.g. a README, are ignored)."""
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///tpm2-attest.db"
+ENV_PREFIX: Final = "TPM2_ATTEST_"
+CONFIG_ENV: Final = "TPM2_ATTEST_CONFIG"
+"""The environment variable naming a config file (``serve --config`` wins over it)."""
+
+FLAGS: Final[dict[str, str]] = {
+    "database_url": "--db",
+    "ek_roots": "--ek-root",
+    "ek_intermediates": "--ek-intermediate",
+    "require_ek_certificate": "--allow-missing-ek-certificate",
+    "allow_reenroll": "--allow-reenroll",
+    "nonce_ttl": "--nonce-ttl",
+    "enrollment_ttl": "--enrollment-ttl",
+    "allow_sha1": "--no-sha1",
+    "pcr_policy": "--pcr-policy",
+    "max_body_bytes": "--max-body",
+    "freshness": "--freshness",
+    "challenge_rate": "--challenge-rate",
+    "challenge_rate_window": "--challenge-rate-window",
+    "sweep_interval": "--sweep-interval",
+    "retention": "--retention",
+    "threads": "--threads",
+    "workers": "--workers",
+    "host": "--host",
+    "port": "--port",
+    "log_format": "--log-format",
+    "log_level": "--log-level",
+    "header_timeout": "--header-timeout",
+    "body_timeout": "--body-timeout",
+    "max_connections": "--max-connections",
+}
+"""The ``serve`` flag of each setting (its environment variable is ``TPM2_ATTEST_`` + the
+upper-case field name, its config-file key the field name)."""
+
+_config_file: ContextVar[Path | None] = ContextVar("tpm2_attest_config_file", default=None)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """What the service trusts and how long its nonces live.
+class SettingsError(ValueError):
+    """Settings that cannot be used; the message names the flag, variable or config key."""
 
-    ``database_url``: an SQLAlchemy URL; SQLite by default, ``postgresql://`` or
-    ``postgresql+psycopg://`` for PostgreSQL (the ``postgres`` extra).
-    ``ek_roots`` / ``ek_intermediates``: PEM or DER files (several PEM blocks per file are
-    fine), or directories of them; an EK certificate must chain to one of the roots.
-    ``ek_vendor_cas``: also trust the CA bundle shipped with the package
-    (``trust.tpm_vendor_cas``): True for all of it, or a tuple of vendor names;
-    ``ek_ca_exclude``: SHA-256 fingerprints (hex) of bundle CAs not to trust.
-    ``ek_ca_validity``: ``"at-issuance"`` accepts CAs that expired after issuing (reported in
-    the log), ``"at-time"`` wants every certificate of the path valid now (docs/trust.md).
-    ``ak_certificate_enrollment``: allow enrolling a device by an AK certificate (a cloud
-    vTPM's certified AK) instead of a credential activation; its CAs are ``ak_roots`` /
-    ``ak_intermediates`` / ``ak_vendor_cas`` (same forms as for EKs).
-    ``require_ek_certificate``: refuse devices that send no EK certificate. Without it (and
-    without roots) the service trusts an EK on first use: it proves the AK lives in the same
-    TPM as that EK, not that the EK belongs to a genuine TPM.
-    ``allow_reenroll``: let an already enrolled EK enroll again, revoking its old device
-    record (default: refuse with 409).
-    ``nonce_ttl`` / ``enrollment_ttl``: seconds an attestation challenge / an enrollment may
-    stay open.
-    ``allow_sha1``: accept SHA-1 AKs and quotes; Windows PCP identity keys sign RSASSA-SHA1,
-    so False refuses every PCP1/PCP2 device.
-    ``expected_pcrs``: PCR values every device must quote; ``device_pcrs``: per device id,
-    replacing the global policy for that device. A quote must cover every expected PCR.
-    ``max_body_bytes``: larger request bodies are refused with 413.
+
+def describe(field: str) -> str:
+    """How an operator sets ``field``: ``--nonce-ttl / TPM2_ATTEST_NONCE_TTL``."""
+    flag = FLAGS.get(field)
+    env = ENV_PREFIX + field.upper()
+    return f"{flag} / {env}" if flag else env
+
+
+class Settings(BaseSettings):
+    """What the service trusts, how long its nonces live, and how it runs.
+
+    ``database_url``: an SQLAlchemy URL; SQLite by default, ``postgresql://`` for PostgreSQL.
+    ``ek_roots`` / ``ek_intermediates``: PEM or DER files or directories of them.
+    ``require_ek_certificate``: refuse devices that send no EK certificate (without it and
+    without roots the service trusts an EK on first use). ``allow_reenroll``: let any enrolled
+    EK enroll again, revoking its old device (operators can allow it for one device instead).
+    ``nonce_ttl`` / ``enrollment_ttl``: seconds a challenge / an enrollment stays open.
+    ``allow_sha1``: accept SHA-1 AKs and quotes (Windows PCP identity keys need it).
+    ``pcr_policy``: a file whose policies seed the database at start. ``freshness``: seconds a
+    passing attestation keeps a device trusted, unless its policy or the device says otherwise.
+    ``challenge_rate`` per ``challenge_rate_window`` seconds: challenges one device may ask for
+    (0: unlimited). ``sweep_interval``: seconds between sweeps of expired rows; ``retention``:
+    how long expired challenges and unfinished enrollments are kept. The rest is for ``serve``.
     """
 
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True,
+                                      validate_default=True)
+
     database_url: str = DEFAULT_DATABASE_URL
-    ek_roots: tuple[Path, ...] = ()
-    ek_intermediates: tuple[Path, ...] = ()
-    ek_vendor_cas: bool | tuple[str, ...] = False
-    ek_ca_exclude: tuple[str, ...] = ()
-    ek_ca_validity: Literal["at-issuance", "at-time"] = "at-issuance"
-    ak_certificate_enrollment: bool = False
-    ak_roots: tuple[Path, ...] = ()
-    ak_intermediates: tuple[Path, ...] = ()
-    ak_vendor_cas: bool | tuple[str, ...] = False
+    ek_roots: Annotated[tuple[Path, ...], NoDecode] = ()
+    ek_intermediates: Annotated[tuple[Path, ...], NoDecode] = ()
     require_ek_certificate: bool = True
     allow_reenroll: bool = False
-    nonce_ttl: float = 300.0
-    enrollment_ttl: float = 300.0
+    nonce_ttl: float = Field(default=300.0, gt=0)
+    enrollment_ttl: float = Field(default=300.0, gt=0)
     allow_sha1: bool = True
-    expected_pcrs: PcrPolicy | None = None
-    device_pcrs: Mapping[str, PcrPolicy] = field(default_factory=dict)
-    max_body_bytes: int = 1 << 20
+    pcr_policy: Path | None = None
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    freshness: float = Field(default=3600.0, gt=0)
+    challenge_rate: int = Field(default=10, ge=0)
+    challenge_rate_window: float = Field(default=60.0, gt=0)
+    sweep_interval: float = Field(default=60.0, ge=0)
+    retention: float = Field(default=3600.0, ge=0)
+    threads: int = Field(default=16, ge=1, le=512)
+    workers: int = Field(default=1, ge=1, le=64)
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
+    header_timeout: float = Field(default=10.0, gt=0)
+    body_timeout: float = Field(default=30.0, gt=0)
+    max_connections: int = Field(default=1024, ge=1)
 
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "ek_roots", tuple(Path(p) for p in self.ek_roots))
-        object.__setattr__(self, "ek_intermediates", tuple(Path(p) for p in self.ek_intermediates))
-        object.__setattr__(self, "ak_roots", tuple(Path(p) for p in self.ak_roots))
-        object.__setattr__(self, "ak_intermediates", tuple(Path(p) for p in self.ak_intermediates))
-        if self.ek_ca_validity not in ("at-issuance", "at-time"):
-            raise ValueError("ek_ca_validity must be 'at-issuance' or 'at-time'")
-        if self.nonce_ttl <= 0 or self.enrollment_ttl <= 0:
-            raise ValueError("nonce_ttl and enrollment_ttl must be positive")
-        if self.max_body_bytes < 1024:
-            raise ValueError("max_body_bytes below 1 KiB cannot carry an enrollment")
-        if self.expected_pcrs is not None:
-            _check_policy(self.expected_pcrs, "expected_pcrs")
-        for device_id, policy in self.device_pcrs.items():
-            _check_policy(policy, f"device_pcrs[{device_id!r}]")
+    @field_validator("ek_roots", "ek_intermediates", mode="before")
+    @classmethod
+    def _paths(cls, value: Any) -> Any:
+        """A list, or one string of comma-separated paths (how an environment variable says it)."""
+        if isinstance(value, str):
+            return tuple(p.strip() for p in value.split(",") if p.strip())
+        if isinstance(value, Path):
+            return (value,)
+        return value
 
-    def policy_for(self, device_id: str) -> PcrPolicy | None:
-        """The expected PCR values for ``device_id`` (its own policy, else the global one)."""
-        return self.device_pcrs.get(device_id, self.expected_pcrs)
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, _ConfigFile(settings_cls)
+
+    @classmethod
+    def load(cls, config_file: str | Path | None = None, **given: Any) -> Settings:
+        """Settings from ``given`` (None values are "not given"), the environment and
+        ``config_file`` (or ``$TPM2_ATTEST_CONFIG``); raises :class:`SettingsError`."""
+        import os
+
+        path = config_file or os.environ.get(CONFIG_ENV) or None
+        token = _config_file.set(Path(path) if path else None)
+        try:
+            return cls(**{k: v for k, v in given.items() if v is not None})
+        except ValidationError as exc:
+            raise SettingsError(explain(exc)) from None
+        finally:
+            _config_file.reset(token)
+
+    def replace(self, **changes: Any) -> Settings:
+        """A copy with ``changes``, validated again."""
+        try:
+            return type(self)(**{**self.model_dump(), **changes})
+        except ValidationError as exc:
+            raise SettingsError(explain(exc)) from None
 
     def load_ek_roots(self) -> list[bytes]:
-        """The bytes of every root CA file, then the bundle's anchors when ``ek_vendor_cas``
-        (raises OSError/ValueError on an unusable path or an unknown vendor)."""
-        return read_certificates(self.ek_roots) + list(self._bundle(self.ek_vendor_cas).roots)
+        """The bytes of every root CA file (raises SettingsError on an unusable path)."""
+        return _read(self.ek_roots, "ek_roots")
 
     def load_ek_intermediates(self) -> list[bytes]:
-        return read_certificates(self.ek_intermediates) + list(self._bundle(self.ek_vendor_cas).intermediates)
-
-    def load_ak_roots(self) -> list[bytes]:
-        return read_certificates(self.ak_roots) + list(self._bundle(self.ak_vendor_cas).roots)
-
-    def load_ak_intermediates(self) -> list[bytes]:
-        return read_certificates(self.ak_intermediates) + list(self._bundle(self.ak_vendor_cas).intermediates)
-
-    def _bundle(self, vendors: bool | tuple[str, ...]) -> TrustBundle:
-        """The shipped CA bundle (or the named vendors of it) minus ``ek_ca_exclude``."""
-        from ..trust import TrustBundle, tpm_vendor_cas
-
-        if vendors is False or vendors == ():
-            return TrustBundle(())
-        bundle = tpm_vendor_cas(None if vendors is True else vendors)
-        return bundle.without(self.ek_ca_exclude) if self.ek_ca_exclude else bundle
+        return _read(self.ek_intermediates, "ek_intermediates")
 
 
-def parse_ca_spec(values: list[str] | tuple[str, ...]) -> tuple[tuple[Path, ...], bool | tuple[str, ...]]:
-    """CLI values of ``--ek-root`` / ``--ak-root``: paths, and ``vendors`` (the whole shipped
-    bundle) or ``vendors:Name,Name`` (those vendors of it). Returns (paths, vendor_cas)."""
-    paths: list[Path] = []
-    vendors: bool | tuple[str, ...] = False
-    for value in values:
-        if value == "vendors":
-            vendors = True
-        elif value.startswith("vendors:"):
-            names = tuple(v.strip() for v in value[len("vendors:"):].split(",") if v.strip())
-            if not names:
-                raise ValueError(f"{value!r}: name at least one vendor after 'vendors:'")
-            if vendors is not True:
-                vendors = (*(vendors or ()), *names)
+def explain(exc: ValidationError) -> str:
+    """A pydantic error in the operator's words: the flag / variable of each bad setting."""
+    parts = []
+    for err in exc.errors()[:5]:
+        loc = [str(p) for p in err.get("loc", ())]
+        field = loc[0] if loc else ""
+        msg = err.get("msg", "invalid")
+        if err.get("type") == "extra_forbidden":
+            parts.append(f"unknown setting {field!r} in the config file")
         else:
-            paths.append(Path(value))
-    return tuple(paths), vendors
+            parts.append(f"{describe(field)}: {msg}")
+    return "; ".join(parts)
+
+
+class _ConfigFile(PydanticBaseSettingsSource):
+    """The config file named by :meth:`Settings.load`: TOML (a table of settings, or a
+    ``[tpm2-attest]`` table), or JSON by a ``.json`` name."""
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = _config_file.get()
+        if path is None:
+            return {}
+        try:
+            data = path.read_bytes()
+        except OSError as exc:
+            raise SettingsError(f"--config / {CONFIG_ENV}: cannot read {path}: {exc.strerror or exc}") from None
+        try:
+            if path.suffix.lower() == ".json":
+                doc = json.loads(data)
+            else:
+                doc = tomllib.loads(data.decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            raise SettingsError(f"{path}: not a valid {'JSON' if path.suffix.lower() == '.json' else 'TOML'} "
+                                f"config file: {exc}") from None
+        if isinstance(doc, dict) and isinstance(doc.get("tpm2-attest"), dict):
+            doc = doc["tpm2-attest"]
+        if not isinstance(doc, dict):
+            raise SettingsError(f"{path}: expected a table of settings")
+        unknown = sorted(set(doc) - set(Settings.model_fields))
+        if unknown:
+            raise SettingsError(f"{path}: unknown setting {unknown[0]!r} (known: "
+                                f"{', '.join(Settings.model_fields)})")
+        return dict(doc)
+
+
+def _read(paths: tuple[Path, ...], field: str) -> list[bytes]:
+    try:
+        return read_certificates(paths)
+    except (OSError, ValueError) as exc:
+        raise SettingsError(f"{describe(field)}: {exc}") from None
 
 
 def read_certificates(paths: tuple[Path, ...]) -> list[bytes]:
@@ -156,46 +237,5 @@ def read_certificates(paths: tuple[Path, ...]) -> list[bytes]:
     return out
 
 
-def _check_policy(policy: PcrPolicy, what: str) -> None:
-    for bank, values in policy.items():
-        try:
-            size = hashlib.new(bank).digest_size
-        except (ValueError, TypeError):
-            raise ValueError(f"{what}: unknown PCR bank {bank!r}") from None
-        for index, digest in values.items():
-            if not isinstance(index, int) or not 0 <= index < 32:
-                raise ValueError(f"{what}: PCR index {index!r} out of range")
-            if not isinstance(digest, bytes) or len(digest) != size:
-                raise ValueError(f"{what}: {bank}:{index} must be {size} bytes")
-
-
-def parse_pcr_policy(obj: Any, what: str = "policy") -> PcrPolicy:
-    """``{"sha256": {"7": "<hex>"}}`` (JSON form) -> ``{"sha256": {7: b"..."}}``."""
-    if not isinstance(obj, dict):
-        raise ValueError(f"{what}: expected {{bank: {{index: hex}}}}")
-    out: dict[str, dict[int, bytes]] = {}
-    for bank, values in obj.items():
-        if not isinstance(values, dict):
-            raise ValueError(f"{what}.{bank}: expected {{index: hex}}")
-        try:
-            out[str(bank).lower()] = {int(k): bytes.fromhex(v) for k, v in values.items()}
-        except (ValueError, TypeError) as exc:
-            raise ValueError(f"{what}.{bank}: {exc}") from None
-    _check_policy(out, what)
-    return out
-
-
-def load_pcr_policy_file(path: str | Path) -> tuple[PcrPolicy | None, dict[str, PcrPolicy]]:
-    """Read ``{"default": {bank: {index: hex}}, "devices": {device_id: {...}}}`` (both optional).
-
-    Returns ``(expected_pcrs, device_pcrs)`` for :class:`Settings`.
-    """
-    obj = json.loads(Path(path).read_text(encoding="utf-8"))
-    if not isinstance(obj, dict) or set(obj) - {"default", "devices"}:
-        raise ValueError(f"{path}: expected an object with 'default' and/or 'devices'")
-    default = parse_pcr_policy(obj["default"], "default") if "default" in obj else None
-    devices_in = obj.get("devices", {})
-    if not isinstance(devices_in, dict):
-        raise ValueError(f"{path}: 'devices' must map device ids to policies")
-    devices = {str(k): parse_pcr_policy(v, f"devices.{k}") for k, v in devices_in.items()}
-    return default, devices
+__all__ = ["CONFIG_ENV", "DEFAULT_DATABASE_URL", "FLAGS", "Settings", "SettingsError", "describe",
+           "read_certificates"]

@@ -1,168 +1,80 @@
-"""Storage of enrollments, devices, challenges and attestations (SQLAlchemy 2.x).
+"""Storage of the service (SQLAlchemy 2.x): the engine, sessions and every query.
 
-SQLite by default (a file URL), PostgreSQL through psycopg 3 when the URL says
-``postgresql://`` or ``postgresql+psycopg://``. Every write runs in one transaction, so a
-failure leaves no half-written record. Single-use steps are *claimed* with a conditional
-``UPDATE ... WHERE state = <expected>`` whose row count says whether this request won: two
-concurrent requests cannot both pass the same enrollment step or answer the same challenge.
-One active device per EK is also a database constraint (a partial unique index), so a race
-between two enrollments of the same EK cannot register it twice.
+SQLite by default (a file URL, in WAL mode with a busy timeout), PostgreSQL through psycopg 3
+when the URL says ``postgresql://`` or ``postgresql+psycopg://``. The connection pool is sized
+to the threads that serve requests. The schema is in :mod:`.tables`, its migrations in
+:mod:`.migrate`.
 
-Nothing secret is stored in the clear: the credential secret is kept as its SHA-256. Nonces
-are stored as they are; they are public by design (the device receives and signs them).
+Each request runs in one session (:meth:`Store.session`); every query here takes that session,
+so the protocol (:mod:`.core`), the operator API (:mod:`.admin`) and any other reader (a
+dashboard) share them. Single-use steps are *claimed* with a conditional ``UPDATE ... WHERE
+state = <expected>`` whose row count says whether this request won: two concurrent requests,
+in one process or several, cannot both pass the same enrollment step or answer the same
+challenge. One active device per EK is a database constraint (partial unique indexes).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import base64
+import binascii
+import hashlib
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import (
-    JSON,
-    DateTime,
-    Dialect,
-    ForeignKey,
-    Index,
     LargeBinary,
     String,
-    Text,
-    TypeDecorator,
-    create_engine,
+    and_,
+    case,
+    delete,
     event,
+    exists,
+    func,
+    insert,
+    literal,
     or_,
     select,
-    text,
     update,
 )
-from sqlalchemy.engine import URL, Engine, make_url
+from sqlalchemy.engine import URL, Engine, create_engine, make_url
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy.orm import Session, sessionmaker
 
-BEGUN: Final = "begun"
-"""Enrollment state after ``/v1/enroll/begin``: waiting for the AK."""
-AK_RECEIVED: Final = "ak"
-"""After ``/v1/enroll/ak``: the credential challenge was sent, waiting for its secret."""
-DONE: Final = "done"
-FAILED: Final = "failed"
-"""Terminal: a step failed verification or came too late; the enrollment cannot continue."""
+from . import migrate
+from .tables import (
+    ADMIN,
+    AK_RECEIVED,
+    BEGUN,
+    DONE,
+    FAILED,
+    FAILED_STATUS,
+    READ,
+    REVOKED,
+    ROLES,
+    STALE,
+    STATUSES,
+    TRUSTED,
+    AttestationRecord,
+    AuditRecord,
+    Base,
+    ChallengeRecord,
+    DeviceRecord,
+    DeviceTag,
+    EnrollmentRecord,
+    PolicyAssignment,
+    PolicyRecord,
+    TokenRecord,
+    UtcDateTime,
+)
 
-
-class UtcDateTime(TypeDecorator[datetime]):
-    """Timezone-aware UTC datetimes on every backend (SQLite stores naive values)."""
-
-    impl = DateTime(timezone=True)
-    cache_ok = True
-
-    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError("naive datetime: the store keeps UTC-aware times only")
-        return value.astimezone(UTC)
-
-    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
-        if value is None:
-            return None
-        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
-class Base(DeclarativeBase):
-    type_annotation_map = {bytes: LargeBinary, datetime: UtcDateTime, dict[str, Any]: JSON}
-
-
-class EnrollmentRecord(Base):
-    """One enrollment attempt: begin -> ak -> done (or failed), within its TTL."""
-
-    __tablename__ = "enrollments"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    state: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime]
-    expires_at: Mapped[datetime]
-    ek_public: Mapped[bytes]
-    ek_name: Mapped[bytes] = mapped_column(index=True)
-    ek_cert_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    """SHA-256 (hex) of the EK certificate DER, when one was sent."""
-    ek_cert_verified: Mapped[bool] = mapped_column(default=False)
-    """True when the certificate chained to a configured root and certified ``ek_public``."""
-    nonce: Mapped[bytes]
-    ak_public: Mapped[bytes | None]
-    ak_public_der: Mapped[bytes | None]
-    ak_name: Mapped[bytes | None]
-    ak_format: Mapped[str | None] = mapped_column(String(8))
-    secret_hash: Mapped[bytes | None]
-    """SHA-256 of the credential secret; compared in constant time at ``finish``."""
-    device_id: Mapped[str | None] = mapped_column(String(64))
-    failure: Mapped[str | None] = mapped_column(String(64))
-    """The code that failed the enrollment (state ``failed``)."""
-
-
-class DeviceRecord(Base):
-    """An enrolled device: the AK bound to an EK at enrollment time."""
-
-    __tablename__ = "devices"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    enrolled_at: Mapped[datetime]
-    revoked_at: Mapped[datetime | None]
-    ek_public: Mapped[bytes]
-    ek_name: Mapped[bytes]
-    """At most one row per EK Name with ``revoked_at`` NULL (``ux_devices_active_ek``)."""
-    ek_key_id: Mapped[bytes | None]
-    """SHA-256 of the EK's SubjectPublicKeyInfo DER: the EK's identity whatever public area the
-    device presented it in (the Name depends on the area, the certificate and MakeCredential do
-    not); at most one active row per key (``ux_devices_active_ek_key``)."""
-    ek_cert_fingerprint: Mapped[str | None] = mapped_column(String(64))
-    ek_cert_verified: Mapped[bool]
-    ak_public: Mapped[bytes]
-    """The AK's TPM2B_PUBLIC: quotes are verified with ``AkPublic.from_public`` of it."""
-    ak_public_der: Mapped[bytes]
-    ak_name: Mapped[bytes]
-    ak_format: Mapped[str] = mapped_column(String(8))
-    """TPW1, TPP1, PCP1 or PCP2."""
-    enrolled_by: Mapped[str] = mapped_column(String(24), default="credential_activation",
-                                             server_default="credential_activation")
-    """How the AK was tied to a TPM: ``credential_activation`` (with the EK) or ``ak_certificate``
-    (a CA certified the AK; the EK was not bound to it)."""
-
-    __table_args__ = (
-        Index("ux_devices_active_ek", "ek_name", unique=True,
-              sqlite_where=text("revoked_at IS NULL"), postgresql_where=text("revoked_at IS NULL")),
-        Index("ux_devices_active_ek_key", "ek_key_id", unique=True,
-              sqlite_where=text("revoked_at IS NULL"), postgresql_where=text("revoked_at IS NULL")),
-    )
-
-
-class ChallengeRecord(Base):
-    """A single-use attestation nonce issued to one device."""
-
-    __tablename__ = "challenges"
-
-    id: Mapped[str] = mapped_column(String(64), primary_key=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
-    nonce: Mapped[bytes]
-    created_at: Mapped[datetime]
-    expires_at: Mapped[datetime]
-    consumed_at: Mapped[datetime | None]
-
-
-class AttestationRecord(Base):
-    """The outcome of one answer to a challenge, passed or refused."""
-
-    __tablename__ = "attestations"
-
-    id: Mapped[int] = mapped_column(primary_key=True, autoincrement=True)
-    device_id: Mapped[str] = mapped_column(ForeignKey("devices.id"), index=True)
-    challenge_id: Mapped[str] = mapped_column(String(64))
-    at: Mapped[datetime]
-    ok: Mapped[bool]
-    code: Mapped[str | None] = mapped_column(String(64))
-    """The ServiceCode or Reason of a refusal; None when ``ok``."""
-    detail: Mapped[str | None] = mapped_column(Text)
-    result: Mapped[dict[str, Any] | None]
-    """What a passed attestation proved: bank, PCR values (hex), clock, event-log summary."""
+DEFAULT_POOL_SIZE: Final = 16
+SQLITE_BUSY_TIMEOUT: Final = 10.0
+"""Seconds a SQLite writer waits for the write lock before the request fails (503)."""
+MAX_PAGE: Final = 500
+"""The largest page any listing returns."""
 
 
 class AlreadyEnrolled(Exception):
@@ -171,6 +83,10 @@ class AlreadyEnrolled(Exception):
 
 class StateConflict(Exception):
     """The enrollment is no longer in the state the step expects (another request won)."""
+
+
+class BadCursor(ValueError):
+    """A pagination cursor this store did not make."""
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -184,23 +100,50 @@ def normalize_url(url: str | URL) -> URL:
 def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor = dbapi_connection.cursor()
     cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={int(SQLITE_BUSY_TIMEOUT * 1000)}")
+    # WAL: readers never wait for the writer; NORMAL: a commit survives a crash of the
+    # process (not necessarily a power loss), without an fsync per transaction.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
     cursor.close()
 
 
 class Store:
-    """The repository the service talks to; records come back detached and fully loaded."""
+    """The database of one service: an engine with a pool sized to ``pool_size`` threads.
 
-    def __init__(self, url: str | URL, *, create_schema: bool = True, **engine_kw: Any) -> None:
+    ``create_schema``: create the schema in an empty database and refuse a database whose
+    schema is behind (:class:`.migrate.SchemaBehind`); False leaves the schema alone.
+    """
+
+    def __init__(self, url: str | URL, *, create_schema: bool = True, pool_size: int = DEFAULT_POOL_SIZE,
+                 **engine_kw: Any) -> None:
         self.url = normalize_url(url)
-        self.engine: Engine = create_engine(self.url, **engine_kw)
-        if self.url.get_backend_name() == "sqlite":
+        self.backend = self.url.get_backend_name()
+        kw: dict[str, Any] = {}
+        if self.backend == "sqlite":
+            kw["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False}
+        if not (self.backend == "sqlite" and self.url.database in (None, "", ":memory:")):
+            kw.update(pool_size=pool_size, max_overflow=4, pool_timeout=30)
+        kw.update(engine_kw)
+        self.engine: Engine = create_engine(self.url, **kw)
+        if self.backend == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         if create_schema:
-            Base.metadata.create_all(self.engine)
+            migrate.ensure(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """One session for one request; the caller commits. Rolled back if it raises."""
+        with self._sessions() as s:
+            try:
+                yield s
+            except BaseException:
+                s.rollback()
+                raise
 
     @contextmanager
     def transaction(self) -> Iterator[Session]:
@@ -212,85 +155,19 @@ class Store:
         with self.transaction() as s:
             s.add(record)
 
-    # -- enrollments ----------------------------------------------------------------------------
+    # -- conveniences over one short session (tests, tools) ---------------------------------
 
     def enrollment(self, enrollment_id: str) -> EnrollmentRecord | None:
-        with self._sessions() as s:
+        with self.session() as s:
             return s.get(EnrollmentRecord, enrollment_id)
 
-    def advance_enrollment(self, enrollment_id: str, from_state: str, to_state: str,
-                           **values: Any) -> bool:
-        """Move an enrollment from ``from_state`` to ``to_state`` (setting ``values``) if it is
-        still in ``from_state``; False when another request moved it first."""
-        with self.transaction() as s:
-            res = s.execute(update(EnrollmentRecord)
-                            .where(EnrollmentRecord.id == enrollment_id,
-                                   EnrollmentRecord.state == from_state)
-                            .values(state=to_state, **values))
-            return _rowcount(res) == 1
-
-    def register_device(self, enrollment_id: str, device: DeviceRecord, *, replace: bool,
-                        now: datetime, from_state: str = AK_RECEIVED) -> list[str]:
-        """Finish an enrollment and register its device, all or nothing.
-
-        Raises StateConflict if the enrollment left `from_state` (``ak``; ``begun`` for an
-        enrollment by AK certificate) meanwhile, AlreadyEnrolled if
-        the EK has an active device and ``replace`` is False (or a concurrent enrollment of the
-        same EK won). With ``replace`` the previous devices of the EK are revoked; their ids are
-        returned.
-        """
-        try:
-            with self.transaction() as s:
-                res = s.execute(update(EnrollmentRecord)
-                                .where(EnrollmentRecord.id == enrollment_id,
-                                       EnrollmentRecord.state == from_state)
-                                .values(state=DONE, device_id=device.id))
-                if _rowcount(res) != 1:
-                    raise StateConflict(enrollment_id)
-                current = list(s.scalars(select(DeviceRecord).where(
-                    _same_ek(device.ek_name, device.ek_key_id), DeviceRecord.revoked_at.is_(None))))
-                if current and not replace:
-                    raise AlreadyEnrolled(current[0].id)
-                for old in current:
-                    old.revoked_at = now
-                s.flush()  # the revocations first, so the partial unique index admits the new row
-                s.add(device)
-            return [old.id for old in current]
-        except IntegrityError as exc:
-            raise AlreadyEnrolled("") from exc
-
-    # -- devices --------------------------------------------------------------------------------
-
     def device(self, device_id: str) -> DeviceRecord | None:
-        with self._sessions() as s:
+        with self.session() as s:
             return s.get(DeviceRecord, device_id)
 
     def active_device_for_ek(self, ek_name: bytes, ek_key_id: bytes | None = None) -> DeviceRecord | None:
-        """The active device whose EK has this Name or (when given) this key."""
-        with self._sessions() as s:
-            return s.scalars(select(DeviceRecord).where(
-                _same_ek(ek_name, ek_key_id), DeviceRecord.revoked_at.is_(None))).first()
-
-    # -- challenges and attestations ------------------------------------------------------------
-
-    def consume_challenge(self, challenge_id: str, now: datetime) -> tuple[ChallengeRecord, bool] | None:
-        """Mark a challenge used; return it and whether this call was the first to use it
-        (None for an unknown id). Committed before the evidence is looked at, so a nonce is
-        spent even when verification fails or the process dies."""
-        with self.transaction() as s:
-            res = s.execute(update(ChallengeRecord)
-                            .where(ChallengeRecord.id == challenge_id,
-                                   ChallengeRecord.consumed_at.is_(None))
-                            .values(consumed_at=now))
-            first = _rowcount(res) == 1
-            record = s.get(ChallengeRecord, challenge_id)
-        return None if record is None else (record, first)
-
-    def record_attestation(self, record: AttestationRecord) -> int:
-        with self.transaction() as s:
-            s.add(record)
-            s.flush()
-            return record.id
+        with self.session() as s:
+            return active_device_for_ek(s, ek_name, ek_key_id)
 
     def latest_attestation(self, device_id: str) -> AttestationRecord | None:
         """A device's most recent attestation, passed or refused."""
@@ -300,10 +177,22 @@ class Store:
 
     def attestations(self, device_id: str) -> list[AttestationRecord]:
         """A device's attestations, oldest first."""
-        with self._sessions() as s:
+        with self.session() as s:
             return list(s.scalars(select(AttestationRecord)
                                   .where(AttestationRecord.device_id == device_id)
                                   .order_by(AttestationRecord.id)))
+
+
+# -- enrollments --------------------------------------------------------------------------------
+
+
+def advance_enrollment(s: Session, enrollment_id: str, from_state: str, to_state: str, **values: Any) -> bool:
+    """Move an enrollment from ``from_state`` to ``to_state`` (setting ``values``) if it is
+    still in ``from_state``; False when another request moved it first. Not committed."""
+    res = s.execute(update(EnrollmentRecord)
+                    .where(EnrollmentRecord.id == enrollment_id, EnrollmentRecord.state == from_state)
+                    .values(state=to_state, **values))
+    return _rowcount(res) == 1
 
 
 def _same_ek(ek_name: bytes, ek_key_id: bytes | None) -> Any:
@@ -313,7 +202,465 @@ def _same_ek(ek_name: bytes, ek_key_id: bytes | None) -> Any:
     return or_(DeviceRecord.ek_name == ek_name, DeviceRecord.ek_key_id == ek_key_id)
 
 
+def active_device_for_ek(s: Session, ek_name: bytes, ek_key_id: bytes | None = None) -> DeviceRecord | None:
+    """The active device whose EK has this Name or (when given) this key."""
+    return s.scalars(select(DeviceRecord).where(
+        _same_ek(ek_name, ek_key_id), DeviceRecord.revoked_at.is_(None))).first()
+
+
+def register_device(s: Session, enrollment_id: str, device: DeviceRecord, *, replace: bool,
+                    now: datetime) -> list[DeviceRecord]:
+    """Finish an enrollment and register its device, committed all or nothing.
+
+    Raises StateConflict if the enrollment left state ``ak`` meanwhile, AlreadyEnrolled if the
+    EK has an active device and neither ``replace`` nor that device's one-time re-enrollment
+    allows replacing it (or a concurrent enrollment of the same EK won). Replaced devices are
+    revoked (``replaced_by`` the new one); the new device inherits their tags, per-device
+    policy and freshness. Returns the replaced devices.
+    """
+    try:
+        if not advance_enrollment(s, enrollment_id, AK_RECEIVED, DONE, device_id=device.id):
+            raise StateConflict(enrollment_id)
+        current = list(s.scalars(select(DeviceRecord).where(
+            _same_ek(device.ek_name, device.ek_key_id), DeviceRecord.revoked_at.is_(None))))
+        if current and not (replace or all(d.reenroll_allowed for d in current)):
+            raise AlreadyEnrolled(current[0].id)
+        for old in current:
+            old.revoked_at = now
+            old.status = REVOKED
+            old.status_since = now
+            old.replaced_by = device.id
+            old.reenroll_allowed = False
+            if old.freshness is not None and device.freshness is None:
+                device.freshness = old.freshness
+        s.flush()  # the revocations first, so the partial unique index admits the new row
+        s.add(device)
+        s.flush()
+        old_ids = [d.id for d in current]
+        if old_ids:
+            tags = set(s.scalars(select(DeviceTag.tag).where(DeviceTag.device_id.in_(old_ids))))
+            s.add_all(DeviceTag(device_id=device.id, tag=t) for t in sorted(tags))
+            assigned = s.scalars(select(PolicyAssignment).where(
+                PolicyAssignment.kind == "device", PolicyAssignment.target.in_(old_ids))).first()
+            if assigned is not None:
+                s.add(PolicyAssignment(kind="device", target=device.id, policy_name=assigned.policy_name,
+                                       assigned_at=now, assigned_by=assigned.assigned_by))
+        s.commit()
+        return current
+    except IntegrityError as exc:
+        s.rollback()
+        raise AlreadyEnrolled("") from exc
+    except BaseException:
+        s.rollback()
+        raise
+
+
+# -- challenges and attestations: the hot path (Core statements, one session) ------------------
+
+
+def issue_challenge(s: Session, record: ChallengeRecord, *, since: datetime | None, limit: int) -> bool:
+    """Insert ``record`` if its device is active and (``limit`` > 0) issued fewer than ``limit``
+    challenges since ``since``; one statement. False when refused (see :func:`why_no_challenge`).
+    Not committed."""
+    conditions: list[Any] = [exists().where(DeviceRecord.id == record.device_id,
+                                            DeviceRecord.revoked_at.is_(None))]
+    if limit > 0 and since is not None:
+        recent = (select(func.count()).select_from(ChallengeRecord)
+                  .where(ChallengeRecord.device_id == record.device_id, ChallengeRecord.created_at > since)
+                  .scalar_subquery())
+        conditions.append(recent < limit)
+    source = select(
+        literal(record.id, String), literal(record.device_id, String), literal(record.nonce, LargeBinary),
+        literal(record.created_at, UtcDateTime), literal(record.expires_at, UtcDateTime),
+    ).where(*conditions)
+    # RETURNING, not the row count: drivers report -1 for INSERT ... SELECT (psycopg).
+    res = s.execute(insert(ChallengeRecord).from_select(
+        ["id", "device_id", "nonce", "created_at", "expires_at"], source).returning(ChallengeRecord.id))
+    return res.first() is not None
+
+
+def device_is_active(s: Session, device_id: str) -> bool:
+    return s.scalar(select(DeviceRecord.id).where(DeviceRecord.id == device_id,
+                                                  DeviceRecord.revoked_at.is_(None))) is not None
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAttestation:
+    """What ``/v1/attest`` needs about a challenge and its device, read in one query."""
+
+    challenge_id: str
+    device_id: str
+    nonce: bytes
+    expires_at: datetime
+    consumed: bool
+    ak_public: bytes
+    revoked: bool
+    status: str
+    fresh_until: datetime | None
+    freshness: float | None
+
+
+_PENDING = (ChallengeRecord.id, ChallengeRecord.device_id, ChallengeRecord.nonce, ChallengeRecord.expires_at,
+            ChallengeRecord.consumed_at, DeviceRecord.ak_public, DeviceRecord.revoked_at,
+            DeviceRecord.status, DeviceRecord.fresh_until, DeviceRecord.freshness)
+
+
+def pending_attestation(s: Session, challenge_id: str) -> PendingAttestation | None:
+    """The challenge and its device (one join), or None for an unknown challenge."""
+    row = s.execute(select(*_PENDING).join(DeviceRecord, DeviceRecord.id == ChallengeRecord.device_id)
+                    .where(ChallengeRecord.id == challenge_id)).first()
+    if row is None:
+        return None
+    return PendingAttestation(row[0], row[1], row[2], row[3], row[4] is not None, row[5], row[6] is not None,
+                              row[7], row[8], row[9])
+
+
+def record_outcome(s: Session, challenge_id: str, now: datetime, attestation: dict[str, Any],
+                   device: dict[str, Any] | None) -> tuple[bool, int]:
+    """Spend the challenge and record the outcome of its answer in ONE transaction (committed
+    here): a crash leaves either both or neither. ``attestation``: the AttestationRecord
+    columns; ``device``: the devices columns to update (None: the device is left alone).
+
+    Returns (whether this call spent the challenge, the attestation id). When another request
+    spent it first, the caller's outcome is not recorded: (False, 0) and nothing committed.
+    """
+    try:
+        claimed = _rowcount(s.execute(update(ChallengeRecord)
+                                      .where(ChallengeRecord.id == challenge_id,
+                                             ChallengeRecord.consumed_at.is_(None))
+                                      .values(consumed_at=now)))
+        if not claimed:
+            s.rollback()
+            return False, 0
+        attestation_id = int(s.execute(insert(AttestationRecord).values(**attestation)
+                                       .returning(AttestationRecord.id)).scalar_one())
+        if device is not None:
+            s.execute(update(DeviceRecord).where(DeviceRecord.id == attestation["device_id"])
+                      .values(last_attestation_id=attestation_id, **device))
+        s.commit()
+        return bool(claimed), attestation_id
+    except BaseException:
+        s.rollback()
+        raise
+
+
+def record_used(s: Session, attestation: dict[str, Any]) -> int:
+    """Record an answer to an already spent challenge (committed)."""
+    try:
+        attestation_id = int(s.execute(insert(AttestationRecord).values(**attestation)
+                                       .returning(AttestationRecord.id)).scalar_one())
+        s.commit()
+        return attestation_id
+    except BaseException:
+        s.rollback()
+        raise
+
+
+# -- device status ----------------------------------------------------------------------------
+
+
+def effective_status(now: datetime) -> Any:
+    """The SQL expression of a device's status at ``now``: a trusted device whose freshness
+    window has passed is stale even before the sweeper writes it down."""
+    return case((and_(DeviceRecord.status == TRUSTED,
+                      or_(DeviceRecord.fresh_until.is_(None), DeviceRecord.fresh_until <= now)), STALE),
+                else_=DeviceRecord.status)
+
+
+def status_of(device: DeviceRecord | PendingAttestation, now: datetime) -> str:
+    """The same as :func:`effective_status`, for a loaded row."""
+    status = device.status
+    if status == TRUSTED and (device.fresh_until is None or device.fresh_until <= now):
+        return STALE
+    return status
+
+
+def mark_stale(s: Session, now: datetime) -> list[str]:
+    """Write down ``stale`` for trusted devices whose window has passed; their ids (committed)."""
+    ids = list(s.scalars(select(DeviceRecord.id).where(DeviceRecord.status == TRUSTED,
+                                                       DeviceRecord.fresh_until <= now)))
+    if ids:
+        s.execute(update(DeviceRecord).where(DeviceRecord.id.in_(ids), DeviceRecord.status == TRUSTED,
+                                             DeviceRecord.fresh_until <= now)
+                  .values(status=STALE, status_since=DeviceRecord.fresh_until))
+    s.commit()
+    return ids
+
+
+def sweep(s: Session, now: datetime, *, grace: timedelta) -> tuple[int, int]:
+    """Delete challenges and unfinished enrollments that expired more than ``grace`` ago;
+    returns how many of each (committed). A swept challenge id is simply unknown."""
+    cutoff = now - grace
+    challenges = _rowcount(s.execute(delete(ChallengeRecord).where(ChallengeRecord.expires_at < cutoff)))
+    enrollments = _rowcount(s.execute(delete(EnrollmentRecord).where(
+        EnrollmentRecord.state != DONE, EnrollmentRecord.expires_at < cutoff)))
+    s.commit()
+    return challenges, enrollments
+
+
+def count_by_status(s: Session, now: datetime) -> dict[str, int]:
+    """Devices per status (every status present, zeros included)."""
+    status = effective_status(now)
+    counts = {name: 0 for name in STATUSES}
+    for name, n in s.execute(select(status, func.count()).group_by(status)):
+        counts[str(name)] = int(n)
+    return counts
+
+
+# -- listings for the operator API and dashboards -----------------------------------------------
+
+
+def _cursor(*parts: Any) -> str:
+    text_ = "\x1f".join(p.isoformat() if isinstance(p, datetime) else str(p) for p in parts)
+    return base64.urlsafe_b64encode(text_.encode()).decode().rstrip("=")
+
+
+def _uncursor(cursor: str, n: int) -> list[str]:
+    try:
+        parts = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("\x1f")
+    except (binascii.Error, UnicodeDecodeError, ValueError):
+        raise BadCursor("not a cursor of this listing") from None
+    if len(parts) != n:
+        raise BadCursor("not a cursor of this listing")
+    return parts
+
+
+@dataclass(frozen=True)
+class Page:
+    """One page of a listing; ``next`` is the cursor of the following page (None: the last)."""
+
+    items: list[Any]
+    next: str | None
+
+
+def list_devices(s: Session, now: datetime, *, status: str | None = None, tag: str | None = None,
+                 limit: int = 100, cursor: str | None = None) -> Page:
+    """Devices in enrollment order, optionally of one status or carrying one tag. Items are
+    ``(DeviceRecord, status)``."""
+    limit = max(1, min(limit, MAX_PAGE))
+    eff = effective_status(now)
+    q = select(DeviceRecord, eff).order_by(DeviceRecord.enrolled_at, DeviceRecord.id)
+    if status is not None:
+        q = q.where(eff == status)
+    if tag is not None:
+        q = q.where(exists().where(DeviceTag.device_id == DeviceRecord.id, DeviceTag.tag == tag))
+    if cursor:
+        at, device_id = _uncursor(cursor, 2)
+        try:
+            when = datetime.fromisoformat(at)
+        except ValueError:
+            raise BadCursor("not a cursor of this listing") from None
+        q = q.where(or_(DeviceRecord.enrolled_at > when,
+                        and_(DeviceRecord.enrolled_at == when, DeviceRecord.id > device_id)))
+    rows = [(d, str(st)) for d, st in s.execute(q.limit(limit + 1))]
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, _cursor(rows[-1][0].enrolled_at, rows[-1][0].id) if more else None)
+
+
+def tags_of(s: Session, device_ids: Sequence[str]) -> dict[str, list[str]]:
+    """The tags of each device (sorted)."""
+    out: dict[str, list[str]] = {d: [] for d in device_ids}
+    if device_ids:
+        for device_id, tag in s.execute(select(DeviceTag.device_id, DeviceTag.tag)
+                                        .where(DeviceTag.device_id.in_(list(device_ids)))
+                                        .order_by(DeviceTag.tag)):
+            out[device_id].append(tag)
+    return out
+
+
+def set_tags(s: Session, device_id: str, add: Iterable[str] = (), remove: Iterable[str] = ()) -> list[str]:
+    """Add and remove tags of a device; its tags afterwards (not committed)."""
+    have = set(s.scalars(select(DeviceTag.tag).where(DeviceTag.device_id == device_id)))
+    drop = set(remove) & have
+    if drop:
+        s.execute(delete(DeviceTag).where(DeviceTag.device_id == device_id, DeviceTag.tag.in_(drop)))
+    new = sorted(set(add) - have)
+    s.add_all(DeviceTag(device_id=device_id, tag=t) for t in new)
+    return sorted((have - drop) | set(new))
+
+
+def attestation_history(s: Session, device_id: str, *, limit: int = 50,
+                        cursor: str | None = None) -> Page:
+    """A device's attestations, newest first."""
+    limit = max(1, min(limit, MAX_PAGE))
+    q = (select(AttestationRecord).where(AttestationRecord.device_id == device_id)
+         .order_by(AttestationRecord.id.desc()))
+    if cursor:
+        (before,) = _uncursor(cursor, 1)
+        if not before.isdigit():
+            raise BadCursor("not a cursor of this listing")
+        q = q.where(AttestationRecord.id < int(before))
+    rows = list(s.scalars(q.limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, _cursor(rows[-1].id) if more else None)
+
+
+# -- operator tokens and the audit log ---------------------------------------------------------
+
+
+def token_hash(token: str) -> str:
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def add_token(s: Session, record: TokenRecord) -> None:
+    """Store a new token (its hash); IntegrityError when the name is taken. Not committed."""
+    if record.role not in ROLES:
+        raise ValueError(f"role must be one of {', '.join(ROLES)}")
+    s.add(record)
+    s.flush()
+
+
+def token_for(s: Session, token: str) -> TokenRecord | None:
+    """The live token record of a presented bearer token."""
+    return s.scalars(select(TokenRecord).where(TokenRecord.token_hash == token_hash(token),
+                                               TokenRecord.revoked_at.is_(None))).first()
+
+
+def list_tokens(s: Session) -> list[TokenRecord]:
+    return list(s.scalars(select(TokenRecord).order_by(TokenRecord.created_at, TokenRecord.name)))
+
+
+def revoke_token(s: Session, name: str, now: datetime) -> bool:
+    """Revoke a token by name; False when no live token has that name. Not committed."""
+    return _rowcount(s.execute(update(TokenRecord).where(TokenRecord.name == name,
+                                                         TokenRecord.revoked_at.is_(None))
+                               .values(revoked_at=now))) == 1
+
+
+def audit(s: Session, now: datetime, actor: str, action: str, target: str | None = None,
+          detail: dict[str, Any] | None = None) -> None:
+    """Append to the audit log (in the caller's transaction: the action and its record
+    commit together)."""
+    s.add(AuditRecord(at=now, actor=actor[:128], action=action, target=None if target is None else target[:200],
+                      detail=detail))
+
+
+def audit_entries(s: Session, *, limit: int = 100, cursor: str | None = None) -> Page:
+    """The audit log, newest first."""
+    limit = max(1, min(limit, MAX_PAGE))
+    q = select(AuditRecord).order_by(AuditRecord.id.desc())
+    if cursor:
+        (before,) = _uncursor(cursor, 1)
+        if not before.isdigit():
+            raise BadCursor("not a cursor of this listing")
+        q = q.where(AuditRecord.id < int(before))
+    rows = list(s.scalars(q.limit(limit + 1)))
+    more = len(rows) > limit
+    rows = rows[:limit]
+    return Page(rows, _cursor(rows[-1].id) if more else None)
+
+
+# -- policies ---------------------------------------------------------------------------------
+
+
+def latest_policy(s: Session, name: str, version: int | None = None) -> PolicyRecord | None:
+    """A policy's newest version (or ``version``)."""
+    q = select(PolicyRecord).where(PolicyRecord.name == name)
+    q = q.where(PolicyRecord.version == version) if version is not None else q.order_by(PolicyRecord.version.desc())
+    return s.scalars(q.limit(1)).first()
+
+
+def add_policy_version(s: Session, name: str, document: dict[str, Any], freshness: float | None,
+                       actor: str, now: datetime) -> PolicyRecord:
+    """Store ``document`` as the next version of ``name`` (IntegrityError when a concurrent
+    writer took that version number). Not committed."""
+    current = s.scalar(select(func.max(PolicyRecord.version)).where(PolicyRecord.name == name))
+    record = PolicyRecord(name=name, version=(current or 0) + 1, document=document, freshness=freshness,
+                          created_at=now, created_by=actor[:128])
+    s.add(record)
+    s.flush()
+    return record
+
+
+def list_policies(s: Session) -> list[PolicyRecord]:
+    """The newest version of every policy, by name."""
+    newest = (select(PolicyRecord.name, func.max(PolicyRecord.version).label("v"))
+              .group_by(PolicyRecord.name).subquery())
+    return list(s.scalars(select(PolicyRecord).join(newest, and_(PolicyRecord.name == newest.c.name,
+                                                                 PolicyRecord.version == newest.c.v))
+                          .order_by(PolicyRecord.name)))
+
+
+def policy_versions(s: Session, name: str) -> list[PolicyRecord]:
+    return list(s.scalars(select(PolicyRecord).where(PolicyRecord.name == name).order_by(PolicyRecord.version)))
+
+
+def assign_policy(s: Session, kind: str, target: str, policy_name: str | None, actor: str,
+                  now: datetime) -> None:
+    """Set (or with None remove) the policy of the fleet (``default``), a tag or a device.
+    Not committed."""
+    s.execute(delete(PolicyAssignment).where(PolicyAssignment.kind == kind, PolicyAssignment.target == target))
+    if policy_name is not None:
+        s.add(PolicyAssignment(kind=kind, target=target, policy_name=policy_name, assigned_at=now,
+                               assigned_by=actor[:128]))
+
+
+def assignment(s: Session, kind: str, target: str) -> PolicyAssignment | None:
+    return s.get(PolicyAssignment, (kind, target))
+
+
+def list_assignments(s: Session) -> list[PolicyAssignment]:
+    return list(s.scalars(select(PolicyAssignment).order_by(PolicyAssignment.kind, PolicyAssignment.target)))
+
+
+def policies_for(s: Session, device_id: str) -> list[tuple[str, int, dict[str, Any], float | None]]:
+    """The policies that judge ``device_id`` now, newest version of each, as (name, version,
+    document, freshness): its own assignment if it has one; else those of its tags (all of
+    them apply); else the fleet default; else none. One query."""
+    newest = (select(PolicyRecord.name, func.max(PolicyRecord.version).label("v"))
+              .group_by(PolicyRecord.name).subquery())
+    tags = select(DeviceTag.tag).where(DeviceTag.device_id == device_id)
+    q = (select(PolicyAssignment.kind, PolicyRecord.name, PolicyRecord.version, PolicyRecord.document,
+                PolicyRecord.freshness)
+         .join(newest, newest.c.name == PolicyAssignment.policy_name)
+         .join(PolicyRecord, and_(PolicyRecord.name == newest.c.name, PolicyRecord.version == newest.c.v))
+         .where(or_(and_(PolicyAssignment.kind == "device", PolicyAssignment.target == device_id),
+                    and_(PolicyAssignment.kind == "tag", PolicyAssignment.target.in_(tags)),
+                    PolicyAssignment.kind == "default"))
+         .order_by(PolicyRecord.name))
+    rows = s.execute(q).all()
+    for kind in ("device", "tag", "default"):
+        chosen = {r[1]: (r[1], int(r[2]), r[3], r[4]) for r in rows if r[0] == kind}
+        if chosen:
+            return list(chosen.values())
+    return []
+
+
 def _rowcount(result: Any) -> int:
-    """Rows matched by an UPDATE (a CursorResult attribute the generic Result type hides)."""
+    """Rows matched by an UPDATE/DELETE (a CursorResult attribute the generic Result type hides)."""
     count: int = result.rowcount
     return count
+
+
+__all__ = [
+    "ADMIN",
+    "AK_RECEIVED",
+    "BEGUN",
+    "DONE",
+    "FAILED",
+    "FAILED_STATUS",
+    "READ",
+    "REVOKED",
+    "STALE",
+    "STATUSES",
+    "TRUSTED",
+    "AlreadyEnrolled",
+    "AttestationRecord",
+    "AuditRecord",
+    "BadCursor",
+    "Base",
+    "ChallengeRecord",
+    "DeviceRecord",
+    "DeviceTag",
+    "EnrollmentRecord",
+    "Page",
+    "PendingAttestation",
+    "PolicyAssignment",
+    "PolicyRecord",
+    "StateConflict",
+    "Store",
+    "TokenRecord",
+    "normalize_url",
+]

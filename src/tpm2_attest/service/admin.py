@@ -1,0 +1,374 @@
+"""The operator API (``/v1/admin``): devices, their history and status, tags, policies and their
+assignments, tokens and the audit log. Every endpoint needs a bearer token (:mod:`.auth`);
+every write is audited in the same transaction as the change it records.
+
+The JSON forms of records (:func:`device_json`, :func:`attestation_json`, ...) are public: the
+admin CLI prints them and other front ends (a dashboard) can render the same.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Header, Path, Query
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from ..policy import PolicyError
+from . import store
+from .auth import Operator, authenticate, create_token
+from .core import AttestationService
+from .errors import ServiceCode, ServiceError
+from .hooks import StatusChange
+from .http import JsonRoute
+from .policies import NAME_PATTERN, parse
+from .tables import (
+    ADMIN,
+    READ,
+    REVOKED,
+    STATUSES,
+    AttestationRecord,
+    AuditRecord,
+    DeviceRecord,
+    PolicyRecord,
+    TokenRecord,
+)
+
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+NamePath = Annotated[str, Path(pattern=NAME_PATTERN)]
+Limit = Annotated[int, Query(ge=1, le=store.MAX_PAGE)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RevokeRequest(_Body):
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class TagsRequest(_Body):
+    add: list[Name] = Field(default_factory=list, max_length=64)
+    remove: list[Name] = Field(default_factory=list, max_length=64)
+
+
+class DevicePatch(_Body):
+    freshness: float | None = Field(default=None, gt=0, description="seconds; null: the policy's or default")
+
+
+class PolicyPut(_Body):
+    document: dict[str, Any] = Field(description="a tpm2_attest.policy document")
+    freshness: float | None = Field(default=None, gt=0, description="seconds a pass keeps a device trusted")
+
+
+class AssignRequest(_Body):
+    policy: Name
+
+
+class TokenRequest(_Body):
+    name: Name
+    role: Literal["read", "admin"]
+
+
+# -- JSON forms -----------------------------------------------------------------------------------
+
+
+def _t(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def device_json(d: DeviceRecord, status: str, tags: list[str]) -> dict[str, Any]:
+    """A device as the operator API shows it."""
+    return {
+        "device_id": d.id, "status": status, "status_since": _t(d.status_since), "tags": tags,
+        "enrolled_at": _t(d.enrolled_at), "revoked_at": _t(d.revoked_at), "replaced_by": d.replaced_by,
+        "last_attestation_at": _t(d.last_attestation_at), "last_attestation_id": d.last_attestation_id,
+        "last_ok_at": _t(d.last_ok_at), "fresh_until": _t(d.fresh_until), "freshness": d.freshness,
+        "reenroll_allowed": d.reenroll_allowed, "ak_format": d.ak_format, "ak_name": d.ak_name.hex(),
+        "ek_name": d.ek_name.hex(), "ek_certificate_verified": d.ek_cert_verified,
+        "ek_cert_fingerprint": d.ek_cert_fingerprint,
+    }
+
+
+def attestation_json(a: AttestationRecord) -> dict[str, Any]:
+    """One attestation of a device's history: outcome, failed rules, what was seen."""
+    return {"attestation_id": a.id, "device_id": a.device_id, "at": _t(a.at), "ok": a.ok, "code": a.code,
+            "detail": a.detail, "policies": a.policies, "violations": a.violations,
+            "rules": list(dict.fromkeys(v.get("rule") for v in a.violations or [] if isinstance(v, dict))),
+            "result": a.result, "state": a.state}
+
+
+def policy_json(p: PolicyRecord) -> dict[str, Any]:
+    return {"name": p.name, "version": p.version, "document": p.document, "freshness": p.freshness,
+            "created_at": _t(p.created_at), "created_by": p.created_by}
+
+
+def audit_json(a: AuditRecord) -> dict[str, Any]:
+    return {"id": a.id, "at": _t(a.at), "actor": a.actor, "action": a.action, "target": a.target,
+            "detail": a.detail}
+
+
+def token_json(t: TokenRecord) -> dict[str, Any]:
+    return {"name": t.name, "role": t.role, "created_at": _t(t.created_at), "created_by": t.created_by,
+            "revoked_at": _t(t.revoked_at)}
+
+
+def page_json(page: store.Page, render: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
+    return {"items": [render(item) for item in page.items], "next": page.next}
+
+
+# -- the router -------------------------------------------------------------------------------------
+
+
+def router(service: AttestationService) -> APIRouter:
+    """The ``/v1/admin`` endpoints over ``service``'s store, clock and hooks."""
+    api = APIRouter(prefix="/v1/admin", tags=["operator"], route_class=JsonRoute)
+    db = service.store
+    Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
+
+    @contextmanager
+    def _op(authorization: str | None, role: str) -> Iterator[tuple[Session, Operator]]:
+        """One session for the request, its operator authenticated for ``role``."""
+        with db.session() as s:
+            yield s, authenticate(s, authorization, role)
+
+    def _device(s: Session, device_id: str) -> DeviceRecord:
+        d = s.get(DeviceRecord, device_id)
+        if d is None:
+            raise ServiceError(ServiceCode.UNKNOWN_DEVICE, "no device has this id")
+        return d
+
+    def _view(s: Session, d: DeviceRecord, now: datetime) -> dict[str, Any]:
+        out = device_json(d, store.status_of(d, now), store.tags_of(s, [d.id])[d.id])
+        out["policies"] = [{"name": n, "version": v} for n, v, _doc, _f in store.policies_for(s, d.id)]
+        return out
+
+    @api.get("/devices")
+    def list_devices(authorization: Auth = None, status: Literal["trusted", "failed", "stale", "revoked"] | None = None,
+                     tag: str | None = Query(default=None, max_length=64), limit: Limit = 100,
+                     cursor: str | None = Query(default=None, max_length=400)) -> dict[str, Any]:
+        """Devices in enrollment order; filter by status or tag; ``next`` is the next page's cursor."""
+        with _op(authorization, READ) as (s, _who):
+            now = service.clock()
+            page = _paged(lambda: store.list_devices(s, now, status=status, tag=tag, limit=limit, cursor=cursor))
+            tags = store.tags_of(s, [d.id for d, _st in page.items])
+            return {"items": [device_json(d, st, tags[d.id]) for d, st in page.items], "next": page.next}
+
+    @api.get("/devices/{device_id}")
+    def get_device(device_id: str, authorization: Auth = None) -> dict[str, Any]:
+        """One device: status, tags, the policies that judge it now, its last attestation."""
+        with _op(authorization, READ) as (s, _who):
+            d = _device(s, device_id)
+            out = _view(s, d, service.clock())
+            last = s.get(AttestationRecord, d.last_attestation_id) if d.last_attestation_id else None
+            out["last_attestation"] = attestation_json(last) if last is not None else None
+            return out
+
+    @api.get("/devices/{device_id}/attestations")
+    def device_attestations(device_id: str, authorization: Auth = None, limit: Limit = 50,
+                            cursor: str | None = Query(default=None, max_length=400)) -> dict[str, Any]:
+        """The device's attestations, newest first, refusals with their rules."""
+        with _op(authorization, READ) as (s, _who):
+            _device(s, device_id)
+            return page_json(_paged(lambda: store.attestation_history(s, device_id, limit=limit, cursor=cursor)),
+                             attestation_json)
+
+    @api.post("/devices/{device_id}/revoke")
+    def revoke(device_id: str, body: RevokeRequest | None = None, authorization: Auth = None) -> dict[str, Any]:
+        """Revoke a device: its challenges and attestations are refused from now on."""
+        with _op(authorization, ADMIN) as (s, op):
+            d = _device(s, device_id)
+            now = service.clock()
+            old = store.status_of(d, now)
+            changed = d.revoked_at is None
+            if changed:
+                d.revoked_at, d.status, d.status_since, d.reenroll_allowed = now, REVOKED, now, False
+                store.audit(s, now, op.actor, "device.revoke", device_id,
+                            {"reason": body.reason} if body and body.reason else None)
+                s.commit()
+            out = _view(s, d, now)
+        if changed:
+            service.hooks.emit(StatusChange(device_id, old, REVOKED, now, "revoked"))
+        return out
+
+    @api.post("/devices/{device_id}/allow-reenroll")
+    def allow_reenroll(device_id: str, authorization: Auth = None) -> dict[str, Any]:
+        """Let this device's EK enroll once more (the lost-AK case); the new enrollment revokes
+        this device and inherits its tags, policy and freshness."""
+        with _op(authorization, ADMIN) as (s, op):
+            d = _device(s, device_id)
+            if d.revoked_at is not None:
+                raise ServiceError(ServiceCode.CONFLICT, "the device is revoked: its EK may enroll anew")
+            now = service.clock()
+            if not d.reenroll_allowed:
+                d.reenroll_allowed = True
+                store.audit(s, now, op.actor, "device.allow_reenroll", device_id)
+                s.commit()
+            return _view(s, d, now)
+
+    @api.post("/devices/{device_id}/tags")
+    def tags(device_id: str, body: TagsRequest, authorization: Auth = None) -> dict[str, Any]:
+        """Add and remove tags; the device's policies follow at its next attestation."""
+        with _op(authorization, ADMIN) as (s, op):
+            d = _device(s, device_id)
+            now = service.clock()
+            store.set_tags(s, device_id, body.add, body.remove)
+            store.audit(s, now, op.actor, "device.tags", device_id, {"add": body.add, "remove": body.remove})
+            s.commit()
+            return _view(s, d, now)
+
+    @api.patch("/devices/{device_id}")
+    def patch_device(device_id: str, body: DevicePatch, authorization: Auth = None) -> dict[str, Any]:
+        """Set the device's own freshness window (null: its policies' or the default)."""
+        with _op(authorization, ADMIN) as (s, op):
+            d = _device(s, device_id)
+            now = service.clock()
+            d.freshness = body.freshness
+            if d.last_ok_at is not None:  # the new window applies to the last pass too
+                d.fresh_until = d.last_ok_at + timedelta(seconds=service.freshness_of(d))
+            store.audit(s, now, op.actor, "device.freshness", device_id, {"freshness": body.freshness})
+            s.commit()
+            return _view(s, d, now)
+
+    # -- policies ---------------------------------------------------------------------------------
+
+    @api.get("/policies")
+    def list_policies(authorization: Auth = None) -> dict[str, Any]:
+        """The newest version of every policy, and every assignment."""
+        with _op(authorization, READ) as (s, _who):
+            return {"items": [policy_json(p) for p in store.list_policies(s)],
+                    "assignments": [{"kind": a.kind, "target": a.target or None, "policy": a.policy_name,
+                                     "assigned_at": _t(a.assigned_at), "assigned_by": a.assigned_by}
+                                    for a in store.list_assignments(s)]}
+
+    @api.get("/policies/{name}")
+    def get_policy(name: NamePath, authorization: Auth = None,
+                   version: int | None = Query(default=None, ge=1)) -> dict[str, Any]:
+        """A policy's newest version, or ``?version=N``."""
+        with _op(authorization, READ) as (s, _who):
+            p = store.latest_policy(s, name, version)
+            if p is None:
+                raise ServiceError(ServiceCode.UNKNOWN_POLICY, f"no policy {name!r}"
+                                   + (f" version {version}" if version else ""))
+            out = policy_json(p)
+            out["versions"] = [v.version for v in store.policy_versions(s, name)]
+            return out
+
+    @api.put("/policies/{name}")
+    def put_policy(name: NamePath, body: PolicyPut, authorization: Auth = None) -> dict[str, Any]:
+        """Store a new version of a policy (validated; an unchanged document adds none)."""
+        with _op(authorization, ADMIN) as (s, op):
+            try:
+                document = parse(body.document).to_dict()
+            except PolicyError as exc:
+                raise ServiceError(ServiceCode.INVALID_REQUEST, f"document.{exc.key}: {exc.message}"
+                                   if exc.key else f"document: {exc.message}", extra={"key": exc.key}) from None
+            now = service.clock()
+            current = store.latest_policy(s, name)
+            if current is not None and current.document == document and current.freshness == body.freshness:
+                return {**policy_json(current), "changed": False}
+            try:
+                record = store.add_policy_version(s, name, document, body.freshness, op.actor, now)
+                store.audit(s, now, op.actor, "policy.put", name, {"version": record.version})
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                raise ServiceError(ServiceCode.CONFLICT, "another version was stored at the same time; retry") from None
+            return {**policy_json(record), "changed": True}
+
+    @api.get("/assignments")
+    def list_assignments(authorization: Auth = None) -> dict[str, Any]:
+        with _op(authorization, READ) as (s, _who):
+            return {"items": [{"kind": a.kind, "target": a.target or None, "policy": a.policy_name,
+                               "assigned_at": _t(a.assigned_at), "assigned_by": a.assigned_by}
+                              for a in store.list_assignments(s)]}
+
+    def _assign(kind: str, target: str, policy: str | None, authorization: str | None) -> dict[str, Any]:
+        with _op(authorization, ADMIN) as (s, op):
+            if kind == "device":
+                _device(s, target)
+            if policy is not None and store.latest_policy(s, policy) is None:
+                raise ServiceError(ServiceCode.UNKNOWN_POLICY, f"no policy {policy!r}: PUT it first")
+            now = service.clock()
+            store.assign_policy(s, kind, target, policy, op.actor, now)
+            store.audit(s, now, op.actor, "policy.assign" if policy else "policy.unassign",
+                        f"{kind}:{target}" if target else kind, {"policy": policy})
+            s.commit()
+            return {"kind": kind, "target": target or None, "policy": policy}
+
+    @api.put("/assignments/default")
+    def assign_default(body: AssignRequest, authorization: Auth = None) -> dict[str, Any]:
+        """The policy of every device that has neither its own nor a tag's."""
+        return _assign("default", "", body.policy, authorization)
+
+    @api.delete("/assignments/default")
+    def unassign_default(authorization: Auth = None) -> dict[str, Any]:
+        return _assign("default", "", None, authorization)
+
+    @api.put("/assignments/{kind}/{target}")
+    def assign(kind: Literal["tag", "device"], target: NamePath, body: AssignRequest,
+               authorization: Auth = None) -> dict[str, Any]:
+        """Assign a policy to a tag (all its devices) or to one device (only that policy then)."""
+        return _assign(kind, target, body.policy, authorization)
+
+    @api.delete("/assignments/{kind}/{target}")
+    def unassign(kind: Literal["tag", "device"], target: NamePath, authorization: Auth = None) -> dict[str, Any]:
+        return _assign(kind, target, None, authorization)
+
+    # -- tokens and audit -------------------------------------------------------------------------
+
+    @api.get("/tokens")
+    def list_tokens(authorization: Auth = None) -> dict[str, Any]:
+        with _op(authorization, ADMIN) as (s, _who):
+            return {"items": [token_json(t) for t in store.list_tokens(s)]}
+
+    @api.post("/tokens")
+    def new_token(body: TokenRequest, authorization: Auth = None) -> dict[str, Any]:
+        """Make a token; the answer is the only place it is ever shown."""
+        with _op(authorization, ADMIN) as (s, op):
+            try:
+                record, token = create_token(s, body.name, body.role, op.actor, service.clock())
+                s.commit()
+            except IntegrityError:
+                s.rollback()
+                raise ServiceError(ServiceCode.CONFLICT, f"a token named {body.name!r} exists") from None
+            return {**token_json(record), "token": token}
+
+    @api.delete("/tokens/{name}")
+    def revoke_token(name: NamePath, authorization: Auth = None) -> dict[str, Any]:
+        with _op(authorization, ADMIN) as (s, op):
+            now = service.clock()
+            if not store.revoke_token(s, name, now):
+                raise ServiceError(ServiceCode.CONFLICT, f"no live token named {name!r}")
+            store.audit(s, now, op.actor, "token.revoke", name)
+            s.commit()
+            return {"name": name, "revoked": True}
+
+    @api.get("/audit")
+    def audit_log(authorization: Auth = None, limit: Limit = 100,
+                  cursor: str | None = Query(default=None, max_length=400)) -> dict[str, Any]:
+        """Every operator action, newest first."""
+        with _op(authorization, READ) as (s, _who):
+            return page_json(_paged(lambda: store.audit_entries(s, limit=limit, cursor=cursor)), audit_json)
+
+    @api.get("/status")
+    def fleet_status(authorization: Auth = None) -> dict[str, Any]:
+        """How many devices have each status."""
+        with _op(authorization, READ) as (s, _who):
+            return {"devices": store.count_by_status(s, service.clock()), "statuses": list(STATUSES)}
+
+    return api
+
+
+def _paged(fn: Callable[[], store.Page]) -> store.Page:
+    try:
+        return fn()
+    except store.BadCursor as exc:
+        raise ServiceError(ServiceCode.INVALID_REQUEST, f"cursor: {exc}") from None
+
+
+__all__ = ["attestation_json", "audit_json", "device_json", "page_json", "policy_json", "router", "token_json"]

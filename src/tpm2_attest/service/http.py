@@ -1,0 +1,269 @@
+"""Hardening of the HTTP layer: JSON that cannot hurt, request ids and timing, slow clients.
+
+* :class:`JsonRoute` parses request bodies itself: invalid UTF-8, nesting deeper than Python's
+  parser goes, integers longer than Python converts, non-finite numbers and lone UTF-16
+  surrogates are ``422 INVALID_REQUEST`` like any other bad body, never a 500.
+* :class:`Observe` (ASGI middleware) gives each request its id (log lines, ``X-Request-ID``),
+  counts it in the metrics, writes one access-log line (method, route, status, milliseconds;
+  never a body), and bounds the time the request's body may take (``body_timeout``: 408).
+* :func:`protocol` returns uvicorn HTTP protocols that close a connection whose request
+  headers do not arrive within ``header_timeout`` (slow clients holding connections open),
+  and answer ``503`` (JSON) to connections beyond ``max_connections``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any, Final
+
+from fastapi.exceptions import RequestValidationError
+from fastapi.routing import APIRoute
+from starlette.requests import Request
+from starlette.responses import Response
+
+from .errors import ServiceCode, ServiceError
+from .logs import new_request_id, request_id
+
+log = logging.getLogger("tpm2_attest.access")
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+LIMITS_KEY: Final = "tpm2_attest_limits"
+"""The lifespan-state key the guarded protocols read (header_timeout, max_connections)."""
+_SURROGATE: Final = re.compile(r"\\u[dD][89a-fA-F]")
+MAX_INT_DIGITS: Final = 100
+
+
+class BadJson(ValueError):
+    """A request body that is not acceptable JSON."""
+
+
+class BodyTimeout(Exception):
+    """The request body did not arrive in time."""
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > MAX_INT_DIGITS:
+        raise BadJson(f"an integer of more than {MAX_INT_DIGITS} digits")
+    return int(text)
+
+
+def _float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise BadJson("a number too large for a double")
+    return value
+
+
+def _constant(name: str) -> Any:
+    raise BadJson(f"{name} is not JSON")
+
+
+def _no_surrogates(value: Any, depth: int = 0) -> None:
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadJson("a string holds a lone UTF-16 surrogate") from None
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            _no_surrogates(k, depth + 1)
+            _no_surrogates(v, depth + 1)
+    elif isinstance(value, list):
+        for v in value:
+            _no_surrogates(v, depth + 1)
+
+
+def parse_json(body: bytes) -> Any:
+    """Parse a request body strictly (UTF-8, finite numbers, bounded integers); BadJson if not."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadJson(f"the body is not UTF-8 (byte {exc.start})") from None
+    try:
+        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+    except BadJson:
+        raise
+    except RecursionError:
+        raise BadJson("the body nests too deeply") from None
+    except json.JSONDecodeError as exc:
+        raise BadJson(f"not JSON: {exc.msg} at position {exc.pos}") from None
+    except ValueError as exc:
+        raise BadJson(f"not JSON: {exc}") from None
+    if _SURROGATE.search(text):
+        _no_surrogates(value)
+    return value
+
+
+class JsonRoute(APIRoute):
+    """An APIRoute whose JSON bodies go through :func:`parse_json`."""
+
+    def get_route_handler(self) -> Callable[[Request], Any]:
+        handler = super().get_route_handler()
+
+        async def route(request: Request) -> Response:
+            if request.method in ("POST", "PUT", "PATCH"):
+                body = await request.body()
+                if body:
+                    try:
+                        request._json = parse_json(body)
+                    except BadJson as exc:
+                        raise RequestValidationError([{"loc": ("body",), "msg": str(exc),
+                                                       "type": "json_invalid"}]) from None
+            response: Response = await handler(request)
+            return response
+
+        return route
+
+
+class Observe:
+    """Request id, metrics, access log and the body timeout, for every HTTP request."""
+
+    def __init__(self, app: ASGIApp, *, body_timeout: float,
+                 count: Callable[[str, str, int], None] | None = None) -> None:
+        self.app = app
+        self.body_timeout = body_timeout
+        self.count = count
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        header = next((v for k, v in scope.get("headers", ()) if k == b"x-request-id"), b"")
+        rid = new_request_id(header.decode("latin-1") if header else None)
+        token = request_id.set(rid)
+        status = 500
+        started = time.perf_counter()
+        body_done = False
+
+        async def timed_receive() -> Message:
+            nonlocal body_done
+            if body_done:
+                return await receive()
+            try:
+                message = await asyncio.wait_for(receive(), self.body_timeout)
+            except TimeoutError:
+                raise BodyTimeout() from None
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                body_done = True
+            return message
+
+        async def observed_send(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+                message.setdefault("headers", [])
+                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode("ascii"))]
+            await send(message)
+
+        try:
+            await self.app(scope, timed_receive, observed_send)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope.get("method", "")
+            if self.count is not None:
+                self.count(template, method, status)
+            log.info("%s %s %d %.1fms", method, template, status, (time.perf_counter() - started) * 1000)
+            request_id.reset(token)
+
+
+# -- connection guards (uvicorn protocols) --------------------------------------------------------
+
+
+def _busy_response() -> bytes:
+    payload = json.dumps(ServiceError(ServiceCode.SERVER_BUSY,
+                                      "too many open connections; retry later").to_dict()).encode()
+    return (b"HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\nconnection: close\r\n"
+            b"retry-after: 1\r\ncontent-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+
+
+class _Guard:
+    """Mixin over a uvicorn HTTP protocol: header timeout and connection cap."""
+
+    _header_timer: asyncio.TimerHandle | None = None
+
+    def _limits(self) -> tuple[float, int]:
+        limits = getattr(self, "app_state", {}).get(LIMITS_KEY)
+        return limits if limits else (10.0, 1024)
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        timeout, cap = self._limits()
+        if len(self.connections) > cap:  # type: ignore[attr-defined]
+            transport.write(_busy_response())
+            transport.close()
+            return
+        self._arm(timeout)
+
+    def _arm(self, timeout: float) -> None:
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(timeout, self._headers_late)  # type: ignore[attr-defined]
+
+    def _in_request(self) -> bool:
+        cycle = getattr(self, "cycle", None)
+        return cycle is not None and not cycle.response_complete
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if not self._in_request():
+            transport = self.transport  # type: ignore[attr-defined]
+            if not transport.is_closing():
+                transport.close()
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)  # type: ignore[misc]
+        if self._in_request():
+            if self._header_timer is not None:
+                self._header_timer.cancel()
+                self._header_timer = None
+        else:  # between requests, a new one has begun to arrive
+            self._arm(self._limits()[0])
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+        super().connection_lost(exc)  # type: ignore[misc]
+
+
+def protocol() -> str:
+    """The import string of the guarded uvicorn protocol: httptools when installed, else h11."""
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        return "tpm2_attest.service.http:GuardedH11Protocol"
+    return "tpm2_attest.service.http:GuardedHttpToolsProtocol"
+
+
+@functools.cache
+def _guarded(name: str) -> type:
+    if name == "GuardedH11Protocol":
+        from uvicorn.protocols.http.h11_impl import H11Protocol
+
+        return type(name, (_Guard, H11Protocol), {"__module__": __name__})
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    return type(name, (_Guard, HttpToolsProtocol), {"__module__": __name__})
+
+
+def __getattr__(name: str) -> Any:
+    """The protocol classes are built on first use (uvicorn imports them by name; httptools
+    is optional)."""
+    if name in ("GuardedH11Protocol", "GuardedHttpToolsProtocol"):
+        return _guarded(name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["LIMITS_KEY", "BadJson", "BodyTimeout", "JsonRoute", "Observe", "parse_json", "protocol"]
