@@ -31,6 +31,7 @@ import anyio.to_thread
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel
 from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -73,6 +74,11 @@ def _error(err: ServiceError, request: Request | None = None) -> JSONResponse:
     if metrics is not None:
         metrics.refusals.labels(err.code).inc()
     return JSONResponse(err.to_dict(), status_code=err.status, headers=err.headers or None)
+
+
+def _json(model: BaseModel) -> Response:
+    """A response model serialised once (FastAPI would validate the model again first)."""
+    return Response(model.__pydantic_serializer__.to_json(model), media_type="application/json")
 
 
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
@@ -205,24 +211,14 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
                                     ek_name=d.ek_name.hex(), ek_certificate_verified=d.ek_certificate_verified,
                                     replaced_devices=d.replaced_devices)
 
-    @app.post("/v1/enroll/ak-certificate", responses=_ERRORS)
-    def enroll_ak_certificate(body: EnrollAkCertificateRequest) -> EnrollFinishResponse:
-        """Enroll by AK certificate (opt-in): check the AK blob's nonce binding and its
-        certificate; register the device without a credential activation."""
-        d = service.enroll_with_ak_certificate(body.enrollment_id, body.ak_blob, body.ak_certificate)
-        return EnrollFinishResponse(device_id=d.device_id, ak_name=d.ak_name.hex(), ak_format=d.ak_format,
-                                    ek_name=d.ek_name.hex(), ek_certificate_verified=d.ek_certificate_verified,
-                                    replaced_devices=d.replaced_devices, enrolled_by=d.enrolled_by)
-
-    @app.post("/v1/attest/challenge", responses=_ERRORS)
-    def attest_challenge(body: ChallengeRequest) -> ChallengeResponse:
+    @app.post("/v1/attest/challenge", responses=_ERRORS, response_model=ChallengeResponse)
+    def attest_challenge(body: ChallengeRequest) -> Response:
         """Issue a single-use nonce for an enrolled device."""
         c = service.issue_challenge(body.device_id)
-        return ChallengeResponse(challenge_id=c.challenge_id, nonce=c.nonce, expires_at=c.expires_at,
-                                 ima_offset=c.ima_offset)
+        return _json(ChallengeResponse(challenge_id=c.challenge_id, nonce=c.nonce, expires_at=c.expires_at))
 
-    @app.post("/v1/attest", responses=_ERRORS)
-    def attest(body: AttestRequest) -> AttestResponse:
+    @app.post("/v1/attest", responses=_ERRORS, response_model=AttestResponse)
+    def attest(body: AttestRequest) -> Response:
         """Verify a quote over a challenge's nonce with the device's enrolled AK, judge it by the
         device's policies."""
         started = time.perf_counter()
@@ -232,8 +228,8 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
             outcome = "passed"
         finally:
             metrics.attestation.labels(outcome).observe(time.perf_counter() - started)
-        return AttestResponse(attestation_id=r.attestation_id, device_id=r.device_id, policies=r.policies,
-                              status=r.status, fresh_until=r.fresh_until, **r.result)
+        return _json(AttestResponse(attestation_id=r.attestation_id, device_id=r.device_id, policies=r.policies,
+                                    status=r.status, fresh_until=r.fresh_until, **r.result))
 
     app.include_router(admin.router(service))
     return app

@@ -34,6 +34,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from .. import verify
@@ -324,16 +325,17 @@ class AttestationService:
                                  nonce=os.urandom(NONCE_SIZE), created_at=now,
                                  expires_at=now + timedelta(seconds=self.settings.nonce_ttl))
         window = self.settings.challenge_rate_window
-        with self.store.session() as s:
-            if not store.issue_challenge(s, record, since=now - timedelta(seconds=window),
-                                         limit=self.settings.challenge_rate):
-                s.rollback()
-                if not store.device_is_active(s, device_id):
+        with self.store.connect() as c:
+            with self.store.writer():
+                issued = store.issue_challenge(c, record, since=now - timedelta(seconds=window),
+                                               limit=self.settings.challenge_rate)
+                c.commit() if issued else c.rollback()
+            if not issued:
+                if not store.device_is_active(c, device_id):
                     raise ServiceError(ServiceCode.UNKNOWN_DEVICE, "no enrolled device has this id")
                 raise ServiceError(ServiceCode.RATE_LIMITED,
                                    f"at most {self.settings.challenge_rate} challenges per device every "
                                    f"{window:g} s", headers={"Retry-After": str(max(1, round(window)))})
-            s.commit()
         return ChallengeIssued(record.id, record.nonce, record.expires_at)
 
     def attest(self, challenge_id: str, quote: Quote | Mapping[str, Any],
@@ -346,22 +348,25 @@ class AttestationService:
         log, replayed against the quoted PCRs when given.
         """
         now = self.clock()
-        with self.store.session() as s:
-            pending = store.pending_attestation(s, challenge_id)
+        with self.store.connect() as c:
+            pending = store.pending_attestation(c, challenge_id)
             if pending is None:
                 raise ServiceError(ServiceCode.UNKNOWN_CHALLENGE, "no such challenge")
             used = ServiceError(ServiceCode.CHALLENGE_USED, "this challenge was already answered")
             if pending.consumed:
-                store.record_used(s, self._row(pending, now, _Outcome(used)))
+                with self.store.writer():
+                    store.record_used(c, self._row(pending, now, _Outcome(used)))
                 log.warning("attestation of device %s refused: %s", pending.device_id, used.code)
                 raise used
-            outcome = self._judge(s, pending, now, quote, event_log)
+            outcome = self._judge(c, pending, now, quote, event_log)
             old = store.status_of(pending, now)
             new, fresh_until, device_update = self._status_update(outcome, old, now)
-            claimed, attestation_id = store.record_outcome(s, challenge_id, now, self._row(pending, now, outcome),
-                                                           device_update)
-            if not claimed:  # a concurrent answer spent it between our read and our write
-                store.record_used(s, self._row(pending, now, _Outcome(used)))
+            row = self._row(pending, now, outcome)
+            with self.store.writer():
+                claimed, attestation_id = store.record_outcome(c, challenge_id, now, row, device_update)
+                if not claimed:  # a concurrent answer spent it between our read and our write
+                    store.record_used(c, self._row(pending, now, _Outcome(used)))
+            if not claimed:
                 raise used
         if device_update is not None:
             self.hooks.emit(StatusChange(pending.device_id, old, new, now, "attestation", attestation_id,
@@ -376,7 +381,7 @@ class AttestationService:
         return AttestationPassed(attestation_id, pending.device_id, outcome.result, outcome.verdict.policies,
                                  new, fresh_until)
 
-    def _judge(self, s: Session, p: PendingAttestation, now: datetime,
+    def _judge(self, c: Connection, p: PendingAttestation, now: datetime,
                quote: Quote | Mapping[str, Any], event_log: bytes | None) -> _Outcome:
         """Verify and judge an answer; never raises for a refusal (it is the outcome)."""
         if now >= p.expires_at:
@@ -405,7 +410,7 @@ class AttestationService:
                 result["event_log"] = log_result.to_dict()
                 state = getattr(log_result, "state", None)  # machine state, where the verifier has it
                 out.state = state.summary() if state is not None else None
-            out.verdict = judge(self.policy_cache, store.policies_for(s, p.device_id), res, log_result)
+            out.verdict = judge(self.policy_cache, store.policies_for(c, p.device_id), res, log_result)
             if not out.verdict.ok:
                 rules = out.verdict.failed_rules()
                 out.device_fault = True

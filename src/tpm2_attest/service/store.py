@@ -18,23 +18,26 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import threading
 from collections.abc import Iterable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import (
+    Connection,
+    Integer,
     LargeBinary,
     String,
     and_,
+    bindparam,
     case,
     delete,
     event,
     exists,
     func,
     insert,
-    literal,
     or_,
     select,
     update,
@@ -129,11 +132,25 @@ class Store:
         if self.backend == "sqlite":
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        # SQLite has one writer at a time; threads of this process queue on a lock rather than
+        # on SQLite's busy handler, which sleeps in steps of up to 100 ms (the p99 of a loaded
+        # server). Other processes on the same file still meet the busy handler.
+        self._writer: AbstractContextManager[Any] = threading.Lock() if self.backend == "sqlite" else nullcontext()
         if create_schema:
             migrate.ensure(self.engine)
 
     def close(self) -> None:
         self.engine.dispose()
+
+    def writer(self) -> AbstractContextManager[Any]:
+        """Hold while a hot-path write transaction runs (a lock on SQLite, nothing elsewhere)."""
+        return self._writer
+
+    @contextmanager
+    def connect(self) -> Iterator[Connection]:
+        """One Core connection for one request on the hot path; the caller commits."""
+        with self.engine.connect() as c:
+            yield c
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -255,33 +272,65 @@ def register_device(s: Session, enrollment_id: str, device: DeviceRecord, *, rep
         raise
 
 
-# -- challenges and attestations: the hot path (Core statements, one session) ------------------
+# -- challenges and attestations: the hot path ------------------------------------------------
+# Prebuilt Core statements with bind parameters, run on a plain Connection: building a
+# statement and its cache key costs several times what executing it does, and the ORM session
+# adds as much again. These run on every challenge and every attestation.
+
+_ISSUE: Final = insert(ChallengeRecord).from_select(
+    ["id", "device_id", "nonce", "created_at", "expires_at"],
+    select(bindparam("id", type_=String), bindparam("device_id", type_=String),
+           bindparam("nonce", type_=LargeBinary), bindparam("created_at", type_=UtcDateTime),
+           bindparam("expires_at", type_=UtcDateTime))
+    .where(exists().where(DeviceRecord.id == bindparam("device_id"), DeviceRecord.revoked_at.is_(None)),
+           select(func.count()).select_from(ChallengeRecord)
+           .where(ChallengeRecord.device_id == bindparam("device_id"),
+                  ChallengeRecord.created_at > bindparam("since", type_=UtcDateTime))
+           .scalar_subquery() < bindparam("limit", type_=Integer)),
+).returning(ChallengeRecord.id)
+# RETURNING, not the row count: drivers report -1 for INSERT ... SELECT (psycopg).
+_ACTIVE: Final = select(DeviceRecord.id).where(DeviceRecord.id == bindparam("device_id"),
+                                               DeviceRecord.revoked_at.is_(None))
+_PENDING: Final = (
+    select(ChallengeRecord.id, ChallengeRecord.device_id, ChallengeRecord.nonce, ChallengeRecord.expires_at,
+           ChallengeRecord.consumed_at, DeviceRecord.ak_public, DeviceRecord.revoked_at, DeviceRecord.status,
+           DeviceRecord.fresh_until, DeviceRecord.freshness)
+    .join(DeviceRecord, DeviceRecord.id == ChallengeRecord.device_id)
+    .where(ChallengeRecord.id == bindparam("challenge_id")))
+_CLAIM: Final = (update(ChallengeRecord)
+                 .where(ChallengeRecord.id == bindparam("challenge_id"), ChallengeRecord.consumed_at.is_(None))
+                 .values(consumed_at=bindparam("now", type_=UtcDateTime)))
+_RECORD: Final = insert(AttestationRecord).returning(AttestationRecord.id)
+_DEVICE: Final = update(DeviceRecord).where(DeviceRecord.id == bindparam("device_key"))
+_NEWEST: Final = (select(PolicyRecord.name, func.max(PolicyRecord.version).label("v"))
+                  .group_by(PolicyRecord.name).subquery())
+_POLICIES: Final = (
+    select(PolicyAssignment.kind, PolicyRecord.name, PolicyRecord.version, PolicyRecord.document,
+           PolicyRecord.freshness)
+    .join(_NEWEST, _NEWEST.c.name == PolicyAssignment.policy_name)
+    .join(PolicyRecord, and_(PolicyRecord.name == _NEWEST.c.name, PolicyRecord.version == _NEWEST.c.v))
+    .where(or_(and_(PolicyAssignment.kind == "device", PolicyAssignment.target == bindparam("device_id")),
+               and_(PolicyAssignment.kind == "tag",
+                    PolicyAssignment.target.in_(select(DeviceTag.tag)
+                                                .where(DeviceTag.device_id == bindparam("device_id")))),
+               PolicyAssignment.kind == "default"))
+    .order_by(PolicyRecord.name))
+
+NO_LIMIT: Final = 1 << 62
 
 
-def issue_challenge(s: Session, record: ChallengeRecord, *, since: datetime | None, limit: int) -> bool:
-    """Insert ``record`` if its device is active and (``limit`` > 0) issued fewer than ``limit``
-    challenges since ``since``; one statement. False when refused (see :func:`why_no_challenge`).
-    Not committed."""
-    conditions: list[Any] = [exists().where(DeviceRecord.id == record.device_id,
-                                            DeviceRecord.revoked_at.is_(None))]
-    if limit > 0 and since is not None:
-        recent = (select(func.count()).select_from(ChallengeRecord)
-                  .where(ChallengeRecord.device_id == record.device_id, ChallengeRecord.created_at > since)
-                  .scalar_subquery())
-        conditions.append(recent < limit)
-    source = select(
-        literal(record.id, String), literal(record.device_id, String), literal(record.nonce, LargeBinary),
-        literal(record.created_at, UtcDateTime), literal(record.expires_at, UtcDateTime),
-    ).where(*conditions)
-    # RETURNING, not the row count: drivers report -1 for INSERT ... SELECT (psycopg).
-    res = s.execute(insert(ChallengeRecord).from_select(
-        ["id", "device_id", "nonce", "created_at", "expires_at"], source).returning(ChallengeRecord.id))
+def issue_challenge(c: Connection, record: ChallengeRecord, *, since: datetime, limit: int) -> bool:
+    """Insert ``record`` if its device is active and (``limit`` > 0) was issued fewer than
+    ``limit`` challenges since ``since``; one statement. False when refused (then
+    :func:`device_is_active` tells why). Not committed."""
+    res = c.execute(_ISSUE, {"id": record.id, "device_id": record.device_id, "nonce": record.nonce,
+                             "created_at": record.created_at, "expires_at": record.expires_at,
+                             "since": since, "limit": limit if limit > 0 else NO_LIMIT})
     return res.first() is not None
 
 
-def device_is_active(s: Session, device_id: str) -> bool:
-    return s.scalar(select(DeviceRecord.id).where(DeviceRecord.id == device_id,
-                                                  DeviceRecord.revoked_at.is_(None))) is not None
+def device_is_active(c: Connection | Session, device_id: str) -> bool:
+    return c.execute(_ACTIVE, {"device_id": device_id}).first() is not None
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,60 +349,60 @@ class PendingAttestation:
     freshness: float | None
 
 
-_PENDING = (ChallengeRecord.id, ChallengeRecord.device_id, ChallengeRecord.nonce, ChallengeRecord.expires_at,
-            ChallengeRecord.consumed_at, DeviceRecord.ak_public, DeviceRecord.revoked_at,
-            DeviceRecord.status, DeviceRecord.fresh_until, DeviceRecord.freshness)
-
-
-def pending_attestation(s: Session, challenge_id: str) -> PendingAttestation | None:
+def pending_attestation(c: Connection, challenge_id: str) -> PendingAttestation | None:
     """The challenge and its device (one join), or None for an unknown challenge."""
-    row = s.execute(select(*_PENDING).join(DeviceRecord, DeviceRecord.id == ChallengeRecord.device_id)
-                    .where(ChallengeRecord.id == challenge_id)).first()
+    row = c.execute(_PENDING, {"challenge_id": challenge_id}).first()
     if row is None:
         return None
     return PendingAttestation(row[0], row[1], row[2], row[3], row[4] is not None, row[5], row[6] is not None,
                               row[7], row[8], row[9])
 
 
-def record_outcome(s: Session, challenge_id: str, now: datetime, attestation: dict[str, Any],
+def record_outcome(c: Connection, challenge_id: str, now: datetime, attestation: dict[str, Any],
                    device: dict[str, Any] | None) -> tuple[bool, int]:
     """Spend the challenge and record the outcome of its answer in ONE transaction (committed
     here): a crash leaves either both or neither. ``attestation``: the AttestationRecord
     columns; ``device``: the devices columns to update (None: the device is left alone).
 
-    Returns (whether this call spent the challenge, the attestation id). When another request
-    spent it first, the caller's outcome is not recorded: (False, 0) and nothing committed.
+    Returns (True, the attestation id); (False, 0) with nothing committed when another request
+    spent the challenge first.
     """
     try:
-        claimed = _rowcount(s.execute(update(ChallengeRecord)
-                                      .where(ChallengeRecord.id == challenge_id,
-                                             ChallengeRecord.consumed_at.is_(None))
-                                      .values(consumed_at=now)))
-        if not claimed:
-            s.rollback()
+        if _rowcount(c.execute(_CLAIM, {"challenge_id": challenge_id, "now": now})) != 1:
+            c.rollback()
             return False, 0
-        attestation_id = int(s.execute(insert(AttestationRecord).values(**attestation)
-                                       .returning(AttestationRecord.id)).scalar_one())
+        attestation_id = int(c.execute(_RECORD, attestation).scalar_one())
         if device is not None:
-            s.execute(update(DeviceRecord).where(DeviceRecord.id == attestation["device_id"])
-                      .values(last_attestation_id=attestation_id, **device))
-        s.commit()
-        return bool(claimed), attestation_id
+            c.execute(_DEVICE, {**device, "last_attestation_id": attestation_id,
+                                "device_key": attestation["device_id"]})
+        c.commit()
+        return True, attestation_id
     except BaseException:
-        s.rollback()
+        c.rollback()
         raise
 
 
-def record_used(s: Session, attestation: dict[str, Any]) -> int:
+def record_used(c: Connection, attestation: dict[str, Any]) -> int:
     """Record an answer to an already spent challenge (committed)."""
     try:
-        attestation_id = int(s.execute(insert(AttestationRecord).values(**attestation)
-                                       .returning(AttestationRecord.id)).scalar_one())
-        s.commit()
+        attestation_id = int(c.execute(_RECORD, attestation).scalar_one())
+        c.commit()
         return attestation_id
     except BaseException:
-        s.rollback()
+        c.rollback()
         raise
+
+
+def policies_for(c: Connection | Session, device_id: str) -> list[tuple[str, int, dict[str, Any], float | None]]:
+    """The policies that judge ``device_id`` now, newest version of each, as (name, version,
+    document, freshness): its own assignment if it has one; else those of its tags (all of
+    them apply); else the fleet default; else none. One query."""
+    rows = c.execute(_POLICIES, {"device_id": device_id}).all()
+    for kind in ("device", "tag", "default"):
+        chosen = {r[1]: (r[1], int(r[2]), r[3], r[4]) for r in rows if r[0] == kind}
+        if chosen:
+            return list(chosen.values())
+    return []
 
 
 # -- device status ----------------------------------------------------------------------------
@@ -603,29 +652,6 @@ def assignment(s: Session, kind: str, target: str) -> PolicyAssignment | None:
 
 def list_assignments(s: Session) -> list[PolicyAssignment]:
     return list(s.scalars(select(PolicyAssignment).order_by(PolicyAssignment.kind, PolicyAssignment.target)))
-
-
-def policies_for(s: Session, device_id: str) -> list[tuple[str, int, dict[str, Any], float | None]]:
-    """The policies that judge ``device_id`` now, newest version of each, as (name, version,
-    document, freshness): its own assignment if it has one; else those of its tags (all of
-    them apply); else the fleet default; else none. One query."""
-    newest = (select(PolicyRecord.name, func.max(PolicyRecord.version).label("v"))
-              .group_by(PolicyRecord.name).subquery())
-    tags = select(DeviceTag.tag).where(DeviceTag.device_id == device_id)
-    q = (select(PolicyAssignment.kind, PolicyRecord.name, PolicyRecord.version, PolicyRecord.document,
-                PolicyRecord.freshness)
-         .join(newest, newest.c.name == PolicyAssignment.policy_name)
-         .join(PolicyRecord, and_(PolicyRecord.name == newest.c.name, PolicyRecord.version == newest.c.v))
-         .where(or_(and_(PolicyAssignment.kind == "device", PolicyAssignment.target == device_id),
-                    and_(PolicyAssignment.kind == "tag", PolicyAssignment.target.in_(tags)),
-                    PolicyAssignment.kind == "default"))
-         .order_by(PolicyRecord.name))
-    rows = s.execute(q).all()
-    for kind in ("device", "tag", "default"):
-        chosen = {r[1]: (r[1], int(r[2]), r[3], r[4]) for r in rows if r[0] == kind}
-        if chosen:
-            return list(chosen.values())
-    return []
 
 
 def _rowcount(result: Any) -> int:
