@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import http.client
 import json
 import os
@@ -42,7 +43,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 from tpm2_attest import Tpm
 from tpm2_attest.evidence import AkBlob
@@ -64,10 +64,8 @@ def descendants(pid: int) -> list[int]:
         p = todo.pop()
         out.append(p)
         for task in Path(f"/proc/{p}/task").glob("*"):
-            try:
+            with contextlib.suppress(OSError):
                 todo.extend(int(c) for c in (task / "children").read_text().split())
-            except OSError:
-                pass
     return out
 
 
@@ -215,7 +213,7 @@ def run_clients(port: int, work: list[tuple[bytes, bytes]], clients: int, time_l
             t0 = time.perf_counter()
             try:
                 s1, _ = post(conn, "/v1/attest/challenge", ch_body)
-                s2, raw = post(conn, "/v1/attest", at_body)
+                s2, _raw = post(conn, "/v1/attest", at_body)
             except (OSError, http.client.HTTPException):
                 bad += 1
                 conn.close()
@@ -257,7 +255,7 @@ def pct(values: list[float], p: float) -> float:
     if not values:
         return float("nan")
     s = sorted(values)
-    return s[min(len(s) - 1, int(round(p / 100 * (len(s) - 1))))]
+    return s[min(len(s) - 1, round(p / 100 * (len(s) - 1)))]
 
 
 def main() -> int:
