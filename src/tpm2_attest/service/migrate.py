@@ -89,12 +89,19 @@ def _locked(engine: Engine) -> Iterator[Connection]:
     schema changes by its own write lock)."""
     with engine.connect() as conn:
         postgres = engine.dialect.name == "postgresql"
+        if engine.dialect.name == "sqlite":  # table copies in batch mode must not trip foreign keys
+            conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
+            conn.commit()
         if postgres:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_ID})
             conn.commit()
         try:
             yield conn
         finally:
+            if engine.dialect.name == "sqlite":
+                conn.rollback()
+                conn.exec_driver_sql("PRAGMA foreign_keys=ON")
+                conn.commit()
             if postgres:
                 conn.rollback()
                 conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": LOCK_ID})

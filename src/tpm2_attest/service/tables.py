@@ -17,6 +17,7 @@ from sqlalchemy import (
     JSON,
     DateTime,
     Dialect,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -137,7 +138,7 @@ class DeviceRecord(Base):
     last_ok_at: Mapped[datetime | None]
     fresh_until: Mapped[datetime | None]
     """The end of the freshness window of the last passing attestation."""
-    freshness: Mapped[float | None]
+    freshness: Mapped[float | None] = mapped_column(Float)
     """Seconds a passing attestation keeps this device trusted (overrides its policies')."""
     reenroll_allowed: Mapped[bool] = mapped_column(default=False, server_default=text("false"))
     """An operator allowed this EK one new enrollment (the lost-AK case); consumed by it."""
@@ -238,7 +239,7 @@ class PolicyRecord(Base):
     version: Mapped[int] = mapped_column(Integer)
     document: Mapped[dict[str, Any]]
     """``tpm2_attest.policy.Policy.to_dict()``."""
-    freshness: Mapped[float | None]
+    freshness: Mapped[float | None] = mapped_column(Float)
     """Seconds a passing attestation under this policy keeps a device trusted."""
     created_at: Mapped[datetime]
     created_by: Mapped[str] = mapped_column(String(128))

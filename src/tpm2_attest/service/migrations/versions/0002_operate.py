@@ -21,8 +21,25 @@ branch_labels = None
 depends_on = None
 
 
+class _adding:
+    """``with _adding(table) as t: t.add_column(...)`` as plain ALTER TABLE ADD COLUMN."""
+
+    def __init__(self, table: str) -> None:
+        self.table = table
+
+    def __enter__(self) -> _adding:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+    def add_column(self, column: sa.Column[object]) -> None:
+        op.add_column(self.table, column)
+
+
 def upgrade() -> None:
-    with op.batch_alter_table("devices") as t:
+    # Plain ADD COLUMN (SQLite does it in place; batch mode would copy the table).
+    with _adding("devices") as t:
         t.add_column(sa.Column("status", sa.String(16), nullable=False, server_default="stale"))
         t.add_column(sa.Column("status_since", UtcDateTime(), nullable=True))
         t.add_column(sa.Column("last_attestation_at", UtcDateTime(), nullable=True))
@@ -43,7 +60,7 @@ def upgrade() -> None:
     op.execute("UPDATE devices SET last_attestation_at = "
                "(SELECT a.at FROM attestations a WHERE a.id = devices.last_attestation_id)")
 
-    with op.batch_alter_table("attestations") as t:
+    with _adding("attestations") as t:
         t.add_column(sa.Column("policies", sa.JSON(), nullable=True))
         t.add_column(sa.Column("violations", sa.JSON(), nullable=True))
         t.add_column(sa.Column("state", sa.JSON(), nullable=True))
