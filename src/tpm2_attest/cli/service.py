@@ -86,7 +86,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    configure(settings.log_format, settings.log_level)
     try:  # create an empty schema once, before any worker starts; refuse one that is behind
         Store(settings.database_url, pool_size=1).close()
     except migrate.SchemaError as exc:
@@ -100,11 +99,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
         except (SettingsError, migrate.SchemaError) as exc:
             print(f"error: {exc}", file=sys.stderr)
             return EXIT_USAGE
+        configure(settings.log_format, settings.log_level)
         uvicorn.run(app, **common)
         return EXIT_OK
     import os
     import tempfile
 
+    configure(settings.log_format, settings.log_level)
     os.environ[SETTINGS_ENV] = settings.model_dump_json()
     with tempfile.TemporaryDirectory(prefix="tpm2-attest-metrics-") as shared:
         os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", shared)  # counters summed over workers

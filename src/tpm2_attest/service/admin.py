@@ -41,6 +41,8 @@ from .tables import (
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 NamePath = Annotated[str, Path(pattern=NAME_PATTERN)]
 Limit = Annotated[int, Query(ge=1, le=store.MAX_PAGE)]
+Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
+"""The bearer token (module level: FastAPI resolves the string annotations in these globals)."""
 
 
 class _Body(BaseModel):
@@ -128,7 +130,6 @@ def router(service: AttestationService) -> APIRouter:
     """The ``/v1/admin`` endpoints over ``service``'s store, clock and hooks."""
     api = APIRouter(prefix="/v1/admin", tags=["operator"], route_class=JsonRoute)
     db = service.store
-    Auth = Annotated[str | None, Header(alias="Authorization", include_in_schema=False)]
 
     @contextmanager
     def _op(authorization: str | None, role: str) -> Iterator[tuple[Session, Operator]]:

@@ -72,4 +72,13 @@ def configure(fmt: Literal["text", "json"] = "text", level: str = "info",
     return handler
 
 
-__all__ = ["JsonFormatter", "RequestIdFilter", "configure", "new_request_id", "request_id"]
+def unconfigure(handler: logging.Handler) -> None:
+    """Undo :func:`configure` (tests, and programs that configure logging their own way)."""
+    for name in LOGGERS:
+        logger = logging.getLogger(name)
+        logger.removeHandler(handler)
+        logger.propagate = True
+        logger.setLevel(logging.NOTSET)
+
+
+__all__ = ["JsonFormatter", "RequestIdFilter", "configure", "new_request_id", "request_id", "unconfigure"]
