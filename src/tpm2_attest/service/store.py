@@ -316,7 +316,8 @@ _POLICIES: Final = (
                PolicyAssignment.kind == "default"))
     .order_by(PolicyRecord.name))
 
-NO_LIMIT: Final = 1 << 62
+NO_LIMIT: Final = 2**31 - 1
+"""The limit bound when rate limiting is off (an SQL INTEGER on every backend)."""
 
 
 def issue_challenge(c: Connection, record: ChallengeRecord, *, since: datetime, limit: int) -> bool:
