@@ -281,8 +281,8 @@ def main() -> int:
         print(f"verify_quote (ECDSA P-256 AK, PCRs 0-7): {vq * 1e6:.0f} us per call (median of 7 x 300)")
         print(f"{os.cpu_count()} CPUs; {args.devices} devices; {args.pairs} pairs per run; {args.repeat} runs per row;"
               " CPU = all server processes, per challenge+attest pair")
-        print(f"{'backend':<9}{'procs':>6}{'clients':>8}{'att/s':>16}{'p50 ms':>9}{'p99 ms':>16}"
-              f"{'errors':>7}{'CPU us/pair':>18}{'x verify':>16}{'db CPU us':>11}")
+        print(f"{'backend':<9}{'procs':>6}{'clients':>8}{'att/s':>17}{'p50 ms':>9}{'p99 ms':>22}"
+              f"{'errors':>7}{'CPU us/pair':>20}{'x verify':>18}{'db CPU us':>11}")
         for backend in args.backends.split(","):
             if backend == "postgres" and not pg_url:
                 print("postgres: skipped (set TPM2_ATTEST_TEST_POSTGRES_URL)")
@@ -311,9 +311,9 @@ def main() -> int:
 
                             def spread(v: list[float], f: str = ".0f") -> str:
                                 return f"{statistics.median(v):{f}} ({min(v):{f}}-{max(v):{f}})"
-                            print(f"{backend:<9}{workers:>6}{c:>8}{spread(rates):>16}"
-                                  f"{statistics.median(p50s):>9.1f}{spread(p99s, '.1f'):>16}{errs:>7}"
-                                  f"{spread(cpus):>18}{spread([x / (vq * 1e6) for x in cpus], '.1f'):>16}"
+                            print(f"{backend:<9}{workers:>6}{c:>8}{spread(rates):>17}"
+                                  f"{statistics.median(p50s):>9.1f}{spread(p99s, '.1f'):>22}{errs:>7}"
+                                  f"{spread(cpus):>20}{spread([x / (vq * 1e6) for x in cpus], '.1f'):>18}"
                                   f"{statistics.median(dbs):>11.0f}", flush=True)
                     finally:
                         server.stop()
