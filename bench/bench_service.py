@@ -138,7 +138,7 @@ class Server:
                "--workers", str(workers), "--threads", str(threads), "--allow-missing-ek-certificate",
                "--challenge-rate", "0", "--nonce-ttl", "3600", "--log-level", "warning",
                "--sweep-interval", "0", "--max-connections", "4096"]
-        self.log = tempfile.NamedTemporaryFile(prefix="bench-serve-", suffix=".log", delete=False)
+        self.log = tempfile.NamedTemporaryFile(prefix="bench-serve-", suffix=".log", delete=False)  # noqa: SIM115 (closed in stop)
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=self.log,
                                      start_new_session=True)
         deadline = time.monotonic() + 60
