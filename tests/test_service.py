@@ -307,6 +307,8 @@ def test_event_log_is_replayed(fresh_swtpm: EmbeddedSwtpm, settings: Settings, c
         verdict = attest(tpm, InProcess(c), dev.device_id, dev.ak_blob, pcrs=[0, 16], event_log=log.build())
         assert verdict["event_log"]["verified"] == [16]
         assert verdict["pcrs"]["16"] == log.expected("sha256")[16].hex()
+        [rec] = [a for a in c.app.state.service.store.attestations(dev.device_id) if a.ok]
+        assert rec.state == verdict["event_log"]["state"] and isinstance(rec.state, dict)  # machine state kept
         lying = synth.LogBuilder(banks=("sha256",)).event(16, synth.EV_ACTION, b"something else")
         with pytest.raises(ServiceError) as info:
             attest(tpm, InProcess(c), dev.device_id, dev.ak_blob, pcrs=[16], event_log=lying.build())

@@ -408,8 +408,7 @@ class AttestationService:
             if event_log is not None:
                 log_result = verify.verify_event_log(event_log, res)
                 result["event_log"] = log_result.to_dict()
-                state = getattr(log_result, "state", None)  # machine state, where the verifier has it
-                out.state = state.summary() if state is not None else None
+                out.state = log_result.state.summary()  # bounded, JSON-ready
             out.verdict = judge(self.policy_cache, store.policies_for(c, p.device_id), res, log_result)
             if not out.verdict.ok:
                 rules = out.verdict.failed_rules()
@@ -446,8 +445,12 @@ class AttestationService:
         """The attestations row of an outcome."""
         error = outcome.error
         detail = None if error is None else error.detail
+        result = outcome.result
+        if result is not None and isinstance(result.get("event_log"), dict) and "state" in result["event_log"]:
+            # the machine state has its own column: not twice per row
+            result = {**result, "event_log": {k: v for k, v in result["event_log"].items() if k != "state"}}
         return {"device_id": p.device_id, "challenge_id": p.challenge_id, "at": now, "ok": error is None,
-                "code": outcome.code, "detail": detail, "result": outcome.result,
+                "code": outcome.code, "detail": detail, "result": result,
                 "policies": outcome.verdict.policies if outcome.verdict else None,
                 "violations": (outcome.verdict.violations or None) if outcome.verdict else None,
                 "state": outcome.state}
