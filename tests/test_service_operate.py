@@ -609,3 +609,21 @@ def test_a_slow_body_is_408(settings: Settings, clock: Clock) -> None:
     asyncio.run(run())
     assert sent[0]["status"] == 408
     assert json.loads(sent[1]["body"])["error"]["code"] == "REQUEST_TIMEOUT"
+
+
+def test_the_device_lane_refuses_like_the_routes(http: TestClient) -> None:
+    """/v1/attest/challenge and /v1/attest are answered by the fast lane: same errors as FastAPI's."""
+    err = refused(http.post("/v1/attest", json={"challenge_id": "c"}), 422, "INVALID_REQUEST")
+    assert err["detail"] == "body.quote: Field required"
+    err = refused(http.post("/v1/attest", json={"challenge_id": "c", "quote": {"version": 1, "attest": "", "signature": "",
+                                                                            "pcrs": {}}, "event_log": "!!"}),
+                  422, "INVALID_REQUEST")
+    assert err["detail"].startswith("body.event_log: invalid base64") and "!!" not in err["detail"]
+    refused(http.post("/v1/attest/challenge", content=b'{"device_id": "d"}', headers={"content-type": "text/plain"}),
+            422, "INVALID_REQUEST")
+    refused(http.post("/v1/attest/challenge"), 422, "INVALID_REQUEST")  # no body
+    r = http.get("/v1/attest/challenge")  # another method goes on to FastAPI
+    assert r.status_code == 405 and r.json()["error"]["code"] == "HTTP_405"
+    body = http.get("/metrics").text
+    assert 'tpm2_attest_refusals_total{code="INVALID_REQUEST"} 4.0' in body
+    assert 'route="/v1/attest",status="422"' in body

@@ -43,19 +43,23 @@ BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
 CHILD = textwrap.dedent("""
     import json, os, signal, sys, warnings
     from pathlib import Path
-    from sqlalchemy import event
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
     from tpm2_attest.service import Settings, create_app
 
+    from tpm2_attest.service.hotpath import HotConnection
+
     cfg = json.loads(sys.argv[1])
     app = create_app(Settings(**cfg["settings"]))
-    engine = app.state.service.store.engine
+    execute = HotConnection.execute
 
-    @event.listens_for(engine, "after_cursor_execute")
-    def die(conn, cursor, statement, params, context, executemany):
-        if statement.lstrip().upper().startswith(cfg["kill_after"]):
+    def execute_then_die(self, sql, params):   # every hot-path statement goes through execute
+        cursor = execute(self, sql, params)
+        if sql.lstrip().upper().startswith(cfg["kill_after"]):
             os.kill(os.getpid(), signal.SIGKILL)   # no commit, no rollback, no cleanup
+        return cursor
+
+    HotConnection.execute = execute_then_die
 
     with TestClient(app) as c:
         c.post("/v1/attest", content=Path(cfg["body"]).read_bytes(), headers={"content-type": "application/json"})

@@ -34,7 +34,6 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from sqlalchemy import Connection
 from sqlalchemy.orm import Session
 
 from .. import verify
@@ -44,6 +43,7 @@ from ..verify import Reason, VerificationError
 from . import store
 from .errors import ServiceCode, ServiceError
 from .hooks import StatusChange, StatusHooks
+from .hotpath import HotConnection, PendingAttestation
 from .policies import PolicyCache, Verdict, judge
 from .settings import Settings, SettingsError, describe
 from .store import (
@@ -54,10 +54,8 @@ from .store import (
     STALE,
     TRUSTED,
     AlreadyEnrolled,
-    ChallengeRecord,
     DeviceRecord,
     EnrollmentRecord,
-    PendingAttestation,
     StateConflict,
     Store,
 )
@@ -68,6 +66,9 @@ NONCE_SIZE: Final = 32
 """Bytes of every nonce: within TPM2_Quote's 64-byte qualifyingData limit on any TPM."""
 
 Clock = Callable[[], datetime]
+
+NO_LIMIT: Final = 2**31 - 1
+"""The limit bound when rate limiting is off (an SQL INTEGER on every backend)."""
 
 _NEXT_STEP: Final = {BEGUN: "POST /v1/enroll/ak", AK_RECEIVED: "POST /v1/enroll/finish"}
 
@@ -321,22 +322,22 @@ class AttestationService:
     def issue_challenge(self, device_id: str) -> ChallengeIssued:
         """A fresh single-use nonce for ``device_id`` to quote over (within its rate limit)."""
         now = self.clock()
-        record = ChallengeRecord(id=secrets.token_urlsafe(24), device_id=device_id,
-                                 nonce=os.urandom(NONCE_SIZE), created_at=now,
-                                 expires_at=now + timedelta(seconds=self.settings.nonce_ttl))
+        issued = ChallengeIssued(secrets.token_urlsafe(24), os.urandom(NONCE_SIZE),
+                                 now + timedelta(seconds=self.settings.nonce_ttl))
         window = self.settings.challenge_rate_window
-        with self.store.connect() as c:
+        limit = self.settings.challenge_rate if self.settings.challenge_rate > 0 else NO_LIMIT
+        with self.store.hot.connection() as db:
             with self.store.writer():
-                issued = store.issue_challenge(c, record, since=now - timedelta(seconds=window),
-                                               limit=self.settings.challenge_rate)
-                c.commit() if issued else c.rollback()
-            if not issued:
-                if not store.device_is_active(c, device_id):
+                ok = db.issue_challenge(issued.challenge_id, device_id, issued.nonce, now, issued.expires_at,
+                                        now - timedelta(seconds=window), limit)
+                db.commit() if ok else db.rollback()
+            if not ok:
+                if not db.device_is_active(device_id):
                     raise ServiceError(ServiceCode.UNKNOWN_DEVICE, "no enrolled device has this id")
                 raise ServiceError(ServiceCode.RATE_LIMITED,
                                    f"at most {self.settings.challenge_rate} challenges per device every "
                                    f"{window:g} s", headers={"Retry-After": str(max(1, round(window)))})
-        return ChallengeIssued(record.id, record.nonce, record.expires_at)
+        return issued
 
     def attest(self, challenge_id: str, quote: Quote | Mapping[str, Any],
                event_log: bytes | None = None) -> AttestationPassed:
@@ -348,24 +349,24 @@ class AttestationService:
         log, replayed against the quoted PCRs when given.
         """
         now = self.clock()
-        with self.store.connect() as c:
-            pending = store.pending_attestation(c, challenge_id)
+        with self.store.hot.connection() as db:
+            pending = db.pending(challenge_id)
             if pending is None:
                 raise ServiceError(ServiceCode.UNKNOWN_CHALLENGE, "no such challenge")
             used = ServiceError(ServiceCode.CHALLENGE_USED, "this challenge was already answered")
             if pending.consumed:
                 with self.store.writer():
-                    store.record_used(c, self._row(pending, now, _Outcome(used)))
+                    db.record_used(self._row(pending, now, _Outcome(used)))
                 log.warning("attestation of device %s refused: %s", pending.device_id, used.code)
                 raise used
-            outcome = self._judge(c, pending, now, quote, event_log)
+            outcome = self._judge(db, pending, now, quote, event_log)
             old = store.status_of(pending, now)
             new, fresh_until, device_update = self._status_update(outcome, old, now)
             row = self._row(pending, now, outcome)
             with self.store.writer():
-                claimed, attestation_id = store.record_outcome(c, challenge_id, now, row, device_update)
+                claimed, attestation_id = db.record_outcome(challenge_id, now, row, device_update)
                 if not claimed:  # a concurrent answer spent it between our read and our write
-                    store.record_used(c, self._row(pending, now, _Outcome(used)))
+                    db.record_used(self._row(pending, now, _Outcome(used)))
             if not claimed:
                 raise used
         if device_update is not None:
@@ -381,7 +382,7 @@ class AttestationService:
         return AttestationPassed(attestation_id, pending.device_id, outcome.result, outcome.verdict.policies,
                                  new, fresh_until)
 
-    def _judge(self, c: Connection, p: PendingAttestation, now: datetime,
+    def _judge(self, db: HotConnection, p: PendingAttestation, now: datetime,
                quote: Quote | Mapping[str, Any], event_log: bytes | None) -> _Outcome:
         """Verify and judge an answer; never raises for a refusal (it is the outcome)."""
         if now >= p.expires_at:
@@ -409,7 +410,7 @@ class AttestationService:
                 log_result = verify.verify_event_log(event_log, res)
                 result["event_log"] = log_result.to_dict()
                 out.state = log_result.state.summary()  # bounded, JSON-ready
-            out.verdict = judge(self.policy_cache, store.policies_for(c, p.device_id), res, log_result)
+            out.verdict = judge(self.policy_cache, db.policies_for(p.device_id), res, log_result)
             if not out.verdict.ok:
                 rules = out.verdict.failed_rules()
                 out.device_fault = True

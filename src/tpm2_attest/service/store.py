@@ -26,10 +26,6 @@ from datetime import datetime, timedelta
 from typing import Any, Final
 
 from sqlalchemy import (
-    Connection,
-    Integer,
-    LargeBinary,
-    String,
     and_,
     bindparam,
     case,
@@ -37,7 +33,6 @@ from sqlalchemy import (
     event,
     exists,
     func,
-    insert,
     or_,
     select,
     update,
@@ -47,6 +42,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from . import migrate
+from .hotpath import HotPath, PendingAttestation
 from .tables import (
     ADMIN,
     AK_RECEIVED,
@@ -70,7 +66,6 @@ from .tables import (
     PolicyAssignment,
     PolicyRecord,
     TokenRecord,
-    UtcDateTime,
 )
 
 DEFAULT_POOL_SIZE: Final = 16
@@ -136,6 +131,7 @@ class Store:
         # on SQLite's busy handler, which sleeps in steps of up to 100 ms (the p99 of a loaded
         # server). Other processes on the same file still meet the busy handler.
         self._writer: AbstractContextManager[Any] = threading.Lock() if self.backend == "sqlite" else nullcontext()
+        self.hot = HotPath(self.engine)
         if create_schema:
             migrate.ensure(self.engine)
 
@@ -145,12 +141,6 @@ class Store:
     def writer(self) -> AbstractContextManager[Any]:
         """Hold while a hot-path write transaction runs (a lock on SQLite, nothing elsewhere)."""
         return self._writer
-
-    @contextmanager
-    def connect(self) -> Iterator[Connection]:
-        """One Core connection for one request on the hot path; the caller commits."""
-        with self.engine.connect() as c:
-            yield c
 
     @contextmanager
     def session(self) -> Iterator[Session]:
@@ -272,36 +262,8 @@ def register_device(s: Session, enrollment_id: str, device: DeviceRecord, *, rep
         raise
 
 
-# -- challenges and attestations: the hot path ------------------------------------------------
-# Prebuilt Core statements with bind parameters, run on a plain Connection: building a
-# statement and its cache key costs several times what executing it does, and the ORM session
-# adds as much again. These run on every challenge and every attestation.
+# -- policies that judge a device (the hot path runs the same query in .hotpath) ----------------
 
-_ISSUE: Final = insert(ChallengeRecord).from_select(
-    ["id", "device_id", "nonce", "created_at", "expires_at"],
-    select(bindparam("id", type_=String), bindparam("device_id", type_=String),
-           bindparam("nonce", type_=LargeBinary), bindparam("created_at", type_=UtcDateTime),
-           bindparam("expires_at", type_=UtcDateTime))
-    .where(exists().where(DeviceRecord.id == bindparam("device_id"), DeviceRecord.revoked_at.is_(None)),
-           select(func.count()).select_from(ChallengeRecord)
-           .where(ChallengeRecord.device_id == bindparam("device_id"),
-                  ChallengeRecord.created_at > bindparam("since", type_=UtcDateTime))
-           .scalar_subquery() < bindparam("limit", type_=Integer)),
-).returning(ChallengeRecord.id)
-# RETURNING, not the row count: drivers report -1 for INSERT ... SELECT (psycopg).
-_ACTIVE: Final = select(DeviceRecord.id).where(DeviceRecord.id == bindparam("device_id"),
-                                               DeviceRecord.revoked_at.is_(None))
-_PENDING: Final = (
-    select(ChallengeRecord.id, ChallengeRecord.device_id, ChallengeRecord.nonce, ChallengeRecord.expires_at,
-           ChallengeRecord.consumed_at, DeviceRecord.ak_public, DeviceRecord.revoked_at, DeviceRecord.status,
-           DeviceRecord.fresh_until, DeviceRecord.freshness)
-    .join(DeviceRecord, DeviceRecord.id == ChallengeRecord.device_id)
-    .where(ChallengeRecord.id == bindparam("challenge_id")))
-_CLAIM: Final = (update(ChallengeRecord)
-                 .where(ChallengeRecord.id == bindparam("challenge_id"), ChallengeRecord.consumed_at.is_(None))
-                 .values(consumed_at=bindparam("now", type_=UtcDateTime)))
-_RECORD: Final = insert(AttestationRecord).returning(AttestationRecord.id)
-_DEVICE: Final = update(DeviceRecord).where(DeviceRecord.id == bindparam("device_key"))
 _NEWEST: Final = (select(PolicyRecord.name, func.max(PolicyRecord.version).label("v"))
                   .group_by(PolicyRecord.name).subquery())
 _POLICIES: Final = (
@@ -316,85 +278,8 @@ _POLICIES: Final = (
                PolicyAssignment.kind == "default"))
     .order_by(PolicyRecord.name))
 
-NO_LIMIT: Final = 2**31 - 1
-"""The limit bound when rate limiting is off (an SQL INTEGER on every backend)."""
 
-
-def issue_challenge(c: Connection, record: ChallengeRecord, *, since: datetime, limit: int) -> bool:
-    """Insert ``record`` if its device is active and (``limit`` > 0) was issued fewer than
-    ``limit`` challenges since ``since``; one statement. False when refused (then
-    :func:`device_is_active` tells why). Not committed."""
-    res = c.execute(_ISSUE, {"id": record.id, "device_id": record.device_id, "nonce": record.nonce,
-                             "created_at": record.created_at, "expires_at": record.expires_at,
-                             "since": since, "limit": limit if limit > 0 else NO_LIMIT})
-    return res.first() is not None
-
-
-def device_is_active(c: Connection | Session, device_id: str) -> bool:
-    return c.execute(_ACTIVE, {"device_id": device_id}).first() is not None
-
-
-@dataclass(frozen=True, slots=True)
-class PendingAttestation:
-    """What ``/v1/attest`` needs about a challenge and its device, read in one query."""
-
-    challenge_id: str
-    device_id: str
-    nonce: bytes
-    expires_at: datetime
-    consumed: bool
-    ak_public: bytes
-    revoked: bool
-    status: str
-    fresh_until: datetime | None
-    freshness: float | None
-
-
-def pending_attestation(c: Connection, challenge_id: str) -> PendingAttestation | None:
-    """The challenge and its device (one join), or None for an unknown challenge."""
-    row = c.execute(_PENDING, {"challenge_id": challenge_id}).first()
-    if row is None:
-        return None
-    return PendingAttestation(row[0], row[1], row[2], row[3], row[4] is not None, row[5], row[6] is not None,
-                              row[7], row[8], row[9])
-
-
-def record_outcome(c: Connection, challenge_id: str, now: datetime, attestation: dict[str, Any],
-                   device: dict[str, Any] | None) -> tuple[bool, int]:
-    """Spend the challenge and record the outcome of its answer in ONE transaction (committed
-    here): a crash leaves either both or neither. ``attestation``: the AttestationRecord
-    columns; ``device``: the devices columns to update (None: the device is left alone).
-
-    Returns (True, the attestation id); (False, 0) with nothing committed when another request
-    spent the challenge first.
-    """
-    try:
-        if _rowcount(c.execute(_CLAIM, {"challenge_id": challenge_id, "now": now})) != 1:
-            c.rollback()
-            return False, 0
-        attestation_id = int(c.execute(_RECORD, attestation).scalar_one())
-        if device is not None:
-            c.execute(_DEVICE, {**device, "last_attestation_id": attestation_id,
-                                "device_key": attestation["device_id"]})
-        c.commit()
-        return True, attestation_id
-    except BaseException:
-        c.rollback()
-        raise
-
-
-def record_used(c: Connection, attestation: dict[str, Any]) -> int:
-    """Record an answer to an already spent challenge (committed)."""
-    try:
-        attestation_id = int(c.execute(_RECORD, attestation).scalar_one())
-        c.commit()
-        return attestation_id
-    except BaseException:
-        c.rollback()
-        raise
-
-
-def policies_for(c: Connection | Session, device_id: str) -> list[tuple[str, int, dict[str, Any], float | None]]:
+def policies_for(c: Session, device_id: str) -> list[tuple[str, int, dict[str, Any], float | None]]:
     """The policies that judge ``device_id`` now, newest version of each, as (name, version,
     document, freshness): its own assignment if it has one; else those of its tags (all of
     them apply); else the fleet default; else none. One query."""
@@ -683,7 +568,6 @@ __all__ = [
     "DeviceTag",
     "EnrollmentRecord",
     "Page",
-    "PendingAttestation",
     "PolicyAssignment",
     "PolicyRecord",
     "StateConflict",
