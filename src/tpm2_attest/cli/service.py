@@ -92,7 +92,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     common = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
-              "http": protocol(), "timeout_keep_alive": 5}
+              "http": protocol(), "timeout_keep_alive": 5, "proxy_headers": False}
     if settings.workers == 1:
         try:
             app = create_app(settings)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import inspect
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
@@ -135,7 +136,12 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
             if owned:
                 db.close()
 
-    app = FastAPI(title="tpm2-attest", version=__version__, lifespan=lifespan,
+    extra: dict[str, Any] = {}
+    if "telemetry" in inspect.signature(FastAPI.__init__).parameters:
+        # FastAPI's OpenTelemetry hooks look for providers on every request; the service's
+        # metrics are Prometheus (/metrics).
+        extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
+    app = FastAPI(title="tpm2-attest", version=__version__, lifespan=lifespan, **extra,
                   max_body_size=settings.max_body_bytes,
                   description="TPM 2.0 device enrollment (EK certificate, AK, credential "
                               "activation), attestation (quotes over single-use nonces) and the "
