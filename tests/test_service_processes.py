@@ -255,6 +255,17 @@ def test_two_processes_behave_as_one_service(two_servers: tuple[Serve, Serve], s
         st, again = a.request("POST", "/v1/attest", body)
         assert st == 409 and again["error"]["code"] == "CHALLENGE_USED"
 
+        # B's two workers share their counters (PROMETHEUS_MULTIPROC_DIR): its /metrics counts
+        # every /v1/attest it answered (6 raced + 1), whichever worker served the scrape.
+        conn = http.client.HTTPConnection("127.0.0.1", b.port, timeout=30)
+        conn.request("GET", "/metrics")
+        text = conn.getresponse().read().decode()
+        conn.close()
+        answered = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("tpm2_attest_requests_total{") and 'route="/v1/attest"' in line)
+        assert answered == 7, text
+        assert 'tpm2_attest_devices{status="trusted"} 1.0' in text
+
         # The rate limit counts the challenges of every process.
         st, _ = b.request("POST", "/v1/attest/challenge", {"device_id": device_id})
         codes = [srv.request("POST", "/v1/attest/challenge", {"device_id": device_id})[0]
