@@ -207,6 +207,28 @@ def test_upgrade_adopts_a_database_from_before_the_ek_key_column(tmp_path: Path,
         store.close()
 
 
+def test_upgrade_keeps_an_enrolled_by_column_added_by_hand(tmp_path: Path, swtpm: EmbeddedSwtpm) -> None:
+    """The release that added enrollment by AK certificate asked for this ALTER TABLE by hand."""
+    url = f"sqlite:///{tmp_path / 'hand.db'}"
+    old_schema(url)
+    with Tpm.open(swtpm.tcti) as tpm:
+        fill(url, tpm, datetime.now(UTC))
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE devices ADD COLUMN enrolled_by VARCHAR(24) NOT NULL "
+                          "DEFAULT 'credential_activation'"))
+        conn.execute(text("UPDATE devices SET enrolled_by = 'ak_certificate' WHERE id = 'dev-1'"))
+    engine.dispose()
+    store = Store(url, create_schema=False)
+    try:
+        migrate.upgrade(store.engine)
+        dev, old = store.device("dev-1"), store.device("dev-0")
+        assert dev is not None and dev.enrolled_by == "ak_certificate"
+        assert old is not None and old.enrolled_by == "credential_activation"
+    finally:
+        store.close()
+
+
 def test_an_empty_database_is_created_and_matches_the_models(empty_url: str) -> None:
     """serve creates an empty database at head; head is exactly tables.py (no drift)."""
     from alembic.autogenerate import compare_metadata

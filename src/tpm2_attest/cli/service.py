@@ -48,6 +48,9 @@ def _server_settings(args: argparse.Namespace) -> Any:
 
     flags = {
         "database_url": args.db, "ek_roots": args.ek_root, "ek_intermediates": args.ek_intermediate,
+        "ek_ca_exclude": args.ek_ca_exclude, "ek_ca_validity": args.ek_ca_validity,
+        "ak_certificate_enrollment": True if args.enroll_by_ak_certificate else None,
+        "ak_roots": args.ak_root, "ak_intermediates": args.ak_intermediate,
         "require_ek_certificate": False if args.allow_missing_ek_certificate else None,
         "allow_reenroll": True if args.allow_reenroll else None, "nonce_ttl": args.nonce_ttl,
         "enrollment_ttl": args.enrollment_ttl, "allow_sha1": False if args.no_sha1 else None,
@@ -218,7 +221,7 @@ def add_parser(subparsers: SubParsers) -> None:
     s.add_argument("--ek-intermediate", action="append", metavar="PATH", help="EK intermediate CA file or directory (repeatable)")
     s.add_argument("--ek-ca-exclude", action="append", metavar="SHA256",
                    help="a CA of the shipped bundle not to trust, by fingerprint (repeatable; see 'trust list')")
-    s.add_argument("--ek-ca-validity", choices=["at-issuance", "at-time"], default="at-issuance",
+    s.add_argument("--ek-ca-validity", choices=["at-issuance", "at-time"],
                    help="accept CAs that expired after issuing (default), or want every CA valid now")
     s.add_argument("--enroll-by-ak-certificate", action="store_true",
                    help="also enroll devices by a certified AK (cloud vTPMs) instead of credential activation")

@@ -8,7 +8,7 @@ Device endpoints (``POST``, JSON, binary fields base64; see docs/service.md):
 * ``/v1/enroll/ak-certificate`` {enrollment_id, ak_blob, ak_certificate} -> {device_id, ...}
   (opt-in: enrollment by a cloud vTPM's certified AK, instead of ``ak`` + ``finish``)
 * ``/v1/attest/challenge`` {device_id} -> {challenge_id, nonce, expires_at}
-* ``/v1/attest`` {challenge_id, quote, event_log?} -> {ok, pcrs, status, ...}
+* ``/v1/attest`` {challenge_id, quote, event_log?, ima_log?, ima_offset?} -> {ok, pcrs, status, ...}
 
 plus ``GET /v1/health``, ``GET /metrics`` and the operator API under ``/v1/admin``
 (:mod:`.admin`). Refusals are ``{"error": {"code", "reason", "detail"}}`` with a 4xx status
@@ -213,17 +213,28 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
         d = service.finish_enrollment(body.enrollment_id, body.secret)
         return EnrollFinishResponse(device_id=d.device_id, ak_name=d.ak_name.hex(), ak_format=d.ak_format,
                                     ek_name=d.ek_name.hex(), ek_certificate_verified=d.ek_certificate_verified,
-                                    replaced_devices=d.replaced_devices)
+                                    replaced_devices=d.replaced_devices, enrolled_by=d.enrolled_by)
+
+    @app.post("/v1/enroll/ak-certificate", responses=_ERRORS)
+    def enroll_ak_certificate(body: EnrollAkCertificateRequest) -> EnrollFinishResponse:
+        """Enroll by AK certificate (opt-in): check the AK blob's nonce binding and its
+        certificate; register the device without a credential activation."""
+        d = service.enroll_with_ak_certificate(body.enrollment_id, body.ak_blob, body.ak_certificate)
+        return EnrollFinishResponse(device_id=d.device_id, ak_name=d.ak_name.hex(), ak_format=d.ak_format,
+                                    ek_name=d.ek_name.hex(), ek_certificate_verified=d.ek_certificate_verified,
+                                    replaced_devices=d.replaced_devices, enrolled_by=d.enrolled_by)
 
     def issue_challenge(body: ChallengeRequest) -> bytes:
         c = service.issue_challenge(body.device_id)
-        return _dump(ChallengeResponse(challenge_id=c.challenge_id, nonce=c.nonce, expires_at=c.expires_at))
+        return _dump(ChallengeResponse(challenge_id=c.challenge_id, nonce=c.nonce, expires_at=c.expires_at,
+                                       ima_offset=c.ima_offset))
 
     def answer_challenge(body: AttestRequest) -> bytes:
         started = time.perf_counter()
         outcome = "refused"
         try:
-            r = service.attest(body.challenge_id, body.quote.model_dump(), body.event_log)
+            r = service.attest(body.challenge_id, body.quote.model_dump(), body.event_log,
+                               body.ima_log, body.ima_offset)
             outcome = "passed"
         finally:
             metrics.attestation.labels(outcome).observe(time.perf_counter() - started)

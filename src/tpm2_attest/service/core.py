@@ -29,7 +29,7 @@ import os
 import secrets
 import uuid
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final
 
@@ -47,8 +47,10 @@ from .hotpath import HotConnection, PendingAttestation
 from .policies import PolicyCache, Verdict, judge
 from .settings import Settings, SettingsError, describe
 from .store import (
+    AK_CERTIFICATE,
     AK_RECEIVED,
     BEGUN,
+    CREDENTIAL_ACTIVATION,
     FAILED,
     FAILED_STATUS,
     STALE,
@@ -75,7 +77,9 @@ _NEXT_STEP: Final = {BEGUN: "POST /v1/enroll/ak", AK_RECEIVED: "POST /v1/enroll/
 DEVICE_FAULTS: Final = frozenset({
     Reason.PCR_DIGEST_MISMATCH, Reason.PCR_VALUE_MISMATCH, Reason.PCR_SELECTION,
     Reason.EVENT_LOG_MALFORMED, Reason.EVENT_LOG_REPLAY_MISMATCH, Reason.EVENT_LOG_BANK_MISSING,
-    Reason.SECURE_BOOT,
+    Reason.SECURE_BOOT, Reason.IMA_LOG_MALFORMED, Reason.IMA_TEMPLATE_HASH_MISMATCH,
+    Reason.IMA_TEMPLATE_UNSUPPORTED, Reason.IMA_PCR_NOT_QUOTED, Reason.IMA_REPLAY_MISMATCH,
+    Reason.IMA_BOOT_AGGREGATE_MISMATCH,
 })
 """Refusals that turn a device ``failed``: raised only after the quote verified as the device's
 own over the fresh nonce. Anything earlier (a bad signature, a wrong nonce, a used or expired
@@ -107,6 +111,7 @@ class DeviceEnrolled:
     ek_certificate_verified: bool
     replaced_devices: list[str]
     enrolled_by: str = "credential_activation"
+    """``credential_activation`` (the AK is bound to the EK) or ``ak_certificate``."""
 
 
 @dataclass(frozen=True)
@@ -124,7 +129,8 @@ class AttestationPassed:
     device_id: str
     result: dict[str, Any]
     """bank, pcrs {index: hex}, clock, reset_count, restart_count, safe, firmware_version,
-    and event_log (the ``EventLogResult`` summary) when a log was posted."""
+    event_log (the ``EventLogResult`` summary) when a log was posted, ima (the ``ImaResult``
+    summary with its incremental state) when an IMA list was."""
     policies: list[dict[str, Any]]
     status: str
     fresh_until: datetime
@@ -191,9 +197,8 @@ class AttestationService:
         self.ak_roots = settings.load_ak_roots() if settings.ak_certificate_enrollment else []
         self.ak_intermediates = settings.load_ak_intermediates() if settings.ak_certificate_enrollment else []
         if settings.ak_certificate_enrollment and not self.ak_roots:
-            raise ValueError("enrollment by AK certificate is on but no AK root CA is configured "
-                             "(serve: --ak-root FILE or --ak-root vendors:Google; Settings: ak_roots, "
-                             "ak_vendor_cas)")
+            raise SettingsError("enrollment by AK certificate is on but no AK root CA is configured: give "
+                                f"{describe('ak_roots')} (a file, or vendors:Google)")
         if settings.require_ek_certificate and not self.ek_roots:
             raise SettingsError(
                 f"an EK certificate is required but no EK root CA is configured: give {describe('ek_roots')}, "
@@ -271,30 +276,66 @@ class AttestationService:
             except VerificationError as exc:
                 self._fail(s, rec, AK_RECEIVED, exc.reason.value)
                 raise
-            now = self.clock()
-            device = DeviceRecord(
-                id=str(uuid.uuid4()), enrolled_at=now, revoked_at=None, ek_public=rec.ek_public,
-                ek_name=rec.ek_name, ek_key_id=ek_key_id(rec.ek_public),
-                ek_cert_fingerprint=rec.ek_cert_fingerprint, ek_cert_verified=rec.ek_cert_verified,
-                ak_public=rec.ak_public, ak_public_der=rec.ak_public_der, ak_name=rec.ak_name,
-                ak_format=rec.ak_format, status=STALE, status_since=now, reenroll_allowed=False)
+            device = self._new_device(rec, rec.ak_public, rec.ak_public_der, rec.ak_name, rec.ak_format,
+                                      CREDENTIAL_ACTIVATION)
+            return self._register(s, rec, device, AK_RECEIVED)
+
+    def enroll_with_ak_certificate(self, enrollment_id: str, ak_blob: bytes,
+                                   ak_certificate: bytes) -> DeviceEnrolled:
+        """Enroll by AK certificate (``Settings.ak_certificate_enrollment``), in place of the ak
+        and finish steps: the AK blob is bound to this enrollment's nonce (``check_ak``) and a
+        configured AK CA certified its key (``verify_ak_certificate``). No credential
+        activation: the EK of ``begin`` is recorded, not bound to the AK (``enrolled_by``)."""
+        if not self.settings.ak_certificate_enrollment:
+            raise ServiceError(ServiceCode.AK_CERTIFICATE_ENROLLMENT_OFF,
+                               "this service enrolls devices by credential activation only")
+        with self.store.session() as s:
+            rec = self._open_enrollment(s, enrollment_id, BEGUN)
             try:
-                replaced = store.register_device(s, rec.id, device, replace=self.settings.allow_reenroll, now=now)
-            except StateConflict:
-                raise ServiceError(ServiceCode.ENROLLMENT_STATE, "this enrollment already finished") from None
-            except AlreadyEnrolled:
-                self._fail(s, rec, AK_RECEIVED, ServiceCode.ALREADY_ENROLLED.value)
-                raise ServiceError(ServiceCode.ALREADY_ENROLLED,
-                                   "this EK already belongs to an enrolled device") from None
+                ak = verify.check_ak(ak_blob, nonce=rec.nonce, allow_sha1=self.settings.allow_sha1)
+                cert = verify.verify_ak_certificate(ak_certificate, self.ak_roots, self.ak_intermediates,
+                                                    ak_public=ak, ca_validity=self.settings.ek_ca_validity)
+            except VerificationError as exc:
+                self._fail(s, rec, BEGUN, exc.reason.value)
+                raise
+            log.info("enrollment %s: AK certified by %s", _short(rec.id), cert.subject or cert.issuer)
+            device = self._new_device(rec, ak.public, ak.public_der, ak.name, ak.format or "", AK_CERTIFICATE)
+            return self._register(s, rec, device, BEGUN)
+
+    def _new_device(self, rec: EnrollmentRecord, ak_public: bytes, ak_public_der: bytes, ak_name: bytes,
+                    ak_format: str, enrolled_by: str) -> DeviceRecord:
+        """The device an enrollment registers: its EK (from ``begin``) and its AK."""
+        now = self.clock()
+        return DeviceRecord(
+            id=str(uuid.uuid4()), enrolled_at=now, revoked_at=None, ek_public=rec.ek_public,
+            ek_name=rec.ek_name, ek_key_id=ek_key_id(rec.ek_public), ek_cert_fingerprint=rec.ek_cert_fingerprint,
+            ek_cert_verified=rec.ek_cert_verified, ak_public=ak_public, ak_public_der=ak_public_der,
+            ak_name=ak_name, ak_format=ak_format, enrolled_by=enrolled_by, status=STALE, status_since=now,
+            reenroll_allowed=False)
+
+    def _register(self, s: Session, rec: EnrollmentRecord, device: DeviceRecord, from_state: str) -> DeviceEnrolled:
+        """Register ``device`` and finish ``rec`` (in state ``from_state``), once per EK unless
+        re-enrollment is allowed; tell the hooks."""
+        now = device.enrolled_at
+        try:
+            replaced = store.register_device(s, rec.id, device, replace=self.settings.allow_reenroll, now=now,
+                                             from_state=from_state)
+        except StateConflict:
+            raise ServiceError(ServiceCode.ENROLLMENT_STATE, "this enrollment already went on") from None
+        except AlreadyEnrolled:
+            self._fail(s, rec, from_state, ServiceCode.ALREADY_ENROLLED.value)
+            raise ServiceError(ServiceCode.ALREADY_ENROLLED,
+                               "this EK already belongs to an enrolled device") from None
         replaced_ids = [old.id for old in replaced]
-        log.info("device %s enrolled (%s AK, EK certificate %s)%s", device.id, device.ak_format,
+        log.info("device %s enrolled by %s (%s AK, EK certificate %s)%s", device.id,
+                 device.enrolled_by.replace("_", " "), device.ak_format,
                  "verified" if device.ek_cert_verified else "not verified",
                  f", replacing {', '.join(replaced_ids)}" if replaced_ids else "")
         self.hooks.emit(StatusChange(device.id, None, STALE, now, "enrolled"))
         for old in replaced:
             self.hooks.emit(StatusChange(old.id, None, store.REVOKED, now, "replaced"))
         return DeviceEnrolled(device.id, device.ek_name, device.ak_name, device.ak_format,
-                              device.ek_cert_verified, replaced_ids)
+                              device.ek_cert_verified, replaced_ids, device.enrolled_by)
 
     def _open_enrollment(self, s: Session, enrollment_id: str, state: str) -> EnrollmentRecord:
         rec = s.get(EnrollmentRecord, enrollment_id)
@@ -331,7 +372,9 @@ class AttestationService:
                 ok = db.issue_challenge(issued.challenge_id, device_id, issued.nonce, now, issued.expires_at,
                                         now - timedelta(seconds=window), limit)
                 db.commit() if ok else db.rollback()
-            if not ok:
+            if ok:
+                issued = replace(issued, ima_offset=db.ima_offset(device_id))
+            else:
                 if not db.device_is_active(device_id):
                     raise ServiceError(ServiceCode.UNKNOWN_DEVICE, "no enrolled device has this id")
                 raise ServiceError(ServiceCode.RATE_LIMITED,
@@ -340,13 +383,16 @@ class AttestationService:
         return issued
 
     def attest(self, challenge_id: str, quote: Quote | Mapping[str, Any],
-               event_log: bytes | None = None) -> AttestationPassed:
+               event_log: bytes | None = None, ima_log: bytes | None = None,
+               ima_offset: int = 0) -> AttestationPassed:
         """Verify a quote over a challenge's nonce with the device's enrolled AK, judge it by
         the device's policies, and record the outcome.
 
         Every answer to a known challenge is recorded and spends it, with the record, in one
         transaction. ``quote`` is a Quote or its JSON object form; ``event_log`` the raw TCG
-        log, replayed against the quoted PCRs when given.
+        log, replayed against the quoted PCRs when given; ``ima_log`` the binary IMA list from
+        byte ``ima_offset`` on (the challenge's), verified from the state the device's previous
+        attestation left (after any refusal the device sends its whole list again).
         """
         now = self.clock()
         with self.store.hot.connection() as db:
@@ -359,12 +405,16 @@ class AttestationService:
                     db.record_used(self._row(pending, now, _Outcome(used)))
                 log.warning("attestation of device %s refused: %s", pending.device_id, used.code)
                 raise used
-            outcome = self._judge(db, pending, now, quote, event_log)
+            outcome = self._judge(db, pending, now, quote, event_log, ima_log, ima_offset)
             old = store.status_of(pending, now)
             new, fresh_until, device_update = self._status_update(outcome, old, now)
             row = self._row(pending, now, outcome)
+            ima = (outcome.result or {}).get("ima") if outcome.error is None else None
+            columns = {**(device_update or {}),
+                       "ima_offset": ima["state"].get("offset") if isinstance(ima, dict) and
+                       isinstance(ima.get("state"), dict) else None}
             with self.store.writer():
-                claimed, attestation_id = db.record_outcome(challenge_id, now, row, device_update)
+                claimed, attestation_id = db.record_outcome(challenge_id, now, row, columns)
                 if not claimed:  # a concurrent answer spent it between our read and our write
                     db.record_used(self._row(pending, now, _Outcome(used)))
             if not claimed:
@@ -383,7 +433,8 @@ class AttestationService:
                                  new, fresh_until)
 
     def _judge(self, db: HotConnection, p: PendingAttestation, now: datetime,
-               quote: Quote | Mapping[str, Any], event_log: bytes | None) -> _Outcome:
+               quote: Quote | Mapping[str, Any], event_log: bytes | None,
+               ima_log: bytes | None = None, ima_offset: int = 0) -> _Outcome:
         """Verify and judge an answer; never raises for a refusal (it is the outcome)."""
         if now >= p.expires_at:
             return _Outcome(ServiceError(ServiceCode.CHALLENGE_EXPIRED,
@@ -410,7 +461,16 @@ class AttestationService:
                 log_result = verify.verify_event_log(event_log, res)
                 result["event_log"] = log_result.to_dict()
                 out.state = log_result.state.summary()  # bounded, JSON-ready
-            out.verdict = judge(self.policy_cache, db.policies_for(p.device_id), res, log_result)
+            result["ima"] = None
+            ima_result = None
+            if ima_log is not None:
+                state = self._ima_state(db, p.device_id) if ima_offset else None
+                if ima_offset and (state is None or state.offset != ima_offset):
+                    raise VerificationError(Reason.IMA_STATE_MISMATCH,
+                                            f"no verified IMA state ends at offset {ima_offset}: send the whole list")
+                ima_result = verify.verify_ima_log(ima_log, res, state=state)
+                result["ima"] = ima_result.to_dict()
+            out.verdict = judge(self.policy_cache, db.policies_for(p.device_id), res, log_result, ima_result)
             if not out.verdict.ok:
                 rules = out.verdict.failed_rules()
                 out.device_fault = True
@@ -422,6 +482,17 @@ class AttestationService:
             out.error = exc
             out.device_fault = exc.reason in DEVICE_FAULTS
         return out
+
+    def _ima_state(self, db: HotConnection, device_id: str) -> verify.ImaState | None:
+        """The IMA state the device's latest attestation left, if it passed with an IMA list."""
+        last = db.last_result(device_id)
+        ima = last.get("ima") if last is not None else None
+        if not isinstance(ima, dict) or not isinstance(ima.get("state"), dict):
+            return None
+        try:
+            return verify.ImaState.from_dict(ima["state"])
+        except VerificationError:
+            return None
 
     def _status_update(self, outcome: _Outcome, old: str, now: datetime
                        ) -> tuple[str, datetime | None, dict[str, Any] | None]:

@@ -28,7 +28,7 @@ from sqlalchemy import Engine
 ATTESTATION_COLUMNS: Final = ("device_id", "challenge_id", "at", "ok", "code", "detail", "result", "policies",
                               "violations", "state")
 DEVICE_COLUMNS: Final = frozenset({"status", "status_since", "last_attestation_at", "last_attestation_id",
-                                   "last_ok_at", "fresh_until"})
+                                   "last_ok_at", "fresh_until", "ima_offset"})
 _JSON: Final = frozenset({"result", "policies", "violations", "state"})
 _TIMES: Final = frozenset({"at", "status_since", "last_attestation_at", "last_ok_at", "fresh_until"})
 
@@ -68,6 +68,10 @@ class HotPath:
             f"WHERE EXISTS (SELECT 1 FROM devices WHERE id = {p} AND revoked_at IS NULL) "
             f"AND (SELECT count(*) FROM challenges WHERE device_id = {p} AND created_at > {p}) < {p} RETURNING id")
         self.active_sql = f"SELECT 1 FROM devices WHERE id = {p} AND revoked_at IS NULL"
+        self.ima_offset_sql = f"SELECT ima_offset FROM devices WHERE id = {p}"
+        self.last_sql = (f"SELECT ok, result FROM attestations WHERE device_id = {p} "
+                         "ORDER BY id DESC LIMIT 1")
+        self.ima_reset_sql = f"UPDATE devices SET ima_offset = NULL WHERE id = {p}"
         self.pending_sql = (
             "SELECT c.id, c.device_id, c.nonce, c.expires_at, c.consumed_at, d.ak_public, d.revoked_at, "
             "d.status, d.fresh_until, d.freshness FROM challenges c JOIN devices d ON d.id = c.device_id "
@@ -177,6 +181,19 @@ class HotConnection:
     def device_is_active(self, device_id: str) -> bool:
         return self.execute(self.hot.active_sql, (device_id,)).fetchone() is not None
 
+    def ima_offset(self, device_id: str) -> int:
+        """Where the device's IMA list continues (0: from the start)."""
+        row = self.execute(self.hot.ima_offset_sql, (device_id,)).fetchone()
+        return int(row[0]) if row is not None and row[0] is not None else 0
+
+    def last_result(self, device_id: str) -> dict[str, Any] | None:
+        """The result of the device's latest attestation if it passed (None otherwise)."""
+        row = self.execute(self.hot.last_sql, (device_id,)).fetchone()
+        if row is None or not row[0] or row[1] is None:
+            return None
+        result = json.loads(row[1]) if isinstance(row[1], str) else row[1]
+        return result if isinstance(result, dict) else None
+
     def pending(self, challenge_id: str) -> PendingAttestation | None:
         """The challenge and its device (one join), or None for an unknown challenge."""
         h = self.hot
@@ -211,7 +228,9 @@ class HotConnection:
             return False, 0
         attestation_id = self._insert(attestation)
         if device is not None:
-            values = {**device, "last_attestation_id": attestation_id}
+            values = dict(device)
+            if "status" in values:
+                values["last_attestation_id"] = attestation_id
             columns = tuple(values)
             self.execute(h.device_sql(columns), (*(h.value(c, values[c]) for c in columns),
                                                  attestation["device_id"]))
@@ -219,8 +238,10 @@ class HotConnection:
         return True, attestation_id
 
     def record_used(self, attestation: dict[str, Any]) -> int:
-        """Record an answer to an already spent challenge (committed)."""
+        """Record an answer to an already spent challenge (committed); the device's IMA list
+        starts over (its latest attestation is now a refusal)."""
         attestation_id = self._insert(attestation)
+        self.execute(self.hot.ima_reset_sql, (attestation["device_id"],))
         self.commit()
         return attestation_id
 

@@ -156,6 +156,8 @@ class AttestResponse(Response):
     safe: bool
     firmware_version: int
     event_log: dict[str, Any] | None = Field(default=None, description="EventLogResult summary")
+    ima: dict[str, Any] | None = Field(default=None, description="ImaResult summary, with the "
+                                       "incremental state the next attestation continues")
     policies: list[dict[str, Any]] = Field(default_factory=list,
                                            description="[{name, version}] of the policies that judged it")
     status: str = Field(description="The device's status now: trusted")

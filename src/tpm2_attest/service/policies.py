@@ -81,7 +81,7 @@ class PolicyCache:
 
 
 def judge(cache: PolicyCache, applied: list[tuple[str, int, Any, float | None]], quote_result: Any,
-          event_log_result: Any) -> Verdict:
+          event_log_result: Any, ima_result: Any = None) -> Verdict:
     """Evaluate every applied policy over the verified results."""
     refs: list[dict[str, Any]] = []
     violations: list[dict[str, Any]] = []
@@ -93,7 +93,7 @@ def judge(cache: PolicyCache, applied: list[tuple[str, int, Any, float | None]],
         except PolicyError as exc:  # stored before this release's rules: fail closed
             violations.append({"rule": "policy.invalid", "detail": str(exc), "policy": name})
             continue
-        result = policy.evaluate(quote_result, event_log_result)
+        result = policy.evaluate(quote_result, event_log_result, ima=ima_result)
         violations.extend({**v.to_dict(), "policy": name} for v in result.violations)
     return Verdict(refs, violations, min(windows) if windows else None)
 

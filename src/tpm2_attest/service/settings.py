@@ -15,10 +15,13 @@ import json
 import tomllib
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Annotated, Any, Final, Literal
+from typing import TYPE_CHECKING, Annotated, Any, Final, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
+
+if TYPE_CHECKING:
+    from ..trust import TrustBundle
 
 CA_SUFFIXES: Final = frozenset({".pem", ".crt", ".cer", ".der"})
 """Files read from a CA directory (other files, e.g. a README, are ignored)."""
@@ -32,6 +35,13 @@ FLAGS: Final[dict[str, str]] = {
     "database_url": "--db",
     "ek_roots": "--ek-root",
     "ek_intermediates": "--ek-intermediate",
+    "ek_vendor_cas": "--ek-root",
+    "ek_ca_exclude": "--ek-ca-exclude",
+    "ek_ca_validity": "--ek-ca-validity",
+    "ak_certificate_enrollment": "--enroll-by-ak-certificate",
+    "ak_roots": "--ak-root",
+    "ak_intermediates": "--ak-intermediate",
+    "ak_vendor_cas": "--ak-root",
     "require_ek_certificate": "--allow-missing-ek-certificate",
     "allow_reenroll": "--allow-reenroll",
     "nonce_ttl": "--nonce-ttl",
@@ -75,7 +85,14 @@ class Settings(BaseSettings):
     """What the service trusts, how long its nonces live, and how it runs.
 
     ``database_url``: an SQLAlchemy URL; SQLite by default, ``postgresql://`` for PostgreSQL.
-    ``ek_roots`` / ``ek_intermediates``: PEM or DER files or directories of them.
+    ``ek_roots`` / ``ek_intermediates``: PEM or DER files or directories of them; ``vendors``
+    or ``vendors:Name,Name`` among the roots (``--ek-root vendors``) trusts the CA bundle shipped
+    with the package, as ``ek_vendor_cas`` does (True, or vendor names); ``ek_ca_exclude``:
+    SHA-256 fingerprints (hex) of bundle CAs not to trust; ``ek_ca_validity``: ``at-issuance``
+    accepts CAs that expired after issuing, ``at-time`` wants the whole path valid now.
+    ``ak_certificate_enrollment``: also enroll devices by an AK certificate (a cloud vTPM's
+    certified AK) instead of a credential activation; its CAs are ``ak_roots`` /
+    ``ak_intermediates`` / ``ak_vendor_cas`` (same forms).
     ``require_ek_certificate``: refuse devices that send no EK certificate (without it and
     without roots the service trusts an EK on first use). ``allow_reenroll``: let any enrolled
     EK enroll again, revoking its old device (operators can allow it for one device instead).
@@ -94,6 +111,13 @@ class Settings(BaseSettings):
     database_url: str = DEFAULT_DATABASE_URL
     ek_roots: Annotated[tuple[Path, ...], NoDecode] = ()
     ek_intermediates: Annotated[tuple[Path, ...], NoDecode] = ()
+    ek_vendor_cas: Annotated[bool | tuple[str, ...], NoDecode] = False
+    ek_ca_exclude: Annotated[tuple[str, ...], NoDecode] = ()
+    ek_ca_validity: Literal["at-issuance", "at-time"] = "at-issuance"
+    ak_certificate_enrollment: bool = False
+    ak_roots: Annotated[tuple[Path, ...], NoDecode] = ()
+    ak_intermediates: Annotated[tuple[Path, ...], NoDecode] = ()
+    ak_vendor_cas: Annotated[bool | tuple[str, ...], NoDecode] = False
     require_ek_certificate: bool = True
     allow_reenroll: bool = False
     nonce_ttl: float = Field(default=300.0, gt=0)
@@ -116,15 +140,52 @@ class Settings(BaseSettings):
     body_timeout: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=1024, ge=1)
 
-    @field_validator("ek_roots", "ek_intermediates", mode="before")
+    @field_validator("ek_roots", "ek_intermediates", "ak_roots", "ak_intermediates", "ek_ca_exclude",
+                     mode="before")
     @classmethod
     def _paths(cls, value: Any) -> Any:
-        """A list, or one string of comma-separated paths (how an environment variable says it)."""
+        """A list, or one string of comma-separated items (how an environment variable says it)."""
         if isinstance(value, str):
             return tuple(p.strip() for p in value.split(",") if p.strip())
         if isinstance(value, Path):
             return (value,)
         return value
+
+    @field_validator("ek_vendor_cas", "ak_vendor_cas", mode="before")
+    @classmethod
+    def _vendors(cls, value: Any) -> Any:
+        """True/False, or vendor names (a list, or comma-separated in the environment)."""
+        if isinstance(value, str):
+            if value.strip().lower() in ("true", "1", "yes", "all"):
+                return True
+            if value.strip().lower() in ("false", "0", "no", ""):
+                return False
+            return tuple(v.strip() for v in value.split(",") if v.strip())
+        return value
+
+    @model_validator(mode="before")
+    @classmethod
+    def _vendor_roots(cls, data: Any) -> Any:
+        """``vendors`` / ``vendors:Name,...`` given among ``ek_roots`` / ``ak_roots`` (as the
+        ``--ek-root`` flag takes them) select the shipped CA bundle."""
+        if not isinstance(data, dict):
+            return data
+        for roots, vendors in (("ek_roots", "ek_vendor_cas"), ("ak_roots", "ak_vendor_cas")):
+            value = data.get(roots)
+            if isinstance(value, str):
+                value = [p.strip() for p in value.split(",") if p.strip()]
+            if isinstance(value, list | tuple) and any(str(v).startswith("vendors") for v in value):
+                try:
+                    paths, chosen = parse_ca_spec([str(v) for v in value])
+                except ValueError as exc:
+                    raise ValueError(f"{describe(roots)}: {exc}") from None
+                data = {**data, roots: paths}
+                given = data.get(vendors, False)
+                if chosen is True or given is True:
+                    data[vendors] = True
+                elif chosen or given:
+                    data[vendors] = (*(given or ()), *(chosen or ()))
+        return data
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -157,11 +218,30 @@ class Settings(BaseSettings):
             raise SettingsError(explain(exc)) from None
 
     def load_ek_roots(self) -> list[bytes]:
-        """The bytes of every root CA file (raises SettingsError on an unusable path)."""
-        return _read(self.ek_roots, "ek_roots")
+        """The bytes of every root CA file, then the bundle's anchors when ``ek_vendor_cas``
+        (raises SettingsError on an unusable path or an unknown vendor)."""
+        return _read(self.ek_roots, "ek_roots") + list(self._bundle(self.ek_vendor_cas).roots)
 
     def load_ek_intermediates(self) -> list[bytes]:
-        return _read(self.ek_intermediates, "ek_intermediates")
+        return _read(self.ek_intermediates, "ek_intermediates") + list(self._bundle(self.ek_vendor_cas).intermediates)
+
+    def load_ak_roots(self) -> list[bytes]:
+        return _read(self.ak_roots, "ak_roots") + list(self._bundle(self.ak_vendor_cas).roots)
+
+    def load_ak_intermediates(self) -> list[bytes]:
+        return _read(self.ak_intermediates, "ak_intermediates") + list(self._bundle(self.ak_vendor_cas).intermediates)
+
+    def _bundle(self, vendors: bool | tuple[str, ...]) -> TrustBundle:
+        """The shipped CA bundle (or the named vendors of it) minus ``ek_ca_exclude``."""
+        from ..trust import TrustBundle, tpm_vendor_cas
+
+        if vendors is False or vendors == ():
+            return TrustBundle(())
+        try:
+            bundle = tpm_vendor_cas(None if vendors is True else vendors)
+            return bundle.without(self.ek_ca_exclude) if self.ek_ca_exclude else bundle
+        except ValueError as exc:
+            raise SettingsError(f"--ek-root / --ak-root vendors: {exc}") from None
 
 
 def explain(exc: ValidationError) -> str:
@@ -219,6 +299,25 @@ def _read(paths: tuple[Path, ...], field: str) -> list[bytes]:
         raise SettingsError(f"{describe(field)}: {exc}") from None
 
 
+def parse_ca_spec(values: list[str] | tuple[str, ...]) -> tuple[tuple[Path, ...], bool | tuple[str, ...]]:
+    """Values of ``--ek-root`` / ``--ak-root``: paths, and ``vendors`` (the whole shipped
+    bundle) or ``vendors:Name,Name`` (those vendors of it). Returns (paths, vendor_cas)."""
+    paths: list[Path] = []
+    vendors: bool | tuple[str, ...] = False
+    for value in values:
+        if value == "vendors":
+            vendors = True
+        elif value.startswith("vendors:"):
+            names = tuple(v.strip() for v in value[len("vendors:"):].split(",") if v.strip())
+            if not names:
+                raise ValueError(f"{value!r}: name at least one vendor after 'vendors:'")
+            if vendors is not True:
+                vendors = (*(vendors or ()), *names)
+        else:
+            paths.append(Path(value))
+    return tuple(paths), vendors
+
+
 def read_certificates(paths: tuple[Path, ...]) -> list[bytes]:
     """Read CA files; a directory contributes its ``*.pem/*.crt/*.cer/*.der`` files, sorted.
 
@@ -238,4 +337,4 @@ def read_certificates(paths: tuple[Path, ...]) -> list[bytes]:
 
 
 __all__ = ["CONFIG_ENV", "DEFAULT_DATABASE_URL", "FLAGS", "Settings", "SettingsError", "describe",
-           "read_certificates"]
+           "parse_ca_spec", "read_certificates"]

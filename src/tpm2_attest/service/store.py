@@ -45,8 +45,10 @@ from . import migrate
 from .hotpath import HotPath, PendingAttestation
 from .tables import (
     ADMIN,
+    AK_CERTIFICATE,
     AK_RECEIVED,
     BEGUN,
+    CREDENTIAL_ACTIVATION,
     DONE,
     FAILED,
     FAILED_STATUS,
@@ -216,17 +218,18 @@ def active_device_for_ek(s: Session, ek_name: bytes, ek_key_id: bytes | None = N
 
 
 def register_device(s: Session, enrollment_id: str, device: DeviceRecord, *, replace: bool,
-                    now: datetime) -> list[DeviceRecord]:
+                    now: datetime, from_state: str = AK_RECEIVED) -> list[DeviceRecord]:
     """Finish an enrollment and register its device, committed all or nothing.
 
-    Raises StateConflict if the enrollment left state ``ak`` meanwhile, AlreadyEnrolled if the
+    Raises StateConflict if the enrollment left ``from_state`` (``ak``; ``begun`` for an
+    enrollment by AK certificate) meanwhile, AlreadyEnrolled if the
     EK has an active device and neither ``replace`` nor that device's one-time re-enrollment
     allows replacing it (or a concurrent enrollment of the same EK won). Replaced devices are
     revoked (``replaced_by`` the new one); the new device inherits their tags, per-device
     policy and freshness. Returns the replaced devices.
     """
     try:
-        if not advance_enrollment(s, enrollment_id, AK_RECEIVED, DONE, device_id=device.id):
+        if not advance_enrollment(s, enrollment_id, from_state, DONE, device_id=device.id):
             raise StateConflict(enrollment_id)
         current = list(s.scalars(select(DeviceRecord).where(
             _same_ek(device.ek_name, device.ek_key_id), DeviceRecord.revoked_at.is_(None))))
@@ -548,8 +551,10 @@ def _rowcount(result: Any) -> int:
 
 __all__ = [
     "ADMIN",
+    "AK_CERTIFICATE",
     "AK_RECEIVED",
     "BEGUN",
+    "CREDENTIAL_ACTIVATION",
     "DONE",
     "FAILED",
     "FAILED_STATUS",

@@ -48,6 +48,11 @@ REVOKED: Final = "revoked"
 """Device status: revoked by an operator, or replaced by a re-enrollment of its EK."""
 STATUSES: Final = (TRUSTED, FAILED_STATUS, STALE, REVOKED)
 
+CREDENTIAL_ACTIVATION: Final = "credential_activation"
+"""How a device enrolled: its AK activated a credential made for its EK (the AK is in that TPM)."""
+AK_CERTIFICATE: Final = "ak_certificate"
+"""How a device enrolled: a configured CA certified its AK (the EK was recorded, not bound)."""
+
 READ: Final = "read"
 """Token role: the operator API's GET endpoints."""
 ADMIN: Final = "admin"
@@ -128,7 +133,11 @@ class DeviceRecord(Base):
     ak_public_der: Mapped[bytes]
     ak_name: Mapped[bytes]
     ak_format: Mapped[str] = mapped_column(String(8))
-    """TPW1, PCP1 or PCP2."""
+    """TPW1, TPP1, PCP1 or PCP2."""
+    enrolled_by: Mapped[str] = mapped_column(String(24), default=CREDENTIAL_ACTIVATION,
+                                             server_default=CREDENTIAL_ACTIVATION)
+    """How the AK was tied to a TPM: ``credential_activation`` (with the EK) or ``ak_certificate``
+    (a CA certified the AK; the EK was not bound to it)."""
     status: Mapped[str] = mapped_column(String(16), default=STALE, server_default=STALE, index=True)
     """trusted, failed, stale or revoked as of the last event; a trusted device whose
     ``fresh_until`` has passed reads as stale (see :func:`.store.effective_status`)."""
@@ -144,6 +153,9 @@ class DeviceRecord(Base):
     """An operator allowed this EK one new enrollment (the lost-AK case); consumed by it."""
     replaced_by: Mapped[str | None] = mapped_column(String(64))
     """The device that re-enrolled this EK (and revoked this one)."""
+    ima_offset: Mapped[int | None]
+    """Where the device's IMA list continues: the byte offset the state of its latest
+    attestation (when it passed with an IMA list) ends at; NULL: send the whole list."""
 
     __table_args__ = (
         Index("ux_devices_active_ek", "ek_name", unique=True,
@@ -263,8 +275,10 @@ class PolicyAssignment(Base):
 
 __all__ = [
     "ADMIN",
+    "AK_CERTIFICATE",
     "AK_RECEIVED",
     "BEGUN",
+    "CREDENTIAL_ACTIVATION",
     "DONE",
     "FAILED",
     "FAILED_STATUS",

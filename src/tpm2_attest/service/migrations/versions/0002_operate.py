@@ -1,4 +1,5 @@
-"""Operating the service: device status, policies in the database, operator tokens, audit log,
+"""Operating the service: how a device enrolled (``enrolled_by``, added outside migrations by
+the release that introduced enrollment by AK certificate: added here when missing), device status, policies in the database, operator tokens, audit log,
 per-attestation policy verdicts and machine state, indexes for sweeping and rate limits.
 
 Existing devices start ``stale`` (``revoked`` when revoked) with their last attestation times
@@ -38,6 +39,10 @@ class _adding:
 
 
 def upgrade() -> None:
+    # A database of the releases between 0001 and migrations may have enrolled_by already.
+    if "enrolled_by" not in {c["name"] for c in sa.inspect(op.get_bind()).get_columns("devices")}:
+        op.add_column("devices", sa.Column("enrolled_by", sa.String(24), nullable=False,
+                                           server_default="credential_activation"))
     # Plain ADD COLUMN (SQLite does it in place; batch mode would copy the table).
     with _adding("devices") as t:
         t.add_column(sa.Column("status", sa.String(16), nullable=False, server_default="stale"))
@@ -50,6 +55,7 @@ def upgrade() -> None:
         t.add_column(sa.Column("reenroll_allowed", sa.Boolean(), nullable=False,
                                server_default=sa.text("false")))
         t.add_column(sa.Column("replaced_by", sa.String(64), nullable=True))
+        t.add_column(sa.Column("ima_offset", sa.Integer(), nullable=True))
     op.create_index("ix_devices_status", "devices", ["status"])
     op.create_index("ix_devices_enrolled", "devices", ["enrolled_at", "id"])
     op.execute("UPDATE devices SET status = 'revoked', status_since = revoked_at WHERE revoked_at IS NOT NULL")
@@ -127,6 +133,6 @@ def downgrade() -> None:
     op.drop_index("ix_devices_enrolled", "devices")
     op.drop_index("ix_devices_status", "devices")
     with op.batch_alter_table("devices") as t:
-        for col in ("replaced_by", "reenroll_allowed", "freshness", "fresh_until", "last_ok_at",
+        for col in ("ima_offset", "enrolled_by", "replaced_by", "reenroll_allowed", "freshness", "fresh_until", "last_ok_at",
                     "last_attestation_id", "last_attestation_at", "status_since", "status"):
             t.drop_column(col)
