@@ -1,7 +1,7 @@
 """The ``tpm2-attest`` command line: thin wrappers over ``Tpm``, evidence, ``verify`` and the service.
 
 One module per topic (``device``, ``verifier``, ``trust``, ``probe``, ``eventlog``, ``policy``,
-``service``, ``admin``), each with an
+``service``, ``admin``, ``completion``), each with an
 ``add_parser(subparsers)``; shared helpers are in :mod:`.common`. The CLI holds no logic of its own:
 it parses arguments, calls the layers below and reports their errors in its own words.
 """
@@ -19,10 +19,20 @@ from .._version import __version__
 from ..errors import TpmError
 from ..trust.errors import FetchError
 from ..verify import VerificationError
-from . import admin, device, eventlog, policy, probe, service, trust, verifier
-from .common import EXIT_FAIL, EXIT_NO_TPM, EXIT_OK, EXIT_USAGE, hint
+from . import admin, completion, device, eventlog, policy, probe, service, trust, verifier
+from .common import (
+    EXIT_FAIL,
+    EXIT_NO_TPM,
+    EXIT_OK,
+    EXIT_USAGE,
+    CommandError,
+    UsageError,
+    exit_code,
+    hint,
+    verification_hint,
+)
 
-TOPICS = (device, verifier, trust, probe, eventlog, policy, service, admin)
+TOPICS = (device, verifier, trust, probe, eventlog, policy, service, admin, completion)
 """The sub-command modules, in the order ``--help`` lists their commands."""
 
 

@@ -25,7 +25,8 @@ from .common import (
     one_bank,
     open_tpm,
     output_options,
-    parse_pcrs,
+    pcr_selection,
+    read_input,
 )
 
 INSTALL_HINT = "pip install 'tpm2-attest[service]'"
@@ -94,26 +95,33 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except migrate.SchemaError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
+    check_listen(settings.host, settings.port)
     common = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
               "http": protocol(), "timeout_keep_alive": 5, "proxy_headers": False}
-    if settings.workers == 1:
-        try:
-            app = create_app(settings)
-        except (SettingsError, migrate.SchemaError) as exc:
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        configure(settings.log_format, settings.log_level)
-        uvicorn.run(app, **common)
-        return EXIT_OK
-    import os
-    import tempfile
+    try:
+        if settings.workers == 1:
+            try:
+                app = create_app(settings)
+            except (SettingsError, migrate.SchemaError) as exc:
+                print(f"error: {exc}", file=sys.stderr)
+                return EXIT_USAGE
+            configure(settings.log_format, settings.log_level)
+            uvicorn.run(app, **common)
+            return EXIT_OK
+        import os
+        import tempfile
 
-    configure(settings.log_format, settings.log_level)
-    os.environ[SETTINGS_ENV] = settings.model_dump_json()
-    with tempfile.TemporaryDirectory(prefix="tpm2-attest-metrics-") as shared:
-        os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", shared)  # counters summed over workers
-        uvicorn.run("tpm2_attest.service.runner:app_from_environment", factory=True,
-                    workers=settings.workers, **common)
+        configure(settings.log_format, settings.log_level)
+        os.environ[SETTINGS_ENV] = settings.model_dump_json()
+        with tempfile.TemporaryDirectory(prefix="tpm2-attest-metrics-") as shared:
+            os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", shared)  # counters summed over workers
+            uvicorn.run("tpm2_attest.service.runner:app_from_environment", factory=True,
+                        workers=settings.workers, **common)
+    except SystemExit as exc:  # uvicorn exits 3 when it cannot start; 3 means "no TPM" here
+        if exc.code == 3:
+            print("error: the service did not start (uvicorn's reason is above)", file=sys.stderr)
+            return EXIT_FAIL
+        raise
     return EXIT_OK
 
 
@@ -200,7 +208,7 @@ def cmd_attest(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: SubParsers) -> None:
     """Add ``serve``, ``db``, ``enroll`` and ``attest`` to the main CLI."""
-    parents = [device_options()]
+    parents = [device_options(timeout=False)]  # --timeout is the HTTP timeout here
     s = subparsers.add_parser(
         "serve", help="run the enrollment + attestation service (needs the service extra)",
         description="Run the HTTP service (uvicorn). Every option can also come from the environment "
