@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from ..service.errors import ServiceError
-from .common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, SubParsers, emit, output_options
+from .common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, SubParsers, UsageError, emit, output_options
 
 TOKEN_ENV = "TPM2_ATTEST_TOKEN"
 SERVER_ENV = "TPM2_ATTEST_SERVER"
@@ -31,10 +31,10 @@ def _client(args: argparse.Namespace) -> Any:
     server = args.server or os.environ.get(SERVER_ENV)
     token = args.token or os.environ.get(TOKEN_ENV)
     if not server:
-        raise argparse.ArgumentTypeError(f"give --server URL (or set ${SERVER_ENV})")
+        raise UsageError(f"give --server URL (or set ${SERVER_ENV})")
     if not token:
-        raise argparse.ArgumentTypeError(f"give --token (or set ${TOKEN_ENV}); make one with "
-                                         "'tpm2-attest admin token create --db URL --name NAME --role admin'")
+        raise UsageError(f"give --token (or set ${TOKEN_ENV})",
+                         hint="make one with 'tpm2-attest admin token create --db URL --name NAME --role admin'")
     return ServiceClient(server, timeout=args.timeout, token=token)
 
 
@@ -200,7 +200,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
     url = args.db or os.environ.get("TPM2_ATTEST_DATABASE_URL")
     if not url:
-        raise argparse.ArgumentTypeError("give --db URL (or set $TPM2_ATTEST_DATABASE_URL)")
+        raise UsageError("give --db URL (or set $TPM2_ATTEST_DATABASE_URL)")
     actor = f"local:{getpass.getuser()}"
     now = datetime.now(UTC)
     db = Store(url, pool_size=1)
@@ -250,9 +250,10 @@ def add_parser(subparsers: SubParsers) -> None:
     api = argparse.ArgumentParser(add_help=False, parents=[output_options()])
     api.add_argument("--server", metavar="URL", help=f"the service (default ${SERVER_ENV})")
     api.add_argument("--token", help=f"operator token (default ${TOKEN_ENV}; the variable keeps it out of ps)")
-    api.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS")
+    api.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
+                     help="seconds to wait for each HTTP request (default 30)")
     page = argparse.ArgumentParser(add_help=False)
-    page.add_argument("--limit", type=int, metavar="N")
+    page.add_argument("--limit", type=int, metavar="N", help="items per page (at most 500)")
     page.add_argument("--cursor", help="the 'next' of the previous page")
 
     p = subparsers.add_parser("admin", help="operate a service: devices, policies, tokens, audit log",
@@ -267,14 +268,15 @@ def add_parser(subparsers: SubParsers) -> None:
         c = tsub.add_parser(name, parents=[output_options()], help=what)
         c.add_argument("--db", metavar="URL", help="the service's database (default $TPM2_ATTEST_DATABASE_URL)")
         if name in ("create", "revoke"):
-            c.add_argument("--name", required=True)
+            c.add_argument("--name", required=True, help="the token's name (letters, digits, . _ -)")
         if name == "create":
-            c.add_argument("--role", required=True, choices=["read", "admin"])
+            c.add_argument("--role", required=True, choices=["read", "admin"],
+                           help="read: the GET endpoints; admin: everything")
         c.set_defaults(func=cmd_token)
 
     c = sub.add_parser("devices", parents=[api, page], help="list devices")
-    c.add_argument("--status", choices=["trusted", "failed", "stale", "revoked"])
-    c.add_argument("--tag")
+    c.add_argument("--status", choices=["trusted", "failed", "stale", "revoked"], help="only devices of this status")
+    c.add_argument("--tag", help="only devices with this tag")
     c.set_defaults(func=cmd_devices)
     for name, func, what in (("device", cmd_device, "show a device"),
                              ("history", cmd_history, "a device's attestations, newest first"),
@@ -283,14 +285,15 @@ def add_parser(subparsers: SubParsers) -> None:
                              ("tag", cmd_tag, "add or remove tags of a device"),
                              ("freshness", cmd_freshness, "set a device's freshness window")):
         c = sub.add_parser(name, parents=[api, page] if name == "history" else [api], help=what)
-        c.add_argument("device_id", metavar="DEVICE_ID")
+        c.add_argument("device_id", metavar="DEVICE_ID", help="the device")
         if name == "revoke":
-            c.add_argument("--reason")
+            c.add_argument("--reason", help="why (kept in the audit log)")
         if name == "tag":
-            c.add_argument("--add", action="append", metavar="TAG")
-            c.add_argument("--remove", action="append", metavar="TAG")
+            c.add_argument("--add", action="append", metavar="TAG", help="a tag to add (repeatable)")
+            c.add_argument("--remove", action="append", metavar="TAG", help="a tag to remove (repeatable)")
         if name == "freshness":
-            c.add_argument("seconds", metavar="SECONDS|default")
+            c.add_argument("seconds", metavar="SECONDS|default",
+                           help="how long a pass keeps it trusted; 'default': its policies' or the service's")
         c.set_defaults(func=func)
     c = sub.add_parser("status", parents=[api], help="devices per status")
     c.set_defaults(func=cmd_status)
@@ -302,20 +305,20 @@ def add_parser(subparsers: SubParsers) -> None:
     c = psub.add_parser("list", parents=[api], help="policies (newest versions) and assignments")
     c.set_defaults(func=cmd_policy)
     c = psub.add_parser("get", parents=[api], help="print a policy document")
-    c.add_argument("name")
-    c.add_argument("--version", type=int)
+    c.add_argument("name", help="the policy")
+    c.add_argument("--version", type=int, help="this version (default: the newest)")
     c.set_defaults(func=cmd_policy)
     c = psub.add_parser("put", parents=[api], help="store a policy file as the next version of NAME")
-    c.add_argument("name")
-    c.add_argument("file", type=Path)
+    c.add_argument("name", help="the policy (a new version of it when it exists)")
+    c.add_argument("file", type=Path, help="the policy document (JSON, or YAML by its name)")
     c.add_argument("--freshness", type=float, metavar="SECONDS", help="how long a pass keeps a device trusted")
     c.set_defaults(func=cmd_policy)
     for name in ("assign", "unassign"):
         c = psub.add_parser(name, parents=[api], help=f"{name} a policy to the fleet, a tag or a device")
         if name == "assign":
-            c.add_argument("name")
+            c.add_argument("name", help="the policy")
         g = c.add_mutually_exclusive_group(required=True)
         g.add_argument("--default", action="store_true", help="every device without its own or a tag's")
-        g.add_argument("--tag")
-        g.add_argument("--device", metavar="DEVICE_ID")
+        g.add_argument("--tag", help="every device with this tag (all its tags' policies apply)")
+        g.add_argument("--device", metavar="DEVICE_ID", help="this device (only this policy then)")
         c.set_defaults(func=cmd_policy)
