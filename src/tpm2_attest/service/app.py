@@ -45,7 +45,18 @@ from .core import AttestationService, Clock
 from .errors import VERIFICATION_STATUS, ServiceCode, ServiceError
 from .hooks import StatusHooks
 from .hotpath import DatabaseError
-from .http import LIMITS_KEY, BodyTimeout, FastLane, JsonRoute, Lane, Observe
+from .http import (
+    LIMITS_KEY,
+    ASGIApp,
+    BodyTimeout,
+    FastLane,
+    JsonRoute,
+    Lane,
+    Observe,
+    Receive,
+    Scope,
+    Send,
+)
 from .metrics import CONTENT_TYPE, Metrics
 from .models import (
     AttestRequest,
@@ -85,8 +96,26 @@ def _dump(model: BaseModel) -> bytes:
     return model.__pydantic_serializer__.to_json(model)
 
 
+class ServiceApp(FastAPI):
+    """The FastAPI application behind a front of its own: every HTTP request goes through
+    ``front`` (request id, metrics, access log, body timeout; then the device lane), which
+    hands what it does not answer itself to FastAPI's stack (``framework``)."""
+
+    front: ASGIApp | None = None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if self.front is not None and scope["type"] == "http":
+            await self.front(scope, receive, send)
+        else:
+            await super().__call__(scope, receive, send)
+
+    async def framework(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """FastAPI itself: its middleware, routing, dependencies and exception handlers."""
+        await super().__call__(scope, receive, send)
+
+
 def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
-               store: Store | None = None, hooks: StatusHooks | None = None) -> FastAPI:
+               store: Store | None = None, hooks: StatusHooks | None = None) -> ServiceApp:
     """Build the service for ``settings`` (defaults: :class:`Settings` from the environment).
 
     ``store`` defaults to one on ``settings.database_url`` (closed at shutdown; its schema is
@@ -141,7 +170,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
         # FastAPI's OpenTelemetry hooks look for providers on every request; the service's
         # metrics are Prometheus (/metrics).
         extra["telemetry"] = {"tracing": False, "metrics": False, "logs": False}
-    app = FastAPI(title="tpm2-attest", version=__version__, lifespan=lifespan, **extra,
+    app = ServiceApp(title="tpm2-attest", version=__version__, lifespan=lifespan, **extra,
                   max_body_size=settings.max_body_bytes,
                   description="TPM 2.0 device enrollment (EK certificate, AK, credential "
                               "activation), attestation (quotes over single-use nonces) and the "
@@ -269,10 +298,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
         ctx = contextvars.copy_context()
         return await asyncio.get_running_loop().run_in_executor(pool, ctx.run, fn, arg)
 
-    app.add_middleware(FastLane, lanes=lanes, max_body=settings.max_body_bytes, refusal=lane_refusal,
-                       run=run_blocking)
-    app.add_middleware(Observe, body_timeout=settings.body_timeout,  # outermost: ids, metrics, log, timeout
-                       count=lambda route, method, status: metrics.requests.labels(route, method, str(status)).inc())
+    lane = FastLane(app.framework, lanes=lanes, max_body=settings.max_body_bytes, refusal=lane_refusal,
+                    run=run_blocking)
+    app.front = Observe(lane, body_timeout=settings.body_timeout,  # ids, metrics, log, body timeout
+                        count=lambda route, method, status: metrics.requests.labels(route, method, str(status)).inc())
 
     app.include_router(admin.router(service))
     return app
