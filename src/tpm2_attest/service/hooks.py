@@ -2,8 +2,9 @@
 stale or revoked (webhooks, notifications, metrics).
 
 Subscribers are called after the change is committed, in the thread that made it (a request
-thread, or the sweeper for ``stale``); they must return quickly (hand the change to a queue)
-and their exceptions are logged, never passed to the request.
+thread, the event loop's for the device requests it answers itself, or the sweeper's for
+``stale``); they must return quickly (hand the change to a queue) and their exceptions are
+logged, never passed to the request.
 """
 
 from __future__ import annotations

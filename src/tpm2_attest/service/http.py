@@ -191,10 +191,13 @@ class Observe:
 
 @dataclass(frozen=True)
 class Lane:
-    """One device endpoint: its request model and the blocking handler that answers it."""
+    """One device endpoint: its request model and the blocking handler that answers it.
+    ``inline``: which requests are short enough to answer on the event loop itself (no thread
+    handoff); None: every request goes to the thread pool."""
 
     model: type[BaseModel]
     handler: Callable[[Any], bytes]
+    inline: Callable[[Any], bool] | None = None
 
 
 @dataclass(frozen=True)
@@ -233,7 +236,10 @@ class FastLane:
             except ValidationError as exc:
                 raise RequestValidationError([{**e, "loc": ("body", *e.get("loc", ()))}
                                               for e in exc.errors(include_input=False)]) from None
-            payload = await self.run(lane.handler, request)
+            if lane.inline is not None and lane.inline(request):
+                payload = lane.handler(request)
+            else:
+                payload = await self.run(lane.handler, request)
             status, headers = 200, [(b"content-type", b"application/json")]
         except ClientDisconnect:
             return  # nobody to answer
