@@ -16,7 +16,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "tpm2_attest"
 
 LAYERS: dict[str, int] = {
     # the TPM 2.0 language and the few things everything may use
-    "tpm2": 0, "_version": 0, "_files": 0, "_der": 0, "progress": 0,
+    "tpm2": 0, "_version": 0, "_files": 0, "_der": 0, "_frozen": 0, "progress": 0,
     "errors": 1,
     # bytes to a TPM; evidence formats; pure parsers of measurement logs
     "transport": 2, "evidence": 2, "eventlog": 2, "ima": 2,

@@ -17,6 +17,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Final, Protocol, TypeVar
 
+from ._frozen import frozen
 from .errors import ELEVATION_HRESULTS, ErrorCode, TpmError
 from .tpm2.constants import (
     HASH_SIZES,
@@ -70,7 +71,7 @@ class Channel(Protocol):
 # Sessions
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PasswordSession:
     """TPM_RS_PW with a plaintext authValue (empty for most attestation objects)."""
 
@@ -101,7 +102,7 @@ PW = PasswordSession()
 # Command outputs
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ReadPublicResult:
     public: TPMT_PUBLIC
     public_bytes: bytes
@@ -110,7 +111,7 @@ class ReadPublicResult:
     qualified_name: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CreatePrimaryResult:
     handle: int
     public: TPMT_PUBLIC
@@ -123,7 +124,7 @@ class CreatePrimaryResult:
     """TPMS_CREATION_DATA as the TPM marshalled it (what creationHash covers)."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CreateResult:
     private: bytes
     """TPM2B_PRIVATE bytes (size included)."""
@@ -137,7 +138,7 @@ class CreateResult:
     creation_ticket: TPMT_TK_CREATION
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SignedAttest:
     """TPMS_ATTEST bytes as signed (without the TPM2B size) and the TPMT_SIGNATURE bytes."""
 
@@ -145,7 +146,7 @@ class SignedAttest:
     signature: bytes
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class PcrReadResult:
     update_counter: int
     selection: TPML_PCR_SELECTION

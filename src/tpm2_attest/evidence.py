@@ -10,10 +10,11 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from dataclasses import dataclass, field
+from dataclasses import field
 from functools import cached_property
 from typing import Any, Final, Literal
 
+from ._frozen import frozen
 from .errors import ErrorCode, TpmError
 from .tpm2.constants import HASH_BY_NAME, HASH_NAMES, HASH_SIZES
 from .tpm2.crypto import (
@@ -77,7 +78,7 @@ class _PublicArea:
         return public_der(self.public_area)
 
 
-@dataclass(frozen=True)
+@frozen(slots=False)
 class AkBlob(_PublicArea):
     """An attestation key as the device stores it and the verifier receives it.
 
@@ -248,7 +249,7 @@ class AkBlob(_PublicArea):
 PcrBanks = dict[str, dict[int, bytes]]
 
 
-@dataclass(frozen=True)
+@frozen(slots=False)
 class Quote:
     """A quote: TPMS_ATTEST bytes, TPMT_SIGNATURE bytes, and the PCR values it covers
     ({bank name: {index: digest}})."""
@@ -314,7 +315,7 @@ class Quote:
         return cls.from_dict(obj)
 
 
-@dataclass(frozen=True)
+@frozen(slots=False)
 class PublicKey(_PublicArea):
     """A TPM object's public part: TPM2B_PUBLIC bytes, Name, and SubjectPublicKeyInfo DER."""
 
@@ -323,7 +324,7 @@ class PublicKey(_PublicArea):
     handle: int | None = None
 
 
-@dataclass(frozen=True)
+@frozen(slots=False)
 class EkInfo(_PublicArea):
     """The endorsement key: public area, Name, certificate (DER, TCG NV header stripped)."""
 
@@ -337,7 +338,7 @@ class EkInfo(_PublicArea):
     """Where the TPM's vendor publishes this EK's certificate (Intel PTT, AMD fTPM), else None."""
 
 
-@dataclass(frozen=True)
+@frozen(slots=False)
 class CertifiedAk:
     """An AK the platform's CA certified (a GCE vTPM's): the blob ``quote`` takes (``TPP1``:
     the TPM derives the key again from its template) and the certificate (DER) from NV."""
@@ -350,7 +351,7 @@ class CertifiedAk:
     template_index: int
 
 
-@dataclass(frozen=True)
+@frozen(slots=False)
 class CredentialChallenge:
     """MakeCredential output: TPM2B_ID_OBJECT and TPM2B_ENCRYPTED_SECRET (each with its size)."""
 

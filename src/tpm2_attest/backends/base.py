@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import Literal, Protocol
 
+from .._frozen import frozen
 from ..evidence import AkBlob, CertifiedAk, CredentialChallenge, EkInfo, PublicKey, Quote
 
 Platform = Literal["linux", "windows", "swtpm", "mssim"]
 EkKind = Literal["rsa", "ecc", "ecc384"]
 
 
-@dataclass(frozen=True)
+@frozen(slots=False)
 class TpmInfo:
     """Identity of the TPM: manufacturer, vendor strings, firmware, spec revision, banks."""
 

@@ -8,9 +8,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Final
 
+from .._frozen import frozen
 from ._le import guid_text
 from .errors import EventLogError
 
@@ -24,7 +24,7 @@ END_ENTIRE: Final = 0xFF
 END_INSTANCE: Final = 0x01
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DevicePathNode:
     """One EFI_DEVICE_PATH_PROTOCOL node: type, sub-type and its data (after the 4-byte header)."""
 

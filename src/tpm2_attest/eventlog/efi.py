@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from dataclasses import dataclass
 from typing import Any, Final
 
 from cryptography import x509
 
+from .._frozen import frozen
 from . import guids
 from ._le import LeReader, guid_text
 from .devicepath import device_path_text
@@ -30,7 +30,7 @@ _HASH_SIGNATURE_SIZES: Final[dict[str, int]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SignatureEntry:
     """One EFI_SIGNATURE_DATA of a signature list: owner GUID + data, with the parsed X.509
     certificate for EFI_CERT_X509 entries (``certificate_error`` says why parsing failed)."""
@@ -210,7 +210,7 @@ def parse_variable_update(data: bytes, base: int = 0) -> tuple[SignatureEntry, .
     return parse_signature_lists(data, base)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class LoadOption:
     """EFI_LOAD_OPTION (the value of a Boot#### variable)."""
 

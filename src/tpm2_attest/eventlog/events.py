@@ -8,10 +8,10 @@ and a replay that matched a quoted PCR.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, ClassVar, Final, NamedTuple
 
+from .._frozen import frozen
 from . import guids
 from .banks import bank_name, digest_size, hash_data, hash_factory, resolve_bank
 from .errors import EventLogBankError, EventLogError
@@ -46,7 +46,7 @@ class Digest(NamedTuple):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class EventInfo:
     """Base of the decoded forms of event data; ``kind`` names the form."""
 
@@ -57,14 +57,14 @@ class EventInfo:
         return {"kind": self.kind}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class RawInfo(EventInfo):
     """Data kept as bytes (types whose data has no defined structure, and unknown types)."""
 
     kind: ClassVar[str] = "raw"
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MalformedInfo(EventInfo):
     """Data that does not match its type's structure (kept; only in non-strict parsing or for
     types whose structure firmware often bends)."""
@@ -77,7 +77,7 @@ class MalformedInfo(EventInfo):
         return {"kind": self.kind, "reason": self.reason, "offset": self.offset}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TextInfo(EventInfo):
     """A string (EV_EFI_ACTION, EV_ACTION, EV_IPL, EV_POST_CODE strings, S-CRTM version...)."""
 
@@ -89,7 +89,7 @@ class TextInfo(EventInfo):
         return {"kind": self.kind, "text": self.text, "encoding": self.encoding}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GuidInfo(EventInfo):
     """A bare EFI_GUID (e.g. an EV_S_CRTM_VERSION given as a GUID)."""
 
@@ -100,7 +100,7 @@ class GuidInfo(EventInfo):
         return {"kind": self.kind, "guid": self.guid}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SeparatorInfo(EventInfo):
     """EV_SEPARATOR: 0 normally, 1 (or legacy 0xFFFFFFFF) when firmware signals an error.
     Other values are no error: Windows closes PCRs 12-14 with the ASCII "WBCL"."""
@@ -117,7 +117,7 @@ class SeparatorInfo(EventInfo):
         return {"kind": self.kind, "value": self.value, "error": self.is_error}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SpecIdInfo(EventInfo):
     """TCG_EfiSpecIDEventStruct (``Spec ID Event03``): the banks and their digest sizes."""
 
@@ -144,7 +144,7 @@ class SpecIdInfo(EventInfo):
         }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class StartupLocalityInfo(EventInfo):
     """TCG_EfiStartupLocalityEvent: the locality of TPM2_Startup, PCR 0's initial last byte."""
 
@@ -155,7 +155,7 @@ class StartupLocalityInfo(EventInfo):
         return {"kind": self.kind, "locality": self.locality}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class NoActionInfo(EventInfo):
     """Another EV_NO_ACTION structure identified by its 16-byte signature (SP800-155 Event,
     NvIndexInstance, Spec ID Event00/02 of TPM 1.2 logs...)."""
@@ -168,7 +168,7 @@ class NoActionInfo(EventInfo):
         return {"kind": self.kind, "signature": self.signature, "payload": self.payload.hex()}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HcrtmComponentInfo(EventInfo):
     """TCG_HCRTMComponentEvent (EV_NO_ACTION "H-CRTM CompMeas"): what an H-CRTM sequence
     measured; ``format`` 0 means ``measurement`` is a TPMT_HA digest, 0x80 raw data."""
@@ -183,7 +183,7 @@ class HcrtmComponentInfo(EventInfo):
                 "measurement": self.measurement.hex()}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class UefiVariableInfo(EventInfo):
     """UEFI_VARIABLE_DATA: vendor GUID, UCS-2 name and value (``trailing`` bytes after it)."""
 
@@ -229,7 +229,7 @@ class UefiVariableInfo(EventInfo):
         return {}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class UefiAuthorityInfo(UefiVariableInfo):
     """EV_EFI_VARIABLE_AUTHORITY / EV_EFI_SPDM_DEVICE_AUTHORITY data: a UEFI_VARIABLE_DATA whose
     value is one EFI_SIGNATURE_DATA (owner GUID + the certificate that verified an image)."""
@@ -252,7 +252,7 @@ class UefiAuthorityInfo(UefiVariableInfo):
         return {}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class ImageLoadInfo(EventInfo):
     """UEFI_IMAGE_LOAD_EVENT: where a PE image was loaded and its device path."""
 
@@ -278,7 +278,7 @@ class ImageLoadInfo(EventInfo):
         return d
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class FirmwareBlobInfo(EventInfo):
     """UEFI_PLATFORM_FIRMWARE_BLOB (``description`` set for the BLOB2 form)."""
 
@@ -294,7 +294,7 @@ class FirmwareBlobInfo(EventInfo):
         return d
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GptPartition:
     """One measured EFI_PARTITION_ENTRY."""
 
@@ -317,7 +317,7 @@ class GptPartition:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class GptInfo(EventInfo):
     """UEFI_GPT_DATA: the GPT header of the boot disk and its (non-empty) partitions."""
 
@@ -349,7 +349,7 @@ class GptInfo(EventInfo):
         }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class HandoffTablesInfo(EventInfo):
     """UEFI_HANDOFF_TABLE_POINTERS(2): configuration tables (GUID, address) handed to the OS."""
 
@@ -370,7 +370,7 @@ class HandoffTablesInfo(EventInfo):
         return d
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TaggedEventInfo(EventInfo):
     """TCG_PCClientTaggedEvent (EV_EVENT_TAG): an event id and its data."""
 
@@ -387,7 +387,7 @@ class TaggedEventInfo(EventInfo):
 # ---------------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Event:
     """One record of the log.
 
@@ -463,7 +463,7 @@ class Event:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class EventLog:
     """A parsed TCG PC Client event log (see :func:`tpm2_attest.eventlog.parse_event_log`).
 

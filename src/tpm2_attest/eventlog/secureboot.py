@@ -12,11 +12,11 @@ replay matched a quoted PCR (``verify_event_log`` does exactly that).
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass
 from typing import Any, Final
 
 from cryptography import x509
 
+from .._frozen import frozen
 from ..tpm2.constants import HASH_SIZES, TPM_ALG
 from . import guids
 from .banks import bank_name, resolve_bank
@@ -50,7 +50,7 @@ loaders verify what they load. Firmware puts them into PCR 7 so that they change
 Boot policy's value."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SignatureDatabase:
     """A measured signature database (PK, KEK, db, dbx, dbt, dbr) and its parsed entries."""
 
@@ -99,7 +99,7 @@ class SignatureDatabase:
         }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class MeasuredVariable:
     """Another UEFI variable measured into PCR 7 (AuditMode, DeployedMode, SPDM databases...)."""
 
@@ -115,7 +115,7 @@ class MeasuredVariable:
                 "event": self.event_index, "event_type": self.event_type}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class Authority:
     """An EV_EFI_VARIABLE_AUTHORITY: the db entry (usually a certificate) that verified an
     image. ``after_separator`` tells whether it verified a boot application (OS loader side)."""
@@ -160,7 +160,7 @@ class Authority:
         return d
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class EfiAction:
     """A firmware action in PCR 7: an EV_EFI_ACTION whose data matches its digest, or an event
     of a type this library does not interpret (e.g. AMD's TSME event, type 0x8401).
@@ -185,7 +185,7 @@ class EfiAction:
                 "after_separator": self.after_separator, "known": self.known}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class SecureBootState:
     """What PCR 7 says about UEFI Secure Boot (see :func:`secure_boot_state`)."""
 

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Final
+
+from .._frozen import frozen
 
 RC_VER1: Final = 0x100
 RC_FMT1: Final = 0x080
@@ -197,7 +198,7 @@ class TPM_RC:
 RETRYABLE: Final = frozenset({TPM_RC.RETRY, TPM_RC.YIELDED, TPM_RC.TESTING})
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class DecodedRc:
     """A response code split into its parts."""
 

@@ -10,9 +10,10 @@ their selector. Unknown selectors raise :class:`ParseError`.
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import field
 from typing import ClassVar, Self
 
+from .._frozen import frozen
 from .constants import HASH_SIZES, TPM_ALG, TPM_CAP, TPM_ST
 from .marshal import ParseError, Reader, Writer
 
@@ -61,7 +62,7 @@ def _digest_size(alg: int, what: str, pos: int) -> int:
 # Sized buffers that appear as standalone evidence or command parameters.
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class _Tpm2b(Marshallable):
     """A TPM2B_* sized byte buffer."""
 
@@ -145,7 +146,7 @@ class TPM2B_ECC_PARAMETER(_Tpm2b):
 # PCR selections and digest lists.
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_PCR_SELECTION(Marshallable):
     """One bank's PCR bitmap: bit i of byte j selects PCR 8*j+i."""
 
@@ -189,7 +190,7 @@ class TPMS_PCR_SELECTION(Marshallable):
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPML_PCR_SELECTION(Marshallable):
     """A list of per-bank PCR selections."""
 
@@ -219,7 +220,7 @@ class TPML_PCR_SELECTION(Marshallable):
         return out
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPML_DIGEST(Marshallable):
     """Up to 8 digests (PCR_Read output, PolicyOR input)."""
 
@@ -236,7 +237,7 @@ class TPML_DIGEST(Marshallable):
             w.tpm2b(d)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMT_HA(Marshallable):
     """A hash algorithm and a digest of its size."""
 
@@ -255,7 +256,7 @@ class TPMT_HA(Marshallable):
         w.u16(self.hash_alg).raw(self.digest)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPML_DIGEST_VALUES(Marshallable):
     """Digests for several banks (PCR_Extend input)."""
 
@@ -276,7 +277,7 @@ class TPML_DIGEST_VALUES(Marshallable):
 # Algorithm parameters and schemes.
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMT_SYM_DEF_OBJECT(Marshallable):
     """Symmetric algorithm of a storage key (NULL for signing keys)."""
 
@@ -317,7 +318,7 @@ _ASYM_SCHEMES_HASH = _SIG_SCHEMES_HASH | {TPM_ALG.OAEP, TPM_ALG.ECDH, TPM_ALG.EC
 _KDF_SCHEMES = {TPM_ALG.MGF1, TPM_ALG.KDF1_SP800_56A, TPM_ALG.KDF2, TPM_ALG.KDF1_SP800_108}
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMT_SCHEME(Marshallable):
     """A scheme selector with its hash (TPMT_RSA_SCHEME, TPMT_ECC_SCHEME, TPMT_SIG_SCHEME...).
 
@@ -360,7 +361,7 @@ TPMT_KEYEDHASH_SCHEME = TPMT_SCHEME
 TPMT_KDF_SCHEME = TPMT_SCHEME
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_RSA_PARMS(Marshallable):
     symmetric: TPMT_SYM_DEF_OBJECT
     scheme: TPMT_SCHEME
@@ -383,7 +384,7 @@ class TPMS_RSA_PARMS(Marshallable):
         w.u16(self.key_bits).u32(self.exponent)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_ECC_PARMS(Marshallable):
     symmetric: TPMT_SYM_DEF_OBJECT
     scheme: TPMT_SCHEME
@@ -406,7 +407,7 @@ class TPMS_ECC_PARMS(Marshallable):
         self.kdf.marshal(w)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_KEYEDHASH_PARMS(Marshallable):
     scheme: TPMT_SCHEME = field(default_factory=TPMT_SCHEME)
 
@@ -418,7 +419,7 @@ class TPMS_KEYEDHASH_PARMS(Marshallable):
         self.scheme.marshal(w)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_SYMCIPHER_PARMS(Marshallable):
     sym: TPMT_SYM_DEF_OBJECT
 
@@ -430,7 +431,7 @@ class TPMS_SYMCIPHER_PARMS(Marshallable):
         self.sym.marshal(w)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_ECC_POINT(Marshallable):
     x: bytes = b""
     y: bytes = b""
@@ -447,7 +448,7 @@ PublicParms = TPMS_RSA_PARMS | TPMS_ECC_PARMS | TPMS_KEYEDHASH_PARMS | TPMS_SYMC
 PublicId = bytes | TPMS_ECC_POINT
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMT_PUBLIC(Marshallable):
     """An object's public area. ``unique`` is bytes (RSA modulus, keyedhash/symcipher digest) or
     a TPMS_ECC_POINT."""
@@ -493,7 +494,7 @@ class TPMT_PUBLIC(Marshallable):
             w.tpm2b(self.unique)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPM2B_PUBLIC(Marshallable):
     """A size-prefixed TPMT_PUBLIC (the form commands and files carry)."""
 
@@ -512,7 +513,7 @@ class TPM2B_PUBLIC(Marshallable):
         w.tpm2b(self.public_area.to_bytes())
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_SENSITIVE_CREATE(Marshallable):
     user_auth: bytes = b""
     data: bytes = b""
@@ -525,7 +526,7 @@ class TPMS_SENSITIVE_CREATE(Marshallable):
         w.tpm2b(self.user_auth).tpm2b(self.data)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPM2B_SENSITIVE_CREATE(Marshallable):
     sensitive: TPMS_SENSITIVE_CREATE = field(default_factory=TPMS_SENSITIVE_CREATE)
 
@@ -544,7 +545,7 @@ class TPM2B_SENSITIVE_CREATE(Marshallable):
 # Attestation.
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_CLOCK_INFO(Marshallable):
     clock: int
     reset_count: int
@@ -566,7 +567,7 @@ class TPMS_CLOCK_INFO(Marshallable):
         w.u64(self.clock).u32(self.reset_count).u32(self.restart_count).u8(int(self.safe))
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_TIME_INFO(Marshallable):
     time: int
     clock_info: TPMS_CLOCK_INFO
@@ -580,7 +581,7 @@ class TPMS_TIME_INFO(Marshallable):
         self.clock_info.marshal(w)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_CERTIFY_INFO(Marshallable):
     name: bytes
     qualified_name: bytes
@@ -593,7 +594,7 @@ class TPMS_CERTIFY_INFO(Marshallable):
         w.tpm2b(self.name).tpm2b(self.qualified_name)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_QUOTE_INFO(Marshallable):
     pcr_select: TPML_PCR_SELECTION
     pcr_digest: bytes
@@ -607,7 +608,7 @@ class TPMS_QUOTE_INFO(Marshallable):
         w.tpm2b(self.pcr_digest)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_COMMAND_AUDIT_INFO(Marshallable):
     audit_counter: int
     digest_alg: int
@@ -624,7 +625,7 @@ class TPMS_COMMAND_AUDIT_INFO(Marshallable):
         w.tpm2b(self.command_digest)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_SESSION_AUDIT_INFO(Marshallable):
     exclusive_session: bool
     session_digest: bytes
@@ -641,7 +642,7 @@ class TPMS_SESSION_AUDIT_INFO(Marshallable):
         w.u8(int(self.exclusive_session)).tpm2b(self.session_digest)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_CREATION_INFO(Marshallable):
     object_name: bytes
     creation_hash: bytes
@@ -654,7 +655,7 @@ class TPMS_CREATION_INFO(Marshallable):
         w.tpm2b(self.object_name).tpm2b(self.creation_hash)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_NV_CERTIFY_INFO(Marshallable):
     index_name: bytes
     offset: int
@@ -668,7 +669,7 @@ class TPMS_NV_CERTIFY_INFO(Marshallable):
         w.tpm2b(self.index_name).u16(self.offset).tpm2b(self.nv_contents)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_NV_DIGEST_CERTIFY_INFO(Marshallable):
     index_name: bytes
     nv_digest: bytes
@@ -681,7 +682,7 @@ class TPMS_NV_DIGEST_CERTIFY_INFO(Marshallable):
         w.tpm2b(self.index_name).tpm2b(self.nv_digest)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_TIME_ATTEST_INFO(Marshallable):
     time: TPMS_TIME_INFO
     firmware_version: int
@@ -718,7 +719,7 @@ _ATTEST_UNION: dict[int, type[AttestInfo]] = {
 }
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_ATTEST(Marshallable):
     """What a TPM signs for Quote, Certify, CertifyCreation, ... (magic is not checked here:
     the verifier checks it and reports BAD_MAGIC)."""
@@ -752,7 +753,7 @@ class TPMS_ATTEST(Marshallable):
         self.attested.marshal(w)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_CREATION_DATA(Marshallable):
     pcr_select: TPML_PCR_SELECTION
     pcr_digest: bytes
@@ -780,7 +781,7 @@ class TPMS_CREATION_DATA(Marshallable):
         w.tpm2b(self.parent_name).tpm2b(self.parent_qualified_name).tpm2b(self.outside_info)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPM2B_CREATION_DATA(Marshallable):
     creation_data: TPMS_CREATION_DATA
 
@@ -795,7 +796,7 @@ class TPM2B_CREATION_DATA(Marshallable):
         w.tpm2b(self.creation_data.to_bytes())
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMT_TK_CREATION(Marshallable):
     """Creation ticket: proves the TPM created the object with this creation data."""
 
@@ -816,7 +817,7 @@ TPMT_TK_HASHCHECK = TPMT_TK_CREATION
 TPMT_TK_VERIFIED = TPMT_TK_CREATION
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMT_SIGNATURE(Marshallable):
     """A signature: RSASSA/RSAPSS carry ``sig``; ECDSA/ECDAA/SM2/ECSCHNORR carry ``r``/``s``;
     HMAC carries ``sig`` as the digest."""
@@ -860,19 +861,19 @@ class TPMT_SIGNATURE(Marshallable):
 # Capabilities and NV.
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_ALG_PROPERTY:
     alg: int
     properties: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_TAGGED_PROPERTY:
     property: int
     value: int
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_TAGGED_PCR_SELECT:
     tag: int
     pcr_select: bytes
@@ -887,7 +888,7 @@ CapabilityItems = (
 )
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_CAPABILITY_DATA(Marshallable):
     """GetCapability output: ``data`` depends on ``capability`` (algorithms, handles, commands,
     PCR banks, properties, PCR properties, curves)."""
@@ -949,7 +950,7 @@ class TPMS_CAPABILITY_DATA(Marshallable):
                 w.u32(item)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPMS_NV_PUBLIC(Marshallable):
     nv_index: int
     name_alg: int
@@ -967,7 +968,7 @@ class TPMS_NV_PUBLIC(Marshallable):
         w.u16(self.data_size)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TPM2B_NV_PUBLIC(Marshallable):
     nv_public: TPMS_NV_PUBLIC
 

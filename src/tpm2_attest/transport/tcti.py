@@ -17,10 +17,11 @@ import os
 import re
 import sys
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import field
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Final
 
+from .._frozen import frozen
 from ..errors import ErrorCode, TpmError
 
 if TYPE_CHECKING:
@@ -46,7 +47,7 @@ def _bad(message: str) -> TpmError:
     return TpmError(message, code=ErrorCode.INVALID_ARGUMENT)
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class TctiSpec:
     """A parsed TCTI: ``kind`` is device/swtpm/mssim/tbs; ``options`` its settings.
 

@@ -20,13 +20,14 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Callable
-from dataclasses import FrozenInstanceError, dataclass
+from dataclasses import FrozenInstanceError
 from typing import Any, Final, TypeAlias
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
+from .._frozen import frozen
 from ..errors import TpmError
 from ..evidence import AK_FORMATS, AkBlob, AkFormat
 from ..tpm2.constants import (
@@ -444,7 +445,7 @@ def _der_templates(coord: int) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:
     return tuple(heads), mids
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class CreationResult:
     """What a verified creation attestation says (returned only when every check passed)."""
 

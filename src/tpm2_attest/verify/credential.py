@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import hmac
 import os
-from dataclasses import dataclass
 from functools import cached_property
 from typing import Final
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from .._frozen import frozen
 from ..evidence import CredentialChallenge, EkInfo, PublicKey
 from ..tpm2 import crypto
 from ..tpm2.constants import HASH_SIZES, TPM_ALG, TPM_ECC_CURVE, TPMA_OBJECT
@@ -47,7 +47,7 @@ def _fail(reason: Reason, detail: str) -> VerificationError:
     return VerificationError(reason, detail)
 
 
-@dataclass(frozen=True)
+@frozen(slots=False)
 class EkPublic:
     """A checked EK: its key, the parameters credential protection uses, and its Name (the EK's
     identity for enrollment records; None when only a bare key was given)."""

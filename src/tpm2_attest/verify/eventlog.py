@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import hmac
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final
 
+from .._frozen import frozen
 from ..eventlog import (
     Event,
     EventLog,
@@ -36,7 +36,7 @@ _FF_RESET: Final = frozenset(range(17, 23))
 """PCRs 17-22 (DRTM) reset to all-ones at TPM2_Startup; the others to zeros."""
 
 
-@dataclass(frozen=True, slots=True)
+@frozen
 class EventLogResult:
     """What a verified log explains.
 
