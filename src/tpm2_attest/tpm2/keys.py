@@ -82,36 +82,48 @@ def _hash(alg: int, data: bytes) -> bytes:
     return hashlib.new(name, data).digest()
 
 
+def rsa_public_key(modulus: bytes, exponent: int) -> rsa.RSAPublicKey:
+    """The RSA key of a public area's modulus and exponent field (0 = 65537); ParseError if unusable."""
+    if not modulus:
+        raise ParseError("RSA public area without a modulus", None, "TPMT_PUBLIC")
+    e = exponent or DEFAULT_RSA_EXPONENT
+    n = int.from_bytes(modulus, "big")
+    if n.bit_length() < 512 or e < 3 or e % 2 == 0:
+        raise ParseError("RSA public key parameters out of range", None, "TPMT_PUBLIC")
+    try:
+        return rsa.RSAPublicNumbers(e, n).public_key()
+    except ValueError as exc:
+        raise ParseError(f"invalid RSA public key: {exc}", None, "TPMT_PUBLIC") from exc
+
+
+def ecc_public_key(curve_id: int, x: bytes, y: bytes) -> ec.EllipticCurvePublicKey:
+    """The EC key of a public area's curve and point (checked to be on the curve); ParseError otherwise."""
+    curve = CURVES.get(curve_id)
+    if curve is None:
+        raise ParseError(f"unsupported curve 0x{curve_id:04x}", None, "TPMT_PUBLIC")
+    size = CURVE_BYTES[curve_id]
+    if not x or not y or len(x) > size or len(y) > size:
+        raise ParseError("ECC point has the wrong size for its curve", None, "TPMT_PUBLIC")
+    encoded = b"\x04" + x.rjust(size, b"\0") + y.rjust(size, b"\0")
+    try:
+        return ec.EllipticCurvePublicKey.from_encoded_point(curve(), encoded)
+    except ValueError as exc:
+        raise ParseError(f"ECC point not on the curve: {exc}", None, "TPMT_PUBLIC") from exc
+
+
 def public_key_from_public(public: TPMT_PUBLIC | TPM2B_PUBLIC | bytes) -> PublicKey:
     """The `cryptography` public key of an RSA or ECC public area (raises ParseError otherwise)."""
     pub = parse_public(public)
     if pub.type == TPM_ALG.RSA and isinstance(pub.parameters, TPMS_RSA_PARMS):
         modulus = pub.unique
-        if not isinstance(modulus, bytes) or not modulus:
+        if not isinstance(modulus, bytes):
             raise ParseError("RSA public area without a modulus", None, "TPMT_PUBLIC")
-        e = pub.parameters.exponent or DEFAULT_RSA_EXPONENT
-        n = int.from_bytes(modulus, "big")
-        if n.bit_length() < 512 or e < 3 or e % 2 == 0:
-            raise ParseError("RSA public key parameters out of range", None, "TPMT_PUBLIC")
-        try:
-            return rsa.RSAPublicNumbers(e, n).public_key()
-        except ValueError as exc:
-            raise ParseError(f"invalid RSA public key: {exc}", None, "TPMT_PUBLIC") from exc
+        return rsa_public_key(modulus, pub.parameters.exponent)
     if pub.type == TPM_ALG.ECC and isinstance(pub.parameters, TPMS_ECC_PARMS):
-        curve = CURVES.get(pub.parameters.curve_id)
-        if curve is None:
-            raise ParseError(f"unsupported curve 0x{pub.parameters.curve_id:04x}", None, "TPMT_PUBLIC")
         point = pub.unique
         if not isinstance(point, TPMS_ECC_POINT):  # pragma: no cover - parse guarantees it
             raise ParseError("ECC public area without a point", None, "TPMT_PUBLIC")
-        size = CURVE_BYTES[pub.parameters.curve_id]
-        if not point.x or not point.y or len(point.x) > size or len(point.y) > size:
-            raise ParseError("ECC point has the wrong size for its curve", None, "TPMT_PUBLIC")
-        encoded = b"\x04" + point.x.rjust(size, b"\0") + point.y.rjust(size, b"\0")
-        try:
-            return ec.EllipticCurvePublicKey.from_encoded_point(curve(), encoded)
-        except ValueError as exc:
-            raise ParseError(f"ECC point not on the curve: {exc}", None, "TPMT_PUBLIC") from exc
+        return ecc_public_key(pub.parameters.curve_id, point.x, point.y)
     raise ParseError(f"public area of type 0x{pub.type:04x} is not an asymmetric key", None, "TPMT_PUBLIC")
 
 

@@ -16,6 +16,7 @@ so ``check_ak`` compares both against ``SHA-1(nonce)`` for PCP blobs.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import hmac
 import struct
@@ -38,7 +39,14 @@ from ..tpm2.constants import (
     TPM_ST,
     TPMA_OBJECT,
 )
-from ..tpm2.keys import CURVE_BYTES, PublicKey, ecc_point_of, public_der, public_key_from_public
+from ..tpm2.keys import (
+    CURVE_BYTES,
+    PublicKey,
+    ecc_point_of,
+    ecc_public_key,
+    public_der,
+    rsa_public_key,
+)
 from ..tpm2.marshal import ParseError
 from ..tpm2.structures import (
     TPMS_ATTEST,
@@ -46,6 +54,7 @@ from ..tpm2.structures import (
     TPMS_CREATION_DATA,
     TPMS_CREATION_INFO,
     TPMS_ECC_PARMS,
+    TPMS_ECC_POINT,
     TPMS_RSA_PARMS,
     TPMT_PUBLIC,
     TPMT_SCHEME,
@@ -84,6 +93,9 @@ _SCHEMES: Final[dict[tuple[int, int], int]] = {
     (TPM_ALG.ECC, TPM_ALG.ECDSA): _KIND_ECDSA,
 }
 _U16: Final = struct.Struct(">H")
+_SHA1: Final = int(TPM_ALG.SHA1)
+_new = object.__new__
+_set = object.__setattr__
 _SIG_HEAD: Final = struct.Struct(">HH")
 _ATTEST_HEAD: Final = struct.Struct(">IH")
 QuoteLayout: TypeAlias = tuple[struct.Struct, tuple[int, ...], str, int, bool, int, int]
@@ -143,6 +155,98 @@ def ecdsa_der(r: bytes, s: bytes) -> bytes:
     return b"\x30\x81" + bytes((n,)) + body  # P-521 only: the body stays under 256 bytes
 
 
+_TPMT_HEAD: Final = struct.Struct(">HHIH")
+_SHAPES: dict[tuple[int, int, int], struct.Struct] = {}
+"""(type, authPolicy size, unique size) -> the struct of an AK public area of that shape."""
+_MAX_SHAPES: Final = 64
+_NULL: Final = int(TPM_ALG.NULL)
+_RSA: Final = int(TPM_ALG.RSA)
+_ECC: Final = int(TPM_ALG.ECC)
+_RSA_SIG: Final = frozenset({int(TPM_ALG.RSASSA), int(TPM_ALG.RSAPSS)})
+_ECDSA: Final = int(TPM_ALG.ECDSA)
+
+_Fields: TypeAlias = tuple[int, int, int, int, int, int, int, int, bytes, bytes]
+"""(type, nameAlg, objectAttributes, scheme, scheme hash, keyBits, exponent, curveID, unique
+(RSA modulus or ECC x), ECC y) of a public area: what an AkPublic is built from."""
+
+
+def _shape(typ: int, plen: int, ulen: int) -> struct.Struct:
+    st = _SHAPES.get((typ, plen, ulen))
+    if st is None:
+        if typ == _RSA:  # type nameAlg attrs |policy| policy sym scheme hash keyBits exponent |n| n
+            st = struct.Struct(f">HHIH{plen}xHHHHIH{ulen}s")
+        else:  # ... sym scheme hash curveID kdf |x| x |y| y
+            st = struct.Struct(f">HHIH{plen}xHHHHHH{ulen}sH{ulen}s")
+        if len(_SHAPES) >= _MAX_SHAPES:
+            _SHAPES.clear()
+        _SHAPES[typ, plen, ulen] = st
+    return st
+
+
+def _fast_fields(tpmt: bytes) -> _Fields | None:
+    """The fields of the usual AK public areas (RSASSA/RSAPSS or ECDSA, no symmetric
+    algorithm, no KDF) by one precompiled unpack; None for anything else, which the generic
+    parser then reads (and refuses with its precise error). It accepts only bytes that the
+    generic parser reads to the same values: same bounds, and every size field must agree."""
+    n = len(tpmt)
+    if n < 24:
+        return None
+    typ, name_alg, attrs, plen = _TPMT_HEAD.unpack_from(tpmt)
+    if plen > 64:
+        return None
+    if typ == _RSA:
+        ulen = n - 24 - plen
+        if not 0 < ulen <= 512:
+            return None
+        _t, _n, _a, _p, sym, scheme, hash_alg, bits, exponent, usize, modulus = _shape(typ, plen, ulen).unpack(tpmt)
+        if sym != _NULL or scheme not in _RSA_SIG or usize != ulen:
+            return None
+        return typ, name_alg, attrs, scheme, hash_alg, bits, exponent, 0, modulus, b""
+    if typ == _ECC:
+        rest = n - 24 - plen
+        if rest <= 0 or rest & 1 or rest > 256:
+            return None
+        c = rest >> 1
+        _t, _n, _a, _p, sym, scheme, hash_alg, curve, kdf, xs, x, ys, y = _shape(typ, plen, c).unpack(tpmt)
+        if sym != _NULL or scheme != _ECDSA or kdf != _NULL or xs != c or ys != c:
+            return None
+        return typ, name_alg, attrs, scheme, hash_alg, 0, 0, curve, x, y
+    return None
+
+
+def _area_fields(area: TPMT_PUBLIC) -> _Fields:
+    """The same fields from a parsed public area (any type; non-RSA/ECC ones are refused later)."""
+    params = area.parameters
+    if isinstance(params, TPMS_RSA_PARMS):
+        modulus = area.unique if isinstance(area.unique, bytes) else b""
+        return (area.type, area.name_alg, area.object_attributes, params.scheme.scheme,
+                params.scheme.hash_alg, params.key_bits, params.exponent, 0, modulus, b"")
+    if isinstance(params, TPMS_ECC_PARMS):
+        point = area.unique if isinstance(area.unique, TPMS_ECC_POINT) else TPMS_ECC_POINT()
+        return (area.type, area.name_alg, area.object_attributes, params.scheme.scheme,
+                params.scheme.hash_alg, 0, 0, params.curve_id, point.x, point.y)
+    return area.type, area.name_alg, area.object_attributes, _NULL, _NULL, 0, 0, 0, b"", b""
+
+
+_PADDINGS: dict[tuple[int, int], tuple[Any, hashes.HashAlgorithm]] = {}
+"""(kind, hash) -> (padding, hash object): immutable `cryptography` objects shared by AKs."""
+
+
+def _padding(kind: int, hash_alg: int) -> tuple[Any, hashes.HashAlgorithm]:
+    got = _PADDINGS.get((kind, hash_alg))
+    if got is None:
+        hash_obj = _HASHES[hash_alg][0]()
+        pad: Any
+        if kind == _KIND_RSASSA:
+            pad = padding.PKCS1v15()
+        elif kind == _KIND_RSAPSS:
+            pad = padding.PSS(mgf=padding.MGF1(hash_obj), salt_length=padding.PSS.AUTO)
+        else:
+            pad = ec.ECDSA(hash_obj)
+        got = _PADDINGS[kind, hash_alg] = (pad, hash_obj)
+    return got
+
+
 class AkPublic:
     """A checked AK public area and everything derived from it (immutable).
 
@@ -152,40 +256,41 @@ class AkPublic:
     scheme and hash the key itself mandates, ``format`` the AK blob format it came from
     (``TPW1``/``PCP1``/``PCP2``) or None. Build it with :meth:`from_public` or ``check_ak``.
     Two AkPublic are equal when they are the same key (same Name).
+
+    Only what every check needs is computed when it is built; ``public_area``,
+    ``public_der``, ``name`` and ``scheme`` are derived from the checked bytes on first use.
     """
 
     __slots__ = (
+        "_area",
         "_coord",
-        "_coord_u16",
-        "_der_heads",
-        "_der_mids",
-        "_ecdsa_len",
+        "_der",
+        "_ecdsa",
+        "_fields",
         "_hash",
         "_kind",
+        "_name",
         "_pad",
         "_pcr_hash",
-        "_quote_layouts",
         "_sha1",
         "_sig_head",
         "_sig_len",
+        "_tpmt",
         "_verify",
         "format",
         "key",
-        "name",
         "public",
-        "public_area",
-        "public_der",
-        "scheme",
     )
 
     public: bytes
-    public_area: TPMT_PUBLIC
-    public_der: bytes
-    name: bytes
     key: PublicKey
-    scheme: TPMT_SCHEME
     format: AkFormat | None
-    # Hot-path caches (private): see verify.quote.
+    # Private: the checked fields, lazily derived views, and the hot-path caches (verify.quote).
+    _fields: _Fields
+    _tpmt: bytes
+    _area: TPMT_PUBLIC | None
+    _der: bytes | None
+    _name: bytes | None
     _kind: int
     _sig_head: bytes
     _sig_len: int
@@ -193,13 +298,9 @@ class AkPublic:
     _hash: hashes.HashAlgorithm
     _pcr_hash: Callable[..., Any]
     _coord: int
-    _coord_u16: bytes
-    _der_heads: tuple[bytes, ...]
-    _der_mids: tuple[bytes, ...]
-    _ecdsa_len: int
+    _ecdsa: _EcdsaFrames
     _verify: Callable[..., None]
     _sha1: bool
-    _quote_layouts: dict[int, QuoteLayout]
 
     def __setattr__(self, name: str, value: object) -> None:
         raise FrozenInstanceError(f"cannot assign to field {name!r}")
@@ -216,18 +317,52 @@ class AkPublic:
         return hash(self.name)
 
     def __repr__(self) -> str:
-        return (f"AkPublic({_alg_name(self.public_area.type)} {_alg_name(self.scheme.scheme)}-"
-                f"{_alg_name(self.scheme.hash_alg)}, name={self.name.hex()}, format={self.format})")
+        typ, _n, _a, scheme, hash_alg = self._fields[:5]
+        return (f"AkPublic({_alg_name(typ)} {_alg_name(scheme)}-{_alg_name(hash_alg)}, "
+                f"name={self.name.hex()}, format={self.format})")
+
+    @property
+    def public_area(self) -> TPMT_PUBLIC:
+        """The parsed TPMT_PUBLIC."""
+        area = self._area
+        if area is None:
+            area = TPMT_PUBLIC.from_bytes(self._tpmt)  # these bytes passed every check already
+            object.__setattr__(self, "_area", area)
+        return area
+
+    @property
+    def public_der(self) -> bytes:
+        """SubjectPublicKeyInfo DER of the AK."""
+        der = self._der
+        if der is None:
+            der = public_der(self.key)
+            object.__setattr__(self, "_der", der)
+        return der
+
+    @property
+    def name(self) -> bytes:
+        """The TPM Name: nameAlg || H_nameAlg(the public area bytes as received)."""
+        name = self._name
+        if name is None:
+            alg = self._fields[1]
+            name = _U16.pack(alg) + _HASHES[alg][1](self._tpmt).digest()
+            object.__setattr__(self, "_name", name)
+        return name
+
+    @property
+    def scheme(self) -> TPMT_SCHEME:
+        """The signing scheme and hash the key itself mandates."""
+        return TPMT_SCHEME(self._fields[3], self._fields[4])
 
     @property
     def name_alg(self) -> int:
         """The AK's nameAlg (TPM_ALG id)."""
-        return self.public_area.name_alg
+        return self._fields[1]
 
     @property
     def hash_alg(self) -> int:
         """The hash of the AK's signing scheme (also the hash of a quote's pcrDigest)."""
-        return self.scheme.hash_alg
+        return self._fields[4]
 
     @classmethod
     def from_public(cls, public: bytes | bytearray | memoryview | TPMT_PUBLIC, *,
@@ -240,16 +375,21 @@ class AkPublic:
         (RSA < 2048 bits, a non-NIST curve, or SHA-1 when ``allow_sha1`` is False).
         """
         if isinstance(public, TPMT_PUBLIC):
-            area = public
-            tpmt = area.to_bytes()
-        else:
-            data = bytes(public)
-            tpmt = _split_public(data)
+            return cls._build(_area_fields(public), public.to_bytes(), public, allow_sha1, None)
+        return cls._from_tpmt(_split_public(bytes(public)), allow_sha1, None)
+
+    @classmethod
+    def _from_tpmt(cls, tpmt: bytes, allow_sha1: bool, fmt: AkFormat | None) -> AkPublic:
+        """Check TPMT_PUBLIC bytes: the usual shapes by one unpack, anything else parsed in full."""
+        fields = _fast_fields(tpmt)
+        area = None
+        if fields is None:
             try:
                 area = TPMT_PUBLIC.from_bytes(tpmt)
             except ParseError as exc:
                 raise _fail(Reason.MALFORMED, f"AK public area: {exc}") from exc
-        return cls._build(area, tpmt, allow_sha1=allow_sha1, fmt=None)
+            fields = _area_fields(area)
+        return cls._build(fields, tpmt, area, allow_sha1, fmt)
 
     @classmethod
     def from_key(cls, key: PublicKey, *, scheme: int | None = None, hash_alg: int = TPM_ALG.SHA256,
@@ -280,11 +420,12 @@ class AkPublic:
                                AK_ECC_TEMPLATE.object_attributes, b"", params, unique)
         else:
             raise _fail(Reason.UNSUPPORTED_FORMAT, f"{type(key).__name__}: only RSA and EC keys sign quotes")
-        return cls._build(area, area.to_bytes(), allow_sha1=allow_sha1, fmt=None)
+        return cls._build(_area_fields(area), area.to_bytes(), area, allow_sha1, None)
 
     @classmethod
-    def _build(cls, area: TPMT_PUBLIC, tpmt: bytes, *, allow_sha1: bool, fmt: AkFormat | None) -> AkPublic:
-        attrs = area.object_attributes
+    def _build(cls, fields: _Fields, tpmt: bytes, area: TPMT_PUBLIC | None, allow_sha1: bool,
+               fmt: AkFormat | None) -> AkPublic:
+        typ, name_alg, attrs, scheme, hash_alg, key_bits, exponent, curve_id, unique, y = fields
         missing = AK_REQUIRED & ~attrs
         if missing or attrs & AK_FORBIDDEN:
             problems = [f"{f.name} clear" for f in TPMA_OBJECT if f & missing]
@@ -293,92 +434,77 @@ class AkPublic:
             raise _fail(Reason.AK_ATTRIBUTES,
                         f"objectAttributes 0x{attrs:08x} is not a restricted signing key "
                         f"held by the TPM ({', '.join(problems)})")
-        params = area.parameters
-        if not isinstance(params, TPMS_RSA_PARMS | TPMS_ECC_PARMS):
-            raise _fail(Reason.UNSUPPORTED_FORMAT, f"AK of type {_alg_name(area.type)}: only RSA and ECC AKs")
-        scheme = params.scheme
-        if scheme.scheme == TPM_ALG.NULL:
+        if typ != _RSA and typ != _ECC:
+            raise _fail(Reason.UNSUPPORTED_FORMAT, f"AK of type {_alg_name(typ)}: only RSA and ECC AKs")
+        if scheme == _NULL:
             raise _fail(Reason.AK_ATTRIBUTES, "a restricted signing key must name its signing scheme")
-        kind = _SCHEMES.get((area.type, scheme.scheme))
+        kind = _SCHEMES.get((typ, scheme))
         if kind is None:
             raise _fail(Reason.UNSUPPORTED_FORMAT,
-                        f"signing scheme {_alg_name(scheme.scheme)} of a {_alg_name(area.type)} key")
-        hash_pair = _HASHES.get(scheme.hash_alg)
+                        f"signing scheme {_alg_name(scheme)} of a {_alg_name(typ)} key")
+        hash_pair = _HASHES.get(hash_alg)
         if hash_pair is None:
-            raise _fail(Reason.UNSUPPORTED_FORMAT, f"signing hash {_alg_name(scheme.hash_alg)}")
-        if area.name_alg not in _HASHES:
-            raise _fail(Reason.UNSUPPORTED_FORMAT, f"nameAlg {_alg_name(area.name_alg)}")
-        sha1 = TPM_ALG.SHA1 in (scheme.hash_alg, area.name_alg)
+            raise _fail(Reason.UNSUPPORTED_FORMAT, f"signing hash {_alg_name(hash_alg)}")
+        if name_alg not in _HASHES:
+            raise _fail(Reason.UNSUPPORTED_FORMAT, f"nameAlg {_alg_name(name_alg)}")
+        sha1 = hash_alg == _SHA1 or name_alg == _SHA1
         if sha1 and not allow_sha1:
             raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1, which is refused")
         coord = 0
-        if isinstance(params, TPMS_RSA_PARMS):
-            modulus = area.unique if isinstance(area.unique, bytes) else b""
-            bits = int.from_bytes(modulus, "big").bit_length()
-            if params.key_bits < MIN_RSA_BITS or bits < MIN_RSA_BITS:
-                raise _fail(Reason.WEAK_KEY, f"RSA key of {min(params.key_bits, bits)} bits (< {MIN_RSA_BITS})")
-            if params.key_bits % 8 or len(modulus) * 8 != params.key_bits or bits != params.key_bits:
-                raise _fail(Reason.MALFORMED, f"RSA modulus of {bits} bits for keyBits {params.key_bits}")
-        else:
-            if params.curve_id not in NIST_CURVES:
-                try:
-                    curve = TPM_ECC_CURVE(params.curve_id).name
-                except ValueError:
-                    curve = f"0x{params.curve_id:04x}"
-                raise _fail(Reason.WEAK_KEY, f"curve {curve}: only NIST P-256, P-384 and P-521")
-            coord = CURVE_BYTES[params.curve_id]
+        key: PublicKey
         try:
-            key = public_key_from_public(area)
+            if typ == _RSA:
+                bits = int.from_bytes(unique, "big").bit_length()
+                if key_bits < MIN_RSA_BITS or bits < MIN_RSA_BITS:
+                    raise _fail(Reason.WEAK_KEY, f"RSA key of {min(key_bits, bits)} bits (< {MIN_RSA_BITS})")
+                if key_bits % 8 or len(unique) * 8 != key_bits or bits != key_bits:
+                    raise _fail(Reason.MALFORMED, f"RSA modulus of {bits} bits for keyBits {key_bits}")
+                key = rsa_public_key(unique, exponent)
+            else:
+                if curve_id not in NIST_CURVES:
+                    try:
+                        curve = TPM_ECC_CURVE(curve_id).name
+                    except ValueError:
+                        curve = f"0x{curve_id:04x}"
+                    raise _fail(Reason.WEAK_KEY, f"curve {curve}: only NIST P-256, P-384 and P-521")
+                coord = CURVE_BYTES[curve_id]
+                key = ecc_public_key(curve_id, unique, y)
         except ParseError as exc:
             raise _fail(Reason.MALFORMED, f"AK public key: {exc}") from exc
 
-        hash_obj = hash_pair[0]()
-        pad: Any
-        if kind == _KIND_RSASSA:
-            pad = padding.PKCS1v15()
-        elif kind == _KIND_RSAPSS:
-            pad = padding.PSS(mgf=padding.MGF1(hash_obj), salt_length=padding.PSS.AUTO)
-        else:
-            pad = ec.ECDSA(hash_obj)
-        head = _SIG_HEAD.pack(scheme.scheme, scheme.hash_alg)
+        pad, hash_obj = _padding(kind, hash_alg)
+        head = _SIG_HEAD.pack(scheme, hash_alg)
         sig_len = 0
-        if isinstance(key, rsa.RSAPublicKey):
-            nbytes = params.key_bits // 8 if isinstance(params, TPMS_RSA_PARMS) else 0
-            head += _U16.pack(nbytes)
-            sig_len = len(head) + nbytes
+        if typ == _RSA:
+            head += _U16.pack(key_bits // 8)
+            sig_len = len(head) + key_bits // 8
 
-        self = object.__new__(cls)
-        put = object.__setattr__
-        put(self, "public", _U16.pack(len(tpmt)) + tpmt)
-        put(self, "public_area", area)
-        put(self, "public_der", public_der(key))
-        put(self, "name", _U16.pack(area.name_alg) + _HASHES[area.name_alg][1](tpmt).digest())
-        put(self, "key", key)
-        put(self, "scheme", TPMT_SCHEME(scheme.scheme, scheme.hash_alg))
-        put(self, "format", fmt)
-        put(self, "_kind", kind)
-        put(self, "_sig_head", head)
-        put(self, "_sig_len", sig_len)
-        put(self, "_pad", pad)
-        put(self, "_hash", hash_obj)
-        put(self, "_pcr_hash", hash_pair[1])
-        put(self, "_coord", coord)
-        put(self, "_coord_u16", _U16.pack(coord))
-        put(self, "_ecdsa_len", 8 + 2 * coord)
-        heads, mids = _der_templates(coord) if coord else ((), ())
-        put(self, "_der_heads", heads)
-        put(self, "_der_mids", mids)
-        put(self, "_verify", key.verify)
-        put(self, "_sha1", sha1)
-        put(self, "_quote_layouts", {})
+        self = _new(cls)
+        _set(self, "public", _U16.pack(len(tpmt)) + tpmt)
+        _set(self, "key", key)
+        _set(self, "format", fmt)
+        _set(self, "_fields", fields)
+        _set(self, "_tpmt", tpmt)
+        _set(self, "_area", area)
+        _set(self, "_der", None)
+        _set(self, "_name", None)
+        _set(self, "_kind", kind)
+        _set(self, "_sig_head", head)
+        _set(self, "_sig_len", sig_len)
+        _set(self, "_pad", pad)
+        _set(self, "_hash", hash_obj)
+        _set(self, "_pcr_hash", hash_pair[1])
+        _set(self, "_coord", coord)
+        _set(self, "_ecdsa", _ecdsa_frames(coord) if coord else _NO_ECDSA)
+        _set(self, "_verify", key.verify)
+        _set(self, "_sha1", sha1)
         return self
 
     def _with_format(self, fmt: AkFormat) -> AkPublic:
-        other = object.__new__(AkPublic)
+        other = _new(AkPublic)
         for slot in AkPublic.__slots__:
-            object.__setattr__(other, slot, getattr(self, slot))
-        object.__setattr__(other, "format", fmt)
-        object.__setattr__(other, "_quote_layouts", {})
+            _set(other, slot, getattr(self, slot))
+        _set(other, "format", fmt)
         return other
 
     def verify_signature(self, message: bytes, signature: bytes, *, allow_sha1: bool = True) -> None:
@@ -396,28 +522,29 @@ class AkPublic:
             alg, h = _SIG_HEAD.unpack_from(sig, 0)
             raise _fail(Reason.SCHEME_MISMATCH,
                         f"signature {_alg_name(alg)}-{_alg_name(h)} but the AK's scheme is "
-                        f"{_alg_name(self.scheme.scheme)}-{_alg_name(self.scheme.hash_alg)}")
+                        f"{_alg_name(self._fields[3])}-{_alg_name(self._fields[4])}")
         try:
             if self._kind == _KIND_ECDSA:
-                self.key.verify(self._ecdsa_signature(sig), message, self._pad)  # type: ignore[call-arg]
+                self._verify(self._ecdsa_signature(sig), message, self._pad)
             else:
                 if len(sig) != self._sig_len or sig[4:6] != self._sig_head[4:6]:
                     raise _fail(Reason.MALFORMED,
                                 f"RSA TPMT_SIGNATURE of {len(sig)} bytes, expected {self._sig_len}")
-                self.key.verify(sig[6:], message, self._pad, self._hash)  # type: ignore[call-arg]
+                self._verify(sig[6:], message, self._pad, self._hash)
         except InvalidSignature:
             raise _fail(Reason.BAD_SIGNATURE, "the signature does not verify under the AK") from None
 
     def _ecdsa_signature(self, sig: bytes) -> bytes:
         """DER signature from an ECDSA TPMT_SIGNATURE (exact length, coordinates in range)."""
         c = self._coord
-        if len(sig) == self._ecdsa_len and sig[4:6] == self._coord_u16 and sig[6 + c : 8 + c] == self._coord_u16:
+        coord_u16, heads, mids, full_len = self._ecdsa
+        if len(sig) == full_len and sig[4:6] == coord_u16 and sig[6 + c : 8 + c] == coord_u16:
             # Full-width r and s (what TPMs send): splice them into a prepared DER frame.
             r0 = sig[6]
             s0 = sig[8 + c]
             if r0 and s0:
                 hs = s0 >> 7
-                return self._der_heads[(r0 >> 7) << 1 | hs] + sig[6 : 6 + c] + self._der_mids[hs] + sig[8 + c :]
+                return heads[(r0 >> 7) << 1 | hs] + sig[6 : 6 + c] + mids[hs] + sig[8 + c :]
         try:
             (rn,) = _U16.unpack_from(sig, 4)
             (sn,) = _U16.unpack_from(sig, 6 + rn)
@@ -428,6 +555,20 @@ class AkPublic:
         if not 0 < rn <= c or not 0 < sn <= c:
             raise _fail(Reason.MALFORMED, "ECDSA r or s larger than the curve")
         return ecdsa_der(sig[6 : 6 + rn], sig[8 + rn :])
+
+
+_EcdsaFrames: TypeAlias = tuple[bytes, tuple[bytes, ...], tuple[bytes, ...], int]
+_NO_ECDSA: Final[_EcdsaFrames] = (b"", (), (), -1)
+
+
+@functools.cache
+def _ecdsa_frames(coord: int) -> _EcdsaFrames:
+    """(u16 coordinate size, DER heads, DER mids, full TPMT_SIGNATURE length) for a curve."""
+    heads, mids = _der_templates(coord)
+    return _U16.pack(coord), heads, mids, 8 + 2 * coord
+
+
+@functools.cache
 
 
 def _der_templates(coord: int) -> tuple[tuple[bytes, ...], tuple[bytes, ...]]:

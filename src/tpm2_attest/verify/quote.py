@@ -72,13 +72,26 @@ The hot struct unpacks (0 magic, 1 type, 2 signer size, 3 extraData size, 4 extr
 and skips qualifiedSigner, clock, resetCount, restartCount and firmwareVersion, which the
 result decodes from the (verified) attest bytes only if they are asked for."""
 _CLOCK: Final = struct.Struct(">QIIBQ")
-_MAX_LAYOUTS: Final = 16
+_MAX_LAYOUTS: Final = 64
 _MAX_SELECTIONS: Final = 256
+_MAX_AKS: Final = 1024
 _new = object.__new__
 _set = object.__setattr__
 
 # Banks we accept in a quote's selection: alg -> (name, digest size).
 _BANKS: Final[dict[int, tuple[str, int]]] = {alg: (HASH_NAMES[alg], size) for alg, size in HASH_SIZES.items()}
+
+_LAYOUTS: dict[int, QuoteLayout] = {}
+"""Length of a quote's TPMS_ATTEST -> the layout learnt from the last quote of that length.
+
+A layout is shared by every AK: it is learnt from a quote that the generic parser read to the
+same values, and a quote uses it only when every field it fixes (magic, type, bank and each
+length) is equal, so the bytes parse exactly as the generic parser would read them."""
+
+_AKS: dict[tuple[bytes, bool], AkPublic] = {}
+"""(AK public area bytes, allow_sha1) -> its checked AkPublic: a bounded cache for callers that
+pass the AK as bytes on every call (a stateless verifier). An AkPublic is immutable and a
+function of those bytes alone, so a hit is exactly what parsing them again would build."""
 
 Selection: TypeAlias = tuple[tuple[int, ...], Callable[[Any], Any]]
 _SELECTIONS: dict[bytes, Selection] = {}
@@ -238,9 +251,16 @@ def _to_ak(ak: AkInput, allow_sha1: bool) -> AkPublic:
     if isinstance(ak, TPMT_PUBLIC):
         return AkPublic.from_public(ak, allow_sha1=allow_sha1)
     data = bytes(ak)
+    cached = _AKS.get((data, allow_sha1))
+    if cached is not None:
+        return cached
     if data[:4].decode("ascii", "replace") in AK_FORMATS or data.lstrip()[:1] == b"{":
-        return check_ak(data, allow_sha1=allow_sha1)
-    return AkPublic.from_public(data, allow_sha1=allow_sha1)
+        return check_ak(data, allow_sha1=allow_sha1)  # a blob: its creation is checked every time
+    checked = AkPublic.from_public(data, allow_sha1=allow_sha1)
+    if len(_AKS) >= _MAX_AKS:
+        del _AKS[next(iter(_AKS))]  # the oldest entry
+    _AKS[data, allow_sha1] = checked
+    return checked
 
 
 def _split_quote(quote: QuoteInput) -> tuple[bytes, bytes, PcrInput]:
@@ -258,7 +278,7 @@ def _split_quote(quote: QuoteInput) -> tuple[bytes, bytes, PcrInput]:
     raise TypeError("quote must be a Quote, its JSON, or (attest_bytes, signature_bytes, pcrs)")
 
 
-def _parse_attest(ak: AkPublic, attest: bytes) -> tuple[tuple[Any, ...], QuoteLayout]:
+def _parse_attest(attest: bytes) -> tuple[tuple[Any, ...], QuoteLayout]:
     """Generic parse of a quote's TPMS_ATTEST into the fast path's tuple; learns its layout."""
     att = parse_attest(bytes(attest), TPM_ST.ATTEST_QUOTE)
     info = att.attested
@@ -278,10 +298,9 @@ def _parse_attest(ak: AkPublic, attest: bytes) -> tuple[tuple[Any, ...], QuoteLa
     layout: QuoteLayout = (st, _LAYOUT_KEY(fields), bank_info[0], bank_info[1], sel.hash == TPM_ALG.SHA1,
                            len(signer), len(extra))
     if st.size == len(attest) and st.unpack(attest) == fields:
-        layouts = ak._quote_layouts
-        if len(layouts) >= _MAX_LAYOUTS:
-            layouts.clear()
-        layouts[len(attest)] = layout
+        if len(_LAYOUTS) >= _MAX_LAYOUTS:
+            _LAYOUTS.clear()
+        _LAYOUTS[len(attest)] = layout
     return fields, layout
 
 
@@ -405,13 +424,13 @@ def verify_quote(
 
     # 2. Magic, type, exact parse: one precompiled unpack for a known layout (which also
     #    fixes magic, type, the bank and every length field).
-    layout = ak._quote_layouts.get(len(attest))
+    layout = _LAYOUTS.get(len(attest))
     if layout is not None:
         f = layout[0].unpack(attest)
         if _LAYOUT_KEY(f) != layout[1]:
             layout = None
     if layout is None:
-        f, layout = _parse_attest(ak, attest)
+        f, layout = _parse_attest(attest)
     if f[5] > 1:
         raise _fail(Reason.MALFORMED, f"TPMS_CLOCK_INFO.safe is {f[5]}")
 
