@@ -53,13 +53,18 @@ def b64e(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+_a2b = binascii.a2b_base64
+_INDEX: Final[dict[str, int]] = {str(i): i for i in range(1000)}
+"""PCR indices as JSON spells them canonically ("0".."999")."""
+
+
 def b64d(text: object, what: str) -> bytes:
-    """Strict base64 decode; raises BAD_BLOB naming the field."""
+    """Strict base64 decode (the alphabet, padding only at the end); raises BAD_BLOB naming the field."""
     if not isinstance(text, str):
         raise _bad(f"{what}: expected a base64 string")
     try:
-        return base64.b64decode(text.encode("ascii"), validate=True)
-    except (binascii.Error, UnicodeEncodeError, ValueError) as exc:
+        return _a2b(text, strict_mode=True)  # as b64decode(validate=True), without its regex
+    except ValueError as exc:  # binascii.Error, or a non-ASCII str
         raise _bad(f"{what}: invalid base64") from exc
 
 
@@ -291,18 +296,28 @@ class Quote:
             alg = HASH_BY_NAME.get(bank)
             if alg is None or not isinstance(vals, dict):
                 raise _bad(f"quote JSON: unknown PCR bank {bank!r}")
+            size = HASH_SIZES[alg]
             out: dict[int, bytes] = {}
             for k, v in vals.items():
                 # ASCII digits only (str.isdigit() also passes '²', which int() refuses) and one
                 # spelling per index ("0" and "00" would otherwise silently overwrite each other).
-                if not isinstance(k, str) or not (k.isascii() and k.isdigit()) or len(k) > 3:
-                    raise _bad(f"quote JSON: bad PCR index {k!r}")
-                d = b64d(v, f"pcrs.{bank}.{k}")
-                if len(d) != HASH_SIZES[alg]:
+                i = _INDEX.get(k)  # the canonical spellings; anything else is checked in full
+                if i is None:
+                    if not isinstance(k, str) or not (k.isascii() and k.isdigit()) or len(k) > 3:
+                        raise _bad(f"quote JSON: bad PCR index {k!r}")
+                    i = int(k)
+                if type(v) is str:
+                    try:
+                        d = _a2b(v, strict_mode=True)
+                    except ValueError:
+                        d = b64d(v, f"pcrs.{bank}.{k}")  # raises with the field named
+                else:
+                    d = b64d(v, f"pcrs.{bank}.{k}")
+                if len(d) != size:
                     raise _bad(f"quote JSON: PCR {bank}:{k} has {len(d)} bytes")
-                if int(k) in out:
-                    raise _bad(f"quote JSON: PCR {bank}:{int(k)} given twice")
-                out[int(k)] = d
+                if i in out:
+                    raise _bad(f"quote JSON: PCR {bank}:{i} given twice")
+                out[i] = d
             pcrs[bank] = out
         return cls(b64d(obj.get("attest"), "attest"), b64d(obj.get("signature"), "signature"), pcrs)
 

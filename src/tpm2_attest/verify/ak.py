@@ -98,11 +98,6 @@ _new = object.__new__
 _set = object.__setattr__
 _SIG_HEAD: Final = struct.Struct(">HH")
 _ATTEST_HEAD: Final = struct.Struct(">IH")
-QuoteLayout: TypeAlias = tuple[struct.Struct, tuple[int, ...], str, int, bool, int, int]
-"""A learnt quote TPMS_ATTEST layout (see verify.quote): precompiled struct, the values it
-fixes (magic, type, bank, lengths), bank name, bank digest size, bank is SHA-1, and the
-qualifiedSigner / extraData sizes (to find the fields the struct skips)."""
-
 
 def _fail(reason: Reason, detail: str) -> VerificationError:
     return VerificationError(reason, detail)

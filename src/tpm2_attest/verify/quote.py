@@ -53,7 +53,7 @@ from ..tpm2.constants import (
     TPM_ST,
 )
 from ..tpm2.structures import TPMS_CLOCK_INFO, TPMS_QUOTE_INFO, TPMT_PUBLIC
-from .ak import _KIND_ECDSA, AkPublic, QuoteLayout, check_ak, parse_attest
+from .ak import _KIND_ECDSA, AkPublic, check_ak, parse_attest
 from .errors import Reason, VerificationError
 
 __all__ = ["QuoteResult", "verify_quote"]
@@ -64,8 +64,9 @@ QuoteInput: TypeAlias = Quote | tuple[bytes, bytes, PcrInput] | str
 AkInput: TypeAlias = AkPublic | AkBlob | bytes | bytearray | memoryview | str | TPMT_PUBLIC
 ExpectedPcrs: TypeAlias = Mapping[int, bytes] | Mapping[str, Mapping[int, bytes]] | Mapping[int | str, Any]
 
-_LAYOUT_KEY: Final = itemgetter(0, 1, 2, 3, 6, 7, 8, 10)
-"""Fields of the unpacked quote that a cached layout fixes: magic, type, bank, every length.
+_LAYOUT_KEY: Final = itemgetter(0, 1, 2, 3, 6, 7, 8, 9, 10)
+"""Fields of the unpacked quote that a cached layout fixes: magic, type, bank, the selection
+bitmap, every length.
 
 The hot struct unpacks (0 magic, 1 type, 2 signer size, 3 extraData size, 4 extraData,
 5 safe, 6 selection count, 7 bank, 8 sizeofSelect, 9 pcrSelect, 10 digest size, 11 pcrDigest)
@@ -80,6 +81,14 @@ _set = object.__setattr__
 
 # Banks we accept in a quote's selection: alg -> (name, digest size).
 _BANKS: Final[dict[int, tuple[str, int]]] = {alg: (HASH_NAMES[alg], size) for alg, size in HASH_SIZES.items()}
+
+QuoteLayout: TypeAlias = tuple[struct.Struct, tuple[Any, ...], str, int, bool, int, int,
+                               tuple[int, ...], Callable[[Any], Any], struct.Struct]
+"""A learnt quote TPMS_ATTEST layout: the precompiled struct, the values it fixes, bank name,
+bank digest size, bank is SHA-1, the qualifiedSigner / extraData sizes (to find the fields the
+struct skips), and for its selection: the indices (empty when it selects no PCR), the getter of
+their values, and the struct splitting their concatenation back into values."""
+_NO_PCR: Final[tuple[int, ...]] = ()
 
 _LAYOUTS: dict[int, QuoteLayout] = {}
 """Length of a quote's TPMS_ATTEST -> the layout learnt from the last quote of that length.
@@ -135,7 +144,7 @@ class QuoteResult:
 
     __slots__ = ("_pcrs", "_v")
     _v: tuple[tuple[Any, ...], str, tuple[int, ...], tuple[bytes, ...], bytes, QuoteLayout]
-    """(hot fields, bank name, indices, values, attest bytes, layout)."""
+    """(hot fields, bank name, indices, the values as hashed (immutable bytes), attest, layout)."""
     _pcrs: Mapping[int, bytes]
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -155,8 +164,7 @@ class QuoteResult:
         try:
             return self._pcrs
         except AttributeError:
-            idx, vals = self._v[2], self._v[3]
-            m = MappingProxyType({i: bytes(v) for i, v in zip(idx, vals, strict=True)})
+            m = MappingProxyType(dict(zip(self._v[2], self._v[3], strict=True)))
             _set(self, "_pcrs", m)
             return m
 
@@ -295,8 +303,12 @@ def _parse_attest(attest: bytes) -> tuple[tuple[Any, ...], QuoteLayout]:
     fields = (att.magic, att.type, len(signer), len(extra), extra, int(c.safe), 1, sel.hash, len(bitmap), bitmap,
               len(digest), digest)
     st = struct.Struct(f">IHH{len(signer)}xH{len(extra)}s16xB8xIHB{len(bitmap)}sH{len(digest)}s")
+    try:
+        idx, getter = _selection(bitmap)
+    except VerificationError:  # selects no PCR: refused at step 4, after the nonce check
+        idx, getter = _NO_PCR, tuple
     layout: QuoteLayout = (st, _LAYOUT_KEY(fields), bank_info[0], bank_info[1], sel.hash == TPM_ALG.SHA1,
-                           len(signer), len(extra))
+                           len(signer), len(extra), idx, getter, struct.Struct(f"{bank_info[1]}s" * len(idx)))
     if st.size == len(attest) and st.unpack(attest) == fields:
         if len(_LAYOUTS) >= _MAX_LAYOUTS:
             _LAYOUTS.clear()
@@ -442,35 +454,38 @@ def verify_quote(
     bank = layout[2]
     if not allow_sha1 and layout[4]:
         raise _fail(Reason.WEAK_KEY, "the quote covers the SHA-1 PCR bank, which is refused")
-    sel = _SELECTIONS.get(f[9])
-    if sel is None:
-        sel = _selection(f[9])
-    idx, getter = sel
+    idx = layout[7]
+    if not idx:
+        raise _fail(Reason.PCR_SELECTION, "the quote selects no PCR")
     values = pcrs.get(bank) if type(pcrs) is dict and len(pcrs) == 1 else None
     if type(values) is not dict:  # anything else (None, a list...) is checked by the slow path
         values = _pcr_values_slow(pcrs, bank, f[7])
     if len(values) != len(idx):
         raise _selection_mismatch(values, idx, bank)
     try:
-        vals = getter(values)
+        vals = layout[8](values)
     except KeyError:
         raise _selection_mismatch(values, idx, bank) from None
-    size = layout[3]
-    for v in vals:
-        if type(v) is not bytes or len(v) != size:
-            vals = _pcr_bytes(vals, size, bank)  # the result keeps only immutable copies
-            break
+    # Each value exactly `size` bytes: their concatenation split back at `size` gives them again.
+    # The result keeps the split concatenation (immutable bytes), never the caller's objects.
+    split = layout[9]
+    try:
+        joined = b"".join(vals)
+    except TypeError:
+        joined = b""  # not bytes-like: _pcr_bytes names it
+    if len(joined) != split.size or (kept := split.unpack(joined)) != vals:
+        kept = _pcr_bytes(vals, layout[3], bank)  # MALFORMED unless each is `size` bytes
+        joined = b"".join(kept)
 
     # 5. pcrDigest under the signing scheme's hash, over the values in selection order.
-    digest = ak._pcr_hash(b"".join(vals)).digest()
-    if digest != f[11]:
+    if ak._pcr_hash(joined).digest() != f[11]:
         raise _fail(Reason.PCR_DIGEST_MISMATCH,
                     "the supplied PCR values do not hash to the quoted pcrDigest")
 
     # 6. Expected values.
     if expected_pcrs is not None:
-        _check_expected(expected_pcrs, bank, f[7], idx, vals)
+        _check_expected(expected_pcrs, bank, f[7], idx, kept)
 
     res = _new(QuoteResult)
-    _set(res, "_v", (f, bank, idx, vals, attest, layout))
+    _set(res, "_v", (f, bank, idx, kept, attest, layout))
     return res

@@ -1,0 +1,115 @@
+"""The stateless verifier: AK public bytes + quote JSON in, verdict out, against the bare signature check.
+
+For an ECDSA P-256 AK and an RSA-2048 AK (quotes of PCRs 0-7 + 16, SHA-256 bank, 32-byte nonce),
+three ways, interleaved round by round on one core, in this thread's CPU time:
+
+* floor: ``key.verify(signature, attest, ...)`` with the key loaded and the DER signature
+  prepared in advance (the OpenSSL floor, as in bench_verify.py);
+* warm: ``verify_quote(ak_public_bytes, quote_json, nonce=nonce)``, the AK seen before: its
+  checked ``AkPublic`` comes from the bounded cache keyed by the AK bytes (what a server that
+  receives the same AK bytes again gets); the quote JSON is parsed and every check runs;
+* cold: the same call with that cache emptied before every call: the AK public area is
+  parsed and checked and its key loaded on every call (the first call for an AK).
+
+Nothing else is cached across calls but what the library keeps for any caller: the learnt
+quote layout (keyed by the attestation's length, re-checked field by field on every use) and
+the decoded PCR selections. Figures: median of per-round ratios to the floor, with the
+interquartile range and the ratio of the minima. Target: <= 1.5 for both, cold and warm.
+Run: ``python bench/bench_stateless.py [--rounds N] [--batch N] [--software] [--profile]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import os
+import pstats
+import statistics
+import sys
+import time
+from collections.abc import Callable
+
+from bench_verify import bare_check, software_quotes, tpm_quotes
+
+from tpm2_attest.verify import quote as quote_module
+from tpm2_attest.verify import verify_quote
+
+CLOCK: Callable[[], int] = time.thread_time_ns
+
+
+def timed(fn: Callable[[], object], n: int) -> float:
+    clock = CLOCK
+    t0 = clock()
+    for _ in range(n):
+        fn()
+    return (clock() - t0) / n
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--batch", type=int, default=0, help="calls per round (default: ~15 ms of work)")
+    ap.add_argument("--tcti", default=None)
+    ap.add_argument("--software", action="store_true", help="software-signed quotes, no TPM")
+    ap.add_argument("--profile", action="store_true", help="cProfile the cold call and print the top")
+    ap.add_argument("--wall", action="store_true", help="wall-clock time instead of thread CPU time")
+    args = ap.parse_args(argv)
+    global CLOCK
+    if args.wall:
+        CLOCK = time.perf_counter_ns
+    if args.software:
+        source, quotes = "software keys (--software)", software_quotes()
+    else:
+        try:
+            source, quotes = tpm_quotes(args.tcti)
+        except Exception as exc:  # no swtpm: still measure the verifier
+            source, quotes = f"software keys (no TPM: {type(exc).__name__}: {exc})", software_quotes()
+    print(f"quotes made by {source}; {args.rounds} interleaved rounds, "
+          f"{'wall-clock' if args.wall else 'thread CPU'} time; load average {os.getloadavg()[0]:.2f}")
+    print(f"python {sys.version.split()[0]}; AK and quote as bytes + JSON on every call")
+    print(f"{'AK':<13}{'path':<6}{'floor µs':>9}{'µs':>9}{'ratio':>8}{'(IQR)':>14}{'min-based':>11}")
+    cache = quote_module._AKS
+    for kind, label in (("ecc", "ECDSA P-256"), ("rsa", "RSA-2048")):
+        ak, quote, nonce = quotes[kind]
+        ak_bytes, quote_json = ak.public, quote.to_json()
+        floor = bare_check(ak, quote)
+
+        def warm(b: bytes = ak_bytes, j: str = quote_json, n: bytes = nonce) -> None:
+            verify_quote(b, j, nonce=n)
+
+        def cold(b: bytes = ak_bytes, j: str = quote_json, n: bytes = nonce) -> None:
+            cache.clear()
+            verify_quote(b, j, nonce=n)
+
+        res = verify_quote(ak_bytes, quote_json, nonce=nonce)  # must pass before it is timed
+        assert res.pcrs == quote.pcrs["sha256"]
+        batch = args.batch or (200 if kind == "ecc" else 600)
+        fns = {"floor": floor, "warm": warm, "cold": cold}
+        got: dict[str, list[float]] = {k: [] for k in fns}
+        for fn in fns.values():
+            timed(fn, max(10, batch // 10))
+        order = list(fns.items())
+        for r in range(args.rounds):
+            rot = order[r % 3:] + order[: r % 3]
+            for name, fn in rot:
+                got[name].append(timed(fn, batch))
+        f = got["floor"]
+        for path in ("warm", "cold"):
+            xs = got[path]
+            ratios = [x / y for x, y in zip(xs, f, strict=True)]
+            q = statistics.quantiles(ratios, n=4)
+            print(f"{label:<13}{path:<6}{statistics.median(f) / 1e3:>9.2f}{statistics.median(xs) / 1e3:>9.2f}"
+                  f"{statistics.median(ratios):>8.3f}{f'{q[0]:.3f}-{q[2]:.3f}':>14}{min(xs) / min(f):>11.3f}")
+        if args.profile:
+            prof = cProfile.Profile()
+            prof.enable()
+            for _ in range(batch * 2):
+                cold()
+            prof.disable()
+            pstats.Stats(prof).sort_stats("tottime").print_stats(12)
+    print("target: ratio <= 1.5 (floor = key.verify of the same signature, key loaded, DER prepared)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
