@@ -22,7 +22,7 @@ from .tpm2.crypto import (
     read_tpm2_tools_credential,
     write_tpm2_tools_credential,
 )
-from .tpm2.keys import object_name, parse_public, public_der
+from .tpm2.keys import object_name, parse_public, public_der, public_fields
 from .tpm2.marshal import ParseError, Reader, Writer
 from .tpm2.structures import (
     TPM2B_CREATION_DATA,
@@ -31,6 +31,9 @@ from .tpm2.structures import (
     TPMS_CREATION_DATA,
     TPMT_PUBLIC,
     TPMT_SIGNATURE,
+    creation_attest_fields,
+    creation_data_outside_info,
+    signature_is_exact,
 )
 
 AkFormat = Literal["TPW1", "TPP1", "PCP1", "PCP2"]
@@ -197,24 +200,50 @@ class AkBlob(_PublicArea):
             name_bytes = r.tpm2b("key_name", MAX_KEY_NAME)
             parent = r.u32("parent")
             p0 = r.pos
-            TPM2B_PUBLIC.unmarshal(r)
+            tpmt = r.tpm2b("TPM2B_PUBLIC")
+            fields = public_fields(tpmt)  # the usual signing keys: one unpack, no objects
+            area = None
+            if fields is None:  # anything else: the full parse and its precise errors
+                r.pos = p0
+                area = TPM2B_PUBLIC.unmarshal(r).public_area
             public = data[p0 : r.pos]
             private = r.tpm2b("private")
             p1 = r.pos
-            TPM2B_CREATION_DATA.unmarshal(r)
-            creation = data[p1 + 2 : r.pos]
+            creation = r.tpm2b("TPM2B_CREATION_DATA")
+            outside_info = creation_data_outside_info(creation)
+            creation_struct = None
+            if outside_info is None:
+                r.pos = p1
+                creation_struct = TPM2B_CREATION_DATA.unmarshal(r).creation_data
+                creation = data[p1 + 2 : r.pos]
             attest = r.tpm2b("attest")
-            TPMS_ATTEST.from_bytes(attest)
+            attest_fields = creation_attest_fields(attest)
+            attest_struct = TPMS_ATTEST.from_bytes(attest) if attest_fields is None else None
             p2 = r.pos
-            TPMT_SIGNATURE.unmarshal(r)
-            signature = data[p2 : r.pos]
-            r.done("AK blob")
+            signature = data[p2:]
+            signature_struct = None
+            if not signature_is_exact(signature):
+                signature_struct = TPMT_SIGNATURE.unmarshal(r)
+                signature = data[p2 : r.pos]
+                r.done("AK blob")
             key_name = name_bytes.decode("utf-8")
         except ParseError as exc:
             raise _bad(f"malformed AK blob: {exc}") from exc
         except UnicodeDecodeError as exc:
             raise _bad("AK blob key name is not UTF-8") from exc
-        return cls(fmt, public, private, creation, attest, signature, key_name, parent)
+        blob = cls(fmt, public, private, creation, attest, signature, key_name, parent)
+        # Keep what was parsed (the cached views of these immutable bytes): the verifier's
+        # check_ak reads them instead of parsing every part a second time.
+        # What the fast readers return instead of objects goes under private names; the public
+        # views are then built on first use.
+        views = blob.__dict__
+        views["_from_bytes"] = True
+        for name, value in (("signature_struct", signature_struct), ("public_area", area), ("_public_fields", fields),
+                            ("creation_data_struct", creation_struct), ("_outside_info", outside_info),
+                            ("attest_struct", attest_struct), ("_creation_attest", attest_fields)):
+            if value is not None:
+                views[name] = value
+        return blob
 
     # -- JSON form ----------------------------------------------------------------------------
 

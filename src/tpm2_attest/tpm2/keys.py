@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import hashlib
-from typing import Final
+import struct
+from typing import Final, TypeAlias
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -146,3 +147,76 @@ def ecc_point_of(key: ec.EllipticCurvePublicKey) -> tuple[int, TPMS_ECC_POINT]:
 def read_public_reader(r: Reader) -> TPMT_PUBLIC:
     """Read a TPM2B_PUBLIC from a reader and return its public area."""
     return TPM2B_PUBLIC.unmarshal(r).public_area
+
+
+_TPMT_HEAD: Final = struct.Struct(">HHIH")
+_SHAPES: dict[tuple[int, int, int], struct.Struct] = {}
+"""(type, authPolicy size, unique size) -> the struct of an AK public area of that shape."""
+_MAX_SHAPES: Final = 64
+_NULL: Final = int(TPM_ALG.NULL)
+_RSA: Final = int(TPM_ALG.RSA)
+_ECC: Final = int(TPM_ALG.ECC)
+_RSA_SIG: Final = frozenset({int(TPM_ALG.RSASSA), int(TPM_ALG.RSAPSS)})
+_ECDSA: Final = int(TPM_ALG.ECDSA)
+
+PublicFields: TypeAlias = tuple[int, int, int, int, int, int, int, int, bytes, bytes]
+"""(type, nameAlg, objectAttributes, scheme, scheme hash, keyBits, exponent, curveID, unique
+(RSA modulus or ECC x), ECC y) of a public area: what an AkPublic is built from."""
+
+
+def _shape(typ: int, plen: int, ulen: int) -> struct.Struct:
+    st = _SHAPES.get((typ, plen, ulen))
+    if st is None:
+        if typ == _RSA:  # type nameAlg attrs |policy| policy sym scheme hash keyBits exponent |n| n
+            st = struct.Struct(f">HHIH{plen}xHHHHIH{ulen}s")
+        else:  # ... sym scheme hash curveID kdf |x| x |y| y
+            st = struct.Struct(f">HHIH{plen}xHHHHHH{ulen}sH{ulen}s")
+        if len(_SHAPES) >= _MAX_SHAPES:
+            _SHAPES.clear()
+        _SHAPES[typ, plen, ulen] = st
+    return st
+
+
+def public_fields(tpmt: bytes) -> PublicFields | None:
+    """The fields of the usual signing-key public areas (RSASSA/RSAPSS or ECDSA, no symmetric
+    algorithm, no KDF) by one precompiled unpack; None for anything else, which the generic
+    parser then reads (and refuses with its precise error). It accepts only bytes that the
+    generic parser reads to the same values: same bounds, and every size field must agree."""
+    n = len(tpmt)
+    if n < 24:
+        return None
+    typ, name_alg, attrs, plen = _TPMT_HEAD.unpack_from(tpmt)
+    if plen > 64:
+        return None
+    if typ == _RSA:
+        ulen = n - 24 - plen
+        if not 0 < ulen <= 512:
+            return None
+        _t, _n, _a, _p, sym, scheme, hash_alg, bits, exponent, usize, modulus = _shape(typ, plen, ulen).unpack(tpmt)
+        if sym != _NULL or scheme not in _RSA_SIG or usize != ulen:
+            return None
+        return typ, name_alg, attrs, scheme, hash_alg, bits, exponent, 0, modulus, b""
+    if typ == _ECC:
+        rest = n - 24 - plen
+        if rest <= 0 or rest & 1 or rest > 256:
+            return None
+        c = rest >> 1
+        _t, _n, _a, _p, sym, scheme, hash_alg, curve, kdf, xs, x, ys, y = _shape(typ, plen, c).unpack(tpmt)
+        if sym != _NULL or scheme != _ECDSA or kdf != _NULL or xs != c or ys != c:
+            return None
+        return typ, name_alg, attrs, scheme, hash_alg, 0, 0, curve, x, y
+    return None
+
+
+def area_fields(area: TPMT_PUBLIC) -> PublicFields:
+    """The same fields from a parsed public area (any type; non-RSA/ECC ones are refused later)."""
+    params = area.parameters
+    if isinstance(params, TPMS_RSA_PARMS):
+        modulus = area.unique if isinstance(area.unique, bytes) else b""
+        return (area.type, area.name_alg, area.object_attributes, params.scheme.scheme,
+                params.scheme.hash_alg, params.key_bits, params.exponent, 0, modulus, b"")
+    if isinstance(params, TPMS_ECC_PARMS):
+        point = area.unique if isinstance(area.unique, TPMS_ECC_POINT) else TPMS_ECC_POINT()
+        return (area.type, area.name_alg, area.object_attributes, params.scheme.scheme,
+                params.scheme.hash_alg, 0, 0, params.curve_id, point.x, point.y)
+    return area.type, area.name_alg, area.object_attributes, _NULL, _NULL, 0, 0, 0, b"", b""

@@ -13,6 +13,8 @@ _U16: Final = struct.Struct(">H")
 _U32: Final = struct.Struct(">I")
 _U64: Final = struct.Struct(">Q")
 _I32: Final = struct.Struct(">i")
+_u16_at: Final = _U16.unpack_from
+_u32_at: Final = _U32.unpack_from
 
 
 class ParseError(ValueError):
@@ -53,17 +55,28 @@ class Reader:
         self.pos = p + n
         return p
 
+    # The readers below inline _need: they run for every field of every structure parsed.
+
     def u8(self, what: str = "u8") -> int:
-        p = self._need(1, what)
+        p = self.pos
+        if p >= self._end:
+            raise ParseError(f"need 1 bytes, have {self._end - p}", p, what)
+        self.pos = p + 1
         return self._buf[p]
 
     def u16(self, what: str = "u16") -> int:
-        p = self._need(2, what)
-        return int(_U16.unpack_from(self._buf, p)[0])
+        p = self.pos
+        if p + 2 > self._end:
+            raise ParseError(f"need 2 bytes, have {self._end - p}", p, what)
+        self.pos = p + 2
+        return _u16_at(self._buf, p)[0]  # type: ignore[no-any-return]
 
     def u32(self, what: str = "u32") -> int:
-        p = self._need(4, what)
-        return int(_U32.unpack_from(self._buf, p)[0])
+        p = self.pos
+        if p + 4 > self._end:
+            raise ParseError(f"need 4 bytes, have {self._end - p}", p, what)
+        self.pos = p + 4
+        return _u32_at(self._buf, p)[0]  # type: ignore[no-any-return]
 
     def i32(self, what: str = "i32") -> int:
         p = self._need(4, what)
@@ -74,16 +87,28 @@ class Reader:
         return int(_U64.unpack_from(self._buf, p)[0])
 
     def raw(self, n: int, what: str = "bytes") -> bytes:
-        p = self._need(n, what)
+        p = self.pos
+        if n < 0 or p + n > self._end:
+            raise ParseError(f"need {n} bytes, have {self._end - p}", p, what)
+        self.pos = p + n
         return self._buf[p : p + n]
 
     def tpm2b(self, what: str = "TPM2B", max_size: int | None = None) -> bytes:
         """A u16 size followed by that many bytes (a TPM2B_* buffer)."""
         start = self.pos
-        size = self.u16(what)
+        end = self._end
+        if start + 2 > end:
+            raise ParseError(f"need 2 bytes, have {end - start}", start, what)
+        size = _u16_at(self._buf, start)[0]
+        p = start + 2
         if max_size is not None and size > max_size:
+            self.pos = p
             raise ParseError(f"size {size} exceeds maximum {max_size}", start, what)
-        return self.raw(size, what)
+        if p + size > end:
+            self.pos = p
+            raise ParseError(f"need {size} bytes, have {end - p}", p, what)
+        self.pos = p + size
+        return self._buf[p : p + size]
 
     def sized(self, what: str = "TPM2B") -> Reader:
         """A u16-sized span returned as its own Reader (for TPM2B wrapping a structure)."""

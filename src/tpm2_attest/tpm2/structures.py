@@ -9,9 +9,10 @@ their selector. Unknown selectors raise :class:`ParseError`.
 
 from __future__ import annotations
 
+import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import field
-from typing import ClassVar, Self
+from typing import ClassVar, Final, Self
 
 from .._frozen import frozen
 from .constants import HASH_SIZES, TPM_ALG, TPM_CAP, TPM_ST
@@ -986,3 +987,104 @@ class TPM2B_NV_PUBLIC(Marshallable):
 def pcr_selection(bank: int, indices: Sequence[int], size: int = 3) -> TPML_PCR_SELECTION:
     """A single-bank TPML_PCR_SELECTION."""
     return TPML_PCR_SELECTION((TPMS_PCR_SELECTION.from_indices(bank, indices, size),))
+
+
+# ---------------------------------------------------------------------------------------------
+# Fast readers for the parts of an AK blob a verifier reads on every enrollment. Each accepts
+# exactly the bytes the generic parser above accepts (same bounds, exact length) and returns
+# None for anything else, so that the caller lets the generic parser raise its precise error.
+
+_ATTEST_HEAD = struct.Struct(">IHH")
+_SIG_HEAD = struct.Struct(">HHH")
+_u16_at = struct.Struct(">H").unpack_from
+_u32_at = struct.Struct(">I").unpack_from
+
+
+def creation_attest_fields(data: bytes) -> tuple[int, bytes, bytes, bytes, bytes] | None:
+    """(magic, qualifiedSigner, extraData, objectName, creationHash) of a TPMS_ATTEST of type
+    ATTEST_CREATION, or None (another type, or bytes TPMS_ATTEST.from_bytes would refuse)."""
+    n = len(data)
+    if n < 8:
+        return None
+    magic, typ, ns = _ATTEST_HEAD.unpack_from(data)
+    if typ != TPM_ST.ATTEST_CREATION or ns > 66:
+        return None
+    o = 8 + ns
+    if o + 2 > n:
+        return None
+    (ne,) = _u16_at(data, o)
+    e0 = o + 2
+    o = e0 + ne
+    if ne > 66 or o + 25 > n or data[o + 16] > 1:  # clock u64, resetCount, restartCount, safe, fw u64
+        return None
+    o += 25
+    if o + 2 > n:
+        return None
+    (nn,) = _u16_at(data, o)
+    n0 = o + 2
+    o = n0 + nn
+    if nn > 66 or o + 2 > n:
+        return None
+    (nh,) = _u16_at(data, o)
+    h0 = o + 2
+    if nh > 64 or h0 + nh != n:
+        return None
+    return magic, data[8 : 8 + ns], data[e0 : e0 + ne], data[n0 : n0 + nn], data[h0:]
+
+
+def creation_data_outside_info(data: bytes) -> bytes | None:
+    """outsideInfo of TPMS_CREATION_DATA bytes, or None (bytes TPMS_CREATION_DATA.from_bytes
+    would refuse)."""
+    n = len(data)
+    if n < 4:
+        return None
+    (count,) = _u32_at(data, 0)
+    if count > MAX_PCR_BANKS or count * 3 > n - 4:
+        return None
+    o = 4
+    for _ in range(count):  # TPMS_PCR_SELECTION: hash u16, sizeofSelect u8, pcrSelect
+        if o + 3 > n or data[o + 2] > MAX_PCR_SELECT:
+            return None
+        o += 3 + data[o + 2]
+    if o + 2 > n:
+        return None
+    (size,) = _u16_at(data, o)  # pcrDigest
+    o += 2 + size
+    if size > 64 or o + 3 > n:  # locality u8, parentNameAlg u16
+        return None
+    o += 3
+    for limit in (66, 66):  # parentName, parentQualifiedName
+        if o + 2 > n:
+            return None
+        (size,) = _u16_at(data, o)
+        o += 2 + size
+        if size > limit:
+            return None
+    if o + 2 > n:
+        return None
+    (size,) = _u16_at(data, o)
+    if size > 66 or o + 2 + size != n:
+        return None
+    return data[o + 2 :]
+
+
+_SIG_SINGLE: Final = frozenset({TPM_ALG.RSASSA, TPM_ALG.RSAPSS})
+_SIG_PAIR: Final = frozenset({TPM_ALG.ECDSA, TPM_ALG.ECDAA, TPM_ALG.SM2, TPM_ALG.ECSCHNORR})
+
+
+def signature_is_exact(data: bytes) -> bool:
+    """True when ``data`` is exactly one RSA or ECC TPMT_SIGNATURE that TPMT_SIGNATURE.from_bytes
+    accepts; False means "ask the generic parser" (other algorithms, or anything it refuses)."""
+    n = len(data)
+    if n < 6:
+        return False
+    alg, _hash, size = _SIG_HEAD.unpack_from(data, 0)
+    if alg in _SIG_SINGLE:
+        return bool(size <= 512 and 6 + size == n)
+    if alg in _SIG_PAIR:
+        o = 6 + size
+        if size > 128 or o + 2 > n:
+            return False
+        (size,) = _u16_at(data, o)
+        return bool(size <= 128 and o + 2 + size == n)
+    return False

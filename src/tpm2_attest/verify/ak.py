@@ -41,10 +41,13 @@ from ..tpm2.constants import (
 )
 from ..tpm2.keys import (
     CURVE_BYTES,
+    PublicFields,
     PublicKey,
+    area_fields,
     ecc_point_of,
     ecc_public_key,
     public_der,
+    public_fields,
     rsa_public_key,
 )
 from ..tpm2.marshal import ParseError
@@ -54,7 +57,6 @@ from ..tpm2.structures import (
     TPMS_CREATION_DATA,
     TPMS_CREATION_INFO,
     TPMS_ECC_PARMS,
-    TPMS_ECC_POINT,
     TPMS_RSA_PARMS,
     TPMT_PUBLIC,
     TPMT_SCHEME,
@@ -94,6 +96,9 @@ _SCHEMES: Final[dict[tuple[int, int], int]] = {
 }
 _U16: Final = struct.Struct(">H")
 _SHA1: Final = int(TPM_ALG.SHA1)
+_NULL: Final = int(TPM_ALG.NULL)
+_RSA: Final = int(TPM_ALG.RSA)
+_ECC: Final = int(TPM_ALG.ECC)
 _new = object.__new__
 _set = object.__setattr__
 _SIG_HEAD: Final = struct.Struct(">HH")
@@ -148,79 +153,6 @@ def ecdsa_der(r: bytes, s: bytes) -> bytes:
     if n < 0x80:
         return b"\x30" + bytes((n,)) + body
     return b"\x30\x81" + bytes((n,)) + body  # P-521 only: the body stays under 256 bytes
-
-
-_TPMT_HEAD: Final = struct.Struct(">HHIH")
-_SHAPES: dict[tuple[int, int, int], struct.Struct] = {}
-"""(type, authPolicy size, unique size) -> the struct of an AK public area of that shape."""
-_MAX_SHAPES: Final = 64
-_NULL: Final = int(TPM_ALG.NULL)
-_RSA: Final = int(TPM_ALG.RSA)
-_ECC: Final = int(TPM_ALG.ECC)
-_RSA_SIG: Final = frozenset({int(TPM_ALG.RSASSA), int(TPM_ALG.RSAPSS)})
-_ECDSA: Final = int(TPM_ALG.ECDSA)
-
-_Fields: TypeAlias = tuple[int, int, int, int, int, int, int, int, bytes, bytes]
-"""(type, nameAlg, objectAttributes, scheme, scheme hash, keyBits, exponent, curveID, unique
-(RSA modulus or ECC x), ECC y) of a public area: what an AkPublic is built from."""
-
-
-def _shape(typ: int, plen: int, ulen: int) -> struct.Struct:
-    st = _SHAPES.get((typ, plen, ulen))
-    if st is None:
-        if typ == _RSA:  # type nameAlg attrs |policy| policy sym scheme hash keyBits exponent |n| n
-            st = struct.Struct(f">HHIH{plen}xHHHHIH{ulen}s")
-        else:  # ... sym scheme hash curveID kdf |x| x |y| y
-            st = struct.Struct(f">HHIH{plen}xHHHHHH{ulen}sH{ulen}s")
-        if len(_SHAPES) >= _MAX_SHAPES:
-            _SHAPES.clear()
-        _SHAPES[typ, plen, ulen] = st
-    return st
-
-
-def _fast_fields(tpmt: bytes) -> _Fields | None:
-    """The fields of the usual AK public areas (RSASSA/RSAPSS or ECDSA, no symmetric
-    algorithm, no KDF) by one precompiled unpack; None for anything else, which the generic
-    parser then reads (and refuses with its precise error). It accepts only bytes that the
-    generic parser reads to the same values: same bounds, and every size field must agree."""
-    n = len(tpmt)
-    if n < 24:
-        return None
-    typ, name_alg, attrs, plen = _TPMT_HEAD.unpack_from(tpmt)
-    if plen > 64:
-        return None
-    if typ == _RSA:
-        ulen = n - 24 - plen
-        if not 0 < ulen <= 512:
-            return None
-        _t, _n, _a, _p, sym, scheme, hash_alg, bits, exponent, usize, modulus = _shape(typ, plen, ulen).unpack(tpmt)
-        if sym != _NULL or scheme not in _RSA_SIG or usize != ulen:
-            return None
-        return typ, name_alg, attrs, scheme, hash_alg, bits, exponent, 0, modulus, b""
-    if typ == _ECC:
-        rest = n - 24 - plen
-        if rest <= 0 or rest & 1 or rest > 256:
-            return None
-        c = rest >> 1
-        _t, _n, _a, _p, sym, scheme, hash_alg, curve, kdf, xs, x, ys, y = _shape(typ, plen, c).unpack(tpmt)
-        if sym != _NULL or scheme != _ECDSA or kdf != _NULL or xs != c or ys != c:
-            return None
-        return typ, name_alg, attrs, scheme, hash_alg, 0, 0, curve, x, y
-    return None
-
-
-def _area_fields(area: TPMT_PUBLIC) -> _Fields:
-    """The same fields from a parsed public area (any type; non-RSA/ECC ones are refused later)."""
-    params = area.parameters
-    if isinstance(params, TPMS_RSA_PARMS):
-        modulus = area.unique if isinstance(area.unique, bytes) else b""
-        return (area.type, area.name_alg, area.object_attributes, params.scheme.scheme,
-                params.scheme.hash_alg, params.key_bits, params.exponent, 0, modulus, b"")
-    if isinstance(params, TPMS_ECC_PARMS):
-        point = area.unique if isinstance(area.unique, TPMS_ECC_POINT) else TPMS_ECC_POINT()
-        return (area.type, area.name_alg, area.object_attributes, params.scheme.scheme,
-                params.scheme.hash_alg, 0, 0, params.curve_id, point.x, point.y)
-    return area.type, area.name_alg, area.object_attributes, _NULL, _NULL, 0, 0, 0, b"", b""
 
 
 _PADDINGS: dict[tuple[int, int], tuple[Any, hashes.HashAlgorithm]] = {}
@@ -281,7 +213,7 @@ class AkPublic:
     key: PublicKey
     format: AkFormat | None
     # Private: the checked fields, lazily derived views, and the hot-path caches (verify.quote).
-    _fields: _Fields
+    _fields: PublicFields
     _tpmt: bytes
     _area: TPMT_PUBLIC | None
     _der: bytes | None
@@ -370,20 +302,20 @@ class AkPublic:
         (RSA < 2048 bits, a non-NIST curve, or SHA-1 when ``allow_sha1`` is False).
         """
         if isinstance(public, TPMT_PUBLIC):
-            return cls._build(_area_fields(public), public.to_bytes(), public, allow_sha1, None)
+            return cls._build(area_fields(public), public.to_bytes(), public, allow_sha1, None)
         return cls._from_tpmt(_split_public(bytes(public)), allow_sha1, None)
 
     @classmethod
     def _from_tpmt(cls, tpmt: bytes, allow_sha1: bool, fmt: AkFormat | None) -> AkPublic:
         """Check TPMT_PUBLIC bytes: the usual shapes by one unpack, anything else parsed in full."""
-        fields = _fast_fields(tpmt)
+        fields = public_fields(tpmt)
         area = None
         if fields is None:
             try:
                 area = TPMT_PUBLIC.from_bytes(tpmt)
             except ParseError as exc:
                 raise _fail(Reason.MALFORMED, f"AK public area: {exc}") from exc
-            fields = _area_fields(area)
+            fields = area_fields(area)
         return cls._build(fields, tpmt, area, allow_sha1, fmt)
 
     @classmethod
@@ -415,10 +347,10 @@ class AkPublic:
                                AK_ECC_TEMPLATE.object_attributes, b"", params, unique)
         else:
             raise _fail(Reason.UNSUPPORTED_FORMAT, f"{type(key).__name__}: only RSA and EC keys sign quotes")
-        return cls._build(_area_fields(area), area.to_bytes(), area, allow_sha1, None)
+        return cls._build(area_fields(area), area.to_bytes(), area, allow_sha1, None)
 
     @classmethod
-    def _build(cls, fields: _Fields, tpmt: bytes, area: TPMT_PUBLIC | None, allow_sha1: bool,
+    def _build(cls, fields: PublicFields, tpmt: bytes, area: TPMT_PUBLIC | None, allow_sha1: bool,
                fmt: AkFormat | None) -> AkPublic:
         typ, name_alg, attrs, scheme, hash_alg, key_bits, exponent, curve_id, unique, y = fields
         missing = AK_REQUIRED & ~attrs
@@ -449,7 +381,9 @@ class AkPublic:
         key: PublicKey
         try:
             if typ == _RSA:
-                bits = int.from_bytes(unique, "big").bit_length()
+                bits = len(unique) * 8 - 8 + unique[0].bit_length() if unique else 0
+                if unique and not unique[0]:  # leading zero bytes: count them the long way
+                    bits = int.from_bytes(unique, "big").bit_length()
                 if key_bits < MIN_RSA_BITS or bits < MIN_RSA_BITS:
                     raise _fail(Reason.WEAK_KEY, f"RSA key of {min(key_bits, bits)} bits (< {MIN_RSA_BITS})")
                 if key_bits % 8 or len(unique) * 8 != key_bits or bits != key_bits:
@@ -698,13 +632,52 @@ def check_ak(blob: AkBlob | bytes | bytearray | memoryview | str, *, nonce: byte
     (``make_credential``) or with an AK certificate (``verify_ak_certificate``).
     """
     ak_blob = _load_blob(blob)
-    ak = AkPublic.from_public(ak_blob.public, allow_sha1=allow_sha1)._with_format(ak_blob.format)
     pcp = ak_blob.format in ("PCP1", "PCP2")
     expected = None
     if nonce is not None:
         expected = hashlib.sha1(bytes(nonce)).digest() if pcp else bytes(nonce)
-    res = verify_creation(ak, ak_blob.public, ak_blob.creation_data, ak_blob.attest, ak_blob.signature,
-                          nonce=expected, allow_sha1=allow_sha1)
-    if pcp and expected is not None and not hmac.compare_digest(res.creation_data.outside_info, expected):
+    views = ak_blob.__dict__
+    if "_from_bytes" not in views:
+        # An AkBlob not read from bytes: its parts may not parse; verify_creation says which.
+        ak = AkPublic.from_public(ak_blob.public, allow_sha1=allow_sha1)._with_format(ak_blob.format)
+        res = verify_creation(ak, ak_blob.public, ak_blob.creation_data, ak_blob.attest, ak_blob.signature,
+                              nonce=expected, allow_sha1=allow_sha1)
+        outside_info = res.creation_data.outside_info
+    else:
+        # Read from bytes: every part was parsed once by AkBlob.from_bytes; check on those parses
+        # exactly what verify_creation checks, in its order (the certified object is the AK).
+        fields = views.get("_public_fields")
+        area = None
+        if fields is None:
+            area = ak_blob.public_area
+            fields = area_fields(area)
+        ak = AkPublic._build(fields, ak_blob.public[2:], area, allow_sha1, ak_blob.format)
+        ak.verify_signature(ak_blob.attest, ak_blob.signature, allow_sha1=allow_sha1)
+        got = views.get("_creation_attest")
+        typ: int
+        if got is not None:
+            magic, typ, extra, object_name, creation_hash = got[0], TPM_ST.ATTEST_CREATION, got[2], got[3], got[4]
+        else:
+            att = ak_blob.attest_struct
+            magic, typ, extra = att.magic, att.type, att.extra_data
+            object_name = creation_hash = b""
+            if isinstance(att.attested, TPMS_CREATION_INFO):
+                object_name, creation_hash = att.attested.object_name, att.attested.creation_hash
+        if magic != TPM_GENERATED_VALUE:
+            raise _fail(Reason.BAD_MAGIC, f"magic 0x{magic:08x} is not TPM_GENERATED_VALUE")
+        if typ != TPM_ST.ATTEST_CREATION:
+            raise _fail(Reason.WRONG_TYPE, f"attestation type 0x{typ:04x}, expected ATTEST_CREATION")
+        if object_name != ak.name:  # nameAlg is one of ours (checked with the AK) and allowed
+            raise _fail(Reason.NAME_MISMATCH, "the attested objectName is not the Name of the public area")
+        name_alg = fields[1]
+        if len(creation_hash) != HASH_SIZES[name_alg] or creation_hash != _HASHES[name_alg][1](
+                ak_blob.creation_data).digest():
+            raise _fail(Reason.CREATION_HASH_MISMATCH,
+                        "creationHash is not the nameAlg hash of the presented creation data")
+        if expected is not None and not hmac.compare_digest(extra, expected):
+            raise _fail(Reason.NONCE_MISMATCH, "extraData of the creation attestation is not the nonce")
+        kept: bytes | None = views.get("_outside_info")
+        outside_info = ak_blob.creation_data_struct.outside_info if kept is None else kept
+    if pcp and expected is not None and not hmac.compare_digest(outside_info, expected):
         raise _fail(Reason.NONCE_MISMATCH, "creationData.outsideInfo of the PCP blob is not SHA-1(nonce)")
     return ak
