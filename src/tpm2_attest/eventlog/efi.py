@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from typing import Any, Final
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any, Final
 
 from .._frozen import frozen
 from . import guids
@@ -14,6 +12,9 @@ from ._le import LeReader, guid_text
 from .devicepath import device_path_text
 from .errors import EventLogError
 from .wellknown import name_of_fingerprint
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _SIGLIST: Final = struct.Struct("<16sIII")
 _WIN_CERT: Final = struct.Struct("<IHH16s")
@@ -137,6 +138,8 @@ def parse_certificate(der: bytes) -> tuple[x509.Certificate | None, str | None]:
 
 
 def _parse_certificate(der: bytes) -> tuple[x509.Certificate | None, str | None]:
+    from cryptography import x509  # on first use: most events carry no certificate
+
     try:
         cert = x509.load_der_x509_certificate(der)
         cert.subject.rfc4514_string()

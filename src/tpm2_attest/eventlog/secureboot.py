@@ -12,9 +12,7 @@ replay matched a quoted PCR (``verify_event_log`` does exactly that).
 from __future__ import annotations
 
 import hashlib
-from typing import Any, Final
-
-from cryptography import x509
+from typing import TYPE_CHECKING, Any, Final
 
 from .._frozen import frozen
 from ..tpm2.constants import HASH_SIZES, TPM_ALG
@@ -26,6 +24,9 @@ from .errors import EventLogBankError, EventLogError, SecureBootError
 from .events import Event, EventLog, UefiVariableInfo
 from .types import EventType
 from .wellknown import name_of_fingerprint
+
+if TYPE_CHECKING:
+    from cryptography import x509
 
 _SB: Final = (guids.EFI_GLOBAL_VARIABLE, "SecureBoot")
 _PK: Final = (guids.EFI_GLOBAL_VARIABLE, "PK")
