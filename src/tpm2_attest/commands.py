@@ -9,7 +9,9 @@ outputs, which must consume the response exactly.
 
 from __future__ import annotations
 
+import functools
 import os
+import struct
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -56,6 +58,14 @@ from .tpm2.structures import (
 )
 
 HEADER_SIZE = 10
+_HEADER: Final = struct.Struct(">HII")
+_U32: Final = struct.Struct(">I")
+_U16: Final = struct.Struct(">H")
+_TAGS: Final = {int(TPM_ST.SESSIONS): _U16.pack(TPM_ST.SESSIONS), int(TPM_ST.NO_SESSIONS): _U16.pack(TPM_ST.NO_SESSIONS)}
+
+
+def _handles(handles: Sequence[int]) -> bytes:
+    return struct.pack(f">{len(handles)}I", *handles)
 _T = TypeVar("_T")
 MAX_PCRS_PER_READ = 8
 PCR_READ_RESTARTS = 10
@@ -165,12 +175,20 @@ class CommandStats:
         self.by_command[name] = self.by_command.get(name, 0) + 1
 
 
+_CC_NAMES: dict[int, str] = {}
+
+
 def command_name(cc: int) -> str:
-    """'TPM2_Quote' for TPM_CC.Quote."""
-    try:
-        return "TPM2_" + TPM_CC(cc).name
-    except ValueError:
-        return f"TPM2_0x{cc:x}"
+    """'TPM2_Quote' for TPM_CC.Quote (remembered: an IntEnum lookup costs microseconds)."""
+    name = _CC_NAMES.get(cc)
+    if name is None:
+        try:
+            name = "TPM2_" + TPM_CC(cc).name
+        except ValueError:
+            name = f"TPM2_0x{cc:x}"
+        if len(_CC_NAMES) < 1024:
+            _CC_NAMES[cc] = name
+    return name
 
 
 class TpmCommands:
@@ -211,19 +229,17 @@ class TpmCommands:
         response_handles: int = 0,
     ) -> tuple[list[int], Reader]:
         """Send one command; return the response handles and a Reader over its parameters."""
-        w = Writer()
-        tag = TPM_ST.SESSIONS if sessions else TPM_ST.NO_SESSIONS
-        w.u16(tag).u32(0).u32(cc)
-        for h in handles:
-            w.u32(h)
+        body = _handles(handles) if handles else b""
         if sessions:
+            tag = TPM_ST.SESSIONS
             auth = Writer()
             for s in sessions:
                 s.marshal(auth)
-            w.u32(len(auth)).raw(auth.getvalue())
-        w.raw(params)
-        cmd = bytearray(w.getvalue())
-        cmd[2:6] = len(cmd).to_bytes(4, "big")
+            body += _U32.pack(len(auth)) + auth.getvalue()
+        else:
+            tag = TPM_ST.NO_SESSIONS
+        body += params
+        cmd = _HEADER.pack(tag, HEADER_SIZE + len(body), cc) + body
         name = command_name(cc)
         delay = self.retry_delay
         with self._lock:
@@ -231,7 +247,7 @@ class TpmCommands:
                 self.stats.add(name)
                 if self.on_command is not None:
                     self.on_command(name)
-                rsp = self.channel.send(bytes(cmd))
+                rsp = self.channel.send(cmd)
                 rc = self._response_code(rsp, name)
                 if rc == 0:
                     return self._parse_response(rsp, tag, response_handles, name)
@@ -295,6 +311,34 @@ class TpmCommands:
 
     @staticmethod
     def _parse_response(rsp: bytes, tag: int, nhandles: int, name: str) -> tuple[list[int], Reader]:
+        """Response handles and a Reader over the parameters; BAD_RESPONSE when malformed."""
+        # The common case by offsets; anything short or odd goes to the reader below, which
+        # names what is wrong.
+        n = len(rsp)
+        o = HEADER_SIZE + 4 * nhandles
+        if rsp[0:2] == _TAGS[tag] and o <= n:
+            handles = list(struct.unpack_from(f">{nhandles}I", rsp, HEADER_SIZE)) if nhandles else []
+            if tag != TPM_ST.SESSIONS:
+                return handles, Reader(rsp, o)
+            if o + 4 <= n:
+                (psize,) = _U32.unpack_from(rsp, o)
+                start = o + 4
+                o = start + psize
+                while o < n:  # each response auth: nonceTPM, sessionAttributes, hmac
+                    if o + 2 > n:
+                        break
+                    (size,) = _U16.unpack_from(rsp, o)
+                    o += 3 + size
+                    if o + 2 > n:
+                        break
+                    (size,) = _U16.unpack_from(rsp, o)
+                    o += 2 + size
+                if o == n:
+                    return handles, Reader(rsp[start : start + psize])
+        return TpmCommands._parse_response_slow(rsp, tag, nhandles, name)
+
+    @staticmethod
+    def _parse_response_slow(rsp: bytes, tag: int, nhandles: int, name: str) -> tuple[list[int], Reader]:
         try:
             r = Reader(rsp, HEADER_SIZE)
             rtag = int.from_bytes(rsp[0:2], "big")
@@ -518,6 +562,14 @@ class TpmCommands:
 
         return self._parse("TPM2_CreatePrimary", r, parse)
 
+    def create_primary_handle(self, hierarchy: int, template: TPMT_PUBLIC) -> int:
+        """TPM2_CreatePrimary for a key used and flushed at once (a transient SRK): only the
+        handle is read from the response, none of the public area and creation data."""
+        with _unsupported_template("TPM2_CreatePrimary"):
+            hs, _ = self.execute(TPM_CC.CreatePrimary, [hierarchy], _create_primary_params(template),
+                                 [PW], response_handles=1)
+        return hs[0]
+
     def create(
         self,
         parent: int,
@@ -714,3 +766,15 @@ def _parse_signed_attest(r: Reader) -> SignedAttest:
     start = r.pos
     TPMT_SIGNATURE.unmarshal(r)
     return SignedAttest(attest, r.buffer[start : r.pos])
+
+
+@functools.lru_cache(maxsize=16)
+def _create_primary_params(template: TPMT_PUBLIC) -> bytes:
+    """CreatePrimary parameters for ``template`` with an empty sensitive area, no outside info and
+    no creation PCRs (templates are immutable: the bytes are computed once per template)."""
+    w = Writer()
+    TPM2B_SENSITIVE_CREATE(TPMS_SENSITIVE_CREATE()).marshal(w)
+    TPM2B_PUBLIC(template).marshal(w)
+    w.tpm2b(b"")
+    TPML_PCR_SELECTION().marshal(w)
+    return w.getvalue()
