@@ -10,18 +10,24 @@ from typing import Any
 
 import pytest
 
-from tpm2_attest import Tpm
+from tpm2_attest import Tpm, commands
 from tpm2_attest.evidence import AkBlob
+from tpm2_attest.tpm2.constants import TPM_ALG
 from tpm2_attest.tpm2.keys import area_fields, public_fields
-from tpm2_attest.tpm2.marshal import ParseError
+from tpm2_attest.tpm2.marshal import ParseError, Reader, Writer
 from tpm2_attest.tpm2.structures import (
+    TPML_DIGEST,
+    TPML_PCR_SELECTION,
     TPMS_ATTEST,
     TPMS_CREATION_DATA,
     TPMS_CREATION_INFO,
+    TPMS_PCR_SELECTION,
+    TPMS_QUOTE_INFO,
     TPMT_PUBLIC,
     TPMT_SIGNATURE,
     creation_attest_fields,
     creation_data_outside_info,
+    quote_attest_digest,
     signature_is_exact,
 )
 
@@ -30,6 +36,54 @@ from tpm2_attest.tpm2.structures import (
 def blobs(swtpm: Any) -> list[AkBlob]:
     with Tpm.open(swtpm.tcti) as tpm:
         return [tpm.provision_ak(algorithm=alg, nonce=b"n" * 32) for alg in ("ecc", "rsa")]
+
+
+@pytest.fixture(scope="module")
+def quote_attests(swtpm: Any, blobs: list[AkBlob]) -> list[bytes]:
+    with Tpm.open(swtpm.tcti) as tpm:
+        return [tpm.quote(b, pcrs=[0, 1, 2, 3, 4, 5, 6, 7, 16], qualifying_data=b"q" * 32).attest for b in blobs]
+
+
+def _pcr_read_output() -> bytes:
+    """PCR_Read outputs as a TPM marshals them: counter, TPML_PCR_SELECTION, TPML_DIGEST."""
+    w = Writer().u32(41)
+    TPML_PCR_SELECTION((TPMS_PCR_SELECTION.from_indices(TPM_ALG.SHA256, [0, 1, 2, 3, 16]),)).marshal(w)
+    TPML_DIGEST(tuple(bytes([i]) * 32 for i in range(5))).marshal(w)
+    return w.getvalue()
+
+
+def _pcr_read_generic(data: bytes) -> Any:
+    r = Reader(data)
+    out = (r.u32(), TPML_PCR_SELECTION.unmarshal(r), TPML_DIGEST.unmarshal(r).digests)
+    r.done()
+    return out
+
+
+def _pcr_read_fast(data: bytes) -> Any:
+    res = commands._pcr_read_fast(data, 0)
+    return None if res is None else (res.update_counter, res.selection, res.digests)
+
+
+def _quote_generic(data: bytes) -> Any:
+    att = TPMS_ATTEST.from_bytes(data)
+    return att.attested.pcr_digest if isinstance(att.attested, TPMS_QUOTE_INFO) else "another type"
+
+
+def test_fast_device_readers_agree_with_the_generic_parser(quote_attests: list[bytes]) -> None:
+    """The device side's quote and PCR_Read readers: same acceptance, same values."""
+    rng = random.Random("device")
+    for fast, generic, samples in ((quote_attest_digest, _quote_generic, quote_attests),
+                                   (_pcr_read_fast, _pcr_read_generic, [_pcr_read_output()])):
+        accepted = 0
+        for data in samples:
+            assert fast(data) is not None
+            for v in [data, *_variants(data, rng)]:
+                got = fast(v)
+                if got is None:
+                    continue
+                accepted += 1
+                assert got == _generic(generic, v), v.hex()
+        assert accepted > 50
 
 
 def _generic(parse: Callable[[bytes], Any], data: bytes) -> Any:

@@ -37,6 +37,9 @@ from .tpm2.constants import (
 from .tpm2.marshal import ParseError, Reader, Writer
 from .tpm2.rc import RETRYABLE, TPM_RC, decode
 from .tpm2.structures import (
+    MAX_DIGESTS,
+    MAX_PCR_BANKS,
+    MAX_PCR_SELECT,
     TPM2B_CREATION_DATA,
     TPM2B_NV_PUBLIC,
     TPM2B_PUBLIC,
@@ -61,6 +64,7 @@ HEADER_SIZE = 10
 _HEADER: Final = struct.Struct(">HII")
 _U32: Final = struct.Struct(">I")
 _U16: Final = struct.Struct(">H")
+_COUNTS: Final = struct.Struct(">II")
 _TAGS: Final = {int(TPM_ST.SESSIONS): _U16.pack(TPM_ST.SESSIONS), int(TPM_ST.NO_SESSIONS): _U16.pack(TPM_ST.NO_SESSIONS)}
 
 
@@ -461,7 +465,14 @@ class TpmCommands:
         """One TPM2_PCR_Read (returns at most 8 digests)."""
         w = Writer()
         selection.marshal(w)
-        _, r = self.execute(TPM_CC.PCR_Read, params=w.getvalue())
+        return self._pcr_read(w.getvalue())
+
+    def _pcr_read(self, params: bytes) -> PcrReadResult:
+        _, r = self.execute(TPM_CC.PCR_Read, params=params)
+
+        fast = _pcr_read_fast(r.buffer, r.pos)
+        if fast is not None:
+            return fast
 
         def parse(rr: Reader) -> PcrReadResult:
             counter = rr.u32("pcrUpdateCounter")
@@ -483,8 +494,8 @@ class TpmCommands:
         size = HASH_SIZES.get(bank)
         restarts = 0
         while len(values) < len(wanted):
-            todo = [i for i in wanted if i not in values]
-            res = self.pcr_read_once(TPML_PCR_SELECTION((TPMS_PCR_SELECTION.from_indices(bank, todo),)))
+            todo = tuple(i for i in wanted if i not in values)
+            res = self._pcr_read(_pcr_read_params(bank, todo))
             got = [i for s in res.selection.selections if s.hash == bank for i in s.indices()]
             if len(got) != len(res.digests):
                 raise TpmError("PCR_Read returned a selection and digests that disagree",
@@ -766,6 +777,55 @@ def _parse_signed_attest(r: Reader) -> SignedAttest:
     start = r.pos
     TPMT_SIGNATURE.unmarshal(r)
     return SignedAttest(attest, r.buffer[start : r.pos])
+
+
+def _pcr_read_fast(data: bytes, o: int) -> PcrReadResult | None:
+    """PCR_Read outputs read by offsets when they are exactly what the generic parse accepts
+    (the same bounds, every byte consumed); None lets the generic parse name the fault."""
+    n = len(data)
+    if o + 8 > n:
+        return None
+    counter, count = _COUNTS.unpack_from(data, o)
+    o += 8
+    if count > MAX_PCR_BANKS or count * 3 > n - o:
+        return None
+    sels = []
+    for _ in range(count):
+        if o + 3 > n:
+            return None
+        size = data[o + 2]
+        end = o + 3 + size
+        if size > MAX_PCR_SELECT or end > n:
+            return None
+        sels.append(TPMS_PCR_SELECTION(_U16.unpack_from(data, o)[0], data[o + 3 : end]))
+        o = end
+    if o + 4 > n:
+        return None
+    (count,) = _U32.unpack_from(data, o)
+    o += 4
+    if count > MAX_DIGESTS or count * 2 > n - o:
+        return None
+    digests = []
+    for _ in range(count):
+        if o + 2 > n:
+            return None
+        (size,) = _U16.unpack_from(data, o)
+        end = o + 2 + size
+        if size > 64 or end > n:
+            return None
+        digests.append(data[o + 2 : end])
+        o = end
+    if o != n:
+        return None
+    return PcrReadResult(counter, TPML_PCR_SELECTION(tuple(sels)), tuple(digests))
+
+
+@functools.lru_cache(maxsize=64)
+def _pcr_read_params(bank: int, indices: tuple[int, ...]) -> bytes:
+    """PCR_Read parameters selecting ``indices`` of one bank (marshalled once per selection)."""
+    w = Writer()
+    TPML_PCR_SELECTION((TPMS_PCR_SELECTION.from_indices(bank, indices),)).marshal(w)
+    return w.getvalue()
 
 
 @functools.lru_cache(maxsize=16)

@@ -6,7 +6,8 @@ import hashlib
 import os
 import struct
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from types import TracebackType
 from typing import TYPE_CHECKING, Final, Self
@@ -407,6 +408,25 @@ class Tpm:
             raise TpmError("qualifying_data longer than 64 bytes", code=ErrorCode.INVALID_ARGUMENT)
         return self.backend.quote(blob, pcrs=idx, bank=bank_name(bank_alg(bank)),
                                   qualifying_data=bytes(qualifying_data))
+
+    @contextmanager
+    def loaded(self, ak: AkBlob | bytes | str) -> Iterator[AkBlob]:
+        """Keep ``ak`` loaded in the TPM for the ``with`` block: quotes and activations with it
+        then skip TPM2_Load and TPM2_FlushContext (and the transient SRK). Yields the AkBlob.
+
+        The AK holds one transient object slot meanwhile: swtpm and many TPMs have three, and
+        loading another key needs two (its parent and itself), so keep one AK at a time on a TPM
+        reached without a resource manager; /dev/tpmrm0 swaps kept objects out between commands
+        and flushes them when the device is closed. The AK is flushed when the block ends, also
+        on error, and by :meth:`close`. If the handle stops naming the AK (the TPM restarted, or
+        another client flushed it), the next quote loads it again. Windows PCP keys are opened
+        by name for each operation: there, this only yields the blob."""
+        blob = AkBlob.load(ak)
+        self.backend.keep(blob)
+        try:
+            yield blob
+        finally:
+            self.backend.release(blob)
 
     def activate_credential(self, ak: AkBlob | bytes | str,
                             challenge: CredentialChallenge | bytes) -> bytes:

@@ -648,6 +648,13 @@ class PcpBackend:
                     candidates.append(der)  # unparseable here; the verifier will judge it
         return candidates[0] if candidates else None
 
+    def keep(self, ak: AkBlob) -> None:
+        """Nothing to keep: NCrypt opens a PCP key by name for each operation (the provider
+        manages the TPM's object slots itself)."""
+
+    def release(self, ak: AkBlob) -> None:
+        """See :meth:`keep`."""
+
     def close(self) -> None:
         if self._on_close is not None:
             on_close, self._on_close = self._on_close, None

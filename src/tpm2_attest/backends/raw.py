@@ -60,6 +60,8 @@ from ..tpm2.structures import (
     TPMT_SCHEME,
     TPMT_SIGNATURE,
     pcr_selection,
+    quote_attest_digest,
+    signature_is_exact,
 )
 from .base import EkKind, Platform, TpmInfo
 
@@ -156,6 +158,7 @@ class RawBackend:
         self._srk_handle = srk_handle
         self._srk_checked: int | None = None
         self._banks: list[str] | None = None
+        self._kept: dict[tuple[bytes, bytes, int], _Kept] = {}
 
     # -- identity and PCRs ----------------------------------------------------------------------
 
@@ -311,12 +314,11 @@ class RawBackend:
         else:
             yield parent
 
-    @contextmanager
-    def _loaded(self, ak: AkBlob) -> Iterator[int]:
+    def _load(self, ak: AkBlob) -> int:
+        """Load a TPW1 blob under its parent, or derive a TPP1 blob's key from its template;
+        the caller flushes the handle."""
         if ak.format == "TPP1":
-            with self._derived(ak) as handle:
-                yield handle
-            return
+            return self._derive(ak)
         if ak.format != "TPW1":
             raise TpmError(f"{ak.format} blobs are Windows PCP keys; this TPM uses TPW1 blobs",
                            code=ErrorCode.BAD_BLOB)
@@ -330,20 +332,71 @@ class RawBackend:
                                    "(or it was modified)", code=ErrorCode.BAD_BLOB,
                                    tpm_rc=exc.tpm_rc, command=exc.command) from exc
                 raise
-            with flushed(self.cmd, handle):
-                yield handle
+        return handle
 
     @contextmanager
-    def _derived(self, ak: AkBlob) -> Iterator[int]:
+    def _loaded(self, ak: AkBlob) -> Iterator[int]:
+        kept = self._kept.get(_blob_key(ak))
+        if kept is not None:
+            yield kept.handle
+            return
+        handle = self._load(ak)
+        with flushed(self.cmd, handle):
+            yield handle
+
+    # -- keeping an AK loaded ---------------------------------------------------------------------
+
+    @serialized
+    def keep(self, ak: AkBlob) -> None:
+        """Load ``ak`` and keep it loaded until :meth:`release` (counted: keep twice, release twice).
+        It holds one transient object slot meanwhile (swtpm has three; /dev/tpmrm0 swaps it out
+        between commands and flushes it when the file is closed)."""
+        key = _blob_key(ak)
+        kept = self._kept.get(key)
+        if kept is None:
+            self._kept[key] = _Kept(self._load(ak))
+        else:
+            kept.count += 1
+
+    @serialized
+    def release(self, ak: AkBlob) -> None:
+        """Undo one :meth:`keep`; the last one flushes the AK."""
+        key = _blob_key(ak)
+        kept = self._kept.get(key)
+        if kept is None:
+            return
+        kept.count -= 1
+        if kept.count <= 0:
+            del self._kept[key]
+            self._flush_kept(kept)
+
+    def _flush_kept(self, kept: _Kept) -> None:
+        try:
+            self.cmd.flush_context(kept.handle)
+        except TpmError as exc:
+            if not _handle_gone(exc):  # gone already (TPM restarted): nothing to flush
+                raise
+
+    def _reload_kept(self, ak: AkBlob) -> int:
+        """A kept handle no longer names the AK (the TPM was restarted, or another client of a TPM
+        without a resource manager flushed it): load the AK again under the same keep."""
+        kept = self._kept[_blob_key(ak)]
+        kept.handle = self._load(ak)
+        kept.signer = None
+        return kept.handle
+
+    def _derive(self, ak: AkBlob) -> int:
         """A ``TPP1`` AK: the primary key its template derives in its hierarchy, which must be
-        the key of the blob (the same template gives another key on another TPM)."""
+        the key of the blob (the same template gives another key on another TPM). The caller
+        flushes the handle."""
         assert ak.template is not None
         res = self.cmd.create_primary(ak.parent, ak.template)
-        with flushed(self.cmd, res.handle):
-            if res.name != ak.name:
-                raise TpmError("this TPM derives another key from the blob's template: the blob "
-                               "was made by another TPM (or modified)", code=ErrorCode.BAD_BLOB)
-            yield res.handle
+        if res.name != ak.name:
+            with suppress(TpmError):
+                self.cmd.flush_context(res.handle)
+            raise TpmError("this TPM derives another key from the blob's template: the blob "
+                           "was made by another TPM (or modified)", code=ErrorCode.BAD_BLOB)
+        return res.handle
 
     @serialized
     def certified_ak(self, kind: str, nonce: bytes | None) -> CertifiedAk:
@@ -425,9 +478,37 @@ class RawBackend:
     @serialized
     def quote(self, ak: AkBlob, *, pcrs: list[int], bank: str, qualifying_data: bytes) -> Quote:
         scheme = _quote_scheme(ak.public_area)
+        kept = self._kept.get(_blob_key(ak))
+        if kept is not None:
+            return self._quote_kept(ak, kept, scheme, bank_alg(bank), pcrs, qualifying_data)
         with self._loaded(ak) as handle:
             return quote_consistent(self.cmd, handle, scheme=scheme, bank=bank_alg(bank), pcrs=pcrs,
                                     qualifying_data=qualifying_data)
+
+    def _quote_kept(self, ak: AkBlob, kept: _Kept, scheme: TPMT_SCHEME, bank: int, pcrs: list[int],
+                    qualifying_data: bytes) -> Quote:
+        """Quote with a kept handle. Its first quote records the signer's qualified name; a later
+        quote signed by another object (the handle was flushed and reused) or a handle that is
+        gone makes us load the AK again and quote once more."""
+        for attempt in (0, 1):
+            try:
+                q = quote_consistent(self.cmd, kept.handle, scheme=scheme, bank=bank, pcrs=pcrs,
+                                     qualifying_data=qualifying_data)
+            except TpmError as exc:
+                if attempt or not _handle_gone(exc):
+                    raise
+                self._reload_kept(ak)
+                continue
+            signer = _qualified_signer(q.attest)
+            if kept.signer is None:
+                kept.signer = signer
+            if signer == kept.signer:
+                return q
+            if attempt:
+                break
+            self._reload_kept(ak)
+        raise TpmError("the kept AK handle signs as another object after a reload",
+                       code=ErrorCode.BAD_RESPONSE, command="TPM2_Quote")
 
     @serialized
     def activate_credential(self, ak: AkBlob, challenge: CredentialChallenge) -> bytes:
@@ -456,7 +537,43 @@ class RawBackend:
         return read_event_log(self.device_path)
 
     def close(self) -> None:
-        pass
+        """Flush the AKs still kept (their handles would otherwise hold transient slots)."""
+        kept, self._kept = list(self._kept.values()), {}
+        for k in kept:
+            with suppress(TpmError):
+                self._flush_kept(k)
+
+
+class _Kept:
+    """A kept AK: its handle, how many keeps are open, and the qualifiedSigner of its first quote."""
+
+    __slots__ = ("count", "handle", "signer")
+
+    def __init__(self, handle: int) -> None:
+        self.handle = handle
+        self.count = 1
+        self.signer: bytes | None = None
+
+
+_REFERENCE_H0: Final = 0x910
+_REFERENCE_H6: Final = 0x916
+
+
+def _handle_gone(exc: TpmError) -> bool:
+    """A handle that names nothing: TPM_RC_HANDLE (KEY_NOT_FOUND) or TPM_RC_REFERENCE_Hn (a
+    transient object that is not loaded)."""
+    rc = exc.tpm_rc
+    return exc.code == ErrorCode.KEY_NOT_FOUND or (rc is not None and _REFERENCE_H0 <= rc <= _REFERENCE_H6)
+
+
+def _blob_key(ak: AkBlob) -> tuple[bytes, bytes, int]:
+    return ak.public, ak.private, ak.parent
+
+
+def _qualified_signer(attest: bytes) -> bytes:
+    """TPMS_ATTEST.qualifiedSigner (after magic u32 and type u16), already parsed once."""
+    size = int.from_bytes(attest[6:8], "big")
+    return attest[8 : 8 + size]
 
 
 def quote_consistent(cmd: TpmCommands, handle: int, *, scheme: TPMT_SCHEME, bank: int,
@@ -473,24 +590,29 @@ def quote_consistent(cmd: TpmCommands, handle: int, *, scheme: TPMT_SCHEME, bank
     sel = pcr_selection(bank, pcrs)
     for _ in range(attempts):
         signed = cmd.quote(handle, qualifying_data, scheme, sel)
-        try:
-            info = TPMS_ATTEST.from_bytes(signed.attest)
-            sig = TPMT_SIGNATURE.from_bytes(signed.signature)
-        except ParseError as exc:
-            raise TpmError(f"malformed quote: {exc}", code=ErrorCode.BAD_RESPONSE,
-                           command="TPM2_Quote") from exc
-        if info.type != TPM_ST.ATTEST_QUOTE or not isinstance(info.attested, TPMS_QUOTE_INFO):
-            raise TpmError("TPM2_Quote returned a non-quote attestation",
-                           code=ErrorCode.BAD_RESPONSE, command="TPM2_Quote")
-        digest_name = HASH_NAMES.get(sig.hash_alg)
+        pcr_digest = quote_attest_digest(signed.attest)  # by offsets when it is a plain quote
+        if pcr_digest is not None and signature_is_exact(signed.signature):
+            hash_alg = int.from_bytes(signed.signature[2:4], "big")
+        else:
+            try:
+                info = TPMS_ATTEST.from_bytes(signed.attest)
+                sig = TPMT_SIGNATURE.from_bytes(signed.signature)
+            except ParseError as exc:
+                raise TpmError(f"malformed quote: {exc}", code=ErrorCode.BAD_RESPONSE,
+                               command="TPM2_Quote") from exc
+            if info.type != TPM_ST.ATTEST_QUOTE or not isinstance(info.attested, TPMS_QUOTE_INFO):
+                raise TpmError("TPM2_Quote returned a non-quote attestation",
+                               code=ErrorCode.BAD_RESPONSE, command="TPM2_Quote")
+            pcr_digest, hash_alg = info.attested.pcr_digest, sig.hash_alg
+        digest_name = HASH_NAMES.get(hash_alg)
         if digest_name is None:
-            raise TpmError(f"TPM2_Quote signed with unknown hash 0x{sig.hash_alg:04x}",
+            raise TpmError(f"TPM2_Quote signed with unknown hash 0x{hash_alg:04x}",
                            code=ErrorCode.BAD_RESPONSE, command="TPM2_Quote")
         _counter, values = cmd.pcr_read(bank, pcrs)
         h = hashlib.new(digest_name)
         for i in sorted(values):
             h.update(values[i])
-        if hmac.compare_digest(h.digest(), info.attested.pcr_digest):
+        if hmac.compare_digest(h.digest(), pcr_digest):
             return Quote(signed.attest, signed.signature, {bank_name(bank): values})
     raise TpmError(f"PCRs kept changing during {attempts} quote attempts",
                    code=ErrorCode.RETRY_EXHAUSTED, command="TPM2_Quote")

@@ -24,6 +24,8 @@ MAX_PCR_BANKS = 16
 MAX_PCR_SELECT = 32  # bytes of a PCR bitmap (256 PCRs)
 MAX_DIGESTS = 8  # TPML_DIGEST
 MAX_CAP_ITEMS = 1024
+_BITS: tuple[tuple[int, ...], ...] = tuple(tuple(i for i in range(8) if b >> i & 1) for b in range(256))
+"""For each byte value, the positions of its set bits, ascending."""
 
 
 class Marshallable:
@@ -185,9 +187,8 @@ class TPMS_PCR_SELECTION(Marshallable):
         out: list[int] = []
         for j, byte in enumerate(self.pcr_select):
             if byte:
-                for i in range(8):
-                    if byte & (1 << i):
-                        out.append(8 * j + i)
+                base = 8 * j
+                out.extend(base + i for i in _BITS[byte])
         return out
 
 
@@ -1088,3 +1089,43 @@ def signature_is_exact(data: bytes) -> bool:
         (size,) = _u16_at(data, o)
         return bool(size <= 128 and o + 2 + size == n)
     return False
+
+
+def _skip_pcr_selection(data: bytes, o: int, n: int) -> int | None:
+    """Offset after a TPML_PCR_SELECTION at ``o`` (bounds as TPML_PCR_SELECTION.unmarshal), or None."""
+    if o + 4 > n:
+        return None
+    (count,) = _u32_at(data, o)
+    o += 4
+    if count > MAX_PCR_BANKS or count * 3 > n - o:
+        return None
+    for _ in range(count):
+        if o + 3 > n or data[o + 2] > MAX_PCR_SELECT:
+            return None
+        o += 3 + data[o + 2]
+    return o if o <= n else None
+
+
+def quote_attest_digest(data: bytes) -> bytes | None:
+    """pcrDigest of a TPMS_ATTEST of type ATTEST_QUOTE, or None (another type, or bytes
+    TPMS_ATTEST.from_bytes would refuse): what a device checks its PCR reads against."""
+    n = len(data)
+    if n < 8:
+        return None
+    _magic, typ, ns = _ATTEST_HEAD.unpack_from(data)
+    if typ != TPM_ST.ATTEST_QUOTE or ns > 66:
+        return None
+    o = 8 + ns
+    if o + 2 > n:
+        return None
+    (ne,) = _u16_at(data, o)
+    o += 2 + ne
+    if ne > 66 or o + 25 > n or data[o + 16] > 1:
+        return None
+    end = _skip_pcr_selection(data, o + 25, n)
+    if end is None or end + 2 > n:
+        return None
+    (nd,) = _u16_at(data, end)
+    if nd > 64 or end + 2 + nd != n:
+        return None
+    return data[end + 2 :]
