@@ -58,6 +58,7 @@ from .tpm2.structures import (
     TPMT_SIGNATURE,
     TPMT_SYM_DEF_OBJECT,
     TPMT_TK_CREATION,
+    signature_is_exact,
 )
 
 HEADER_SIZE = 10
@@ -110,6 +111,8 @@ class PolicySession:
 
 Session = PasswordSession | PolicySession
 PW = PasswordSession()
+_EMPTY_PW_AREA: Final = Writer().u32(9).u32(TPM_RS_PW).tpm2b(b"").u8(0).tpm2b(b"").getvalue()
+"""authorizationSize and the one password session with an empty authValue."""
 
 
 # ---------------------------------------------------------------------------------------------
@@ -236,10 +239,13 @@ class TpmCommands:
         body = _handles(handles) if handles else b""
         if sessions:
             tag = TPM_ST.SESSIONS
-            auth = Writer()
-            for s in sessions:
-                s.marshal(auth)
-            body += _U32.pack(len(auth)) + auth.getvalue()
+            if len(sessions) == 1 and type(sessions[0]) is PasswordSession and not sessions[0].auth:
+                body += _EMPTY_PW_AREA  # the usual case, marshalled once
+            else:
+                auth = Writer()
+                for s in sessions:
+                    s.marshal(auth)
+                body += _U32.pack(len(auth)) + auth.getvalue()
         else:
             tag = TPM_ST.NO_SESSIONS
         body += params
@@ -775,6 +781,10 @@ def nv_read_auth_handle(pub: TPMS_NV_PUBLIC) -> int:
 def _parse_signed_attest(r: Reader) -> SignedAttest:
     attest = r.tpm2b("quoted")
     start = r.pos
+    rest = r.buffer[start:]
+    if signature_is_exact(rest):  # an RSA/ECC signature ends the response: no objects needed
+        r.pos = len(r.buffer)
+        return SignedAttest(attest, rest)
     TPMT_SIGNATURE.unmarshal(r)
     return SignedAttest(attest, r.buffer[start : r.pos])
 
