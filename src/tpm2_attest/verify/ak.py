@@ -96,6 +96,7 @@ _SCHEMES: Final[dict[tuple[int, int], int]] = {
 }
 _U16: Final = struct.Struct(">H")
 _SHA1: Final = int(TPM_ALG.SHA1)
+_BLOB_MAGICS: Final = frozenset(f.encode("ascii") for f in AK_FORMATS)
 _NULL: Final = int(TPM_ALG.NULL)
 _RSA: Final = int(TPM_ALG.RSA)
 _ECC: Final = int(TPM_ALG.ECC)
@@ -381,9 +382,7 @@ class AkPublic:
         key: PublicKey
         try:
             if typ == _RSA:
-                bits = len(unique) * 8 - 8 + unique[0].bit_length() if unique else 0
-                if unique and not unique[0]:  # leading zero bytes: count them the long way
-                    bits = int.from_bytes(unique, "big").bit_length()
+                bits = int.from_bytes(unique, "big").bit_length()
                 if key_bits < MIN_RSA_BITS or bits < MIN_RSA_BITS:
                     raise _fail(Reason.WEAK_KEY, f"RSA key of {min(key_bits, bits)} bits (< {MIN_RSA_BITS})")
                 if key_bits % 8 or len(unique) * 8 != key_bits or bits != key_bits:
@@ -604,6 +603,11 @@ def _load_blob(blob: AkBlob | bytes | bytearray | memoryview | str) -> AkBlob:
         return blob
     if not isinstance(blob, str):
         data = bytes(blob)
+        if data[:4] in _BLOB_MAGICS:  # binary: straight to the parser (no copies for JSON sniffing)
+            try:
+                return AkBlob.from_bytes(data)
+            except TpmError as exc:
+                raise _fail(Reason.MALFORMED, str(exc)) from exc
         head = data.lstrip()[:1]
         if head != b"{" and data[:4].decode("ascii", "replace") not in AK_FORMATS:
             raise _fail(Reason.UNSUPPORTED_FORMAT,
