@@ -189,3 +189,54 @@ def test_check_ak_gives_the_same_verdict_on_bytes_and_on_an_akblob(blobs: list[A
                     continue  # not a well-formed blob: nothing to compare
                 by_bytes = _reason(lambda data=data, nonce=nonce: check_ak(data, nonce=nonce))
                 assert by_bytes == by_object, (v, nonce)
+
+
+def test_blob_read_by_offsets_equals_the_field_by_field_read(blobs: list[AkBlob],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """AkBlob.from_bytes' offset reader accepts only blobs the field-by-field reader accepts,
+    with the same fields (on mutations and truncations of real blobs)."""
+    from tpm2_attest import evidence
+
+    rng = random.Random("blob")
+    fast_taken = 0
+    for blob in blobs:
+        data = blob.to_bytes()
+        for v in [data, *_variants(data, rng)]:
+            fast = evidence._blob_parts(v)
+            if fast is None:
+                continue
+            fast_taken += 1
+            with monkeypatch.context() as m:
+                m.setattr(evidence, "_blob_parts", lambda _d: None)
+                slow = AkBlob.from_bytes(v)  # must not raise: the offset reader accepted it
+            assert slow == fast
+    assert fast_taken > 100
+
+
+@pytest.mark.parametrize("bits", [1024, 2048, 3072])
+@pytest.mark.parametrize("exponent", [0, 3, 17, 65537, 0xC0000001])
+def test_rsa_keys_from_a_der_template_equal_rsapublicnumbers(bits: int, exponent: int) -> None:
+    """rsa_public_key loads full-width odd moduli through a SubjectPublicKeyInfo template: the
+    key is the one RSAPublicNumbers gives; anything else takes RSAPublicNumbers and its errors."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from tpm2_attest.tpm2.keys import rsa_public_key
+
+    n = rsa.generate_private_key(65537, bits).public_key().public_numbers().n
+    e = exponent or 65537
+    for modulus in (n.to_bytes(bits // 8, "big"), n.to_bytes(bits // 8 + 1, "big")):  # + leading zero
+        got = rsa_public_key(modulus, exponent)
+        want = rsa.RSAPublicNumbers(e, n).public_key()
+        assert got.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo) == \
+            want.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    even = n + 1  # RSAPublicNumbers' own rules decide: the template path is only for odd moduli
+    try:
+        want_even: Any = rsa.RSAPublicNumbers(e, even).public_key().public_numbers()
+    except ValueError:
+        want_even = ParseError
+    try:
+        got_even: Any = rsa_public_key(even.to_bytes(bits // 8, "big"), exponent).public_numbers()
+    except ParseError:
+        got_even = ParseError
+    assert got_even == want_even

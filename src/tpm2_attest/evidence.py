@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import struct
 from dataclasses import field
 from functools import cached_property
 from typing import Any, Final, Literal
@@ -183,6 +184,9 @@ class AkBlob(_PublicArea):
         data = bytes(data)
         if len(data) > MAX_BLOB:
             raise _bad(f"AK blob of {len(data)} bytes exceeds {MAX_BLOB}")
+        fast = _blob_parts(data)
+        if fast is not None:
+            return fast
         try:
             r = Reader(data)
             magic = r.raw(4, "magic")
@@ -278,6 +282,63 @@ class AkBlob(_PublicArea):
         if stripped.startswith(b"{"):
             return cls.from_json(stripped)
         return cls.from_bytes(data)
+
+
+_FORMATS: Final[dict[bytes, AkFormat]] = {b"TPW1": "TPW1", b"PCP1": "PCP1", b"PCP2": "PCP2"}
+_u16_at = struct.Struct(">H").unpack_from
+
+
+def _blob_parts(data: bytes) -> AkBlob | None:
+    """An AK blob read by offsets when every part has the usual shape (the fast readers of
+    tpm2.keys / tpm2.structures accept it, so the generic parsers would read it the same);
+    None otherwise, and AkBlob.from_bytes reads it field by field, naming any fault."""
+    n = len(data)
+    fmt = _FORMATS.get(data[:4])
+    if fmt is None or n < 12:
+        return None
+    (size,) = _u16_at(data, 4)  # key name
+    o = 6 + size
+    if size > MAX_KEY_NAME or o + 6 > n:
+        return None
+    name_bytes = data[6:o]
+    parent = int.from_bytes(data[o : o + 4], "big")
+    o += 4
+    (size,) = _u16_at(data, o)  # TPM2B_PUBLIC
+    p0, o = o, o + 2 + size
+    if o + 2 > n:
+        return None
+    fields = public_fields(data[p0 + 2 : o])
+    if fields is None:
+        return None
+    public = data[p0:o]
+    (size,) = _u16_at(data, o)  # private
+    private = data[o + 2 : o + 2 + size]
+    o += 2 + size
+    if o + 2 > n:
+        return None
+    (size,) = _u16_at(data, o)  # TPM2B_CREATION_DATA
+    creation = data[o + 2 : o + 2 + size]
+    o += 2 + size
+    if o + 2 > n:
+        return None
+    outside_info = creation_data_outside_info(creation)
+    (size,) = _u16_at(data, o)  # attest
+    attest = data[o + 2 : o + 2 + size]
+    o += 2 + size
+    if outside_info is None or o > n:
+        return None
+    attest_fields = creation_attest_fields(attest)
+    signature = data[o:]
+    if attest_fields is None or not signature_is_exact(signature):
+        return None
+    try:
+        key_name = name_bytes.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    blob = AkBlob(fmt, public, private, creation, attest, signature, key_name, parent)
+    blob.__dict__.update(_from_bytes=True, _public_fields=fields, _outside_info=outside_info,
+                         _creation_attest=attest_fields)
+    return blob
 
 
 PcrBanks = dict[str, dict[int, bytes]]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import struct
-from typing import Final, TypeAlias
+from typing import Final, TypeAlias, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -91,10 +92,34 @@ def rsa_public_key(modulus: bytes, exponent: int) -> rsa.RSAPublicKey:
     n = int.from_bytes(modulus, "big")
     if n.bit_length() < 512 or e < 3 or e % 2 == 0:
         raise ParseError("RSA public key parameters out of range", None, "TPMT_PUBLIC")
+    if modulus[0] and n & 1:  # full width and odd (what RSAPublicNumbers checks; e < n here)
+        # A SubjectPublicKeyInfo from a template loads faster than RSAPublicNumbers.
+        prefix, suffix = _rsa_spki_frame(len(modulus), e, modulus[0] >= 0x80)
+        return cast(rsa.RSAPublicKey, serialization.load_der_public_key(prefix + modulus + suffix))
     try:
         return rsa.RSAPublicNumbers(e, n).public_key()
     except ValueError as exc:
         raise ParseError(f"invalid RSA public key: {exc}", None, "TPMT_PUBLIC") from exc
+
+
+def _der_length(n: int) -> bytes:
+    return bytes((n,)) if n < 0x80 else b"\x81" + bytes((n,)) if n < 0x100 else b"\x82" + n.to_bytes(2, "big")
+
+
+@functools.lru_cache(maxsize=16)
+def _rsa_spki_frame(size: int, e: int, pad: bool) -> tuple[bytes, bytes]:
+    """DER SubjectPublicKeyInfo of an RSA key around its ``size``-byte modulus (with a 0x00
+    before it when its top bit is set): (bytes before the modulus, bytes after it)."""
+    eb = e.to_bytes((e.bit_length() + 8) // 8, "big")  # DER INTEGER: room for a sign bit
+    n_len = size + pad
+    ints_len = 1 + len(_der_length(n_len)) + n_len + 1 + len(_der_length(len(eb))) + len(eb)
+    rsa_key_head = b"\x30" + _der_length(ints_len)
+    bits_len = 1 + len(rsa_key_head) + ints_len
+    alg = bytes.fromhex("300d06092a864886f70d0101010500")  # rsaEncryption, NULL parameters
+    body_len = len(alg) + 1 + len(_der_length(bits_len)) + bits_len
+    prefix = (b"\x30" + _der_length(body_len) + alg + b"\x03" + _der_length(bits_len) + b"\x00"
+              + rsa_key_head + b"\x02" + _der_length(n_len) + b"\x00" * pad)
+    return prefix, b"\x02" + _der_length(len(eb)) + eb
 
 
 def ecc_public_key(curve_id: int, x: bytes, y: bytes) -> ec.EllipticCurvePublicKey:

@@ -21,6 +21,7 @@ import hashlib
 import hmac
 import struct
 from collections.abc import Callable
+from contextlib import suppress
 from dataclasses import FrozenInstanceError
 from typing import Any, Final, TypeAlias
 
@@ -189,46 +190,23 @@ class AkPublic:
     ``public_der``, ``name`` and ``scheme`` are derived from the checked bytes on first use.
     """
 
-    __slots__ = (
-        "_area",
-        "_coord",
-        "_der",
-        "_ecdsa",
-        "_fields",
-        "_hash",
-        "_kind",
-        "_name",
-        "_pad",
-        "_pcr_hash",
-        "_sha1",
-        "_sig_head",
-        "_sig_len",
-        "_tpmt",
-        "_verify",
-        "format",
-        "key",
-        "public",
-    )
+    __slots__ = ("_area", "_der", "_e", "_fields", "_name", "_q", "_tpmt", "format", "key", "public")
 
     public: bytes
     key: PublicKey
     format: AkFormat | None
-    # Private: the checked fields, lazily derived views, and the hot-path caches (verify.quote).
+    # Private: the checked fields and bytes, the lazily derived views (unset until first use),
+    # and the hot-path tuples verify.quote unpacks in one step:
+    # _q = (kind, expected TPMT_SIGNATURE head, RSA signature length, key.verify, padding,
+    #       hash object, hashlib constructor of the scheme hash, uses SHA-1);
+    # _e = (coordinate size, u16 of it, DER heads, DER mids, full ECDSA signature length).
     _fields: PublicFields
     _tpmt: bytes
-    _area: TPMT_PUBLIC | None
-    _der: bytes | None
-    _name: bytes | None
-    _kind: int
-    _sig_head: bytes
-    _sig_len: int
-    _pad: Any
-    _hash: hashes.HashAlgorithm
-    _pcr_hash: Callable[..., Any]
-    _coord: int
-    _ecdsa: _EcdsaFrames
-    _verify: Callable[..., None]
-    _sha1: bool
+    _area: TPMT_PUBLIC
+    _der: bytes
+    _name: bytes
+    _q: tuple[int, bytes, int, Callable[..., None], Any, hashes.HashAlgorithm, Callable[..., Any], bool]
+    _e: _EcdsaFrames
 
     def __setattr__(self, name: str, value: object) -> None:
         raise FrozenInstanceError(f"cannot assign to field {name!r}")
@@ -252,30 +230,33 @@ class AkPublic:
     @property
     def public_area(self) -> TPMT_PUBLIC:
         """The parsed TPMT_PUBLIC."""
-        area = self._area
-        if area is None:
+        try:
+            return self._area
+        except AttributeError:
             area = TPMT_PUBLIC.from_bytes(self._tpmt)  # these bytes passed every check already
-            object.__setattr__(self, "_area", area)
-        return area
+            _set(self, "_area", area)
+            return area
 
     @property
     def public_der(self) -> bytes:
         """SubjectPublicKeyInfo DER of the AK."""
-        der = self._der
-        if der is None:
+        try:
+            return self._der
+        except AttributeError:
             der = public_der(self.key)
-            object.__setattr__(self, "_der", der)
-        return der
+            _set(self, "_der", der)
+            return der
 
     @property
     def name(self) -> bytes:
         """The TPM Name: nameAlg || H_nameAlg(the public area bytes as received)."""
-        name = self._name
-        if name is None:
+        try:
+            return self._name
+        except AttributeError:
             alg = self._fields[1]
-            name = _U16.pack(alg) + _HASHES[alg][1](self._tpmt).digest()
-            object.__setattr__(self, "_name", name)
-        return name
+            name: bytes = _U16.pack(alg) + _HASHES[alg][1](self._tpmt).digest()
+            _set(self, "_name", name)
+            return name
 
     @property
     def scheme(self) -> TPMT_SCHEME:
@@ -413,25 +394,17 @@ class AkPublic:
         _set(self, "format", fmt)
         _set(self, "_fields", fields)
         _set(self, "_tpmt", tpmt)
-        _set(self, "_area", area)
-        _set(self, "_der", None)
-        _set(self, "_name", None)
-        _set(self, "_kind", kind)
-        _set(self, "_sig_head", head)
-        _set(self, "_sig_len", sig_len)
-        _set(self, "_pad", pad)
-        _set(self, "_hash", hash_obj)
-        _set(self, "_pcr_hash", hash_pair[1])
-        _set(self, "_coord", coord)
-        _set(self, "_ecdsa", _ecdsa_frames(coord) if coord else _NO_ECDSA)
-        _set(self, "_verify", key.verify)
-        _set(self, "_sha1", sha1)
+        if area is not None:
+            _set(self, "_area", area)
+        _set(self, "_q", (kind, head, sig_len, key.verify, pad, hash_obj, hash_pair[1], sha1))
+        _set(self, "_e", _ecdsa_frames(coord) if coord else _NO_ECDSA)
         return self
 
     def _with_format(self, fmt: AkFormat) -> AkPublic:
         other = _new(AkPublic)
         for slot in AkPublic.__slots__:
-            _set(other, slot, getattr(self, slot))
+            with suppress(AttributeError):  # a view not derived yet
+                _set(other, slot, getattr(self, slot))
         _set(other, "format", fmt)
         return other
 
@@ -441,10 +414,11 @@ class AkPublic:
         Raises SCHEME_MISMATCH (another algorithm or hash than the key's scheme), WEAK_KEY
         (SHA-1 refused), MALFORMED (not exactly one TPMT_SIGNATURE) or BAD_SIGNATURE.
         """
-        if self._sha1 and not allow_sha1:
+        kind, head, sig_len, verify, pad, hash_obj, _pcr_hash, sha1 = self._q
+        if sha1 and not allow_sha1:
             raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1, which is refused")
         sig = bytes(signature)
-        if sig[:4] != self._sig_head[:4]:
+        if sig[:4] != head[:4]:
             if len(sig) < 4:
                 raise _fail(Reason.MALFORMED, f"TPMT_SIGNATURE of {len(sig)} bytes")
             alg, h = _SIG_HEAD.unpack_from(sig, 0)
@@ -452,20 +426,19 @@ class AkPublic:
                         f"signature {_alg_name(alg)}-{_alg_name(h)} but the AK's scheme is "
                         f"{_alg_name(self._fields[3])}-{_alg_name(self._fields[4])}")
         try:
-            if self._kind == _KIND_ECDSA:
-                self._verify(self._ecdsa_signature(sig), message, self._pad)
+            if kind == _KIND_ECDSA:
+                verify(self._ecdsa_signature(sig), message, pad)
             else:
-                if len(sig) != self._sig_len or sig[4:6] != self._sig_head[4:6]:
+                if len(sig) != sig_len or sig[4:6] != head[4:6]:
                     raise _fail(Reason.MALFORMED,
-                                f"RSA TPMT_SIGNATURE of {len(sig)} bytes, expected {self._sig_len}")
-                self._verify(sig[6:], message, self._pad, self._hash)
+                                f"RSA TPMT_SIGNATURE of {len(sig)} bytes, expected {sig_len}")
+                verify(sig[6:], message, pad, hash_obj)
         except InvalidSignature:
             raise _fail(Reason.BAD_SIGNATURE, "the signature does not verify under the AK") from None
 
     def _ecdsa_signature(self, sig: bytes) -> bytes:
         """DER signature from an ECDSA TPMT_SIGNATURE (exact length, coordinates in range)."""
-        c = self._coord
-        coord_u16, heads, mids, full_len = self._ecdsa
+        c, coord_u16, heads, mids, full_len = self._e
         if len(sig) == full_len and sig[4:6] == coord_u16 and sig[6 + c : 8 + c] == coord_u16:
             # Full-width r and s (what TPMs send): splice them into a prepared DER frame.
             r0 = sig[6]
@@ -485,15 +458,15 @@ class AkPublic:
         return ecdsa_der(sig[6 : 6 + rn], sig[8 + rn :])
 
 
-_EcdsaFrames: TypeAlias = tuple[bytes, tuple[bytes, ...], tuple[bytes, ...], int]
-_NO_ECDSA: Final[_EcdsaFrames] = (b"", (), (), -1)
+_EcdsaFrames: TypeAlias = tuple[int, bytes, tuple[bytes, ...], tuple[bytes, ...], int]
+_NO_ECDSA: Final[_EcdsaFrames] = (0, b"", (), (), -1)
 
 
 @functools.cache
 def _ecdsa_frames(coord: int) -> _EcdsaFrames:
-    """(u16 coordinate size, DER heads, DER mids, full TPMT_SIGNATURE length) for a curve."""
+    """(coordinate size, its u16, DER heads, DER mids, full TPMT_SIGNATURE length) for a curve."""
     heads, mids = _der_templates(coord)
-    return _U16.pack(coord), heads, mids, 8 + 2 * coord
+    return coord, _U16.pack(coord), heads, mids, 8 + 2 * coord
 
 
 @functools.cache

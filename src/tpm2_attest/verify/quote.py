@@ -418,19 +418,20 @@ def verify_quote(
         if not allow_empty_nonce:
             raise _fail(Reason.EMPTY_NONCE, "no nonce given: a quote over no nonce can be replayed")
         nonce = b""
-    if not allow_sha1 and ak._sha1:
+    kind, head, sig_len, verify, pad, hash_obj, pcr_hash, sha1 = ak._q
+    if sha1 and not allow_sha1:
         raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1, which is refused")
 
     # 1. Signature, under the AK's own scheme, before anything of the attest is believed.
     try:
-        if ak._kind == _KIND_ECDSA:
-            if not sig.startswith(ak._sig_head):
+        if kind == _KIND_ECDSA:
+            if not sig.startswith(head):
                 ak.verify_signature(attest, sig, allow_sha1=allow_sha1)  # raises the precise error
-            ak._verify(ak._ecdsa_signature(sig), attest, ak._pad)
+            verify(ak._ecdsa_signature(sig), attest, pad)
         else:
-            if len(sig) != ak._sig_len or not sig.startswith(ak._sig_head):
+            if len(sig) != sig_len or not sig.startswith(head):
                 ak.verify_signature(attest, sig, allow_sha1=allow_sha1)  # raises the precise error
-            ak._verify(sig[6:], attest, ak._pad, ak._hash)
+            verify(sig[6:], attest, pad, hash_obj)
     except InvalidSignature:
         raise _fail(Reason.BAD_SIGNATURE, "the quote signature does not verify under the AK") from None
 
@@ -478,7 +479,7 @@ def verify_quote(
         joined = b"".join(kept)
 
     # 5. pcrDigest under the signing scheme's hash, over the values in selection order.
-    if ak._pcr_hash(joined).digest() != f[11]:
+    if pcr_hash(joined).digest() != f[11]:
         raise _fail(Reason.PCR_DIGEST_MISMATCH,
                     "the supplied PCR values do not hash to the quoted pcrDigest")
 
