@@ -2,8 +2,13 @@
 
 Prints ops/s (best of several timed rounds: the machine is shared, noise only slows) for the full software MakeCredential,
 for the asymmetric step alone (the floor: OAEP encryption, or ephemeral key +
-ECDH), and for KDFa. Also the EK certificate chain check against its two bare
-signature verifications. Not a test: run ``python bench/bench_credential.py``.
+ECDH), and for KDFa. Also ``verify.make_credential`` from an EK's TPM2B_PUBLIC bytes (what a
+server receives: EK checks, key load, MakeCredential, the challenge object), and with
+``--keylime-python PATH`` (an interpreter with keylime installed, e.g. a throwaway venv:
+keylime is never a dependency of this project) keylime's ``tpm_util.makecredential`` on the
+same EK bytes, measured in that interpreter the same way. Also the EK certificate chain
+check against its two bare signature verifications.
+Not a test: run ``python bench/bench_credential.py [--keylime-python PATH]``.
 """
 
 from __future__ import annotations
@@ -73,7 +78,53 @@ def _cert(
     )
 
 
+KEYLIME = """
+import os, sys, time
+from keylime.tpm.tpm_util import makecredential
+ek, name, secret = bytes.fromhex(sys.argv[1]), bytes.fromhex(sys.argv[2]), os.urandom(32)
+def rate(fn, seconds=0.25, rounds=5):
+    n = 1
+    while True:
+        t0 = time.perf_counter()
+        for _ in range(n): fn()
+        if time.perf_counter() - t0 > seconds / 10: break
+        n *= 2
+    per = max(1, int(n * seconds / (time.perf_counter() - t0)))
+    best = 0.0
+    for _ in range(rounds):
+        t0 = time.perf_counter()
+        for _ in range(per): fn()
+        best = max(best, per / (time.perf_counter() - t0))
+    return best
+print(rate(lambda: makecredential(ek, secret, name)))
+"""
+
+
+def ek_bytes_figures(keylime_python: str | None) -> None:
+    """verify.make_credential from TPM2B_PUBLIC bytes of an RSA EK, and keylime's on the same bytes."""
+    import subprocess
+
+    from tpm2_attest.tpm2 import templates as T
+    from tpm2_attest.tpm2.structures import TPM2B_PUBLIC
+    from tpm2_attest.verify import make_credential as verify_make_credential
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    ek_public = TPM2B_PUBLIC(T.with_unique(T.EK_RSA_TEMPLATE, key.public_numbers().n.to_bytes(256, "big"))).to_bytes()
+    line("RSA-2048 EK bytes: verify.make_credential", ops_per_second(lambda: verify_make_credential(ek_public, AK_NAME)))
+    if keylime_python:
+        out = subprocess.run([keylime_python, "-c", KEYLIME, ek_public.hex(), AK_NAME.hex()],
+                             capture_output=True, text=True, check=True).stdout
+        line("RSA-2048 EK bytes: keylime tpm_util.makecredential", float(out))
+        line("RSA-2048 EK bytes: verify.make_credential (again)",
+             ops_per_second(lambda: verify_make_credential(ek_public, AK_NAME)))
+
+
 def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    ap.add_argument("--keylime-python", help="python of a venv with keylime, to time its makecredential")
+    args = ap.parse_args()
     print(f"make_credential, secret 32 bytes, AES-128-CFB; {os.cpu_count()} CPUs\n")
     rsa_ek = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
     h = hashes.SHA256()
@@ -85,6 +136,7 @@ def main() -> None:
         lambda: make_credential(rsa_ek, ek_name_alg=TPM_ALG.SHA256, ak_name=AK_NAME, secret=seed)
     )
     line("RSA-2048 EK make_credential", full, floor)
+    ek_bytes_figures(args.keylime_python)
 
     for curve, alg, bits in (
         (ec.SECP256R1(), TPM_ALG.SHA256, 128),
