@@ -27,7 +27,7 @@ from typing import Any, Final, TypeAlias
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
+from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
 
 from .._frozen import frozen
 from ..errors import TpmError
@@ -157,11 +157,12 @@ def ecdsa_der(r: bytes, s: bytes) -> bytes:
     return b"\x30\x81" + bytes((n,)) + body  # P-521 only: the body stays under 256 bytes
 
 
-_PADDINGS: dict[tuple[int, int], tuple[Any, hashes.HashAlgorithm]] = {}
-"""(kind, hash) -> (padding, hash object): immutable `cryptography` objects shared by AKs."""
+_PADDINGS: dict[tuple[int, int], tuple[Any, Any]] = {}
+"""(kind, hash) -> (padding, Prehashed hash for RSA / hash object for ECDSA): immutable
+`cryptography` objects shared by AKs."""
 
 
-def _padding(kind: int, hash_alg: int) -> tuple[Any, hashes.HashAlgorithm]:
+def _padding(kind: int, hash_alg: int) -> tuple[Any, Any]:
     got = _PADDINGS.get((kind, hash_alg))
     if got is None:
         hash_obj = _HASHES[hash_alg][0]()
@@ -172,7 +173,9 @@ def _padding(kind: int, hash_alg: int) -> tuple[Any, hashes.HashAlgorithm]:
             pad = padding.PSS(mgf=padding.MGF1(hash_obj), salt_length=padding.PSS.AUTO)
         else:
             pad = ec.ECDSA(hash_obj)
-        got = _PADDINGS[kind, hash_alg] = (pad, hash_obj)
+        # RSA: the message is hashed by us (hashlib), the key verifies the digest: the same
+        # PKCS#1 v1.5 / PSS check as verify(message, hash), a little cheaper in cryptography.
+        got = _PADDINGS[kind, hash_alg] = (pad, utils.Prehashed(hash_obj) if kind != _KIND_ECDSA else hash_obj)
     return got
 
 
@@ -198,14 +201,14 @@ class AkPublic:
     # Private: the checked fields and bytes, the lazily derived views (unset until first use),
     # and the hot-path tuples verify.quote unpacks in one step:
     # _q = (kind, expected TPMT_SIGNATURE head, RSA signature length, key.verify, padding,
-    #       hash object, hashlib constructor of the scheme hash, uses SHA-1);
+    #       Prehashed(hash) for RSA, hashlib constructor of the scheme hash, uses SHA-1);
     # _e = (coordinate size, u16 of it, DER heads, DER mids, full ECDSA signature length).
     _fields: PublicFields
     _tpmt: bytes
     _area: TPMT_PUBLIC
     _der: bytes
     _name: bytes
-    _q: tuple[int, bytes, int, Callable[..., None], Any, hashes.HashAlgorithm, Callable[..., Any], bool]
+    _q: tuple[int, bytes, int, Callable[..., None], Any, Any, Callable[..., Any], bool]
     _e: _EcdsaFrames
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -414,7 +417,7 @@ class AkPublic:
         Raises SCHEME_MISMATCH (another algorithm or hash than the key's scheme), WEAK_KEY
         (SHA-1 refused), MALFORMED (not exactly one TPMT_SIGNATURE) or BAD_SIGNATURE.
         """
-        kind, head, sig_len, verify, pad, hash_obj, _pcr_hash, sha1 = self._q
+        kind, head, sig_len, verify, pad, hash_obj, pcr_hash, sha1 = self._q
         if sha1 and not allow_sha1:
             raise _fail(Reason.WEAK_KEY, "the AK uses SHA-1, which is refused")
         sig = bytes(signature)
@@ -432,7 +435,7 @@ class AkPublic:
                 if len(sig) != sig_len or sig[4:6] != head[4:6]:
                     raise _fail(Reason.MALFORMED,
                                 f"RSA TPMT_SIGNATURE of {len(sig)} bytes, expected {sig_len}")
-                verify(sig[6:], message, pad, hash_obj)
+                verify(sig[6:], pcr_hash(message).digest(), pad, hash_obj)
         except InvalidSignature:
             raise _fail(Reason.BAD_SIGNATURE, "the signature does not verify under the AK") from None
 

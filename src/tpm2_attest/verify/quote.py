@@ -431,7 +431,7 @@ def verify_quote(
         else:
             if len(sig) != sig_len or not sig.startswith(head):
                 ak.verify_signature(attest, sig, allow_sha1=allow_sha1)  # raises the precise error
-            verify(sig[6:], attest, pad, hash_obj)
+            verify(sig[6:], pcr_hash(attest).digest(), pad, hash_obj)  # hash_obj: Prehashed
     except InvalidSignature:
         raise _fail(Reason.BAD_SIGNATURE, "the quote signature does not verify under the AK") from None
 
