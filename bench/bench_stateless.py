@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
           f"{'wall-clock' if args.wall else 'thread CPU'} time; load average {os.getloadavg()[0]:.2f}")
     print(f"python {sys.version.split()[0]}; AK and quote as bytes + JSON on every call")
     print(f"{'AK':<13}{'path':<6}{'floor µs':>9}{'µs':>9}{'ratio':>8}{'(IQR)':>14}{'min-based':>11}")
-    cache = quote_module._AKS
+    cache: dict[object, object] = getattr(quote_module, "_AKS", {})  # (an older tree has no cache)
     for kind, label in (("ecc", "ECDSA P-256"), ("rsa", "RSA-2048")):
         ak, quote, nonce = quotes[kind]
         ak_bytes, quote_json = ak.public, quote.to_json()
