@@ -240,3 +240,12 @@ def test_rsa_keys_from_a_der_template_equal_rsapublicnumbers(bits: int, exponent
     except ParseError:
         got_even = ParseError
     assert got_even == want_even
+
+
+def test_evidence_knows_the_tpm2_tools_credential_magic() -> None:
+    """evidence.py reads tpm2-tools credential files without importing tpm2.crypto (ciphers)
+    until it sees one: its copy of the magic is the one tpm2.crypto writes."""
+    from tpm2_attest import evidence
+    from tpm2_attest.tpm2.crypto import TPM2_TOOLS_CREDENTIAL_MAGIC
+
+    assert TPM2_TOOLS_CREDENTIAL_MAGIC.to_bytes(4, "big") == evidence._TOOLS_MAGIC

@@ -18,11 +18,6 @@ from typing import Any, Final, Literal
 from ._frozen import frozen
 from .errors import ErrorCode, TpmError
 from .tpm2.constants import HASH_BY_NAME, HASH_NAMES, HASH_SIZES
-from .tpm2.crypto import (
-    TPM2_TOOLS_CREDENTIAL_MAGIC,
-    read_tpm2_tools_credential,
-    write_tpm2_tools_credential,
-)
 from .tpm2.keys import object_name, parse_public, public_der, public_fields
 from .tpm2.marshal import ParseError, Reader, Writer
 from .tpm2.structures import (
@@ -341,6 +336,9 @@ def _blob_parts(data: bytes) -> AkBlob | None:
     return blob
 
 
+_TOOLS_MAGIC: Final = b"\xba\xdc\xc0\xde"
+"""tpm2-tools' credential file magic (tpm2.crypto.TPM2_TOOLS_CREDENTIAL_MAGIC, big-endian)."""
+
 PcrBanks = dict[str, dict[int, bytes]]
 
 
@@ -469,6 +467,10 @@ class CredentialChallenge:
 
     def to_tpm2_tools(self) -> bytes:
         """tpm2-tools' credential file (magic 0xBADCC0DE, version 1, then our wire form)."""
+        from .tpm2.crypto import (
+            write_tpm2_tools_credential,  # (ciphers: not loaded by every verifier)
+        )
+
         return write_tpm2_tools_credential(self.credential_blob, self.encrypted_secret)
 
     @classmethod
@@ -476,7 +478,9 @@ class CredentialChallenge:
         """Our wire form or a tpm2-tools credential file (told apart by the magic)."""
         data = bytes(data)
         try:
-            if data[:4] == TPM2_TOOLS_CREDENTIAL_MAGIC.to_bytes(4, "big"):
+            if data[:4] == _TOOLS_MAGIC:
+                from .tpm2.crypto import read_tpm2_tools_credential
+
                 blob, secret = read_tpm2_tools_credential(data)
             else:
                 r = Reader(data)

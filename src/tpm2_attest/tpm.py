@@ -28,6 +28,7 @@ from .evidence import (
 )
 from .tpm2.constants import HASH_SIZES, TPM_CAP, TPM_CC, TPM_PT, TPM_ST
 from .transport import open_transport, resolve_tcti
+from .transport.tcti import FIRST_RESPONSE_TIMEOUT, NOT_A_TPM_HINT
 
 if TYPE_CHECKING:
     from .backends.pcp_emulator import Privilege
@@ -36,17 +37,10 @@ if TYPE_CHECKING:
 
 DEFAULT_QUOTE_PCRS: Final = (0, 1, 2, 3, 4, 5, 6, 7)
 MAX_PCR_INDEX: Final = 23
-FIRST_RESPONSE_TIMEOUT: Final = 5.0
-"""Seconds a TPM gets to answer the first command at open time (a TPM2_GetCapability, which
-every TPM answers in milliseconds): what is silent that long is not a TPM, or not this one's
-data port. A ``timeout`` given to :meth:`Tpm.open` replaces it."""
 _NETWORK_TRANSPORTS: Final = frozenset({"swtpm", "mssim"})
 """Transports whose peer may be something else than a TPM: opening them checks it answers."""
 _FIRST_COMMAND: Final = struct.pack(">HIIIII", TPM_ST.NO_SESSIONS, 22, TPM_CC.GetCapability,
                                     TPM_CAP.TPM_PROPERTIES, TPM_PT.MANUFACTURER, 1)
-NOT_A_TPM_HINT: Final = ("check that this is a TPM: for swtpm, its data port (swtpm socket --server "
-                         "port=N), not its control port (--ctrl, usually N + 1); a TPM that needs "
-                         "longer to answer: open it with a longer timeout")
 
 
 def _check_answers(transport: Transport, limit: float) -> None:

@@ -13,16 +13,25 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Final, TypeAlias
+from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
 from .._files import write_atomic
 from ..errors import ErrorCode, TpmError
-from ..evidence import Quote
 from ..progress import terminal_progress
-from ..tpm import FIRST_RESPONSE_TIMEOUT, NOT_A_TPM_HINT, Tpm
 from ..tpm2.selection import PcrSelectionError, parse_pcr_selection
-from ..transport.tcti import ENV_VARS, env_hint, parse_tcti, resolve_tcti
+from ..transport.tcti import (
+    ENV_VARS,
+    FIRST_RESPONSE_TIMEOUT,
+    NOT_A_TPM_HINT,
+    env_hint,
+    parse_tcti,
+    resolve_tcti,
+)
 from ..verify import Reason, VerificationError
+
+if TYPE_CHECKING:
+    from ..evidence import Quote
+    from ..tpm import Tpm
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_TPM = 0, 1, 2, 3
 """Exit codes of every command: 0 success; 1 a check, step or request failed (``TpmError``,
@@ -110,6 +119,8 @@ def check_tcti(tcti: str | None) -> tuple[str | None, str]:
 def open_tpm(args: argparse.Namespace, *, fallback: bool) -> Tpm:
     """Open --tcti / the environment / the device; the embedded swtpm only when allowed and
     nothing was named (an explicit TPM that is down is an error, not a silent swap)."""
+    from ..tpm import Tpm  # the device stack loads only for commands that use a TPM
+
     progress = terminal_progress()  # a spinner on a terminal for slow key creation; None when piped
     source = "embedded"
     try:
@@ -173,6 +184,8 @@ def write_output(path: str, data: bytes, option: str) -> None:
 def read_quote(path: str, option: str = "--quote") -> Quote:
     """The quote JSON ``tpm2-attest quote`` wrote; malformed, it is a VerificationError
     (MALFORMED) naming ``option``, in the verifier's words."""
+    from ..evidence import Quote
+
     raw = read_input(path, option)
     try:
         return Quote.from_json(raw)

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from ..errors import TpmError
-from ..evidence import AkBlob, CredentialChallenge
 from .common import (
     EXIT_FAIL,
     EXIT_OK,
@@ -23,9 +23,14 @@ from .common import (
     write_output,
 )
 
+if TYPE_CHECKING:
+    from ..evidence import AkBlob
+
 
 def load_ak(path: str, option: str = "--ak") -> AkBlob:
     """The AK blob in ``path`` (binary or JSON); a malformed one names the option."""
+    from ..evidence import AkBlob  # loaded by the commands that use it, not at every start
+
     try:
         return AkBlob.load(read_input(path, option))
     except TpmError as exc:
@@ -130,6 +135,8 @@ def cmd_quote(args: argparse.Namespace) -> int:
 
 
 def cmd_activate(args: argparse.Namespace) -> int:
+    from ..evidence import CredentialChallenge
+
     blob = load_ak(args.ak)
     raw = read_input(args.challenge, "--challenge")
     try:

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, overload
 
 from .. import verify
-from ..policy import SECTIONS, Policy, PolicyError, learn
 from .common import (
     EXIT_FAIL,
     EXIT_OK,
@@ -24,6 +24,30 @@ from .common import (
     read_input,
     read_quote,
 )
+
+
+class _SectionKeys(Sequence[str]):
+    """The policy section keys, for --section's choices: read from tpm2_attest.policy when argparse
+    first asks (the policy package loads cryptography.x509; other commands need not)."""
+
+    def _keys(self) -> list[str]:
+        from ..policy import SECTIONS
+
+        return [c.key for c in SECTIONS]
+
+    @overload
+    def __getitem__(self, i: int) -> str: ...
+    @overload
+    def __getitem__(self, i: slice) -> Sequence[str]: ...
+
+    def __getitem__(self, i: int | slice) -> str | Sequence[str]:
+        return self._keys()[i]
+
+    def __len__(self) -> int:
+        return len(self._keys())
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._keys()
 
 
 def _evidence(args: argparse.Namespace) -> tuple[verify.QuoteResult, verify.EventLogResult | None]:
@@ -40,6 +64,8 @@ def _evidence(args: argparse.Namespace) -> tuple[verify.QuoteResult, verify.Even
 
 def cmd_learn(args: argparse.Namespace) -> int:
     """Verify the evidence, learn the policy that describes it exactly, write it atomically."""
+    from ..policy import PolicyError, learn  # (cryptography.x509: loaded by the policy commands)
+
     quote, log = _evidence(args)
     try:
         p = learn(quote, log, name=args.name, sections=args.section)
@@ -55,6 +81,8 @@ def cmd_learn(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     """Verify the evidence and judge it against --policy; 1 with every violation when refused."""
+    from ..policy import Policy, PolicyError
+
     try:
         p = Policy.load(args.policy)
     except PolicyError as exc:
@@ -104,7 +132,7 @@ def add_parser(sub: SubParsers) -> None:
                    help="the policy file to write (JSON, or YAML for .yaml/.yml; atomic)")
     s.add_argument("--name", help="the policy's name")
     s.add_argument("--section", action="append", metavar="KEY",
-                   choices=[c.key for c in SECTIONS],
+                   choices=_SectionKeys(),
                    help="learn only these sections (repeatable; default: every section with "
                    "something to say)")
     s.set_defaults(func=cmd_learn)

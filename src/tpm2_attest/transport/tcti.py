@@ -42,6 +42,15 @@ INSTEAD: Final = ("device:/dev/tpmrm0 (the kernel's resource manager, which shar
 _DIGITS: Final = re.compile(r"[0-9]{1,5}")
 _LIBNAME: Final = re.compile(r"^(?:lib)?(?:tss2-)?(?:tcti-)?(?P<name>[a-z0-9-]+?)(?:\.so(?:\.\d+)*)?$")
 
+FIRST_RESPONSE_TIMEOUT: Final = 5.0
+"""Seconds a TPM gets to answer the first command at open time (a TPM2_GetCapability, which
+every TPM answers in milliseconds): what is silent that long is not a TPM, or not this one's
+data port. A ``timeout`` given to :meth:`Tpm.open` replaces it."""
+NOT_A_TPM_HINT: Final = ("check that this is a TPM: for swtpm, its data port (swtpm socket --server "
+                         "port=N), not its control port (--ctrl, usually N + 1); a TPM that needs "
+                         "longer to answer: open it with a longer timeout")
+"""The hint of a first response that did not come: the peer may be another port or program."""
+
 
 def _bad(message: str) -> TpmError:
     return TpmError(message, code=ErrorCode.INVALID_ARGUMENT)
