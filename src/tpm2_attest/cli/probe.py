@@ -30,7 +30,6 @@ from ..probe import (
     run_probe,
 )
 from ..progress import terminal_progress
-from ..tpm import Tpm
 from .common import EXIT_FAIL, EXIT_NO_TPM, EXIT_OK, EXIT_USAGE, SubParsers
 
 WINDOWS_REPORT: Final = "windows-report"
@@ -38,6 +37,7 @@ WINDOWS_REPORT: Final = "windows-report"
 
 if TYPE_CHECKING:
     from ..backends.pcp_emulator import Privilege
+    from ..tpm import Tpm
 
 
 @contextmanager
@@ -45,6 +45,8 @@ def _open_target(args: argparse.Namespace, on_command: Callable[[str], None] | N
                  ) -> Iterator[tuple[Tpm, dict[str, object]]]:
     """Open what the command line names: --embedded, --as-emulated, --tcti or the default TPM.
     The embedded swtpm is started only with --embedded."""
+    from ..tpm import Tpm  # the device stack loads only when a probe runs
+
     with ExitStack() as stack:
         if args.as_emulated:
             privilege = cast("Privilege", args.as_emulated)

@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+from typing import TYPE_CHECKING
 
 from .. import verify
-from ..evidence import Quote
 from ..tpm2.constants import HASH_BY_NAME, HASH_SIZES
 from ..tpm2.selection import PcrSelectionError, parse_pcr_selection
 from ..tpm2.tools_formats import PcrBanks
@@ -29,6 +29,9 @@ from .common import (
     read_quote,
     write_output,
 )
+
+if TYPE_CHECKING:
+    from ..evidence import Quote  # annotations only: read_quote loads it
 
 _AK_HELP = ("the AK: an AK blob (provision-ak, enroll), its TPM2B_PUBLIC (tpm2_createak -u) or a "
             "PEM/DER public key")
