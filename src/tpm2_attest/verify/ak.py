@@ -647,9 +647,11 @@ def check_ak(blob: AkBlob | bytes | bytearray | memoryview | str, *, nonce: byte
             raise _fail(Reason.BAD_MAGIC, f"magic 0x{magic:08x} is not TPM_GENERATED_VALUE")
         if typ != TPM_ST.ATTEST_CREATION:
             raise _fail(Reason.WRONG_TYPE, f"attestation type 0x{typ:04x}, expected ATTEST_CREATION")
-        if object_name != ak.name:  # nameAlg is one of ours (checked with the AK) and allowed
-            raise _fail(Reason.NAME_MISMATCH, "the attested objectName is not the Name of the public area")
         name_alg = fields[1]
+        name = _U16.pack(name_alg) + _HASHES[name_alg][1](ak._tpmt).digest()  # ak.name, computed once
+        _set(ak, "_name", name)
+        if object_name != name:  # nameAlg is one of ours (checked with the AK) and allowed
+            raise _fail(Reason.NAME_MISMATCH, "the attested objectName is not the Name of the public area")
         if len(creation_hash) != HASH_SIZES[name_alg] or creation_hash != _HASHES[name_alg][1](
                 ak_blob.creation_data).digest():
             raise _fail(Reason.CREATION_HASH_MISMATCH,
