@@ -100,3 +100,35 @@ def test_version() -> None:
 
     res = run_cli("--version")
     assert res.returncode == 0 and __version__ in res.stdout
+
+
+def test_the_command_table_names_each_commands_topic() -> None:
+    """cli.COMMANDS lets a command build only its topic's parser: it must list every command of
+    every topic (but `completion`, which describes the whole parser) under the right topic."""
+    import argparse
+
+    from tpm2_attest import cli
+
+    seen: dict[str, str] = {}
+    for name in cli.TOPICS:
+        p = argparse.ArgumentParser()
+        cli.topic(name).add_parser(p.add_subparsers())
+        for action in p._subparsers._group_actions:  # type: ignore[union-attr]
+            for command in action.choices:
+                seen[command] = name
+    seen.pop("completion")
+    assert seen == cli.COMMANDS
+
+
+def test_one_command_builds_only_its_topic(capsys: Any) -> None:
+    from tpm2_attest import cli
+
+    only = cli.build_parser("eventlog")
+    sub = only._subparsers._group_actions[0]  # type: ignore[union-attr]
+    assert set(sub.choices) == {"eventlog"}
+    whole = cli.build_parser()
+    assert set(whole._subparsers._group_actions[0].choices) >= set(cli.COMMANDS) | {"completion"}  # type: ignore[union-attr]
+    with pytest.raises(SystemExit):  # --help of the program still lists every command
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert all(command in out for command in cli.COMMANDS)

@@ -9,17 +9,18 @@ it parses arguments, calls the layers below and reports their errors in its own 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
 from collections.abc import Sequence
+from types import ModuleType
 from typing import Any
 
 from .._version import __version__
 from ..errors import TpmError
 from ..trust.errors import FetchError
 from ..verify import VerificationError
-from . import admin, completion, device, eventlog, policy, probe, service, trust, verifier
 from .common import (
     EXIT_FAIL,
     EXIT_NO_TPM,
@@ -32,21 +33,47 @@ from .common import (
     verification_hint,
 )
 
-TOPICS = (device, verifier, trust, probe, eventlog, policy, service, admin, completion)
-"""The sub-command modules, in the order ``--help`` lists their commands."""
+TOPICS = ("device", "verifier", "trust", "probe", "eventlog", "policy", "service", "admin",
+          "completion")
+"""The sub-command modules (in this package), in the order ``--help`` lists their commands."""
+
+COMMANDS: dict[str, str] = {
+    "info": "device", "demo": "device", "ek": "device", "provision-ak": "device",
+    "quote": "device", "activate": "device",
+    "make-credential": "verifier", "verify-ak": "verifier", "verify-quote": "verifier",
+    "trust": "trust", "probe": "probe", "eventlog": "eventlog", "policy": "policy",
+    "serve": "service", "enroll": "service", "attest": "service", "db": "service",
+    "admin": "admin",
+}
+"""Which topic module registers each command, so running one command imports and builds only
+its topic's parser (start-up time is most of a short command's time). ``completion`` describes
+the whole parser and is not listed: it builds everything. A test keeps this table exact."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The whole ``tpm2-attest`` argument parser."""
+def topic(name: str) -> ModuleType:
+    """The sub-command module ``name`` of this package."""
+    return importlib.import_module(f".{name}", __name__)
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The ``tpm2-attest`` argument parser: every command, or only the topic of ``command``
+    when it names one (``--help`` of the program lists every command)."""
+    names = (COMMANDS[command],) if command in COMMANDS else TOPICS
     p = argparse.ArgumentParser(
         prog="tpm2-attest", description="TPM 2.0 device attestation and verification",
         epilog="Exit codes: 0 success, 1 a check or step failed, 2 usage error, 3 no TPM.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.set_defaults(root_parser=p)  # for `completion`, which describes the whole parser
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for topic in TOPICS:
-        topic.add_parser(sub)
+    for name in names:
+        topic(name).add_parser(sub)
     return p
+
+
+def _command(argv: Sequence[str]) -> str | None:
+    """The command ``argv`` names (its first word), when it is a known one."""
+    first = next(iter(argv), None)
+    return first if first in COMMANDS else None
 
 
 def _report(args: argparse.Namespace, code: int, obj: dict[str, Any], text: str,
@@ -93,8 +120,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     A reader that closes stdout early (``tpm2-attest info | head -1``) ends the command
     quietly: no traceback, no "Broken pipe" message, the command's own exit code (0 when it
     was cut short while printing)."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    words = sys.argv[1:] if argv is None else list(argv)
+    parser = build_parser(_command(words))
+    args = parser.parse_args(words)
     rc = EXIT_OK
     try:
         rc = _run(args)
@@ -110,4 +138,5 @@ def main(argv: Sequence[str] | None = None) -> int:
     return rc
 
 
-__all__ = ["EXIT_FAIL", "EXIT_NO_TPM", "EXIT_OK", "EXIT_USAGE", "build_parser", "main"]
+__all__ = ["COMMANDS", "EXIT_FAIL", "EXIT_NO_TPM", "EXIT_OK", "EXIT_USAGE", "TOPICS", "build_parser",
+           "main", "topic"]
