@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric.types import (
 
 from ..evidence import AkBlob
 from .ak import AkPublic
-from .certpath import CaValidity, CertInput, usage_problem, validity, verify_path
+from .certpath import CaValidity, CertInput, key_der, usage_problem, validity, verify_path
 from .errors import Reason, VerificationError
 
 __all__ = ["AkCertificate", "verify_ak_certificate"]
@@ -80,19 +80,7 @@ def _ak_public_der(ak_public: AkPublicInput) -> bytes:
             return ak_public.public_der
         except ValueError as exc:  # ParseError of a blob's public area
             raise _fail(Reason.MALFORMED, f"AK public area: {exc}") from exc
-    if isinstance(ak_public, bytes | bytearray | memoryview):
-        from ..tpm2.keys import public_key_from_public
-
-        try:
-            key: PublicKeyTypes = public_key_from_public(bytes(ak_public))
-        except ValueError as exc:
-            raise _fail(Reason.MALFORMED, f"AK public area: {exc}") from exc
-    else:
-        key = ak_public
-    try:
-        return key.public_bytes(_DER, _SPKI)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise TypeError(f"ak_public: unsupported key {type(ak_public).__name__}") from exc
+    return key_der(ak_public, "AK")
 
 
 def verify_ak_certificate(

@@ -87,6 +87,7 @@ from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.utils import CryptographyDeprecationWarning
 
 from .._der import Malformed as _Malformed
@@ -384,6 +385,25 @@ def _quiet() -> Iterator[None]:
 
 def _fail(reason: Reason, detail: str) -> VerificationError:
     return VerificationError(reason, detail)
+
+def key_der(value: bytes | bytearray | memoryview | PublicKeyTypes, what: str) -> bytes:
+    """The SubjectPublicKeyInfo DER of the key a certificate must certify: ``value`` is a TPM
+    public area (TPM2B_PUBLIC or TPMT_PUBLIC bytes) or a ``cryptography`` public key. ``what``
+    ("EK", "AK") names it in errors: a malformed area is ``MALFORMED``, another type TypeError."""
+    if isinstance(value, bytes | bytearray | memoryview):
+        from ..tpm2.keys import public_key_from_public  # only callers that pass bytes pay for it
+
+        try:
+            key: PublicKeyTypes = public_key_from_public(bytes(value))
+        except ValueError as exc:  # ParseError is a ValueError
+            raise _fail(Reason.MALFORMED, f"{what} public area: {exc}") from exc
+    else:
+        key = value
+    try:
+        return key.public_bytes(_DER, _SPKI)
+    except (AttributeError, TypeError, ValueError) as exc:
+        raise TypeError(f"{what.lower()}_public: unsupported key {type(value).__name__}") from exc
+
 
 
 def _split_outer(data: bytes) -> tuple[bytes, list[str]]:

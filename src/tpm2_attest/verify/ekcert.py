@@ -31,6 +31,7 @@ from .certpath import (
     OID_TCG_KP_EK_CERTIFICATE,
     CaValidity,
     CertInput,
+    key_der,
     usage_problem,
     validity,
     verify_path,
@@ -123,22 +124,6 @@ def _tcg_attributes(cert: x509.Certificate) -> dict[x509.ObjectIdentifier, str]:
     return found
 
 
-def _ek_public_der(ek_public: bytes | bytearray | memoryview | PublicKeyTypes) -> bytes:
-    if isinstance(ek_public, bytes | bytearray | memoryview):
-        from ..tpm2.keys import public_key_from_public  # the lead's module; imported lazily
-
-        try:
-            key: PublicKeyTypes = public_key_from_public(bytes(ek_public))
-        except ValueError as exc:  # ParseError is a ValueError
-            raise _fail(Reason.MALFORMED, f"EK public area: {exc}") from exc
-    else:
-        key = ek_public
-    try:
-        return key.public_bytes(_DER, _SPKI)
-    except (AttributeError, TypeError, ValueError) as exc:
-        raise TypeError(f"ek_public: unsupported key {type(ek_public).__name__}") from exc
-
-
 def verify_ek_certificate(
     cert: CertInput,
     roots: Sequence[CertInput],
@@ -175,7 +160,7 @@ def verify_ek_certificate(
     problem = usage_problem(leaf_cert, "ek", strict=strict)
     if problem is not None:
         raise _fail(Reason.EK_CERT_USAGE, problem)
-    if ek_public is not None and _ek_public_der(ek_public) != public_key_der:
+    if ek_public is not None and key_der(ek_public, "EK") != public_key_der:
         raise _fail(Reason.EK_KEY_MISMATCH, "the certificate's key is not the EK presented")
 
     attrs = _tcg_attributes(leaf_cert)
