@@ -121,6 +121,10 @@ def test_wheel_is_pure_and_typed(wheel: Path) -> None:
                                                   for e in manifest["certificates"]} <= names
     assert len(manifest["certificates"]) == 56
     assert {"tpm2_attest/probe.py", "tpm2_attest/progress.py", "tpm2_attest/backends/pcp.py"} <= names
+    # the dashboard's templates and style sheet, and the migrations
+    assert {f"tpm2_attest/service/templates/dashboard/{f}" for f in
+            ("base.html", "devices.html", "device.html", "state.html", "dashboard.css")} <= names
+    assert "tpm2_attest/service/migrations/versions/0003_dashboard_sessions.py" in names
     assert not any(n.startswith(("tests/", "src/", "docs/")) for n in names)
     assert not any(n.endswith((".so", ".pyd", ".pyc")) for n in names)
     assert wheel_meta["Root-Is-Purelib"] == "true" and wheel_meta["Tag"] == "py3-none-any"

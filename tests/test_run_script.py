@@ -6,7 +6,8 @@ import subprocess
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-BUILD_ONLY = {"gcc", "python3-dev", "libtss2-dev", "pkg-config", "mingw-w64-common", "tpm2-tools", "zsh"}
+BUILD_ONLY = {"gcc", "python3-dev", "libtss2-dev", "pkg-config", "mingw-w64-common", "tpm2-tools", "zsh",
+              "chromium", "chromium-driver"}
 
 
 def packages(job: str) -> dict[str, list[str]]:

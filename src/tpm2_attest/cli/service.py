@@ -61,6 +61,8 @@ def _server_settings(args: argparse.Namespace) -> Any:
         "workers": args.workers, "host": args.host, "port": args.port, "log_format": args.log_format,
         "log_level": args.log_level, "header_timeout": args.header_timeout,
         "body_timeout": args.body_timeout, "max_connections": args.max_connections,
+        "dashboard": False if args.no_dashboard else None,
+        "dashboard_secure_cookie": True if args.dashboard_secure_cookie else None,
     }
     return Settings.load(args.config, **flags)
 
@@ -259,6 +261,9 @@ def add_parser(subparsers: SubParsers) -> None:
                    help="close connections whose request headers take longer (default 10)")
     s.add_argument("--body-timeout", type=float, metavar="SECONDS", help="408 when a body takes longer (default 30)")
     s.add_argument("--max-connections", type=int, metavar="N", help="503 beyond this many open connections (default 1024)")
+    s.add_argument("--no-dashboard", action="store_true", help="do not serve the operator dashboard (/dashboard)")
+    s.add_argument("--dashboard-secure-cookie", action="store_true",
+                   help="mark the dashboard's session cookie Secure on plain HTTP too (behind a TLS proxy)")
     s.add_argument("--log-format", choices=["text", "json"], help="default text")
     s.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="default info")
     s.set_defaults(func=cmd_serve)

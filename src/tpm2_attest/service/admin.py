@@ -2,8 +2,9 @@
 assignments, tokens and the audit log. Every endpoint needs a bearer token (:mod:`.auth`);
 every write is audited in the same transaction as the change it records.
 
-The JSON forms of records (:func:`device_json`, :func:`attestation_json`, ...) are public: the
-admin CLI prints them and other front ends (a dashboard) can render the same.
+The JSON forms of records (:func:`device_json`, :func:`attestation_json`, ...) and the reads
+that assemble them (:func:`device_listing`, :func:`device_detail`, ...) are public: the admin
+CLI prints what the API returns, the dashboard (:mod:`.dashboard`) renders the same.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .tables import (
     AttestationRecord,
     AuditRecord,
     DeviceRecord,
+    PolicyAssignment,
     PolicyRecord,
     TokenRecord,
 )
@@ -119,8 +121,108 @@ def token_json(t: TokenRecord) -> dict[str, Any]:
             "revoked_at": _t(t.revoked_at)}
 
 
+def assignment_json(a: PolicyAssignment) -> dict[str, Any]:
+    return {"kind": a.kind, "target": a.target or None, "policy": a.policy_name,
+            "assigned_at": _t(a.assigned_at), "assigned_by": a.assigned_by}
+
+
 def page_json(page: store.Page, render: Callable[[Any], dict[str, Any]]) -> dict[str, Any]:
     return {"items": [render(item) for item in page.items], "next": page.next}
+
+
+# -- what a reader sees: the operator API returns these, the dashboard renders them ---------------
+
+
+def paged(fn: Callable[[], store.Page]) -> store.Page:
+    """A listing, with a cursor it did not make as ``INVALID_REQUEST``."""
+    try:
+        return fn()
+    except store.BadCursor as exc:
+        raise ServiceError(ServiceCode.INVALID_REQUEST, f"cursor: {exc}") from None
+
+
+def device_record(s: Session, device_id: str) -> DeviceRecord:
+    """The device of this id; ``UNKNOWN_DEVICE`` when there is none."""
+    d = s.get(DeviceRecord, device_id) if len(device_id) <= 64 else None
+    if d is None:
+        raise ServiceError(ServiceCode.UNKNOWN_DEVICE, "no device has this id")
+    return d
+
+
+def device_view(s: Session, d: DeviceRecord, now: datetime) -> dict[str, Any]:
+    """A device with its status at ``now``, its tags and the policies that judge it now."""
+    out = device_json(d, store.status_of(d, now), store.tags_of(s, [d.id])[d.id])
+    out["policies"] = [{"name": n, "version": v} for n, v, _doc, _f in store.policies_for(s, d.id)]
+    return out
+
+
+def device_detail(s: Session, device_id: str, now: datetime) -> dict[str, Any]:
+    """:func:`device_view` with the device's last attestation (``UNKNOWN_DEVICE``)."""
+    d = device_record(s, device_id)
+    out = device_view(s, d, now)
+    last = s.get(AttestationRecord, d.last_attestation_id) if d.last_attestation_id else None
+    out["last_attestation"] = attestation_json(last) if last is not None else None
+    return out
+
+
+def device_listing(s: Session, now: datetime, *, status: str | None = None, tag: str | None = None,
+                   limit: int = 100, cursor: str | None = None, last: bool = False) -> dict[str, Any]:
+    """One page of devices (``next``: the cursor of the following one); ``last``: each with its
+    ``last_attestation`` too."""
+    page = paged(lambda: store.list_devices(s, now, status=status, tag=tag, limit=limit, cursor=cursor))
+    tags = store.tags_of(s, [d.id for d, _st in page.items])
+    items = [device_json(d, st, tags[d.id]) for d, st in page.items]
+    if last:
+        records = store.attestations_by_id(s, [d.last_attestation_id for d, _st in page.items
+                                               if d.last_attestation_id is not None])
+        for item in items:
+            rec = records.get(item["last_attestation_id"])
+            item["last_attestation"] = attestation_json(rec) if rec is not None else None
+    return {"items": items, "next": page.next}
+
+
+def device_history(s: Session, device_id: str, *, limit: int = 50, cursor: str | None = None) -> dict[str, Any]:
+    """One page of a device's attestations, newest first (``UNKNOWN_DEVICE``)."""
+    device_record(s, device_id)
+    return page_json(paged(lambda: store.attestation_history(s, device_id, limit=limit, cursor=cursor)),
+                     attestation_json)
+
+
+def attestation_detail(s: Session, device_id: str, attestation_id: int) -> dict[str, Any]:
+    """One attestation of a device (``UNKNOWN_DEVICE``, ``NOT_FOUND``)."""
+    device_record(s, device_id)
+    a = s.get(AttestationRecord, attestation_id)
+    if a is None or a.device_id != device_id:
+        raise ServiceError(ServiceCode.NOT_FOUND, "this device has no attestation of this id")
+    return attestation_json(a)
+
+
+def policy_listing(s: Session) -> dict[str, Any]:
+    """The newest version of every policy, and every assignment."""
+    return {"items": [policy_json(p) for p in store.list_policies(s)],
+            "assignments": [assignment_json(a) for a in store.list_assignments(s)]}
+
+
+def policy_detail(s: Session, name: str, version: int | None = None) -> dict[str, Any]:
+    """A policy's newest version (or ``version``) with the numbers of all its versions
+    (``UNKNOWN_POLICY``)."""
+    p = store.latest_policy(s, name, version)
+    if p is None:
+        raise ServiceError(ServiceCode.UNKNOWN_POLICY, f"no policy {name!r}"
+                           + (f" version {version}" if version else ""))
+    out = policy_json(p)
+    out["versions"] = [v.version for v in store.policy_versions(s, name)]
+    return out
+
+
+def audit_listing(s: Session, *, limit: int = 100, cursor: str | None = None) -> dict[str, Any]:
+    """One page of the audit log, newest first."""
+    return page_json(paged(lambda: store.audit_entries(s, limit=limit, cursor=cursor)), audit_json)
+
+
+def fleet_status(s: Session, now: datetime) -> dict[str, Any]:
+    """How many devices have each status."""
+    return {"devices": store.count_by_status(s, now), "statuses": list(STATUSES)}
 
 
 # -- the router -------------------------------------------------------------------------------------
@@ -137,52 +239,38 @@ def router(service: AttestationService) -> APIRouter:
         with db.session() as s:
             yield s, authenticate(s, authorization, role)
 
-    def _device(s: Session, device_id: str) -> DeviceRecord:
-        d = s.get(DeviceRecord, device_id)
-        if d is None:
-            raise ServiceError(ServiceCode.UNKNOWN_DEVICE, "no device has this id")
-        return d
-
-    def _view(s: Session, d: DeviceRecord, now: datetime) -> dict[str, Any]:
-        out = device_json(d, store.status_of(d, now), store.tags_of(s, [d.id])[d.id])
-        out["policies"] = [{"name": n, "version": v} for n, v, _doc, _f in store.policies_for(s, d.id)]
-        return out
-
     @api.get("/devices")
     def list_devices(authorization: Auth = None, status: Literal["trusted", "failed", "stale", "revoked"] | None = None,
                      tag: str | None = Query(default=None, max_length=64), limit: Limit = 100,
                      cursor: str | None = Query(default=None, max_length=400)) -> dict[str, Any]:
         """Devices in enrollment order; filter by status or tag; ``next`` is the next page's cursor."""
         with _op(authorization, READ) as (s, _who):
-            now = service.clock()
-            page = _paged(lambda: store.list_devices(s, now, status=status, tag=tag, limit=limit, cursor=cursor))
-            tags = store.tags_of(s, [d.id for d, _st in page.items])
-            return {"items": [device_json(d, st, tags[d.id]) for d, st in page.items], "next": page.next}
+            return device_listing(s, service.clock(), status=status, tag=tag, limit=limit, cursor=cursor)
 
     @api.get("/devices/{device_id}")
     def get_device(device_id: str, authorization: Auth = None) -> dict[str, Any]:
         """One device: status, tags, the policies that judge it now, its last attestation."""
         with _op(authorization, READ) as (s, _who):
-            d = _device(s, device_id)
-            out = _view(s, d, service.clock())
-            last = s.get(AttestationRecord, d.last_attestation_id) if d.last_attestation_id else None
-            out["last_attestation"] = attestation_json(last) if last is not None else None
-            return out
+            return device_detail(s, device_id, service.clock())
 
     @api.get("/devices/{device_id}/attestations")
     def device_attestations(device_id: str, authorization: Auth = None, limit: Limit = 50,
                             cursor: str | None = Query(default=None, max_length=400)) -> dict[str, Any]:
         """The device's attestations, newest first, refusals with their rules."""
         with _op(authorization, READ) as (s, _who):
-            _device(s, device_id)
-            return page_json(_paged(lambda: store.attestation_history(s, device_id, limit=limit, cursor=cursor)),
-                             attestation_json)
+            return device_history(s, device_id, limit=limit, cursor=cursor)
+
+    @api.get("/devices/{device_id}/attestations/{attestation_id}")
+    def device_attestation(device_id: str, attestation_id: int, authorization: Auth = None) -> dict[str, Any]:
+        """One attestation of the device: outcome, violations, what was seen, machine state."""
+        with _op(authorization, READ) as (s, _who):
+            return attestation_detail(s, device_id, attestation_id)
 
     @api.post("/devices/{device_id}/revoke")
     def revoke(device_id: str, body: RevokeRequest | None = None, authorization: Auth = None) -> dict[str, Any]:
         """Revoke a device: its challenges and attestations are refused from now on."""
         with _op(authorization, ADMIN) as (s, op):
-            d = _device(s, device_id)
+            d = device_record(s, device_id)
             now = service.clock()
             old = store.status_of(d, now)
             changed = d.revoked_at is None
@@ -191,7 +279,7 @@ def router(service: AttestationService) -> APIRouter:
                 store.audit(s, now, op.actor, "device.revoke", device_id,
                             {"reason": body.reason} if body and body.reason else None)
                 s.commit()
-            out = _view(s, d, now)
+            out = device_view(s, d, now)
         if changed:
             service.hooks.emit(StatusChange(device_id, old, REVOKED, now, "revoked"))
         return out
@@ -201,7 +289,7 @@ def router(service: AttestationService) -> APIRouter:
         """Let this device's EK enroll once more (the lost-AK case); the new enrollment revokes
         this device and inherits its tags, policy and freshness."""
         with _op(authorization, ADMIN) as (s, op):
-            d = _device(s, device_id)
+            d = device_record(s, device_id)
             if d.revoked_at is not None:
                 raise ServiceError(ServiceCode.CONFLICT, "the device is revoked: its EK may enroll anew")
             now = service.clock()
@@ -209,31 +297,31 @@ def router(service: AttestationService) -> APIRouter:
                 d.reenroll_allowed = True
                 store.audit(s, now, op.actor, "device.allow_reenroll", device_id)
                 s.commit()
-            return _view(s, d, now)
+            return device_view(s, d, now)
 
     @api.post("/devices/{device_id}/tags")
     def tags(device_id: str, body: TagsRequest, authorization: Auth = None) -> dict[str, Any]:
         """Add and remove tags; the device's policies follow at its next attestation."""
         with _op(authorization, ADMIN) as (s, op):
-            d = _device(s, device_id)
+            d = device_record(s, device_id)
             now = service.clock()
             store.set_tags(s, device_id, body.add, body.remove)
             store.audit(s, now, op.actor, "device.tags", device_id, {"add": body.add, "remove": body.remove})
             s.commit()
-            return _view(s, d, now)
+            return device_view(s, d, now)
 
     @api.patch("/devices/{device_id}")
     def patch_device(device_id: str, body: DevicePatch, authorization: Auth = None) -> dict[str, Any]:
         """Set the device's own freshness window (null: its policies' or the default)."""
         with _op(authorization, ADMIN) as (s, op):
-            d = _device(s, device_id)
+            d = device_record(s, device_id)
             now = service.clock()
             d.freshness = body.freshness
             if d.last_ok_at is not None:  # the new window applies to the last pass too
                 d.fresh_until = d.last_ok_at + timedelta(seconds=service.freshness_of(d))
             store.audit(s, now, op.actor, "device.freshness", device_id, {"freshness": body.freshness})
             s.commit()
-            return _view(s, d, now)
+            return device_view(s, d, now)
 
     # -- policies ---------------------------------------------------------------------------------
 
@@ -241,23 +329,14 @@ def router(service: AttestationService) -> APIRouter:
     def list_policies(authorization: Auth = None) -> dict[str, Any]:
         """The newest version of every policy, and every assignment."""
         with _op(authorization, READ) as (s, _who):
-            return {"items": [policy_json(p) for p in store.list_policies(s)],
-                    "assignments": [{"kind": a.kind, "target": a.target or None, "policy": a.policy_name,
-                                     "assigned_at": _t(a.assigned_at), "assigned_by": a.assigned_by}
-                                    for a in store.list_assignments(s)]}
+            return policy_listing(s)
 
     @api.get("/policies/{name}")
     def get_policy(name: NamePath, authorization: Auth = None,
                    version: int | None = Query(default=None, ge=1)) -> dict[str, Any]:
         """A policy's newest version, or ``?version=N``."""
         with _op(authorization, READ) as (s, _who):
-            p = store.latest_policy(s, name, version)
-            if p is None:
-                raise ServiceError(ServiceCode.UNKNOWN_POLICY, f"no policy {name!r}"
-                                   + (f" version {version}" if version else ""))
-            out = policy_json(p)
-            out["versions"] = [v.version for v in store.policy_versions(s, name)]
-            return out
+            return policy_detail(s, name, version)
 
     @api.put("/policies/{name}")
     def put_policy(name: NamePath, body: PolicyPut, authorization: Auth = None) -> dict[str, Any]:
@@ -284,14 +363,12 @@ def router(service: AttestationService) -> APIRouter:
     @api.get("/assignments")
     def list_assignments(authorization: Auth = None) -> dict[str, Any]:
         with _op(authorization, READ) as (s, _who):
-            return {"items": [{"kind": a.kind, "target": a.target or None, "policy": a.policy_name,
-                               "assigned_at": _t(a.assigned_at), "assigned_by": a.assigned_by}
-                              for a in store.list_assignments(s)]}
+            return {"items": [assignment_json(a) for a in store.list_assignments(s)]}
 
     def _assign(kind: str, target: str, policy: str | None, authorization: str | None) -> dict[str, Any]:
         with _op(authorization, ADMIN) as (s, op):
             if kind == "device":
-                _device(s, target)
+                device_record(s, target)
             if policy is not None and store.latest_policy(s, policy) is None:
                 raise ServiceError(ServiceCode.UNKNOWN_POLICY, f"no policy {policy!r}: PUT it first")
             now = service.clock()
@@ -354,22 +431,18 @@ def router(service: AttestationService) -> APIRouter:
                   cursor: str | None = Query(default=None, max_length=400)) -> dict[str, Any]:
         """Every operator action, newest first."""
         with _op(authorization, READ) as (s, _who):
-            return page_json(_paged(lambda: store.audit_entries(s, limit=limit, cursor=cursor)), audit_json)
+            return audit_listing(s, limit=limit, cursor=cursor)
 
     @api.get("/status")
-    def fleet_status(authorization: Auth = None) -> dict[str, Any]:
+    def status_counts(authorization: Auth = None) -> dict[str, Any]:
         """How many devices have each status."""
         with _op(authorization, READ) as (s, _who):
-            return {"devices": store.count_by_status(s, service.clock()), "statuses": list(STATUSES)}
+            return fleet_status(s, service.clock())
 
     return api
 
 
-def _paged(fn: Callable[[], store.Page]) -> store.Page:
-    try:
-        return fn()
-    except store.BadCursor as exc:
-        raise ServiceError(ServiceCode.INVALID_REQUEST, f"cursor: {exc}") from None
-
-
-__all__ = ["attestation_json", "audit_json", "device_json", "page_json", "policy_json", "router", "token_json"]
+__all__ = ["assignment_json", "attestation_detail", "attestation_json", "audit_json", "audit_listing",
+           "device_detail", "device_history", "device_json", "device_listing", "device_record", "device_view",
+           "fleet_status", "page_json", "paged", "policy_detail", "policy_json", "policy_listing", "router",
+           "token_json"]

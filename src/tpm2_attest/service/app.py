@@ -10,8 +10,8 @@ Device endpoints (``POST``, JSON, binary fields base64; see docs/service.md):
 * ``/v1/attest/challenge`` {device_id} -> {challenge_id, nonce, expires_at}
 * ``/v1/attest`` {challenge_id, quote, event_log?, ima_log?, ima_offset?} -> {ok, pcrs, status, ...}
 
-plus ``GET /v1/health``, ``GET /metrics`` and the operator API under ``/v1/admin``
-(:mod:`.admin`). Refusals are ``{"error": {"code", "reason", "detail"}}`` with a 4xx status
+plus ``GET /v1/health``, ``GET /metrics``, the operator API under ``/v1/admin``
+(:mod:`.admin`) and the operator dashboard's pages under ``/dashboard`` (:mod:`.dashboard`). Refusals are ``{"error": {"code", "reason", "detail"}}`` with a 4xx status
 (:mod:`.errors`), database failures 503, faults of the service 500, all JSON. Handlers are
 plain ``def``: FastAPI runs them in its thread pool (sized by ``Settings.threads``, as is the
 database pool), since the store and the signature checks block.
@@ -312,6 +312,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
                         count=lambda route, method, status: metrics.requests.labels(route, method, str(status)).inc())
 
     app.include_router(admin.router(service))
+    if settings.dashboard:
+        from . import dashboard  # Jinja2 and the templates only when the pages are served
+
+        app.include_router(dashboard.router(service, secure_cookie=settings.dashboard_secure_cookie))
     return app
 
 

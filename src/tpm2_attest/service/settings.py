@@ -63,6 +63,8 @@ FLAGS: Final[dict[str, str]] = {
     "header_timeout": "--header-timeout",
     "body_timeout": "--body-timeout",
     "max_connections": "--max-connections",
+    "dashboard": "--no-dashboard",
+    "dashboard_secure_cookie": "--dashboard-secure-cookie",
 }
 """The ``serve`` flag of each setting (its environment variable is ``TPM2_ATTEST_`` + the
 upper-case field name, its config-file key the field name)."""
@@ -102,7 +104,10 @@ class Settings(BaseSettings):
     passing attestation keeps a device trusted, unless its policy or the device says otherwise.
     ``challenge_rate`` per ``challenge_rate_window`` seconds: challenges one device may ask for
     (0: unlimited). ``sweep_interval``: seconds between sweeps of expired rows; ``retention``:
-    how long expired challenges and unfinished enrollments are kept. The rest is for ``serve``.
+    how long expired challenges and unfinished enrollments are kept. ``dashboard``: serve the
+    operator dashboard under ``/dashboard``; ``dashboard_secure_cookie``: mark its session cookie
+    ``Secure`` even on plain HTTP (behind a TLS-terminating proxy; it is whenever the request
+    came over HTTPS). The rest is for ``serve``.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True,
@@ -139,6 +144,8 @@ class Settings(BaseSettings):
     header_timeout: float = Field(default=10.0, gt=0)
     body_timeout: float = Field(default=30.0, gt=0)
     max_connections: int = Field(default=1024, ge=1)
+    dashboard: bool = True
+    dashboard_secure_cookie: bool = False
 
     @field_validator("ek_roots", "ek_intermediates", "ak_roots", "ak_intermediates", "ek_ca_exclude",
                      mode="before")

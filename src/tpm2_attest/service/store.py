@@ -67,6 +67,7 @@ from .tables import (
     EnrollmentRecord,
     PolicyAssignment,
     PolicyRecord,
+    SessionRecord,
     TokenRecord,
 )
 
@@ -326,12 +327,14 @@ def mark_stale(s: Session, now: datetime) -> list[str]:
 
 
 def sweep(s: Session, now: datetime, *, grace: timedelta) -> tuple[int, int]:
-    """Delete challenges and unfinished enrollments that expired more than ``grace`` ago;
-    returns how many of each (committed). A swept challenge id is simply unknown."""
+    """Delete challenges and unfinished enrollments that expired more than ``grace`` ago, and
+    expired dashboard sessions; returns how many challenges and enrollments (committed). A
+    swept challenge id is simply unknown."""
     cutoff = now - grace
     challenges = _rowcount(s.execute(delete(ChallengeRecord).where(ChallengeRecord.expires_at < cutoff)))
     enrollments = _rowcount(s.execute(delete(EnrollmentRecord).where(
         EnrollmentRecord.state != DONE, EnrollmentRecord.expires_at < cutoff)))
+    s.execute(delete(SessionRecord).where(SessionRecord.expires_at <= now))
     s.commit()
     return challenges, enrollments
 
@@ -418,6 +421,13 @@ def set_tags(s: Session, device_id: str, add: Iterable[str] = (), remove: Iterab
     return sorted((have - drop) | set(new))
 
 
+def attestations_by_id(s: Session, ids: Sequence[int]) -> dict[int, AttestationRecord]:
+    """Attestations by id (those that exist), one query."""
+    if not ids:
+        return {}
+    return {a.id: a for a in s.scalars(select(AttestationRecord).where(AttestationRecord.id.in_(list(ids))))}
+
+
 def attestation_history(s: Session, device_id: str, *, limit: int = 50,
                         cursor: str | None = None) -> Page:
     """A device's attestations, newest first."""
@@ -488,6 +498,35 @@ def audit_entries(s: Session, *, limit: int = 100, cursor: str | None = None) ->
     more = len(rows) > limit
     rows = rows[:limit]
     return Page(rows, _cursor(rows[-1].id) if more else None)
+
+
+# -- dashboard sessions -------------------------------------------------------------------------
+
+
+def add_session(s: Session, record: SessionRecord, now: datetime, *, keep: int) -> None:
+    """Store a new dashboard session; delete expired sessions, and this token's oldest beyond
+    the newest ``keep`` (a token cannot pile up rows by logging in again and again). Not
+    committed."""
+    s.execute(delete(SessionRecord).where(SessionRecord.expires_at <= now))
+    s.add(record)
+    s.flush()
+    older = list(s.scalars(select(SessionRecord.id)
+                           .where(SessionRecord.token_id == record.token_id, SessionRecord.id != record.id)
+                           .order_by(SessionRecord.created_at.desc(), SessionRecord.id).offset(max(keep - 1, 0))))
+    if older:
+        s.execute(delete(SessionRecord).where(SessionRecord.id.in_(older)))
+
+
+def session_token(s: Session, session_hash: str, now: datetime) -> TokenRecord | None:
+    """The token of a live session: the session has not expired and its token is not revoked."""
+    return s.scalars(select(TokenRecord).join(SessionRecord, SessionRecord.token_id == TokenRecord.id)
+                     .where(SessionRecord.id == session_hash, SessionRecord.expires_at > now,
+                            TokenRecord.revoked_at.is_(None))).first()
+
+
+def delete_session(s: Session, session_hash: str) -> bool:
+    """End a dashboard session; False when there was none. Not committed."""
+    return _rowcount(s.execute(delete(SessionRecord).where(SessionRecord.id == session_hash))) == 1
 
 
 # -- policies ---------------------------------------------------------------------------------
@@ -575,6 +614,7 @@ __all__ = [
     "Page",
     "PolicyAssignment",
     "PolicyRecord",
+    "SessionRecord",
     "StateConflict",
     "Store",
     "TokenRecord",

@@ -219,6 +219,21 @@ class TokenRecord(Base):
     revoked_at: Mapped[datetime | None]
 
 
+class SessionRecord(Base):
+    """A dashboard login: a browser session bound to the operator token it was opened with.
+
+    The browser holds a random session secret in a cookie; the row keeps its SHA-256 only.
+    Revoking the token ends its sessions; logging out deletes the row."""
+
+    __tablename__ = "dashboard_sessions"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    """SHA-256 (hex) of the session secret."""
+    token_id: Mapped[str] = mapped_column(ForeignKey("tokens.id"), index=True)
+    created_at: Mapped[datetime]
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
 class AuditRecord(Base):
     """One operator action: who, what, when, on what."""
 
@@ -297,6 +312,7 @@ __all__ = [
     "EnrollmentRecord",
     "PolicyAssignment",
     "PolicyRecord",
+    "SessionRecord",
     "TokenRecord",
     "UtcDateTime",
 ]
