@@ -47,8 +47,10 @@ from tpm2_attest.service.store import Store  # noqa: E402
 
 try:
     import eventlog_synth as synth
+    from test_service import BACKENDS, POSTGRES_URL, reset_postgres
 except ImportError:  # pragma: no cover - run from the repository root
     from tests import eventlog_synth as synth  # type: ignore[no-redef]
+    from tests.test_service import BACKENDS, POSTGRES_URL, reset_postgres  # type: ignore[no-redef]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -515,15 +517,20 @@ class Clock:
         return self.now
 
 
-@pytest.fixture
-def local(tmp_path: Path) -> Iterator[tuple[Any, Clock, str]]:
-    """The application in-process (no devices needed), its clock, and a read token."""
+@pytest.fixture(params=BACKENDS)
+def local(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Any, Clock, str]]:
+    """The application in-process (no devices needed) on SQLite and PostgreSQL, its clock, and
+    a read token."""
     with warnings.catch_warnings():  # newest Starlette prefers httpx2 for its TestClient
         warnings.simplefilter("ignore")
         from fastapi.testclient import TestClient
 
-    settings = Settings(database_url=f"sqlite:///{tmp_path / 's.db'}", require_ek_certificate=False,
-                        sweep_interval=0)
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    if request.param == "postgres":
+        assert POSTGRES_URL
+        reset_postgres(POSTGRES_URL)
+        url = POSTGRES_URL
+    settings = Settings(database_url=url, require_ek_certificate=False, sweep_interval=0)
     clock = Clock()
     with TestClient(create_app(settings, clock=clock)) as c:
         yield c, clock, make_token(settings.database_url, "ops", "read")
