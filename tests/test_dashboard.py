@@ -5,7 +5,7 @@ revoked. The event log the devices send carries hostile strings (markup, a scrip
 controls) in measured and unmeasured places; the pages must show them as text.
 
 Each page is also saved as a screenshot: to ``$TPM2_ATTEST_SCREENSHOTS`` when set, else to a
-pytest temporary directory (printed at the end of the module's run).
+pytest temporary directory (the run's output names it after the module's tests).
 """
 
 from __future__ import annotations
@@ -127,7 +127,7 @@ def _serve(app: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+def fleet(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Fleet]:
     """A served fleet: ``good`` passed, ``bad`` was refused by policy ``kiosk`` (its tag),
     ``gone`` attested once and was revoked (its EK then enrolled ``good``); two swtpms."""
     if not shutil.which("swtpm"):
@@ -165,7 +165,10 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
                 assert sorted(refused.value.extra["rules"]) == ["boot.kernel_cmdline", "pcrs.value"]
             yield Fleet(base, settings.database_url, settings, make_token(settings.database_url, "viewer", "read"),
                         admin_token, good.device_id, bad.device_id, gone.device_id, shots)
-    print(f"\ndashboard screenshots: {shots}")
+    capture = pytestconfig.pluginmanager.get_plugin("capturemanager")
+    if capture is not None and any(shots.iterdir()):  # where the screenshots are, in the run's output
+        with capture.global_and_fixture_disabled():
+            print(f"\ndashboard screenshots: {shots}")
 
 
 @pytest.fixture(scope="module")
