@@ -9,6 +9,11 @@ Manufacturing costs about a second, so each process manufactures once and every 
 starts from a copy of that state (same EK and seeds, separate directories and processes);
 ``fresh_identity=True`` manufactures a new EK (same CA) for that instance.
 
+``state_dir=DIR`` keeps one TPM in DIR instead, across processes: manufactured there (with a
+CA of its own) on first use, started from it afterwards, never removed, so an AK made in one
+process loads in the next (``tpm2-attest enroll --embedded`` then ``attest --embedded``).
+One process at a time uses it: the others wait for its lock (``lock_timeout``).
+
 The child never outlives us: ``stop()`` is idempotent and also runs from a
 ``weakref.finalize`` hook (which fires at interpreter exit too), and on Linux the child
 gets PR_SET_PDEATHSIG so even a SIGKILLed parent takes it down.
@@ -50,6 +55,10 @@ CMD_GET_CAPABILITY: Final = 1
 CMD_INIT: Final = 2
 CMD_SHUTDOWN: Final = 3
 
+LOCK_FILE: Final = "lock"
+"""The file in a persistent state directory that one process at a time holds (flock)."""
+DEFAULT_LOCK_TIMEOUT: Final = 60.0
+
 _PORT_RANGE: Final = (20000, 32000)
 """Below Linux's ephemeral range (32768+), so outgoing connections never squat our ports."""
 _U32: Final = struct.Struct(">I")
@@ -65,6 +74,17 @@ def _require_binaries() -> None:
     if missing:
         raise TpmError(f"swtpm is not installed (missing {', '.join(missing)})",
                        code=ErrorCode.UNSUPPORTED, hint=INSTALL_HINT)
+
+
+def user_state_dir() -> Path:
+    """Where a user's persistent embedded TPM lives by default:
+    ``$XDG_STATE_HOME/tpm2-attest/embedded-tpm`` (``~/.local/state/...``; on Windows under
+    ``%LOCALAPPDATA%``)."""
+    if os.name == "nt":  # pragma: no cover - Windows only
+        base = Path(os.environ.get("LOCALAPPDATA") or Path.home() / "AppData" / "Local")
+    else:
+        base = Path(os.environ.get("XDG_STATE_HOME") or Path.home() / ".local" / "state")
+    return base / "tpm2-attest" / "embedded-tpm"
 
 
 # -- manufacturing ----------------------------------------------------------------------------
@@ -188,6 +208,47 @@ def _copy_tree(src: Path, dst: Path) -> None:
     shutil.copytree(src, dst, ignore=shutil.ignore_patterns(".lock*"))
 
 
+# -- a persistent state directory ------------------------------------------------------------
+
+
+def _lock(root: Path, timeout: float) -> int | None:
+    """Create ``root`` (mode 0700) and hold its lock file; the descriptor to release, None
+    where there is no flock (Windows: swtpm's own lock on its state refuses a second user)."""
+    root.mkdir(mode=0o700, parents=True, exist_ok=True)
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    path = root / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise TpmError(f"embedded TPM state {root}: cannot open {path}: {exc.strerror or exc}",
+                       code=ErrorCode.TRANSPORT) from None
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "?"
+                os.close(fd)
+                raise TpmError(f"the embedded TPM in {root} is in use by another process (pid {holder}) "
+                               f"for more than {timeout:g} s", code=ErrorCode.TRANSPORT,
+                               hint="wait for the other tpm2-attest process, or use another state "
+                                    "directory") from None
+            time.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+    return fd
+
+
+def _unlock(fd: int | None) -> None:
+    if fd is not None:
+        os.close(fd)  # closing the descriptor releases the flock
+
+
 # -- the process ------------------------------------------------------------------------------
 
 
@@ -244,13 +305,18 @@ def control(port: int, command: int, payload: bytes = b"", *, timeout: float = 5
 
 
 def _stop_process(proc: subprocess.Popen[bytes], ctrl_port: int, root: Path | None,
-                  owner: int | None = None) -> None:
-    """Shut swtpm down through its control port, kill it if that does not work, remove files.
+                  owner: int | None = None, lock: int | None = None, orderly: bool = False) -> None:
+    """Shut swtpm down through its control port, kill it if that does not work, remove files
+    (``root``; None keeps them) and release the state's ``lock``.
 
+    ``orderly``: send TPM2_Shutdown(CLEAR) first, as an OS does before power-off, so that a
+    TPM whose state lives on does not count each stop as a non-orderly shutdown.
     ``owner``: the pid that started it; a fork()ed child running finalizers does nothing."""
     if owner is not None and os.getpid() != owner:
         return
     try:
+        if orderly and proc.poll() is None:
+            _orderly_shutdown(ctrl_port - 1)
         if proc.poll() is None:
             with contextlib.suppress(OSError, TpmError):
                 control(ctrl_port, CMD_SHUTDOWN, timeout=2.0)
@@ -262,6 +328,15 @@ def _stop_process(proc: subprocess.Popen[bytes], ctrl_port: int, root: Path | No
     finally:
         if root is not None:
             shutil.rmtree(root, ignore_errors=True)
+        _unlock(lock)
+
+
+def _orderly_shutdown(port: int) -> None:
+    """TPM2_Shutdown(CLEAR) on the data port (errors ignored: the process is stopped anyway)."""
+    from .transport.swtpm_tcp import SwtpmTransport
+
+    with contextlib.suppress(OSError, TpmError), SwtpmTransport(HOST, port, timeout=5.0, probe=False) as t:
+        t.send(_command(TPM_CC.Shutdown, TPM_SU.CLEAR))
 
 
 def _command(code: int, su: int) -> bytes:
@@ -281,10 +356,13 @@ class EmbeddedSwtpm:
     """
 
     def __init__(self, *, fresh_identity: bool = False, startup_timeout: float = 10.0,
-                 log_level: int = 1) -> None:
+                 log_level: int = 1, state_dir: str | os.PathLike[str] | None = None,
+                 lock_timeout: float = DEFAULT_LOCK_TIMEOUT) -> None:
         self.fresh_identity = fresh_identity
         self.startup_timeout = startup_timeout
         self.log_level = log_level
+        self.persistent_dir = Path(state_dir) if state_dir is not None else None
+        self.lock_timeout = lock_timeout
         self.host = HOST
         self._layout: _Layout | None = None
         self._proc: subprocess.Popen[bytes] | None = None
@@ -295,11 +373,14 @@ class EmbeddedSwtpm:
     # -- lifecycle ----------------------------------------------------------------------------
 
     def start(self) -> Self:
-        """Provision a fresh state directory and start swtpm (no-op if already running)."""
+        """Provision a fresh state directory and start swtpm (no-op if already running); with
+        ``state_dir``, take its lock, manufacture it on first use and start from it."""
         with self._lock:
             if self._proc is not None:
                 return self
             _require_binaries()
+            if self.persistent_dir is not None:
+                return self._start_persistent(self.persistent_dir)
             template = _manufactured_template()
             layout = _Layout(Path(tempfile.mkdtemp(prefix="tpm2-attest-swtpm-")))
             try:
@@ -317,6 +398,20 @@ class EmbeddedSwtpm:
             self._finalizer = weakref.finalize(self, _stop_process, proc, port + 1, layout.root,
                                                os.getpid())
             return self
+
+    def _start_persistent(self, root: Path) -> Self:
+        layout = _Layout(root)
+        lock = _lock(root, self.lock_timeout)
+        try:
+            if not _usable(layout):  # first use, or an interrupted first use: manufacture it
+                _manufacture(layout)
+            proc, port = self._launch(layout)
+        except BaseException:
+            _unlock(lock)
+            raise
+        self._layout, self._proc, self._port = layout, proc, port
+        self._finalizer = weakref.finalize(self, _stop_process, proc, port + 1, None, os.getpid(), lock, True)
+        return self
 
     def _launch(self, layout: _Layout) -> tuple[subprocess.Popen[bytes], int]:
         rng = random.Random()
@@ -430,7 +525,7 @@ class EmbeddedSwtpm:
 
     @property
     def root_dir(self) -> Path:
-        """The instance's private temporary folder (removed by stop())."""
+        """The instance's folder: a private temporary one (removed by stop()), or ``state_dir``."""
         return self._started().root
 
     @property

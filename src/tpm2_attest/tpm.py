@@ -226,11 +226,15 @@ class Tpm:
             raise
 
     @classmethod
-    def open_embedded(cls, *, on_command: Callable[[str], None] | None = None) -> Tpm:
-        """Start a fresh embedded swtpm (with EK certificates) and open it; stopped on close."""
+    def open_embedded(cls, *, on_command: Callable[[str], None] | None = None,
+                      state_dir: str | os.PathLike[str] | None = None) -> Tpm:
+        """Start an embedded swtpm (with EK certificates) and open it; stopped on close.
+
+        Fresh each time, or with ``state_dir`` the one TPM kept in that directory (made there
+        on first use; keys made in one process load in the next; one process at a time)."""
         from .embedded import EmbeddedSwtpm
 
-        sw = EmbeddedSwtpm()
+        sw = EmbeddedSwtpm(state_dir=state_dir)
         sw.start()
         try:
             transport = open_transport(sw.tcti)
