@@ -13,8 +13,13 @@ from __future__ import annotations
 
 import base64
 import binascii
+import http.client
 import json
 import os
+import random
+import ssl
+import threading
+import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -30,6 +35,12 @@ from .errors import ServiceCode, ServiceError
 MAX_RESPONSE: Final = 4 << 20
 """Bytes read from any response at most (the largest legitimate one is a few KiB)."""
 DEFAULT_TIMEOUT: Final = 30.0
+RETRY_BASE: Final = 1.0
+"""Seconds before the first retry of a request that could not reach the server (then doubling)."""
+RETRY_CAP: Final = 30.0
+"""The longest wait between two attempts of one request."""
+IDEMPOTENT: Final = frozenset({"GET", "HEAD", "PUT", "DELETE"})
+"""Methods retried even when the connection broke after the request was sent."""
 
 
 @dataclass(frozen=True)
@@ -82,15 +93,47 @@ class ServiceClient:
 
     ``request`` is the only transport method: a subclass may carry the same requests another
     way (the tests drive the in-process application through it). ``token`` is sent as
-    ``Authorization: Bearer`` (the operator API needs one; device endpoints ignore it)."""
+    ``Authorization: Bearer`` (the operator API needs one; device endpoints ignore it).
 
-    def __init__(self, server_url: str, *, timeout: float = DEFAULT_TIMEOUT, token: str | None = None) -> None:
+    TLS (``https://``): ``ca_file`` names the CA certificates (PEM) that the server's
+    certificate must chain to (default: the system's); ``client_cert`` / ``client_key`` the
+    certificate and key (PEM; the key may be in the certificate file) presented to a server
+    that wants one (mutual TLS). Files that cannot be used raise TlsConfigError (a ValueError).
+
+    ``retries``: how many more times a request is tried when it could not reach the server
+    (connection refused or reset, no route, a timeout while connecting), after a wait that
+    doubles from :data:`RETRY_BASE` seconds with jitter. A request that was sent and then lost
+    its connection is tried again only when it is idempotent (GET, PUT, DELETE): a POST may
+    have been acted on. Refusals (any HTTP answer) and TLS failures are never retried.
+    ``stop``: an event that, once set, ends the waiting between attempts (the agent's stop).
+    """
+
+    def __init__(self, server_url: str, *, timeout: float = DEFAULT_TIMEOUT, token: str | None = None,
+                 ca_file: str | os.PathLike[str] | None = None,
+                 client_cert: str | os.PathLike[str] | None = None,
+                 client_key: str | os.PathLike[str] | None = None, retries: int = 0,
+                 retry_base: float = RETRY_BASE, stop: threading.Event | None = None) -> None:
         parts = urllib.parse.urlsplit(server_url)
         if parts.scheme not in ("http", "https") or not parts.netloc:
             raise ValueError(f"server URL must be http:// or https://, not {server_url!r}")
+        if (ca_file or client_cert or client_key) and parts.scheme != "https":
+            raise ValueError(f"a CA file or client certificate needs an https:// server URL, not {server_url!r}")
+        if client_key and not client_cert:
+            raise ValueError("a client key needs its client certificate")
+        if retries < 0:
+            raise ValueError("retries must be >= 0")
         self.base = server_url.rstrip("/")
         self.timeout = timeout
         self.token = token
+        self.retries = retries
+        self.retry_base = retry_base
+        self.stop = stop
+        self.attempts = 0
+        """Requests sent so far, every attempt counted (for reports and tests)."""
+        handlers: list[urllib.request.BaseHandler] = []
+        if parts.scheme == "https":
+            handlers.append(urllib.request.HTTPSHandler(context=tls_context(ca_file, client_cert, client_key)))
+        self._opener = urllib.request.build_opener(*handlers)
 
     def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
         return self.request("POST", path, body)
@@ -107,18 +150,53 @@ class ServiceClient:
             headers["Content-Type"] = "application/json"
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
+        failed = 0
+        while True:
+            try:
+                return self._exchange(method, path, data, headers)
+            except _Lost as lost:
+                if failed >= self.retries or (lost.sent and method not in IDEMPOTENT):
+                    raise lost.error from None
+                failed += 1
+                if self._wait(retry_delay(failed, self.retry_base)):
+                    raise lost.error from None  # told to stop: no more attempts
+
+    def _wait(self, seconds: float) -> bool:
+        """Sleep before another attempt; True when ``stop`` was set meanwhile."""
+        if self.stop is not None:
+            return self.stop.wait(seconds)
+        time.sleep(seconds)
+        return False
+
+    def _exchange(self, method: str, path: str, data: bytes | None, headers: dict[str, str]) -> dict[str, Any]:
+        """One attempt. urllib raises URLError for what fails before the request is sent
+        (connecting, the TLS handshake, sending); what fails after (reading the answer) comes
+        as the socket's or http.client's own exception."""
         req = urllib.request.Request(self.base + path, data=data, method=method, headers=headers)
+        self.attempts += 1
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with self._opener.open(req, timeout=self.timeout) as resp:
                 raw = resp.read(MAX_RESPONSE + 1)
                 status = int(resp.status)
         except urllib.error.HTTPError as exc:
             with exc:
-                raise self._refusal(exc.code, exc.read(MAX_RESPONSE + 1)) from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise ServiceError(ServiceCode.UNREACHABLE, f"{self.base}: {reason}") from None
+                raise self._refusal(exc.code, exc.read(MAX_RESPONSE + 1), exc.headers.get("Retry-After")) from None
+        except urllib.error.URLError as exc:
+            reason = exc.reason if isinstance(exc.reason, BaseException) else OSError(str(exc.reason))
+            raise self._lost(reason, sent=False) from None
+        except (OSError, http.client.HTTPException) as exc:
+            raise self._lost(exc, sent=True) from None
         return self._decode(status, raw)
+
+    def _lost(self, exc: BaseException, *, sent: bool) -> BaseException:
+        """A failed attempt: a TLS failure is final (a ServiceError), anything else a _Lost
+        connection that may be retried."""
+        tls = tls_failure(exc)
+        if tls is not None:
+            return ServiceError(ServiceCode.TLS_FAILURE, f"{self.base}: {tls[1]}", extra={"tls": tls[0]})
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
+        when = "the connection broke after the request was sent" if sent else "could not connect"
+        return _Lost(ServiceError(ServiceCode.UNREACHABLE, f"{self.base}: {when}: {reason}"), sent=sent)
 
     def _decode(self, status: int, raw: bytes) -> dict[str, Any]:
         if len(raw) > MAX_RESPONSE:
@@ -131,7 +209,8 @@ class ServiceClient:
             raise ServiceError(ServiceCode.BAD_RESPONSE, "expected a JSON object", status=status)
         return obj
 
-    def _refusal(self, status: int, raw: bytes) -> ServiceError:
+    def _refusal(self, status: int, raw: bytes, retry_after: str | None = None) -> ServiceError:
+        kept = {"Retry-After": retry_after} if retry_after else None
         try:
             err = self._decode(status, raw).get("error")
         except ServiceError:
@@ -139,11 +218,88 @@ class ServiceClient:
         if not isinstance(err, dict) or not isinstance(err.get("code"), str):
             if status == 413:  # the framework's own limit answers a declared oversize body in text
                 return ServiceError(ServiceCode.BODY_TOO_LARGE, "the request body is too large", status=status)
-            return ServiceError(ServiceCode.BAD_RESPONSE, f"HTTP {status} without an error object", status=status)
+            return ServiceError(ServiceCode.BAD_RESPONSE, f"HTTP {status} without an error object", status=status,
+                                headers=kept)
         reason = err.get("reason")
         extra = {k: v for k, v in err.items() if k not in ("code", "reason", "detail")}
         return ServiceError(err["code"], str(err.get("detail") or ""), status=status,
-                            reason=reason if isinstance(reason, str) else None, extra=extra)
+                            reason=reason if isinstance(reason, str) else None, extra=extra, headers=kept)
+
+
+class _Lost(Exception):
+    """An attempt that did not get an answer: ``error`` to raise, and whether the request
+    may have reached the server (``sent``)."""
+
+    def __init__(self, error: ServiceError, *, sent: bool) -> None:
+        super().__init__(str(error))
+        self.error, self.sent = error, sent
+
+
+def retry_delay(failed: int, base: float = RETRY_BASE, cap: float = RETRY_CAP) -> float:
+    """Seconds to wait after the ``failed``-th failed attempt: ``base`` doubling per failure,
+    at most ``cap``, times a random factor in [0.5, 1] so that many clients spread out."""
+    return min(cap, base * 2.0 ** min(failed - 1, 60)) * random.uniform(0.5, 1.0)
+
+
+class TlsConfigError(ValueError):
+    """A CA file or client certificate that cannot be used; ``which`` says which input
+    (``ca_file`` or ``client_cert``)."""
+
+    def __init__(self, which: Literal["ca_file", "client_cert"], message: str) -> None:
+        super().__init__(message)
+        self.which = which
+
+
+def tls_context(ca_file: str | os.PathLike[str] | None = None, client_cert: str | os.PathLike[str] | None = None,
+                client_key: str | os.PathLike[str] | None = None) -> ssl.SSLContext:
+    """The client's TLS context: the system's CAs or ``ca_file``'s, hostname checks on, and
+    the client certificate when given. Raises TlsConfigError naming the file that cannot be used."""
+    try:
+        ctx = ssl.create_default_context(cafile=os.fspath(ca_file) if ca_file else None)
+    except (OSError, ssl.SSLError) as exc:
+        raise TlsConfigError("ca_file", f"CA file {ca_file}: {_why(exc)} (expected PEM certificates)") from None
+    if client_cert:
+        try:
+            ctx.load_cert_chain(os.fspath(client_cert), os.fspath(client_key) if client_key else None)
+        except (OSError, ssl.SSLError) as exc:
+            files = f"{client_cert}" + (f" / {client_key}" if client_key else "")
+            raise TlsConfigError("client_cert", f"client certificate {files}: {_why(exc)} (expected a PEM "
+                                 "certificate and its private key)") from None
+    return ctx
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLError):
+        return exc.reason or str(exc)
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+TLS_PROBLEMS: Final = ("server_untrusted", "client_certificate_required", "client_certificate_refused",
+                        "not_tls", "other")
+"""The ``tls`` member of a TLS_FAILURE error: what went wrong, for programs to branch on."""
+
+
+def tls_failure(exc: BaseException) -> tuple[str, str] | None:
+    """(kind, what it means in words) of a TLS failure, or None when ``exc`` is not one;
+    ``kind`` is one of :data:`TLS_PROBLEMS`."""
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return ("server_untrusted", f"the server's certificate is not trusted ({exc.verify_message or exc.reason}): "
+                "name the CA that issued it as the CA file")
+    if not isinstance(exc, ssl.SSLError):
+        return None
+    what = (exc.reason or str(exc)).upper()
+    if "CERTIFICATE_REQUIRED" in what:
+        return "client_certificate_required", f"the server requires a client certificate ({exc.reason})"
+    if "ALERT_HANDSHAKE_FAILURE" in what:
+        return ("client_certificate_required",
+                f"the server refused the handshake: it may require a client certificate ({exc.reason})")
+    if "UNKNOWN_CA" in what or "BAD_CERTIFICATE" in what or "CERTIFICATE_UNKNOWN" in what:
+        return "client_certificate_refused", f"the server does not accept the client certificate ({exc.reason})"
+    if "WRONG_VERSION_NUMBER" in what or "RECORD_LAYER_FAILURE" in what:
+        return "not_tls", f"the server does not speak TLS on this port (http://?) ({exc.reason})"
+    return "other", f"TLS failed: {exc.reason or exc}"
 
 
 def _client(server: str | ServiceClient, timeout: float) -> ServiceClient:

@@ -63,9 +63,12 @@ class ServiceCode(StrEnum):
     INTERNAL_ERROR = "INTERNAL_ERROR"
     """A fault in the service itself (logged with the request id)."""
     UNREACHABLE = "UNREACHABLE"
-    """(client side) the server could not be reached (refused, timed out, TLS failure)."""
+    """(client side) the server could not be reached (refused, reset, timed out)."""
     BAD_RESPONSE = "BAD_RESPONSE"
     """(client side) the server answered, but not with the JSON this protocol defines."""
+    TLS_FAILURE = "TLS_FAILURE"
+    """(client side) the TLS handshake failed: the server's certificate is not trusted, or the
+    server wants a client certificate it did not get (or does not accept). Never retried."""
 
 
 HTTP_STATUS: Final[dict[ServiceCode, int]] = {
@@ -94,6 +97,7 @@ HTTP_STATUS: Final[dict[ServiceCode, int]] = {
     ServiceCode.INTERNAL_ERROR: 500,
     ServiceCode.UNREACHABLE: 502,
     ServiceCode.BAD_RESPONSE: 502,
+    ServiceCode.TLS_FAILURE: 502,
 }
 """HTTP status of each protocol failure. Evidence refused by the verifier is 403."""
 
