@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Sequence
+from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
@@ -129,3 +130,57 @@ def der(cert: x509.Certificate) -> bytes:
 
 def pem(cert: x509.Certificate) -> bytes:
     return cert.public_bytes(PEM)
+
+
+def tls_files(directory: Path, *, client_eku: bool = True) -> dict[str, Path]:
+    """A TLS test PKI written as PEM files in ``directory``: ``ca`` (the server's CA),
+    ``server_cert``/``server_key`` (127.0.0.1 and localhost), ``client_ca``,
+    ``client_cert``/``client_key`` (issued by ``client_ca``), ``other_ca`` (trusted by nobody)
+    and ``stranger_cert``/``stranger_key`` (a client certificate issued by ``other_ca``)."""
+    import ipaddress
+
+    def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+        return key.private_bytes(PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+
+    def leaf(issuer: Issuer, label: str, eku: x509.ObjectIdentifier,
+             san: list[x509.GeneralName] | None = None) -> tuple[x509.Certificate, ec.EllipticCurvePrivateKey]:
+        key = ec.generate_private_key(ec.SECP256R1())
+        exts: list[tuple[x509.ExtensionType, bool]] = [
+            (x509.BasicConstraints(ca=False, path_length=None), True),
+            (ku(sign=True), True),
+            (x509.ExtendedKeyUsage([eku]), False),
+            (x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False),
+            (x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer[1].public_key()), False),
+        ]
+        if san:
+            exts.append((x509.SubjectAlternativeName(san), False))
+        return make_leaf(issuer, key.public_key(), subject=name(label), extensions=exts,
+                         not_after=NOW + dt.timedelta(days=30)), key
+
+    def ca(label: str) -> Issuer:
+        key = ec.generate_private_key(ec.SECP256R1())
+        cert = (x509.CertificateBuilder().subject_name(name(label)).issuer_name(name(label))
+                .public_key(key.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(NOW - dt.timedelta(days=1)).not_valid_after(NOW + dt.timedelta(days=30))
+                .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+                .add_extension(ku(cert_sign=True), critical=True)
+                .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
+                .sign(key, hashes.SHA256()))
+        return cert, key
+
+    directory.mkdir(parents=True, exist_ok=True)
+    server_ca, client_ca, other_ca = ca("test server CA"), ca("test client CA"), ca("test other CA")
+    server, server_key = leaf(server_ca, "tpm2-attest test server", SERVER_AUTH,
+                              [x509.IPAddress(ipaddress.ip_address("127.0.0.1")), x509.DNSName("localhost")])
+    client_eku_oid = ExtendedKeyUsageOID.CLIENT_AUTH if client_eku else SERVER_AUTH
+    client, client_key = leaf(client_ca, "device-1", client_eku_oid)
+    stranger, stranger_key = leaf(other_ca, "stranger", ExtendedKeyUsageOID.CLIENT_AUTH)
+    files = {"ca": pem(server_ca[0]), "server_cert": pem(server), "server_key": key_pem(server_key),
+             "client_ca": pem(client_ca[0]), "client_cert": pem(client), "client_key": key_pem(client_key),
+             "other_ca": pem(other_ca[0]), "stranger_cert": pem(stranger), "stranger_key": key_pem(stranger_key)}
+    out = {}
+    for label, data in files.items():
+        path = directory / f"{label}.pem"
+        path.write_bytes(data)
+        out[label] = path
+    return out

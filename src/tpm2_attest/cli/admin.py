@@ -19,15 +19,24 @@ from pathlib import Path
 from typing import Any
 
 from ..service.errors import ServiceError
-from .common import EXIT_FAIL, EXIT_OK, EXIT_USAGE, SubParsers, UsageError, emit, output_options
+from .common import (
+    EXIT_FAIL,
+    EXIT_OK,
+    EXIT_USAGE,
+    SERVER_ENV,
+    SubParsers,
+    UsageError,
+    client_options,
+    emit,
+    output_options,
+    service_client,
+    service_failure,
+)
 
 TOKEN_ENV = "TPM2_ATTEST_TOKEN"
-SERVER_ENV = "TPM2_ATTEST_SERVER"
 
 
 def _client(args: argparse.Namespace) -> Any:
-    from ..service.client import ServiceClient
-
     server = args.server or os.environ.get(SERVER_ENV)
     token = args.token or os.environ.get(TOKEN_ENV)
     if not server:
@@ -35,7 +44,7 @@ def _client(args: argparse.Namespace) -> Any:
     if not token:
         raise UsageError(f"give --token (or set ${TOKEN_ENV})",
                          hint="make one with 'tpm2-attest admin token create --db URL --name NAME --role admin'")
-    return ServiceClient(server, timeout=args.timeout, token=token)
+    return service_client(args, server, token=token)
 
 
 def _q(value: str) -> str:
@@ -47,11 +56,7 @@ def _run(args: argparse.Namespace, call: Callable[[Any], Any],
     try:
         obj = call(_client(args))
     except ServiceError as exc:
-        if args.json:
-            print(json.dumps({"ok": False, "status": exc.status, **exc.to_dict()}, indent=2))
-        else:
-            print(f"refused (HTTP {exc.status}): {exc}", file=sys.stderr)
-        return EXIT_FAIL
+        return service_failure(args, exc, refused="refused")
     emit(args, obj, lambda: text(obj))
     return EXIT_OK
 
@@ -247,7 +252,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 def add_parser(subparsers: SubParsers) -> None:
     """Add ``admin`` and its sub-commands to the main CLI."""
-    api = argparse.ArgumentParser(add_help=False, parents=[output_options()])
+    api = argparse.ArgumentParser(add_help=False, parents=[output_options(), client_options()])
     api.add_argument("--server", metavar="URL", help=f"the service (default ${SERVER_ENV})")
     api.add_argument("--token", help=f"operator token (default ${TOKEN_ENV}; the variable keeps it out of ps)")
     api.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",

@@ -33,11 +33,12 @@ if TYPE_CHECKING:
     from ..evidence import Quote
     from ..tpm import Tpm
 
-EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_TPM = 0, 1, 2, 3
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_NO_TPM, EXIT_ENROLL_AGAIN = 0, 1, 2, 3, 4
 """Exit codes of every command: 0 success; 1 a check, step or request failed (``TpmError``,
 ``VerificationError``, a refusal by the server, a service that cannot start); 2 a usage error
 (bad option or value, a missing input file, a TCTI that does not parse, an output file that
-exists without --force); 3 no TPM (``TPM_NOT_FOUND``)."""
+exists without --force); 3 no TPM (``TPM_NOT_FOUND``); 4 (``attest --every``) the device must
+enroll again: the service does not know it (revoked, replaced) or its AK no longer loads."""
 
 SubParsers: TypeAlias = "argparse._SubParsersAction[argparse.ArgumentParser]"
 """What ``add_subparsers()`` returns: each topic module registers its commands on it."""
@@ -66,6 +67,9 @@ def device_options(*, timeout: bool = True) -> argparse.ArgumentParser:
                    "(default: $TPM2_ATTEST_TCTI, $TPM2TOOLS_TCTI, then the platform device)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--embedded", action="store_true", help="use a fresh embedded swtpm")
+    p.add_argument("--embedded-state", metavar="DIR",
+                   help="use the embedded swtpm kept in DIR (made there on first use; keys made in one "
+                        "run load in the next); implies --embedded")
     if timeout:
         p.add_argument("--timeout", dest="tpm_timeout", type=seconds, metavar="SECONDS",
                        help="seconds each TPM command may take (default: 60 over TCP, 120 for a "
@@ -79,6 +83,89 @@ def output_options() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(add_help=False)
     p.add_argument("--json", action="store_true", help="machine-readable output")
     return p
+
+
+SERVER_ENV: Final = "TPM2_ATTEST_SERVER"
+"""The service's URL when --server is not given (enroll, attest, admin)."""
+CA_FILE_ENV: Final = "TPM2_ATTEST_CA_FILE"
+CLIENT_CERT_ENV: Final = "TPM2_ATTEST_CLIENT_CERT"
+CLIENT_KEY_ENV: Final = "TPM2_ATTEST_CLIENT_KEY"
+
+
+def client_options() -> argparse.ArgumentParser:
+    """The options of commands that talk to the service: TLS, mutual TLS, retries."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--ca-file", metavar="FILE",
+                   help=f"CA certificates (PEM) the server's certificate must chain to (default ${CA_FILE_ENV}, "
+                        "else the system's)")
+    p.add_argument("--client-cert", metavar="FILE",
+                   help=f"client certificate (PEM) for a server that wants one: mutual TLS (default ${CLIENT_CERT_ENV})")
+    p.add_argument("--client-key", metavar="FILE",
+                   help=f"its private key (PEM; default ${CLIENT_KEY_ENV}, else in --client-cert)")
+    p.add_argument("--retries", type=int, default=3, metavar="N",
+                   help="tries more when the server cannot be reached, waiting 1, 2, 4... s; never after "
+                        "a refusal (default 3)")
+    return p
+
+
+def service_client(args: argparse.Namespace, server: str, *, token: str | None = None,
+                   stop: Any = None) -> Any:
+    """The ServiceClient of the client options (UsageError naming the flag or variable at fault)."""
+    from ..service.client import ServiceClient, TlsConfigError
+
+    def given(attr: str, flag: str, env: str) -> tuple[str | None, str]:
+        value = getattr(args, attr, None)
+        if value:
+            return value, flag
+        value = os.environ.get(env) or None
+        return value, f"${env}" if value else f"{flag} (or ${env})"
+
+    ca_file, ca_name = given("ca_file", "--ca-file", CA_FILE_ENV)
+    cert, cert_name = given("client_cert", "--client-cert", CLIENT_CERT_ENV)
+    key, key_name = given("client_key", "--client-key", CLIENT_KEY_ENV)
+    retries = getattr(args, "retries", 0)
+    if retries < 0:
+        raise UsageError(f"--retries {retries}: must be 0 or more")
+    if (ca_file or cert or key) and not server.lower().startswith("https://"):
+        used = ", ".join(n for v, n in ((ca_file, ca_name), (cert, cert_name), (key, key_name)) if v)
+        raise UsageError(f"{used} need an https:// server, not {server}")
+    if key and not cert:
+        raise UsageError(f"{key_name} needs {cert_name} (the certificate of that key)")
+    for value, name in ((ca_file, ca_name), (cert, cert_name), (key, key_name)):
+        if value:
+            read_input(value, name)  # a clear usage error for a file that cannot be read
+    try:
+        return ServiceClient(server, timeout=getattr(args, "timeout", 30.0), token=token, ca_file=ca_file,
+                             client_cert=cert, client_key=key, retries=retries, stop=stop)
+    except TlsConfigError as exc:
+        names = ca_name if exc.which == "ca_file" else cert_name + (f" / {key_name}" if key else "")
+        raise UsageError(f"{names}: {exc}") from None
+    except ValueError as exc:
+        raise UsageError(f"--server {server}: {exc}") from None
+
+
+def service_failure(args: argparse.Namespace, exc: Any, *, refused: str = "refused by the server") -> int:
+    """Report a ServiceError (exit 1): the server's refusal, or what kept the request from it,
+    with a hint in the CLI's words."""
+    advice = None
+    client_side = exc.code in ("UNREACHABLE", "TLS_FAILURE", "BAD_RESPONSE")
+    tls = exc.extra.get("tls")
+    if tls == "server_untrusted":
+        advice = f"pass the CA that issued the server's certificate: --ca-file FILE (or ${CA_FILE_ENV})"
+    elif tls in ("client_certificate_required", "client_certificate_refused"):
+        advice = ("pass a client certificate the server accepts: --client-cert FILE --client-key FILE "
+                  f"(or ${CLIENT_CERT_ENV}, ${CLIENT_KEY_ENV})")
+    elif tls == "not_tls":
+        advice = "the server speaks plain HTTP there: use an http:// --server URL, or its HTTPS port"
+    elif exc.code == "UNREACHABLE":
+        advice = "check --server and that the service runs; --retries N tries longer"
+    if getattr(args, "json", False):
+        print(json.dumps({"ok": False, "status": exc.status, **exc.to_dict(), "hint": advice}, indent=2))
+    else:
+        print(f"error: {exc}" if client_side else f"{refused} (HTTP {exc.status}): {exc}", file=sys.stderr)
+        if advice:
+            print(f"hint: {advice}", file=sys.stderr)
+    return EXIT_FAIL
 
 
 def seconds(text: str) -> float:
@@ -116,16 +203,18 @@ def check_tcti(tcti: str | None) -> tuple[str | None, str]:
     return chosen, source
 
 
-def open_tpm(args: argparse.Namespace, *, fallback: bool) -> Tpm:
+def open_tpm(args: argparse.Namespace, *, fallback: bool, announce: bool = True) -> Tpm:
     """Open --tcti / the environment / the device; the embedded swtpm only when allowed and
-    nothing was named (an explicit TPM that is down is an error, not a silent swap)."""
+    nothing was named (an explicit TPM that is down is an error, not a silent swap).
+    ``announce``: say on stderr when an embedded swtpm is used."""
     from ..tpm import Tpm  # the device stack loads only for commands that use a TPM
 
-    progress = terminal_progress()  # a spinner on a terminal for slow key creation; None when piped
+    progress = terminal_progress() if announce else None  # a spinner on a terminal for slow key creation
     source = "embedded"
+    state = getattr(args, "embedded_state", None)
     try:
-        if getattr(args, "embedded", False):
-            tpm = Tpm.open_embedded(on_command=progress)
+        if getattr(args, "embedded", False) or state:
+            tpm = Tpm.open_embedded(on_command=progress, state_dir=state)
         else:
             _chosen, source = check_tcti(args.tcti)
             tpm = Tpm.open(args.tcti, timeout=getattr(args, "tpm_timeout", None),
@@ -138,8 +227,11 @@ def open_tpm(args: argparse.Namespace, *, fallback: bool) -> Tpm:
         elif exc.code == ErrorCode.TPM_NOT_FOUND and source == "default":
             exc.hint = "no TPM device here: pass --tcti, set $TPM2_ATTEST_TCTI, or use --embedded"
         raise
-    if tpm.embedded is not None and not getattr(args, "json", False):
-        print(f"No TPM found: using an embedded software TPM (swtpm at {tpm.tcti})", file=sys.stderr)
+    if tpm.embedded is not None and announce and not getattr(args, "json", False):
+        if state:
+            print(f"Using the embedded software TPM kept in {state} (swtpm at {tpm.tcti})", file=sys.stderr)
+        else:
+            print(f"No TPM found: using an embedded software TPM (swtpm at {tpm.tcti})", file=sys.stderr)
     return tpm
 
 
@@ -301,16 +393,19 @@ def exit_code(exc: TpmError) -> int:
 
 __all__ = [
     "DEFAULT_BANK",
+    "EXIT_ENROLL_AGAIN",
     "EXIT_FAIL",
     "EXIT_NO_TPM",
     "EXIT_OK",
     "EXIT_USAGE",
+    "SERVER_ENV",
     "CommandError",
     "SubParsers",
-        "UsageError",
+    "UsageError",
     "check_listen",
     "check_output",
     "check_tcti",
+    "client_options",
     "device_options",
     "emit",
     "exit_code",
@@ -324,6 +419,8 @@ __all__ = [
     "read_input",
     "read_quote",
     "seconds",
+    "service_client",
+    "service_failure",
     "tcti_origin",
     "verification_hint",
     "write_output",

@@ -17,6 +17,7 @@ import http.client
 import json
 import os
 import random
+import socket
 import ssl
 import threading
 import time
@@ -131,8 +132,11 @@ class ServiceClient:
         self.attempts = 0
         """Requests sent so far, every attempt counted (for reports and tests)."""
         handlers: list[urllib.request.BaseHandler] = []
+        self._tls: ssl.SSLContext | None = None
+        self._has_client_cert = bool(client_cert)
         if parts.scheme == "https":
-            handlers.append(urllib.request.HTTPSHandler(context=tls_context(ca_file, client_cert, client_key)))
+            self._tls = tls_context(ca_file, client_cert, client_key)
+            handlers.append(urllib.request.HTTPSHandler(context=self._tls))
         self._opener = urllib.request.build_opener(*handlers)
 
     def post(self, path: str, body: Mapping[str, Any]) -> dict[str, Any]:
@@ -192,11 +196,39 @@ class ServiceClient:
         """A failed attempt: a TLS failure is final (a ServiceError), anything else a _Lost
         connection that may be retried."""
         tls = tls_failure(exc)
+        if tls is None and self._tls is not None and isinstance(exc, _CLOSED) and self._refuses_sessions():
+            # A server that refuses the client's certificate may just close the connection
+            # (uvicorn does: no TLS alert reaches the client), which looks like a broken one.
+            tls = (("client_certificate_refused", "the server ends every TLS session before a request: it does not "
+                    "accept the client certificate") if self._has_client_cert else
+                   ("client_certificate_required", "the server ends every TLS session before a request: it requires "
+                    "a client certificate"))
         if tls is not None:
             return ServiceError(ServiceCode.TLS_FAILURE, f"{self.base}: {tls[1]}", extra={"tls": tls[0]})
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else (str(exc) or type(exc).__name__)
         when = "the connection broke after the request was sent" if sent else "could not connect"
         return _Lost(ServiceError(ServiceCode.UNREACHABLE, f"{self.base}: {when}: {reason}"), sent=sent)
+
+    def _refuses_sessions(self) -> bool:
+        """Probe: does the server close a fresh TLS session before it gets any request? (A
+        server that is merely restarting or overloaded refuses the connection or waits.)"""
+        assert self._tls is not None
+        parts = urllib.parse.urlsplit(self.base)
+        host = parts.hostname or ""
+        try:
+            with socket.create_connection((host, parts.port or 443), timeout=min(self.timeout, 5.0)) as raw, \
+                    self._tls.wrap_socket(raw, server_hostname=host) as tls:
+                tls.settimeout(min(self.timeout, 2.0))
+                try:
+                    return tls.recv(1) == b""
+                except TimeoutError:
+                    return False  # it waits for our request: the session is fine
+                except (ssl.SSLError, ConnectionError):
+                    return True
+        except (ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError):
+            return True  # closed during the handshake (TLS 1.2 checks the certificate there)
+        except OSError:
+            return False
 
     def _decode(self, status: int, raw: bytes) -> dict[str, Any]:
         if len(raw) > MAX_RESPONSE:
@@ -224,6 +256,11 @@ class ServiceClient:
         extra = {k: v for k, v in err.items() if k not in ("code", "reason", "detail")}
         return ServiceError(err["code"], str(err.get("detail") or ""), status=status,
                             reason=reason if isinstance(reason, str) else None, extra=extra, headers=kept)
+
+
+_CLOSED: Final = (http.client.RemoteDisconnected, ssl.SSLEOFError, ssl.SSLZeroReturnError, ConnectionResetError,
+                  BrokenPipeError)
+"""How a connection the server closed shows (before or after the request went out)."""
 
 
 class _Lost(Exception):
@@ -287,8 +324,8 @@ def tls_failure(exc: BaseException) -> tuple[str, str] | None:
     if isinstance(exc, ssl.SSLCertVerificationError):
         return ("server_untrusted", f"the server's certificate is not trusted ({exc.verify_message or exc.reason}): "
                 "name the CA that issued it as the CA file")
-    if not isinstance(exc, ssl.SSLError):
-        return None
+    if not isinstance(exc, ssl.SSLError) or isinstance(exc, ssl.SSLEOFError | ssl.SSLZeroReturnError):
+        return None  # a connection the server closed says nothing by itself (see _refuses_sessions)
     what = (exc.reason or str(exc)).upper()
     if "CERTIFICATE_REQUIRED" in what:
         return "client_certificate_required", f"the server requires a client certificate ({exc.reason})"
