@@ -76,6 +76,7 @@ from .models import (
 )
 from .settings import Settings
 from .store import Store
+from .webhooks import Webhooks
 
 log = logging.getLogger("tpm2_attest.service")
 
@@ -137,6 +138,16 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
             db.close()
         raise
     metrics = Metrics(db, service.clock)
+    webhooks: Webhooks | None = None
+    if settings.webhook_urls:
+        try:
+            webhooks = Webhooks(settings.webhook_urls, settings.webhook_secret(), timeout=settings.webhook_timeout,
+                                attempts=settings.webhook_attempts, backoff=settings.webhook_backoff,
+                                queue_size=settings.webhook_queue, metrics=metrics)
+        except BaseException:
+            if owned:
+                db.close()
+            raise
     pool: ThreadPoolExecutor | None = None  # the request threads of the device lane, per lifespan
 
     async def sweeper() -> None:
@@ -153,6 +164,10 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
         anyio.to_thread.current_default_thread_limiter().total_tokens = settings.threads
         pool = ThreadPoolExecutor(max_workers=settings.threads, thread_name_prefix="tpm2-attest")
         task = asyncio.create_task(sweeper()) if settings.sweep_interval > 0 else None
+        unsubscribe = None
+        if webhooks is not None:
+            webhooks.start()
+            unsubscribe = service.hooks.subscribe(webhooks.notify)
         try:
             yield {LIMITS_KEY: (settings.header_timeout, settings.max_connections)}
         finally:
@@ -162,6 +177,9 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
                     await task
             pool.shutdown(wait=True)
             pool = None
+            if webhooks is not None and unsubscribe is not None:  # the last changes get a few seconds more
+                unsubscribe()
+                await anyio.to_thread.run_sync(webhooks.stop, settings.webhook_timeout)
             if owned:
                 db.close()
 
@@ -178,6 +196,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
     app.router.route_class = JsonRoute
     app.state.service = service
     app.state.metrics = metrics
+    app.state.webhooks = webhooks
 
     def refusal(exc: BaseException) -> ServiceError:
         """Every failure as the ServiceError the client sees (logged where it is the service's)."""

@@ -4,7 +4,11 @@
 * ``tpm2_attest_refusals_total{code}``: refusals by their error code;
 * ``tpm2_attest_attestation_seconds{outcome}``: time to judge an answer to a challenge;
 * ``tpm2_attest_devices{status}``: devices per status, read from the database at each scrape
-  (so every process of a scaled-out service reports the same fleet).
+  (so every process of a scaled-out service reports the same fleet);
+* ``tpm2_attest_webhook_deliveries_total{result}``: status-change notifications ``delivered``
+  or ``failed`` (no attempt succeeded); ``tpm2_attest_webhook_attempts_total{result}``: their
+  HTTP attempts (``ok``, ``error``); ``tpm2_attest_webhook_dropped_total{reason}``: never
+  delivered (``queue_full``, ``shutdown``); ``tpm2_attest_webhook_queue``: waiting now.
 
 Each application has its own registry. With several processes (``serve --workers N``) the
 counters and histograms of all of them are summed when ``PROMETHEUS_MULTIPROC_DIR`` names a
@@ -17,7 +21,7 @@ import os
 from collections.abc import Callable, Iterator
 from datetime import datetime
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -57,6 +61,16 @@ class Metrics:
         self.attestation = Histogram("tpm2_attest_attestation_seconds",
                                      "Seconds to verify, judge and record an answer to a challenge",
                                      ["outcome"], buckets=BUCKETS, registry=self.registry)
+        self.webhook_deliveries = Counter("tpm2_attest_webhook_deliveries",
+                                          "Status-change notifications delivered or failed (every attempt failed)",
+                                          ["result"], registry=self.registry)
+        self.webhook_attempts = Counter("tpm2_attest_webhook_attempts", "Webhook HTTP attempts by result",
+                                        ["result"], registry=self.registry)
+        self.webhook_dropped = Counter("tpm2_attest_webhook_dropped",
+                                       "Status-change notifications dropped (queue full, shutdown)",
+                                       ["reason"], registry=self.registry)
+        self.webhook_queue = Gauge("tpm2_attest_webhook_queue", "Status-change notifications waiting for delivery",
+                                   registry=self.registry, multiprocess_mode="livesum")
         self.devices = _Devices(db, clock)
         self.registry.register(self.devices)
 

@@ -65,6 +65,15 @@ FLAGS: Final[dict[str, str]] = {
     "max_connections": "--max-connections",
     "dashboard": "--no-dashboard",
     "dashboard_secure_cookie": "--dashboard-secure-cookie",
+    "tls_cert": "--tls-cert",
+    "tls_key": "--tls-key",
+    "tls_client_ca": "--tls-client-ca",
+    "webhook_urls": "--webhook",
+    "webhook_secret_file": "--webhook-secret-file",
+    "webhook_timeout": "--webhook-timeout",
+    "webhook_attempts": "--webhook-attempts",
+    "webhook_backoff": "--webhook-backoff",
+    "webhook_queue": "--webhook-queue",
 }
 """The ``serve`` flag of each setting (its environment variable is ``TPM2_ATTEST_`` + the
 upper-case field name, its config-file key the field name)."""
@@ -107,7 +116,14 @@ class Settings(BaseSettings):
     how long expired challenges and unfinished enrollments are kept. ``dashboard``: serve the
     operator dashboard under ``/dashboard``; ``dashboard_secure_cookie``: mark its session cookie
     ``Secure`` even on plain HTTP (behind a TLS-terminating proxy; it is whenever the request
-    came over HTTPS). The rest is for ``serve``.
+    came over HTTPS).
+    ``tls_cert`` / ``tls_key``: ``serve`` speaks HTTPS with this certificate (PEM; the key may
+    be in the certificate file); ``tls_client_ca``: and requires client certificates issued by
+    these CAs (mutual TLS). ``webhook_urls``: receivers of status changes, POSTed as JSON signed
+    with HMAC-SHA256 under the secret in ``webhook_secret_file`` (see :mod:`.webhooks`), each
+    within ``webhook_timeout`` seconds, tried ``webhook_attempts`` times with waits doubling from
+    ``webhook_backoff`` seconds; at most ``webhook_queue`` changes wait per receiver (more are
+    dropped, counted and logged). The rest is for ``serve``.
     """
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="forbid", frozen=True,
@@ -146,9 +162,18 @@ class Settings(BaseSettings):
     max_connections: int = Field(default=1024, ge=1)
     dashboard: bool = True
     dashboard_secure_cookie: bool = False
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    webhook_urls: Annotated[tuple[str, ...], NoDecode] = ()
+    webhook_secret_file: Path | None = None
+    webhook_timeout: float = Field(default=5.0, gt=0, le=300)
+    webhook_attempts: int = Field(default=8, ge=1, le=100)
+    webhook_backoff: float = Field(default=1.0, gt=0, le=3600)
+    webhook_queue: int = Field(default=1000, ge=1, le=1_000_000)
 
     @field_validator("ek_roots", "ek_intermediates", "ak_roots", "ak_intermediates", "ek_ca_exclude",
-                     mode="before")
+                     "webhook_urls", mode="before")
     @classmethod
     def _paths(cls, value: Any) -> Any:
         """A list, or one string of comma-separated items (how an environment variable says it)."""
@@ -193,6 +218,66 @@ class Settings(BaseSettings):
                 elif chosen or given:
                     data[vendors] = (*(given or ()), *(chosen or ()))
         return data
+
+    @field_validator("webhook_urls")
+    @classmethod
+    def _webhook_urls(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        import urllib.parse
+
+        for url in value:
+            parts = urllib.parse.urlsplit(url)
+            if parts.scheme not in ("http", "https") or not parts.hostname:
+                raise ValueError(f"not an http:// or https:// URL: {redact_url(url)!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _pairs(self) -> Settings:
+        """Options that need another one."""
+        if (self.tls_key or self.tls_client_ca) and not self.tls_cert:
+            raise ValueError(f"{describe('tls_key')} and {describe('tls_client_ca')} need "
+                             f"{describe('tls_cert')}")
+        if self.webhook_urls and self.webhook_secret_file is None:
+            raise ValueError(f"{describe('webhook_urls')} needs {describe('webhook_secret_file')} "
+                             "(webhooks are signed)")
+        return self
+
+    def webhook_secret(self) -> bytes:
+        """The webhook signing secret: the file's bytes without surrounding whitespace (at
+        least 16); SettingsError naming the option when it cannot be used."""
+        path = self.webhook_secret_file
+        if path is None:
+            raise SettingsError(f"{describe('webhook_secret_file')}: not set")
+        try:
+            secret = path.read_bytes().strip()
+        except OSError as exc:
+            raise SettingsError(f"{describe('webhook_secret_file')}: cannot read {path}: "
+                                f"{exc.strerror or exc}") from None
+        if len(secret) < 16:
+            raise SettingsError(f"{describe('webhook_secret_file')}: {path} holds {len(secret)} bytes; "
+                                "use a secret of at least 16 (e.g. openssl rand -hex 32)")
+        return secret
+
+    def check_tls(self) -> None:
+        """Load the TLS files as the server will (SettingsError naming the option at fault)."""
+        import ssl
+
+        if self.tls_cert is None:
+            return
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        try:
+            ctx.load_cert_chain(self.tls_cert, self.tls_key)
+        except (OSError, ssl.SSLError) as exc:
+            raise SettingsError(f"{describe('tls_cert')} {self.tls_cert}"
+                                + (f" / {describe('tls_key')} {self.tls_key}" if self.tls_key else "")
+                                + f": {getattr(exc, 'reason', None) or getattr(exc, 'strerror', None) or exc} "
+                                "(expected a PEM certificate and its private key)") from None
+        if self.tls_client_ca is not None:
+            try:
+                ctx.load_verify_locations(cafile=self.tls_client_ca)
+            except (OSError, ssl.SSLError) as exc:
+                raise SettingsError(f"{describe('tls_client_ca')} {self.tls_client_ca}: "
+                                    f"{getattr(exc, 'reason', None) or getattr(exc, 'strerror', None) or exc} "
+                                    "(expected PEM CA certificates)") from None
 
     @classmethod
     def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
@@ -257,9 +342,11 @@ def explain(exc: ValidationError) -> str:
     for err in exc.errors()[:5]:
         loc = [str(p) for p in err.get("loc", ())]
         field = loc[0] if loc else ""
-        msg = err.get("msg", "invalid")
+        msg = str(err.get("msg", "invalid")).removeprefix("Value error, ")
         if err.get("type") == "extra_forbidden":
             parts.append(f"unknown setting {field!r} in the config file")
+        elif not field:  # a rule over several settings: its message names them
+            parts.append(msg)
         else:
             parts.append(f"{describe(field)}: {msg}")
     return "; ".join(parts)
@@ -297,6 +384,22 @@ class _ConfigFile(PydanticBaseSettingsSource):
             raise SettingsError(f"{path}: unknown setting {unknown[0]!r} (known: "
                                 f"{', '.join(Settings.model_fields)})")
         return dict(doc)
+
+
+def redact_url(url: str) -> str:
+    """A URL fit for logs: scheme, host, port and path (no user info, query or fragment,
+    which may carry credentials)."""
+    import urllib.parse
+
+    try:
+        parts = urllib.parse.urlsplit(url)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return "<unparseable URL>"
+    if ":" in host:
+        host = f"[{host}]"
+    return f"{parts.scheme}://{host}{port}{parts.path}"
 
 
 def _read(paths: tuple[Path, ...], field: str) -> list[bytes]:
@@ -344,4 +447,4 @@ def read_certificates(paths: tuple[Path, ...]) -> list[bytes]:
 
 
 __all__ = ["CONFIG_ENV", "DEFAULT_DATABASE_URL", "FLAGS", "Settings", "SettingsError", "describe",
-           "parse_ca_spec", "read_certificates"]
+           "parse_ca_spec", "read_certificates", "redact_url"]

@@ -315,13 +315,12 @@ def status_of(device: DeviceRecord | PendingAttestation, now: datetime) -> str:
 
 
 def mark_stale(s: Session, now: datetime) -> list[str]:
-    """Write down ``stale`` for trusted devices whose window has passed; their ids (committed)."""
-    ids = list(s.scalars(select(DeviceRecord.id).where(DeviceRecord.status == TRUSTED,
-                                                       DeviceRecord.fresh_until <= now)))
-    if ids:
-        s.execute(update(DeviceRecord).where(DeviceRecord.id.in_(ids), DeviceRecord.status == TRUSTED,
-                                             DeviceRecord.fresh_until <= now)
-                  .values(status=STALE, status_since=DeviceRecord.fresh_until))
+    """Write down ``stale`` for trusted devices whose window has passed; the ids of the rows
+    this call changed (committed). ``RETURNING`` names only those: when the sweepers of two
+    processes race, each device is reported by one of them (one status-change notice)."""
+    ids = list(s.scalars(update(DeviceRecord).where(DeviceRecord.status == TRUSTED, DeviceRecord.fresh_until <= now)
+                         .values(status=STALE, status_since=DeviceRecord.fresh_until)
+                         .returning(DeviceRecord.id)))
     s.commit()
     return ids
 
