@@ -28,8 +28,8 @@ class Serve:
     / ``client_key`` for mutual TLS) is how this helper itself reaches an HTTPS server."""
 
     def __init__(self, *args: str | os.PathLike[str], tls: dict[str, Path] | None = None,
-                 env: dict[str, str] | None = None, timeout: float = 60.0) -> None:
-        self.port = free_port()
+                 env: dict[str, str] | None = None, timeout: float = 60.0, port: int | None = None) -> None:
+        self.port = port or free_port()
         self.tls = tls
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - read at the end, closed by stop()
         self.proc = subprocess.Popen([sys.executable, "-m", "tpm2_attest.cli", "serve", "--port", str(self.port),

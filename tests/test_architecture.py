@@ -25,7 +25,7 @@ LAYERS: dict[str, int] = {
     "verify": 4, "trust": 4, "embedded": 4,
     "backends": 5,
     "tpm": 6, "policy": 6,
-    "demo": 7, "probe": 7, "probe_windows": 7, "service": 7,
+    "demo": 7, "probe": 7, "probe_windows": 7, "service": 7, "agent": 7,
     "cli": 8,
 }
 """Each top-level module or package of tpm2_attest and its layer: a module imports only from

@@ -61,7 +61,8 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     names = (COMMANDS[command],) if command in COMMANDS else TOPICS
     p = argparse.ArgumentParser(
         prog="tpm2-attest", description="TPM 2.0 device attestation and verification",
-        epilog="Exit codes: 0 success, 1 a check or step failed, 2 usage error, 3 no TPM.")
+        epilog="Exit codes: 0 success, 1 a check or step failed, 2 usage error, 3 no TPM, "
+               "4 (attest --every) the device must enroll again.")
     p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     p.set_defaults(root_parser=p)  # for `completion`, which describes the whole parser
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")

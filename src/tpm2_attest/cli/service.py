@@ -8,18 +8,25 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from .._files import write_atomic
+from ..errors import TpmError
 from ..service.errors import ServiceError
 from .common import (
+    EXIT_ENROLL_AGAIN,
     EXIT_FAIL,
     EXIT_OK,
     EXIT_USAGE,
+    SERVER_ENV,
     SubParsers,
+    UsageError,
     check_listen,
+    client_options,
     device_options,
     emit,
     one_bank,
@@ -27,6 +34,8 @@ from .common import (
     output_options,
     pcr_selection,
     read_input,
+    service_client,
+    service_failure,
 )
 
 INSTALL_HINT = "pip install 'tpm2-attest[service]'"
@@ -35,12 +44,25 @@ DEFAULT_DATABASE_URL = "sqlite:///tpm2-attest.db"
 DEFAULT_AK_FILE = "tpm2-attest-ak.json"
 
 
-def _refused(args: argparse.Namespace, exc: ServiceError) -> int:
-    if getattr(args, "json", False):
-        print(json.dumps({"ok": False, "status": exc.status, **exc.to_dict()}, indent=2))
-    else:
-        print(f"refused by the server (HTTP {exc.status}): {exc}", file=sys.stderr)
-    return EXIT_FAIL
+def duration(text: str) -> float:
+    """argparse type: a duration (``30s``, ``5m``, ``1h30m``, or seconds)."""
+    from ..agent import parse_duration
+
+    try:
+        return parse_duration(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def fraction(text: str) -> float:
+    """argparse type: a fraction between 0 and 0.5, as ``0.1`` or ``10%``."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a fraction: {text!r} (e.g. 0.1 or 10%)") from None
+    if not 0 <= value <= 0.5:
+        raise argparse.ArgumentTypeError(f"{text}: must be between 0 and 0.5 (50%)")
+    return value
 
 
 def _server_settings(args: argparse.Namespace) -> Any:
@@ -63,6 +85,10 @@ def _server_settings(args: argparse.Namespace) -> Any:
         "body_timeout": args.body_timeout, "max_connections": args.max_connections,
         "dashboard": False if args.no_dashboard else None,
         "dashboard_secure_cookie": True if args.dashboard_secure_cookie else None,
+        "tls_cert": args.tls_cert, "tls_key": args.tls_key, "tls_client_ca": args.tls_client_ca,
+        "webhook_urls": args.webhook, "webhook_secret_file": args.webhook_secret_file,
+        "webhook_timeout": args.webhook_timeout, "webhook_attempts": args.webhook_attempts,
+        "webhook_backoff": args.webhook_backoff, "webhook_queue": args.webhook_queue,
     }
     return Settings.load(args.config, **flags)
 
@@ -89,6 +115,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return _missing_extra(exc)
     try:
         settings = _server_settings(args)
+        settings.check_tls()
+        if settings.webhook_urls:
+            settings.webhook_secret()
     except SettingsError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -98,8 +127,15 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     check_listen(settings.host, settings.port)
-    common = {"host": settings.host, "port": settings.port, "log_config": None, "access_log": False,
-              "http": protocol(), "timeout_keep_alive": 5, "proxy_headers": False}
+    common: dict[str, Any] = {"host": settings.host, "port": settings.port, "log_config": None,
+                              "access_log": False, "http": protocol(), "timeout_keep_alive": 5,
+                              "proxy_headers": False}
+    if settings.tls_cert is not None:
+        import ssl
+
+        common.update(ssl_certfile=str(settings.tls_cert), ssl_keyfile=settings.tls_key and str(settings.tls_key))
+        if settings.tls_client_ca is not None:  # mutual TLS: no certificate, no request
+            common.update(ssl_ca_certs=str(settings.tls_client_ca), ssl_cert_reqs=ssl.CERT_REQUIRED)
     try:
         if settings.workers == 1:
             try:
@@ -156,6 +192,15 @@ def cmd_db(args: argparse.Namespace) -> int:
         store.close()
 
 
+def _embedded_state(args: argparse.Namespace) -> None:
+    """``enroll``/``attest --embedded`` keep the embedded TPM in a directory (default: the
+    user's state directory), so that the AK made at enrollment loads when attesting."""
+    if getattr(args, "embedded", False) and not getattr(args, "embedded_state", None):
+        from ..embedded import user_state_dir
+
+        args.embedded_state = str(user_state_dir())
+
+
 def cmd_enroll(args: argparse.Namespace) -> int:
     """Enroll this TPM and write the AK blob with the device id (atomically)."""
     from ..service.client import enroll
@@ -165,13 +210,18 @@ def cmd_enroll(args: argparse.Namespace) -> int:
         print(f"error: {out} exists (it may hold the AK of an earlier enrollment); pass --force to replace it",
               file=sys.stderr)
         return EXIT_USAGE
+    server = args.server or os.environ.get(SERVER_ENV)
+    if not server:
+        raise UsageError(f"give --server URL (or set ${SERVER_ENV})")
+    client = service_client(args, server)
+    _embedded_state(args)
     with open_tpm(args, fallback=False) as tpm:
         try:
-            result = enroll(tpm, args.server, ek_kind=args.ek_kind, key_name=args.key_name, scope=args.scope,
-                            overwrite=args.overwrite, algorithm=args.algorithm, timeout=args.timeout,
+            result = enroll(tpm, client, ek_kind=args.ek_kind, key_name=args.key_name, scope=args.scope,
+                            overwrite=args.overwrite, algorithm=args.algorithm,
                             certified_ak=args.certified_ak, fetch_ek_certificate=args.fetch_ek_certificate)
         except ServiceError as exc:
-            return _refused(args, exc)
+            return service_failure(args, exc)
     write_atomic(out, result.to_json().encode("utf-8"))
     obj = {"ok": True, "device_id": result.device_id, "ak_file": str(out), **result.info}
     emit(args, obj, lambda: print(f"enrolled: device {result.device_id} ({result.ak_blob.format} AK in {out})"))
@@ -179,17 +229,28 @@ def cmd_enroll(args: argparse.Namespace) -> int:
 
 
 def cmd_attest(args: argparse.Namespace) -> int:
-    """Quote over the server's nonce and print its verdict (exit 1 when refused)."""
+    """Quote over the server's nonce and print its verdict (exit 1 when refused); with
+    ``--every``, do so until stopped (the agent)."""
     from ..service.client import Enrollment, attest
 
     raw = read_input(args.ak, "--ak")
-    device_id = args.device_id
+    try:
+        saved: Enrollment | None = Enrollment.from_json(raw)
+    except ValueError:
+        saved = None  # an AK blob without a device id (--device-id names it)
+    except TpmError as exc:  # an enrollment file whose AK blob is damaged
+        raise UsageError(f"--ak {args.ak}: {exc.message}") from None
+    device_id = args.device_id or (saved.device_id if saved else None)
     if device_id is None:
-        try:
-            device_id = Enrollment.from_json(raw).device_id
-        except ValueError:
-            print(f"error: {args.ak} carries no device id; pass --device-id", file=sys.stderr)
-            return EXIT_USAGE
+        raise UsageError(f"--ak {args.ak} carries no device id; pass --device-id")
+    server = args.server or os.environ.get(SERVER_ENV) or (saved.server if saved else None)
+    if not server:
+        raise UsageError(f"give --server URL (or set ${SERVER_ENV}); --ak {args.ak} names no server")
+    bank, pcrs = one_bank(args.pcrs, args.bank)
+    _embedded_state(args)
+    if args.every is not None:
+        return _agent(args, raw, device_id, server, bank, pcrs)
+    client = service_client(args, server)
     with open_tpm(args, fallback=False) as tpm:
         log: bytes | None = None
         if args.event_log == "auto":
@@ -197,15 +258,89 @@ def cmd_attest(args: argparse.Namespace) -> int:
         elif args.event_log:
             log = read_input(args.event_log, "--event-log")
         try:
-            bank, pcrs = one_bank(args.pcrs, args.bank)
-            verdict: dict[str, Any] = attest(tpm, args.server, device_id, raw, pcrs=pcrs,
-                                             bank=bank, event_log=log, ima=args.ima,
-                                             timeout=args.timeout)
+            verdict: dict[str, Any] = attest(tpm, client, device_id, raw, pcrs=pcrs, bank=bank, event_log=log,
+                                             ima=args.ima, ima_securityfs=args.ima_securityfs)
         except ServiceError as exc:
-            return _refused(args, exc)
+            return service_failure(args, exc)
     emit(args, verdict, lambda: print(f"attested: device {device_id}, {len(verdict.get('pcrs', {}))} "
                                        f"{verdict.get('bank', '')} PCRs verified"))
     return EXIT_OK
+
+
+class _Abandon(BaseException):
+    """A second SIGTERM/SIGINT: leave the round in progress now."""
+
+
+def _agent(args: argparse.Namespace, raw: bytes, device_id: str, server: str, bank: str, pcrs: list[int]) -> int:
+    """``attest --every``: rounds until SIGTERM/SIGINT (exit 0) or until the device must enroll
+    again (exit 4); one line per round on stdout (JSON with --json)."""
+    import signal
+    import threading
+
+    from ..agent import Agent, Round, Schedule, StopReason, format_duration
+    from ..evidence import AkBlob
+
+    try:
+        ak = AkBlob.load(raw)
+    except (TpmError, ValueError) as exc:
+        raise UsageError(f"--ak {args.ak}: not an AK blob or enrollment file: {exc}") from None
+    try:
+        schedule = Schedule(args.every, jitter=args.jitter, backoff_min=min(5.0, args.every),
+                            backoff_max=args.backoff_max)
+    except ValueError as exc:
+        raise UsageError(f"--every / --jitter / --backoff-max: {exc}") from None
+    if args.event_log and args.event_log != "auto":
+        read_input(args.event_log, "--event-log")  # there now; read again each round
+    stop = threading.Event()
+    client = service_client(args, server, stop=stop)
+    with open_tpm(args, fallback=False):  # the TPM is there (exit 3 now, not later)
+        pass
+
+    def event_log(tpm: Any) -> bytes | None:
+        if args.event_log == "auto":
+            return bytes(tpm.event_log())
+        return Path(args.event_log).read_bytes() if args.event_log else None
+
+    def line(obj: dict[str, Any], text: str) -> None:
+        print(json.dumps(obj) if args.json else text, flush=True)
+
+    def report(r: Round) -> None:
+        line(r.to_dict(), r.text())
+
+    def now() -> str:
+        return datetime.now(UTC).isoformat(timespec="seconds")
+
+    agent = Agent(lambda: open_tpm(args, fallback=False, announce=False), client, device_id, ak,
+                  schedule=schedule, pcrs=pcrs, bank=bank, event_log=event_log if args.event_log else None,
+                  ima=args.ima, ima_securityfs=args.ima_securityfs, report=report, stop=stop)
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            raise _Abandon(signum)
+        stop.set()
+
+    line({"time": now(), "event": "start", "device_id": device_id, "server": server, "every": args.every,
+          "jitter": args.jitter, "pid": os.getpid()},
+         f"{now()} agent: device {device_id} attests to {server} every {format_duration(args.every)} "
+         f"(jitter {args.jitter:.0%}; pid {os.getpid()})")
+    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        try:
+            reason = agent.run()
+        except _Abandon:
+            reason = StopReason.STOPPED
+            line({"time": now(), "event": "abandoned", "round": agent.done + 1},
+                 f"{now()} agent: round {agent.done + 1} abandoned (signalled twice)")
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    code = EXIT_ENROLL_AGAIN if reason is StopReason.NOT_ENROLLED else EXIT_OK
+    why = {StopReason.STOPPED: "asked to stop", StopReason.ROUNDS: "rounds done",
+           StopReason.NOT_ENROLLED: "the device must enroll again (the service does not know it, or its AK "
+                                    "no longer loads on this TPM)"}[reason]
+    line({"time": now(), "event": "stop", "reason": reason.value, "rounds": agent.done, "exit_code": code},
+         f"{now()} agent: stopped after {agent.done} round(s): {why} (exit {code})")
+    return code
 
 
 def add_parser(subparsers: SubParsers) -> None:
@@ -266,6 +401,19 @@ def add_parser(subparsers: SubParsers) -> None:
                    help="mark the dashboard's session cookie Secure on plain HTTP too (behind a TLS proxy)")
     s.add_argument("--log-format", choices=["text", "json"], help="default text")
     s.add_argument("--log-level", choices=["critical", "error", "warning", "info", "debug"], help="default info")
+    s.add_argument("--tls-cert", metavar="FILE", help="serve HTTPS with this certificate (PEM, with its chain)")
+    s.add_argument("--tls-key", metavar="FILE", help="the certificate's private key (PEM; default: in --tls-cert)")
+    s.add_argument("--tls-client-ca", metavar="FILE",
+                   help="require client certificates issued by these CAs (PEM): mutual TLS for every request")
+    s.add_argument("--webhook", action="append", metavar="URL",
+                   help="POST every device status change to URL, signed (repeatable; needs --webhook-secret-file)")
+    s.add_argument("--webhook-secret-file", metavar="FILE", help="the HMAC-SHA256 key of the webhooks (>= 16 bytes)")
+    s.add_argument("--webhook-timeout", type=float, metavar="SECONDS", help="per webhook attempt (default 5)")
+    s.add_argument("--webhook-attempts", type=int, metavar="N", help="attempts per status change (default 8)")
+    s.add_argument("--webhook-backoff", type=float, metavar="SECONDS",
+                   help="wait before the second attempt, doubling after (default 1; at most 300)")
+    s.add_argument("--webhook-queue", type=int, metavar="N",
+                   help="status changes waiting per receiver before new ones are dropped (default 1000)")
     s.set_defaults(func=cmd_serve)
 
     s = subparsers.add_parser("db", parents=[output_options()], help="the service database's schema (migrations)",
@@ -281,8 +429,11 @@ def add_parser(subparsers: SubParsers) -> None:
             d.add_argument("--revision", default="head", help=argparse.SUPPRESS)
         d.set_defaults(func=cmd_db)
 
-    s = subparsers.add_parser("enroll", parents=parents, help="enroll this TPM with a service")
-    s.add_argument("--server", required=True, metavar="URL", help="the service's base URL")
+    s = subparsers.add_parser("enroll", parents=[*parents, client_options()], help="enroll this TPM with a service",
+                              description="Enroll this TPM with a service. With --embedded, the embedded "
+                                          "swtpm is kept in --embedded-state (default "
+                                          "$XDG_STATE_HOME/tpm2-attest/embedded-tpm) for 'attest --embedded'.")
+    s.add_argument("--server", metavar="URL", help=f"the service's base URL (default ${SERVER_ENV})")
     s.add_argument("--ak-out", default=DEFAULT_AK_FILE, metavar="FILE",
                    help=f"where to write the AK blob and device id (default {DEFAULT_AK_FILE})")
     s.add_argument("--force", action="store_true", help="replace an existing --ak-out file")
@@ -300,8 +451,14 @@ def add_parser(subparsers: SubParsers) -> None:
                    help="seconds to wait for each HTTP request (default 30)")
     s.set_defaults(func=cmd_enroll)
 
-    s = subparsers.add_parser("attest", parents=parents, help="attest this TPM to a service")
-    s.add_argument("--server", required=True, metavar="URL", help="the service's base URL")
+    s = subparsers.add_parser(
+        "attest", parents=[*parents, client_options()], help="attest this TPM to a service (once, or --every)",
+        description="Attest this TPM to a service once (exit 0 accepted, 1 refused), or with --every until "
+                    "SIGTERM/SIGINT: one line per round; refusals are reported and the agent goes on; errors "
+                    "(no answer, busy service, TPM away) are tried again sooner, waiting longer each time; "
+                    "exit 0 when stopped, 4 when the device must enroll again, 2 for a configuration error.")
+    s.add_argument("--server", metavar="URL",
+                   help=f"the service's base URL (default ${SERVER_ENV}, else the one in the --ak file)")
     s.add_argument("--ak", required=True, metavar="FILE", help="the file 'enroll' wrote (or any AK blob)")
     s.add_argument("--device-id", metavar="ID", help="default: the one in the --ak file")
     s.add_argument("--pcrs", default="0-7", type=pcr_selection, metavar="SELECTION",
@@ -311,6 +468,15 @@ def add_parser(subparsers: SubParsers) -> None:
     s.add_argument("--ima", action="store_true",
                    help="also quote PCR 10 and send the IMA measurement list (only the entries the "
                         "server has not verified yet)")
+    s.add_argument("--ima-securityfs", metavar="DIR",
+                   help="read the IMA list from DIR/ima/ (default /sys/kernel/security)")
     s.add_argument("--timeout", type=float, default=30.0, metavar="SECONDS",
                    help="seconds to wait for each HTTP request (default 30)")
+    s.add_argument("--every", type=duration, metavar="DURATION",
+                   help="attest again and again, this long apart (30s, 5m, 1h, 1h30m): the agent")
+    s.add_argument("--jitter", type=fraction, default=0.1, metavar="FRACTION",
+                   help="spread each interval randomly by this fraction either way (0.1 or 10%%; default 10%%; "
+                        "at most 50%%)")
+    s.add_argument("--backoff-max", type=duration, metavar="DURATION",
+                   help="after errors, retries come 5 s, 10 s, 20 s... apart, at most this (default: --every)")
     s.set_defaults(func=cmd_attest)
