@@ -560,3 +560,46 @@ def test_one_process_at_a_time_uses_a_state_dir(tmp_path: Path) -> None:
         assert tpm.ek("rsa").public == ek  # the same TPM, started again
         assert (tmp_path / "tpm" / "state").is_dir()
     assert (tmp_path / "tpm" / "state").is_dir()  # kept
+
+
+# -- the example systemd unit ------------------------------------------------------------------------
+
+UNIT = Path(__file__).resolve().parent.parent / "examples" / "tpm2-attest-agent.service"
+
+
+def test_the_example_unit_runs_the_agent_with_options_that_exist() -> None:
+    import shlex
+
+    from tpm2_attest.cli import build_parser
+
+    lines = [line for line in UNIT.read_text().splitlines() if line.startswith(("ExecStart=", "#Environment="))]
+    exec_start = shlex.split(lines[0].split("=", 1)[1].replace("%d", "/run/credentials/x"))
+    assert exec_start[0] == "/usr/local/bin/tpm2-attest"
+    args = build_parser().parse_args(exec_start[1:])
+    assert args.func.__name__ == "cmd_attest" and args.every == 300 and args.ak == "/run/credentials/x/ak.json"
+    envs = {part.split("=", 1)[0] for line in lines[1:] for part in line.split("=", 1)[1].split()}
+    assert envs == {"TPM2_ATTEST_CA_FILE", "TPM2_ATTEST_CLIENT_CERT", "TPM2_ATTEST_CLIENT_KEY"}
+    # the variables are the ones the client options read
+    from tpm2_attest.cli.common import CA_FILE_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV
+    assert envs == {CA_FILE_ENV, CLIENT_CERT_ENV, CLIENT_KEY_ENV}
+    text = UNIT.read_text()
+    assert "RestartPreventExitStatus=2 4" in text and "KillSignal=SIGTERM" in text
+
+
+def test_the_example_unit_is_valid_and_hardened(tmp_path: Path) -> None:
+    import shutil
+
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed")
+    exe = Path(sys.executable).with_name("tpm2-attest")  # ExecStart must name a program that exists
+    unit = tmp_path / UNIT.name
+    unit.write_text(UNIT.read_text().replace("/usr/local/bin/tpm2-attest", str(exe)))
+    res = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True, timeout=60, check=False)
+    assert res.returncode == 0 and not res.stderr.strip(), res.stderr
+    res = subprocess.run([analyze, "security", "--offline=yes", str(unit)], capture_output=True, text=True,
+                         timeout=60, check=False)
+    if "--offline" in res.stderr:
+        pytest.skip("systemd-analyze security --offline needs systemd 250")
+    score = float(res.stdout.rsplit("exposure level for", 1)[1].split(":", 1)[1].split()[0])
+    assert score <= 2.0, res.stdout  # systemd rates 0-10; below 2.0 is "OK"

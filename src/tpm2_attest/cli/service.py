@@ -323,7 +323,8 @@ def _agent(args: argparse.Namespace, raw: bytes, device_id: str, server: str, ba
           "jitter": args.jitter, "pid": os.getpid()},
          f"{now()} agent: device {device_id} attests to {server} every {format_duration(args.every)} "
          f"(jitter {args.jitter:.0%}; pid {os.getpid()})")
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
+    handled = (signal.SIGTERM, signal.SIGINT) if threading.current_thread() is threading.main_thread() else ()
+    previous = {sig: signal.signal(sig, on_signal) for sig in handled}  # signals reach the main thread only
     try:
         try:
             reason = agent.run()
