@@ -271,6 +271,7 @@ def test_giving_up_redirects_and_shutdown(tmp_path: Path, receivers: list[Receiv
         slow.stop(grace=0.5)
         assert not slow.receivers[0].thread.is_alive() and time.monotonic() - started < 30
         assert metrics.webhook_dropped.labels("shutdown")._value.get() == 1
+        assert any("shutting down: dropped 1 status change(s)" in r.getMessage() for r in caplog.records)
         slow.notify(change)  # after stop: counted, not queued
         assert metrics.webhook_dropped.labels("shutdown")._value.get() == 2
     finally:

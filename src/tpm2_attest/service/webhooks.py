@@ -124,6 +124,7 @@ class _Receiver:
         self.queue: queue.Queue[_Notification | None] = queue.Queue(maxsize=owner.queue_size)
         self.thread = self.new_thread()
         self._dropped = 0
+        self._shutdown_drops = 0
         self._last_drop_log = float("-inf")
         self._lock = threading.Lock()
 
@@ -148,18 +149,28 @@ class _Receiver:
         self.owner.queued(1)
 
     def _run(self) -> None:
-        while True:
-            try:  # once stopping, until the queue is empty (stop's wake-up may not have fit in it)
-                item = self.queue.get(block=not self.owner.stopping.is_set())
-            except queue.Empty:
-                return
-            if item is None:
-                return
-            self.owner.queued(-1)
-            if self.owner.past_deadline():
-                self.owner.count_dropped("shutdown")
-                continue
-            self._deliver(item)
+        self._shutdown_drops = 0
+        try:
+            while True:
+                try:  # once stopping, until the queue is empty (stop's wake-up may not have fit in it)
+                    item = self.queue.get(block=not self.owner.stopping.is_set())
+                except queue.Empty:
+                    return
+                if item is None:
+                    return
+                self.owner.queued(-1)
+                if self.owner.past_deadline():
+                    self._dropped_at_shutdown()
+                    continue
+                self._deliver(item)
+        finally:
+            if self._shutdown_drops:  # one line, however many
+                log.warning("webhook %s: shutting down: dropped %d status change(s) not delivered",
+                            self.name, self._shutdown_drops)
+
+    def _dropped_at_shutdown(self) -> None:
+        self.owner.count_dropped("shutdown")
+        self._shutdown_drops += 1
 
     def _deliver(self, item: _Notification) -> None:
         owner = self.owner
@@ -174,9 +185,7 @@ class _Receiver:
             log.info("webhook %s: attempt %d of %d failed (%s); again in %.1f s",
                      self.name, attempt, owner.attempts, error, delay)
             if owner.stopping.wait(delay):  # shutting down: no more waiting
-                owner.count_dropped("shutdown")
-                log.warning("webhook %s: shutting down: dropped delivery %s after %d attempt(s)",
-                            self.name, item.delivery_id, attempt)
+                self._dropped_at_shutdown()
                 return
         owner.count("deliveries", "failed")
         log.warning("webhook %s: gave up on delivery %s after %d attempts (%s)",
