@@ -76,6 +76,7 @@ import hashlib
 import ipaddress
 import itertools
 import re
+import unicodedata
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -85,7 +86,7 @@ from typing import Final, Literal
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
-from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed448, ed25519, padding, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.utils import CryptographyDeprecationWarning
@@ -365,12 +366,46 @@ class _Parsed:
     fingerprint: bytes
     subject: x509.Name = field(init=False)
     issuer: x509.Name = field(init=False)
+    subject_key: _NameKey = field(init=False)
+    """The subject as RFC 5280 §7.1 compares names (see ``_name_key``)."""
+    issuer_key: _NameKey = field(init=False)
+    sha1: bool = field(init=False)
+    """Signed with SHA-1 (sha1WithRSAEncryption, ecdsa-with-SHA1)."""
 
     def __post_init__(self) -> None:
         # `cryptography` builds new Name objects on every access: keep one of each.
         with _quiet():
             object.__setattr__(self, "subject", self.cert.subject)
             object.__setattr__(self, "issuer", self.cert.issuer)
+        object.__setattr__(self, "subject_key", _name_key(self.subject))
+        object.__setattr__(self, "issuer_key", _name_key(self.issuer))
+        try:
+            sha1 = isinstance(self.cert.signature_hash_algorithm, hashes.SHA1)
+        except UnsupportedAlgorithm:
+            sha1 = False
+        object.__setattr__(self, "sha1", sha1)
+
+
+_NameKey = tuple[frozenset[tuple[str, object]], ...]
+_SPACES: Final = re.compile(r"\s+")
+
+
+def _name_key(name: x509.Name) -> _NameKey:
+    """A Name as RFC 5280 §7.1 compares it (RFC 4518 string preparation, simplified): the
+    string type does not matter (PrintableString, UTF8String...), nor letter case, leading,
+    trailing or repeated spaces, or Unicode compatibility forms; RDNs keep their order and
+    multi-valued RDNs compare as sets. Vendors encode an issuer name differently from their
+    CA's subject (and OpenSSL matches them the same way)."""
+    rdns = []
+    for rdn in name.rdns:
+        attrs = []
+        for attr in rdn:
+            value: object = attr.value
+            if isinstance(value, str):
+                value = _SPACES.sub(" ", unicodedata.normalize("NFKC", value)).strip().casefold()
+            attrs.append((attr.oid.dotted_string, value))
+        rdns.append(frozenset(attrs))
+    return tuple(rdns)
 
 
 @contextmanager
@@ -592,11 +627,13 @@ def _verify_signature(child: _Parsed, issuer: _Parsed) -> str | None:
 
 
 def _check_signature(child: _Parsed, issuer: _Parsed) -> str | None:
-    """Issuer name and signature; a repaired child is checked over its original TBS bytes."""
-    if child.issuer != issuer.subject:
+    """Issuer name (as RFC 5280 compares names) and signature; a repaired child is checked
+    over its original TBS bytes, and so is a SHA-1 signature (`cryptography`'s own check
+    refuses SHA-1) or an issuer name encoded differently from the issuer's subject."""
+    if child.issuer_key != issuer.subject_key:
         return "issuer name differs"
     try:
-        if child.strict:
+        if child.strict and not child.sha1 and child.issuer.public_bytes() == issuer.subject.public_bytes():
             child.cert.verify_directly_issued_by(issuer.cert)
             return None
         key = issuer.cert.public_key()
@@ -757,7 +794,8 @@ class _Search:
     """Depth-first issuer search, bounded in depth and in signature checks, loop-free."""
 
     def __init__(self, roots: list[_Parsed], pool: list[_Parsed], at_time: datetime,
-                 ca_validity: CaValidity) -> None:
+                 ca_validity: CaValidity, allow_sha1: bool = True) -> None:
+        self.allow_sha1 = allow_sha1
         self.root_fps = {r.fingerprint for r in roots}
         self.candidates = roots + [p for p in pool if p.fingerprint not in self.root_fps]
         self.at_time = at_time
@@ -814,10 +852,13 @@ class _Search:
 
     def _extend(self, path: list[_Parsed]) -> list[_Parsed] | None:
         cur = path[-1]
+        if cur.sha1 and not self.allow_sha1:
+            self.problems.append(f"{_describe(cur)}: SHA-1 signature refused (strict)")
+            return None
         seen = {p.fingerprint for p in path}
         found_issuer = False
         for cand in self.candidates:
-            if cand.fingerprint in seen or cand.subject != cur.issuer:
+            if cand.fingerprint in seen or cand.subject_key != cur.issuer_key:
                 continue
             found_issuer = True
             if self.checks >= _MAX_SIGNATURE_CHECKS:
@@ -945,8 +986,11 @@ def verify_path(
     at_time: datetime | None = None,
     ca_validity: CaValidity = "at-issuance",
     what: str = "EK certificate",
+    allow_sha1: bool = True,
 ) -> VerifiedPath:
     """Parse `cert` and find a path to one of `roots` (see the module docstring).
+    A SHA-1 signature on the path is accepted (``sha1-signature`` in ``tolerated``) unless
+    ``allow_sha1=False``.
 
     Raises VerificationError: EK_CERT_MALFORMED, EK_CERT_CHAIN or EK_CERT_EXPIRED (callers
     verifying other credentials translate the reasons)."""
@@ -959,7 +1003,7 @@ def verify_path(
     root_list = _flatten(roots, "root")
     pool = _flatten(intermediates, "intermediate")
 
-    search = _Search(root_list, pool, when, ca_validity)
+    search = _Search(root_list, pool, when, ca_validity, allow_sha1)
     path = search.run(leaf)
     if path is None:
         if search.expired:
@@ -974,7 +1018,7 @@ def verify_path(
         serial_number=leaf.serial,
         chain=[p.cert for p in path],
         lenient=not leaf.strict,
-        tolerated=leaf.tolerated,
+        tolerated=leaf.tolerated + (("sha1-signature",) if any(p.sha1 for p in path[:-1]) else ()),
         expired_cas=search.expired_cas(path),
         subject=leaf.subject,
         issuer=leaf.issuer,

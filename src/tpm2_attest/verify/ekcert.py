@@ -150,7 +150,7 @@ def verify_ek_certificate(
     EK_CERT_USAGE, EK_KEY_MISMATCH, or MALFORMED (EK public area).
     """
     path = verify_path(cert, roots, intermediates, at_time=at_time, ca_validity=ca_validity,
-                       what="EK certificate")
+                       what="EK certificate", allow_sha1=not strict)
     leaf_cert = path.certificate
     try:
         public_key = leaf_cert.public_key()
