@@ -184,3 +184,68 @@ def test_ak_certificate_enrollment_is_opt_in(gce_like) -> None:  # type: ignore[
             pytest.raises(ServiceError) as e:
         enroll(tpm, InProcess(http), certified_ak="ecc")
     assert e.value.code == "AK_CERTIFICATE_ENROLLMENT_OFF" and e.value.status == 403
+
+
+def _aia_chain(loopback) -> tuple[bytes, bytes, bytes]:  # type: ignore[no-untyped-def]
+    """A GCE-shaped chain: the root is trusted, the EK certificate's issuer is only reachable
+    through its authorityInfoAccess caIssuers URL (served on loopback)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes
+
+    from pki import NOW, ek_extensions
+
+    root = make_ca("AIA Service Root")
+    inter = make_ca("AIA Service EK CA", root)
+    loopback.add("/ca.crt", der(inter[0]))
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key()
+    b = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(inter[0].subject).public_key(key)
+         .serial_number(x509.random_serial_number()).not_valid_before(NOW)
+         .not_valid_after(NOW.replace(year=NOW.year + 5)))
+    for ext, critical in ek_extensions(key, eku=False):
+        b = b.add_extension(ext, critical=critical)
+    b = b.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+        x509.AuthorityInformationAccessOID.CA_ISSUERS, x509.UniformResourceIdentifier(loopback.url("/ca.crt")))]),
+        critical=False)
+    cert = der(b.sign(inter[1], hashes.SHA256()))
+    return der(root[0]), cert, ek_public_for(cert)
+
+
+def test_missing_ek_intermediate_fetched_from_allowed_hosts(app, loopback, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Google Compute Engine EK certificates come from per-pool intermediates that no bundle
+    ships (their caIssuers URL names the one): the service fetches a missing issuer from the
+    hosts the operator allows (opt-in; the URL comes from an unverified certificate), and the
+    fetched certificate is only an intermediate, the root still decides."""
+    root, cert, public = _aia_chain(loopback)
+    (tmp_path / "root.der").write_bytes(root)
+    body = {"ek_public": b64(public), "ek_certificate": b64(cert)}
+    with app(ek_roots=(tmp_path / "root.der",)) as http:  # off by default: nothing fetched
+        r = http.post("/v1/enroll/begin", json=body)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "EK_CERT_CHAIN", r.text
+    assert loopback.requests == []
+    with app(ek_roots=(tmp_path / "root.der",), ca_issuer_hosts=("example.org",)) as http:  # not allowed
+        r = http.post("/v1/enroll/begin", json=body)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "EK_CERT_CHAIN", r.text
+    assert loopback.requests == []
+    with app(ek_roots=(tmp_path / "root.der",), ca_issuer_hosts=("127.0.0.1",)) as http:
+        r = http.post("/v1/enroll/begin", json=body)
+        assert r.status_code == 200, r.text
+        assert loopback.requests == ["/ca.crt"]
+        r = http.post("/v1/enroll/begin", json=body)  # fetched once per process
+        assert r.status_code == 200 and loopback.requests == ["/ca.crt"], r.text
+    # a fetched issuer does not make an untrusted root trusted
+    other = make_ca("Another Root")
+    (tmp_path / "other.der").write_bytes(der(other[0]))
+    with app(ek_roots=(tmp_path / "other.der",), ca_issuer_hosts=("127.0.0.1",)) as http:
+        r = http.post("/v1/enroll/begin", json=body)
+        assert r.status_code == 403 and r.json()["error"]["code"] == "EK_CERT_CHAIN", r.text
+
+
+def test_fetch_issuers_option() -> None:
+    from tpm2_attest.cli import build_parser
+    from tpm2_attest.service.settings import describe
+
+    args = build_parser().parse_args(["serve", "--fetch-issuers-from", "storage.googleapis.com",
+                                      "--fetch-issuers-from", "ftpm.amd.com,tsci.intel.com"])
+    assert args.fetch_issuers_from == ["storage.googleapis.com", "ftpm.amd.com,tsci.intel.com"]
+    assert describe("ca_issuer_hosts") == "--fetch-issuers-from / TPM2_ATTEST_CA_ISSUER_HOSTS"
+    assert Settings(ca_issuer_hosts="a.example, b.example").ca_issuer_hosts == ("a.example", "b.example")

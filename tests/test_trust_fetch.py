@@ -286,3 +286,27 @@ def test_real_certificates_name_their_issuers() -> None:
     gce = (DATA / "gce-rsa-ek.pem").read_bytes()
     (url,) = trust.ca_issuer_urls(gce)
     assert url.startswith("http://privateca-content-") and url.endswith("/ca.crt")
+
+
+def test_allowed_hosts(loopback) -> None:  # type: ignore[no-untyped-def]
+    """``hosts``: caIssuers URLs elsewhere are not followed, nor redirects that leave them."""
+    from tpm2_attest.trust.fetch import host_allowed
+
+    assert host_allowed("http://a.storage.googleapis.com/x", ["storage.googleapis.com"])
+    assert host_allowed("http://STORAGE.googleapis.com./x", ["storage.googleapis.com"])
+    assert not host_allowed("http://evilstorage.googleapis.com.example/x", ["storage.googleapis.com"])
+    assert not host_allowed("http://notstorage.googleapis.com/x", ["storage.googleapis.com"])
+    root = make_ca("Hosts Root")
+    inter = make_ca("Hosts EK CA", root)
+    loopback.add("/inter.cer", der(inter[0]))
+    leaf = make_leaf(inter, ec_key("hosts-ek").public_key(), aia=loopback.url("/inter.cer"))
+    assert trust.fetch_ca_issuers(der(leaf), hosts=["example.org"], timeout=5) == []
+    assert loopback.requests == []
+    assert trust.fetch_ca_issuers(der(leaf), hosts=["127.0.0.1"], timeout=5) == [der(inter[0])]
+    with pytest.raises(FetchError) as e:
+        trust.fetch_certificates(loopback.url("/inter.cer"), hosts=["example.org"], timeout=5)
+    assert e.value.failure is FetchFailure.BAD_URL
+    loopback.add("/away", status=302, headers={"Location": "http://localhost:1/inter.cer"})
+    with pytest.raises(FetchError) as e:
+        trust.fetch_certificates(loopback.url("/away"), hosts=["127.0.0.1"], timeout=5)
+    assert e.value.failure is FetchFailure.BAD_URL and "not allowed" in e.value.detail

@@ -65,6 +65,13 @@ def fraction(text: str) -> float:
     return value
 
 
+def _split_hosts(values: list[str] | None) -> tuple[str, ...] | None:
+    """--fetch-issuers-from, repeated or comma-separated."""
+    if not values:
+        return None
+    return tuple(h.strip() for v in values for h in v.split(",") if h.strip())
+
+
 def _server_settings(args: argparse.Namespace) -> Any:
     """Settings from the serve flags that were given, the environment and the config file."""
     from ..service.settings import Settings
@@ -72,6 +79,7 @@ def _server_settings(args: argparse.Namespace) -> Any:
     flags = {
         "database_url": args.db, "ek_roots": args.ek_root, "ek_intermediates": args.ek_intermediate,
         "ek_ca_exclude": args.ek_ca_exclude, "ek_ca_validity": args.ek_ca_validity,
+        "ca_issuer_hosts": _split_hosts(args.fetch_issuers_from),
         "ak_certificate_enrollment": True if args.enroll_by_ak_certificate else None,
         "ak_roots": args.ak_root, "ak_intermediates": args.ak_intermediate,
         "require_ek_certificate": False if args.allow_missing_ek_certificate else None,
@@ -369,6 +377,9 @@ def add_parser(subparsers: SubParsers) -> None:
                    help="a CA of the shipped bundle not to trust, by fingerprint (repeatable; see 'trust list')")
     s.add_argument("--ek-ca-validity", choices=["at-issuance", "at-time"],
                    help="accept CAs that expired after issuing (default), or want every CA valid now")
+    s.add_argument("--fetch-issuers-from", action="append", metavar="HOST[,HOST]",
+                   help="fetch an EK/AK certificate's missing issuer from its caIssuers URL when it is "
+                        "on one of these hosts (e.g. storage.googleapis.com for GCE; repeatable)")
     s.add_argument("--enroll-by-ak-certificate", action="store_true",
                    help="also enroll devices by a certified AK (cloud vTPMs) instead of credential activation")
     s.add_argument("--ak-root", "--ak-roots", dest="ak_root", action="append", metavar="PATH|vendors[:NAMES]",

@@ -31,7 +31,7 @@ import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from sqlalchemy.orm import Session
@@ -178,6 +178,12 @@ class _Outcome:
         return self.error.code if isinstance(self.error, ServiceError) else self.error.reason.value
 
 
+_T = TypeVar("_T")
+_ISSUER_FETCH_TIMEOUT: Final = 5.0
+"""Seconds for one caIssuers fetch while a device waits (``ca_issuer_hosts``)."""
+_MAX_FETCHED_ISSUERS: Final = 256
+
+
 class AttestationService:
     """The protocol over a :class:`Store`; raises ServiceError or VerificationError to refuse.
 
@@ -192,6 +198,7 @@ class AttestationService:
         self.clock: Clock = clock or utc_now
         self.hooks = hooks or StatusHooks()
         self.policy_cache = PolicyCache()
+        self._fetched_issuers: dict[tuple[str, ...], list[bytes]] = {}
         self.ek_roots = settings.load_ek_roots()
         self.ek_intermediates = settings.load_ek_intermediates()
         self.ak_roots = settings.load_ak_roots() if settings.ak_certificate_enrollment else []
@@ -205,6 +212,39 @@ class AttestationService:
                 f"or pass --allow-missing-ek-certificate (TPM2_ATTEST_REQUIRE_EK_CERTIFICATE=false) to "
                 "trust EKs on first use")
 
+    # -- certificate paths ----------------------------------------------------------------------
+
+    def _with_fetched_issuers(self, check: Callable[[list[bytes]], _T], certificate: bytes,
+                              known: list[bytes]) -> _T:
+        """``check(extra_intermediates)``; when the path is missing an issuer and the operator
+        allows hosts (``ca_issuer_hosts``), fetch it from the certificate's caIssuers URLs on
+        them (once per process and URL set) and check again. A fetched certificate is only an
+        intermediate: the configured roots still decide."""
+        try:
+            return check([])
+        except VerificationError as exc:
+            hosts = self.settings.ca_issuer_hosts
+            if not hosts or exc.reason not in (Reason.EK_CERT_CHAIN, Reason.AK_CERT_CHAIN):
+                raise
+            from .. import trust  # the network path loads only when it is used
+
+            try:
+                urls = tuple(trust.ca_issuer_urls(certificate))
+                fetched = self._fetched_issuers.get(urls)
+                if fetched is None:
+                    fetched = trust.fetch_ca_issuers(certificate, known=known, hosts=hosts,
+                                                     timeout=_ISSUER_FETCH_TIMEOUT)
+                    if len(self._fetched_issuers) >= _MAX_FETCHED_ISSUERS:
+                        self._fetched_issuers.clear()
+                    self._fetched_issuers[urls] = fetched
+            except (ValueError, trust.FetchError) as fetch_error:
+                log.warning("fetching the issuer of a certificate failed: %s", fetch_error)
+                raise exc from None
+            if not fetched:
+                raise
+            log.info("fetched %d issuer certificate(s) from %s", len(fetched), ", ".join(urls))
+            return check(fetched)
+
     # -- enrollment -----------------------------------------------------------------------------
 
     def begin_enrollment(self, ek_public: bytes, ek_certificate: bytes | None) -> EnrollmentBegun:
@@ -217,10 +257,11 @@ class AttestationService:
         verified = False
         if ek_certificate is not None:
             if self.ek_roots:
-                cert = verify.verify_ek_certificate(ek_certificate, roots=self.ek_roots,
-                                                    intermediates=self.ek_intermediates,
-                                                    ek_public=ek_public,
-                                                    ca_validity=self.settings.ek_ca_validity)
+                cert = self._with_fetched_issuers(
+                    lambda extra: verify.verify_ek_certificate(
+                        ek_certificate, roots=self.ek_roots, intermediates=[*self.ek_intermediates, *extra],
+                        ek_public=ek_public, ca_validity=self.settings.ek_ca_validity),
+                    ek_certificate, [*self.ek_roots, *self.ek_intermediates])
                 fingerprint = hashlib.sha256(cert.der).hexdigest()
                 verified = True
                 for stale in cert.expired_cas:
@@ -293,8 +334,11 @@ class AttestationService:
             rec = self._open_enrollment(s, enrollment_id, BEGUN)
             try:
                 ak = verify.check_ak(ak_blob, nonce=rec.nonce, allow_sha1=self.settings.allow_sha1)
-                cert = verify.verify_ak_certificate(ak_certificate, self.ak_roots, self.ak_intermediates,
-                                                    ak_public=ak, ca_validity=self.settings.ek_ca_validity)
+                cert = self._with_fetched_issuers(
+                    lambda extra: verify.verify_ak_certificate(
+                        ak_certificate, self.ak_roots, [*self.ak_intermediates, *extra],
+                        ak_public=ak, ca_validity=self.settings.ek_ca_validity),
+                    ak_certificate, [*self.ak_roots, *self.ak_intermediates])
             except VerificationError as exc:
                 self._fail(s, rec, BEGUN, exc.reason.value)
                 raise

@@ -38,6 +38,7 @@ FLAGS: Final[dict[str, str]] = {
     "ek_vendor_cas": "--ek-root",
     "ek_ca_exclude": "--ek-ca-exclude",
     "ek_ca_validity": "--ek-ca-validity",
+    "ca_issuer_hosts": "--fetch-issuers-from",
     "ak_certificate_enrollment": "--enroll-by-ak-certificate",
     "ak_roots": "--ak-root",
     "ak_intermediates": "--ak-intermediate",
@@ -101,6 +102,9 @@ class Settings(BaseSettings):
     with the package, as ``ek_vendor_cas`` does (True, or vendor names); ``ek_ca_exclude``:
     SHA-256 fingerprints (hex) of bundle CAs not to trust; ``ek_ca_validity``: ``at-issuance``
     accepts CAs that expired after issuing, ``at-time`` wants the whole path valid now.
+    ``ca_issuer_hosts``: when an EK or AK certificate does not chain, fetch its missing issuers
+    from its authorityInfoAccess caIssuers URLs on these hosts (or their subdomains) and try
+    again (Google Compute Engine's per-pool intermediates); off when empty.
     ``ak_certificate_enrollment``: also enroll devices by an AK certificate (a cloud vTPM's
     certified AK) instead of a credential activation; its CAs are ``ak_roots`` /
     ``ak_intermediates`` / ``ak_vendor_cas`` (same forms).
@@ -135,6 +139,7 @@ class Settings(BaseSettings):
     ek_vendor_cas: Annotated[bool | tuple[str, ...], NoDecode] = False
     ek_ca_exclude: Annotated[tuple[str, ...], NoDecode] = ()
     ek_ca_validity: Literal["at-issuance", "at-time"] = "at-issuance"
+    ca_issuer_hosts: Annotated[tuple[str, ...], NoDecode] = ()
     ak_certificate_enrollment: bool = False
     ak_roots: Annotated[tuple[Path, ...], NoDecode] = ()
     ak_intermediates: Annotated[tuple[Path, ...], NoDecode] = ()
@@ -173,7 +178,7 @@ class Settings(BaseSettings):
     webhook_queue: int = Field(default=1000, ge=1, le=1_000_000)
 
     @field_validator("ek_roots", "ek_intermediates", "ak_roots", "ak_intermediates", "ek_ca_exclude",
-                     "webhook_urls", mode="before")
+                     "webhook_urls", "ca_issuer_hosts", mode="before")
     @classmethod
     def _paths(cls, value: Any) -> Any:
         """A list, or one string of comma-separated items (how an environment variable says it)."""

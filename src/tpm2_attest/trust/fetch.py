@@ -47,6 +47,7 @@ __all__ = [
     "fetch_ca_issuers",
     "fetch_certificates",
     "fetch_ek_certificate",
+    "host_allowed",
 ]
 
 DEFAULT_TIMEOUT: Final = 10.0
@@ -261,15 +262,23 @@ class _HTTPSHandler(urllib.request.HTTPSHandler):
 
 
 class _Redirects(urllib.request.HTTPRedirectHandler):
-    """At most MAX_REDIRECTS redirects, to http/https URLs only (urllib allows ftp too)."""
+    """At most MAX_REDIRECTS redirects, to http/https URLs only (urllib allows ftp too), and
+    to the allowed hosts when the caller names some."""
 
     max_redirections = MAX_REDIRECTS
+
+    def __init__(self, hosts: tuple[str, ...] | None = None) -> None:
+        super().__init__()
+        self.hosts = hosts
 
     def http_error_302(self, req: urllib.request.Request, fp: Any, code: int, msg: str,
                        headers: Any) -> Any:
         location = headers.get("location") or headers.get("uri")
         if location:
-            _check_url(urljoin(req.full_url, location))
+            target = urljoin(req.full_url, location)
+            _check_url(target)
+            if self.hosts is not None and not host_allowed(target, self.hosts):
+                raise FetchError(FetchFailure.BAD_URL, target, "redirected to a host not allowed")
         return super().http_error_302(req, fp, code, msg, headers)
 
     http_error_301 = http_error_303 = http_error_307 = http_error_308 = http_error_302
@@ -284,7 +293,20 @@ def _check_url(url: str) -> None:
         raise FetchError(FetchFailure.BAD_URL, url, "only http:// and https:// URLs are fetched")
 
 
-def _http_get(url: str, timeout: float, max_bytes: int) -> bytes:
+def host_allowed(url: str, hosts: Iterable[str]) -> bool:
+    """Whether `url`'s host is one of `hosts` or a subdomain of one (case-insensitive)."""
+    try:
+        host = (urlsplit(url).hostname or "").rstrip(".").lower()
+    except ValueError:
+        return False
+    for allowed in hosts:
+        a = allowed.strip().rstrip(".").lower()
+        if a and (host == a or host.endswith("." + a)):
+            return True
+    return False
+
+
+def _http_get(url: str, timeout: float, max_bytes: int, hosts: tuple[str, ...] | None = None) -> bytes:
     """GET `url` within `timeout` seconds in all; the body, at most `max_bytes`."""
     _check_url(url)
     if not timeout > 0:
@@ -295,7 +317,7 @@ def _http_get(url: str, timeout: float, max_bytes: int) -> bytes:
                   "application/json, application/x-pem-file, */*;q=0.5",
     })
     deadline = _Deadline(timeout)
-    opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline), _Redirects())
+    opener = urllib.request.build_opener(_HTTPHandler(deadline), _HTTPSHandler(deadline), _Redirects(hosts))
     start = time.monotonic()
     try:
         with deadline, opener.open(request, timeout=timeout) as resp:
@@ -354,12 +376,17 @@ def _read_cache(path: Path, url: str) -> list[bytes] | None:
 
 def fetch_certificates(url: str, *, timeout: float = DEFAULT_TIMEOUT,
                        cache_dir: str | os.PathLike[str] | None = None, offline: bool = False,
-                       max_bytes: int = MAX_RESPONSE_BYTES) -> list[bytes]:
+                       max_bytes: int = MAX_RESPONSE_BYTES,
+                       hosts: Iterable[str] | None = None) -> list[bytes]:
     """Every certificate (DER) served at `url`; cached by URL when `cache_dir` is given.
+    With `hosts`, only a URL on one of them (or a subdomain) is fetched, redirects included.
 
     Raises FetchError: BAD_URL, NOT_FOUND, HTTP_ERROR, NETWORK, TIMEOUT, TOO_LARGE,
     BAD_CONTENT, NOT_CACHED (offline without a cache entry)."""
     _check_url(url)
+    allowed = None if hosts is None else tuple(hosts)
+    if allowed is not None and not host_allowed(url, allowed):
+        raise FetchError(FetchFailure.BAD_URL, url, "host not allowed")
     path = _cache_path(cache_dir, url) if cache_dir is not None else None
     if path is not None:
         cached = _read_cache(path, url)
@@ -368,7 +395,7 @@ def fetch_certificates(url: str, *, timeout: float = DEFAULT_TIMEOUT,
     if offline:
         detail = "no cache directory given" if path is None else f"not in {path.parent}"
         raise FetchError(FetchFailure.NOT_CACHED, url, detail)
-    certs = decode_certificates(_http_get(url, timeout, max_bytes), url)
+    certs = decode_certificates(_http_get(url, timeout, max_bytes, allowed), url)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, b"".join(certs), mode=0o644)
@@ -464,13 +491,17 @@ def _subjects(known: Iterable[bytes]) -> set[bytes]:
 def fetch_ca_issuers(certificate: bytes, *, known: Iterable[bytes] = (),
                      timeout: float = DEFAULT_TIMEOUT,
                      cache_dir: str | os.PathLike[str] | None = None, offline: bool = False,
-                     max_certs: int = MAX_ISSUERS, max_bytes: int = MAX_RESPONSE_BYTES) -> list[bytes]:
+                     max_certs: int = MAX_ISSUERS, max_bytes: int = MAX_RESPONSE_BYTES,
+                     hosts: Iterable[str] | None = None) -> list[bytes]:
     """Fetch the issuers of `certificate` by following authorityInfoAccess caIssuers, up the
     chain, until an issuer is among `known` (the CA certificates you already have, DER or
     PEM), a certificate is self-signed, one has no caIssuers URL, or `max_certs` were
     fetched. Returns the fetched certificates (DER) to pass as intermediates; trusting
-    them is the verifier's decision, not this function's. Raises FetchError (the last
+    them is the verifier's decision, not this function's. With `hosts`, only URLs on those
+    hosts (or their subdomains) are followed: the URLs come from a certificate not yet
+    verified, so a server should not fetch whatever one names. Raises FetchError (the last
     one, when every URL of a certificate failed) or ValueError (not a certificate)."""
+    allowed = None if hosts is None else tuple(hosts)
     current = _certificate_der(bytes(certificate))
     known_subjects = _subjects(known)
     fetched: list[bytes] = []
@@ -482,7 +513,8 @@ def fetch_ca_issuers(certificate: bytes, *, known: Iterable[bytes] = (),
             raise ValueError(f"not a certificate: {exc}") from exc
         if issuer == subject or issuer in known_subjects:
             break
-        urls = [u for u in ca_issuer_urls(current) if u.lower().startswith(("http://", "https://"))]
+        urls = [u for u in ca_issuer_urls(current) if u.lower().startswith(("http://", "https://"))
+                and (allowed is None or host_allowed(u, allowed))]
         if not urls:
             break
         certs: list[bytes] | None = None
@@ -490,7 +522,7 @@ def fetch_ca_issuers(certificate: bytes, *, known: Iterable[bytes] = (),
         for url in urls:
             try:
                 certs = fetch_certificates(url, timeout=timeout, cache_dir=cache_dir,
-                                           offline=offline, max_bytes=max_bytes)
+                                           offline=offline, max_bytes=max_bytes, hosts=allowed)
                 break
             except FetchError as exc:
                 error = exc
