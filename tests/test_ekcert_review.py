@@ -169,3 +169,59 @@ def test_bundle_infineon_intermediates_chain_to_the_infineon_root() -> None:
         path = verify_path(e.der, b.roots, b.intermediates, at_time=min(e.not_after, NOW))
         assert path.chain[-1].subject.rfc4514_string().startswith("CN=IFX TPM EK Root CA")
         assert "sha1-signature" in path.tolerated
+
+
+_ECDSA_SHA256 = bytes.fromhex("300a06082a8648ce3d040302")
+_ECDSA_SHA256_NULL = bytes.fromhex("300c06082a8648ce3d0403020500")
+
+
+def _content(der: bytes) -> bytes:
+    """The content octets of one DER TLV."""
+    n = der[1]
+    if n < 0x80:
+        return der[2:2 + n]
+    k = n & 0x7F
+    return der[2 + k:2 + k + int.from_bytes(der[2:2 + k], "big")]
+
+
+def _with_ecdsa_null(cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> bytes:
+    """`cert` with an explicit NULL in both ECDSA AlgorithmIdentifiers, signed again (as Intel's
+    OnDie CA writes them; RFC 5758 §3.2 says the parameters MUST be absent)."""
+    tbs_content = _content(cert.tbs_certificate_bytes)
+    assert tbs_content.count(_ECDSA_SHA256) == 1
+    tbs = _tlv(0x30, tbs_content.replace(_ECDSA_SHA256, _ECDSA_SHA256_NULL))
+    signature = key.sign(tbs, ec.ECDSA(hashes.SHA256()))
+    return _tlv(0x30, tbs + _ECDSA_SHA256_NULL + _tlv(0x03, b"\x00" + signature))
+
+
+def test_ecdsa_signature_algorithm_with_null_parameters() -> None:
+    """Intel's "OnDie CA RootCA" (the root of PTT EK certificates since 11th-generation Core,
+    SHA-256 BEB40BB7...FC24) encodes ecdsa-with-SHA384 with a NULL parameter; `cryptography`
+    refuses it (ExtraData), and so the whole Intel OnDie chain was EK_CERT_MALFORMED. Read
+    through the repair path (``ecdsa-null-parameters``); the signature is checked over the bytes
+    as signed."""
+    from pki import make_ca
+
+    root = make_ca("ODCA-like Root")
+    inter = make_ca("ODCA-like CA", root)
+    odd_inter = _with_ecdsa_null(inter[0], root[1])
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    leaf_builder = _builder(x509.Name([]), inter[0].subject, key, days=100)
+    for ext, critical in ek_extensions(key):
+        leaf_builder = leaf_builder.add_extension(ext, critical=critical)
+    odd_leaf = _with_ecdsa_null(leaf_builder.sign(inter[1], hashes.SHA256()), inter[1])
+    got = verify_ek_certificate(odd_leaf, [pem(root[0])], [odd_inter], ek_public=key)
+    assert got.lenient and "ecdsa-null-parameters" in got.tolerated and len(got.chain) == 3
+    # the bytes as signed decide: a flipped bit in the signed part fails
+    tampered = bytearray(odd_leaf)
+    tampered[len(tampered) // 2] ^= 1
+    with pytest.raises(VerificationError):
+        verify_ek_certificate(bytes(tampered), [pem(root[0])], [odd_inter])
+
+
+def test_shipped_intel_ondie_root_reads() -> None:
+    from tpm2_attest.trust import tpm_vendor_cas
+
+    (ondie,) = [e for e in tpm_vendor_cas(["Intel"]) if "OnDie CA Root" in e.subject]
+    assert ondie.anchor and ondie.parsed == "lenient: ecdsa-null-parameters"
+    assert ondie.sha256.upper().startswith("BEB40BB7507B3396")

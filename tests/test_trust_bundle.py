@@ -51,17 +51,19 @@ def test_manifest_check_notices_a_change(tmp_path: Path) -> None:
 
 def test_bundle_contents() -> None:
     b = tpm_vendor_cas()
-    assert len(b) == 56 and tpm_vendor_cas() is b  # loaded once
-    assert set(b.vendors) == {"Alibaba Cloud", "GlobalSign", "Google", "Infineon", "Intel", "Nationz",
-                              "Nuvoton", "STMicroelectronics"}
+    assert len(b) == 61 and tpm_vendor_cas() is b  # loaded once
+    assert set(b.vendors) == {"AMD", "Alibaba Cloud", "GlobalSign", "Google", "Infineon", "Intel", "Microsoft",
+                              "Nationz", "Nuvoton", "STMicroelectronics"}
     files = {e.file for e in b}
     assert len([f for f in files if f.startswith("tpm-vendor-cas/")]) == 51
     assert len([f for f in files if f.startswith("cloud-vtpm-cas/")]) == 5
+    assert len([f for f in files if f.startswith("tpm-ca-certificates/")]) == 5
     distinct = {e.sha256 for e in b}
     assert len(b.roots) + len(b.intermediates) == len(distinct)  # duplicates passed once
     assert {e.duplicate_of for e in b if e.duplicate_of} <= files
     for e in b:
-        assert e.source.licence == "Apache-2.0" and e.source.commit and e.source.repository
+        assert e.source.licence == ("BSD-3-Clause" if e.file.startswith("tpm-ca-certificates/") else "Apache-2.0")
+        assert e.source.commit and e.source.repository
         assert e.anchor or e.role == "intermediate"  # every root is an anchor
         assert e.to_dict()["origin"]["repository"] == e.source.repository
 
@@ -74,7 +76,8 @@ def test_every_ca_parses_and_nuvoton_needs_the_lenient_path() -> None:
         if not p.strict:
             lenient.add(Path(e.file).stem)
             assert e.parsed.startswith("lenient")
-    assert lenient == {"NTC1", "NTC2", "NUVO_0100", "NUVO_1110", "NUVO_1111", "NUVO_2110", "NUVO_2111"}
+    assert lenient == {"NTC1", "NTC2", "NUVO_0100", "NUVO_1110", "NUVO_1111", "NUVO_2110", "NUVO_2111",
+                       "INTEL_OnDie_CA_RT"}
 
 
 def test_every_intermediate_chains_to_an_anchor_of_the_bundle() -> None:
@@ -153,7 +156,7 @@ def test_gce_ak_certificate_is_not_an_ek_certificate() -> None:
 def test_a_damaged_bundle_fails_loudly(tmp_path: Path) -> None:
     copy = tmp_path / "ca"
     shutil.copytree(CA_DIR, copy)
-    assert len(load_bundle(copy)) == 56
+    assert len(load_bundle(copy)) == 61
     target = copy / "tpm-vendor-cas" / "STM_RSA_RT.pem"
     target.write_bytes(target.read_bytes().replace(b"M", b"N", 1))
     with pytest.raises(BundleError, match="STM_RSA_RT"):

@@ -90,13 +90,14 @@ def test_cli_trust_list(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["trust", "list"]) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].split()[:3] == ["VENDOR", "ROLE", "NOT"] and len(lines) == 56 + 2
+    assert lines[0].split()[:3] == ["VENDOR", "ROLE", "NOT"] and len(lines) == 61 + 2
     ifx1 = next(line for line in lines if line.rstrip().endswith("tpm-vendor-cas/IFX1.pem"))
     assert "EXPIRED" in ifx1 and "Infineon" in ifx1
     assert main(["trust", "list", "--json", "--vendor", "Google", "--vendor", "intel"]) == 0
     obj: dict[str, Any] = json.loads(capsys.readouterr().out)
-    assert obj["count"] == 7 and obj["vendors"] == ["Google", "Intel"]
-    assert all(c["origin"]["licence"] == "Apache-2.0" for c in obj["certificates"])
+    assert obj["count"] == 8 and obj["vendors"] == ["Google", "Intel"]
+    assert all(c["origin"]["licence"] == ("BSD-3-Clause" if c["file"].startswith("tpm-ca-certificates/")
+                                          else "Apache-2.0") for c in obj["certificates"])
     assert main(["trust", "list", "--json", "--expired"]) == 0
     expired = json.loads(capsys.readouterr().out)["certificates"]
     assert expired and all(c["expired"] for c in expired)

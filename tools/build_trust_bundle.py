@@ -5,7 +5,8 @@
     python tools/build_trust_bundle.py --check        # manifest.json matches the files? (exit 1 if not)
     python tools/build_trust_bundle.py --add FOLDER/FILE SOURCE   # after copying a file in by hand
 
-``DIR`` holds one folder per source (``tpm-vendor-cas/``, ``cloud-vtpm-cas/``); the
+``DIR`` holds one folder per source (``tpm-vendor-cas/``, ``cloud-vtpm-cas/``,
+``tpm-ca-certificates/``); the
 ``SOURCES`` table below names where each folder came from (repository, path, commit,
 licence). Files are copied byte for byte, so a file's SHA-256 can be compared with its
 origin. The manifest is computed from the files alone (no clock, no network): parsing
@@ -47,15 +48,26 @@ SOURCES: dict[str, dict[str, str]] = {
         "licence": "Apache-2.0",
         "description": "Google Compute Engine vTPM EK/AK CAs",
     },
+    "tpm-ca-certificates": {
+        "repository": "loicsikidi/tpm-ca-certificates",
+        "path": "MIRROR.tpm-ca-certificates.pem",
+        "commit": "12cc1da5e4d5",
+        "date": "2026-06-10",
+        "licence": "BSD-3-Clause",
+        "description": "PEM blocks extracted from the bundle file (each one's SHA-256 as the file "
+                       "records it): AMD fTPM and Pluton, Intel OnDie CA (PTT), Microsoft Pluton roots",
+    },
 }
 """Where each folder of the bundle comes from (one entry per folder of ``--from DIR``)."""
 
 VENDORS: tuple[tuple[str, str], ...] = (
+    ("AMD_", "AMD"),
     ("Alibaba_", "Alibaba Cloud"),
     ("GS_", "GlobalSign"),
     ("IFX", "Infineon"),
     ("INF_", "Infineon"),
     ("INTEL_", "Intel"),
+    ("MSFT_", "Microsoft"),
     ("NTC", "Nuvoton"),
     ("NUVO_", "Nuvoton"),
     ("Nationz_", "Nationz"),

@@ -50,6 +50,8 @@ actually signed. Tolerated (each one is listed in ``tolerated``):
   ``time-format`` (UTCTime/GeneralizedTime without seconds or with an offset).
 * ``rsaes-oaep-spki``: an RSA key labelled id-RSAES-OAEP instead of rsaEncryption
   (older Infineon EK certificates); the key itself is a plain RSAPublicKey.
+* ``ecdsa-null-parameters``: an ECDSA signature AlgorithmIdentifier with a NULL parameter
+  (RFC 5758 asks for none; Intel's OnDie CA, the root of PTT EK certificates, writes NULL).
 
 For a repaired certificate the parsed certificate is the re-encoded copy (``lenient``
 is True): read fields from it, but its own signature does not cover its bytes; the
@@ -255,6 +257,23 @@ def _encode(node: _Node, notes: set[str]) -> bytes:
     return _tlv(tag, content)
 
 
+_ECDSA_OID_PREFIX: Final = bytes.fromhex("2a8648ce3d04")
+"""ecdsa-with-SHA1 (1.2.840.10045.4.1) and ecdsa-with-SHA2 (...4.3.x) start with these octets."""
+_NULL: Final = b"\x05\x00"
+
+
+def _encode_algorithm(node: _Node, notes: set[str]) -> bytes:
+    """An AlgorithmIdentifier; an ECDSA one with a NULL parameter loses it (RFC 5758 §3.2: the
+    parameters MUST be absent; Intel's OnDie CA writes NULL)."""
+    children = node.children
+    if (node.tag == 0x30 and children is not None and len(children) == 2 and children[0].tag == 0x06
+            and children[0].content.startswith(_ECDSA_OID_PREFIX) and children[1].tag == 0x05
+            and not children[1].content):
+        notes.add("ecdsa-null-parameters")
+        return _tlv(0x30, _encode(children[0], notes))
+    return _encode(node, notes)
+
+
 _OID_RSAES_OAEP: Final = bytes.fromhex("06092a864886f70d010107")
 _RSA_ENCRYPTION_ALG: Final = bytes.fromhex("300d06092a864886f70d0101010500")
 _OID_BASIC_CONSTRAINTS: Final = bytes.fromhex("0603551d13")
@@ -308,7 +327,8 @@ def _encode_tbs(tbs: _Node, notes: set[str]) -> bytes:
         notes.add("non-positive-serial")
         minimal = _tlv(0x02, b"\x00" + _int_bytes(value))
     out.append(minimal)
-    for node in items[i + 1 : i + 5]:  # signature, issuer, validity, subject
+    out.append(_encode_algorithm(items[i + 1], notes))  # signature
+    for node in items[i + 2 : i + 5]:  # issuer, validity, subject
         out.append(_encode(node, notes))
     spki = items[i + 5]
     if spki.tag != 0x30 or not spki.children or len(spki.children) != 2:
@@ -535,7 +555,7 @@ def _repair(
         tbs = _signed_tbs(der)  # exactly the bytes the issuer signed, never re-encoded
         fixed = _tlv(
             0x30,
-            _encode_tbs(tbs_node, notes) + _encode(alg_node, notes) + _encode(sig_node, notes),
+            _encode_tbs(tbs_node, notes) + _encode_algorithm(alg_node, notes) + _encode(sig_node, notes),
         )
     except _Malformed as exc:
         raise _fail(Reason.EK_CERT_MALFORMED, f"{what}: {exc} ({strict_error})") from exc
