@@ -119,7 +119,7 @@ def test_wheel_is_pure_and_typed(wheel: Path) -> None:
     manifest = json.loads(z_read(wheel, "tpm2_attest/trust/ca/manifest.json"))
     assert {"tpm2_attest/trust/ca/README.md"} | {f"tpm2_attest/trust/ca/{e['file']}"
                                                   for e in manifest["certificates"]} <= names
-    assert len(manifest["certificates"]) == 56
+    assert len(manifest["certificates"]) == 61
     assert {"tpm2_attest/probe.py", "tpm2_attest/progress.py", "tpm2_attest/backends/pcp.py"} <= names
     # the dashboard's templates and style sheet, and the migrations
     assert {f"tpm2_attest/service/templates/dashboard/{f}" for f in
@@ -150,7 +150,7 @@ def test_installed_version_and_location(venv: Path, tmp_path: Path) -> None:
     res = _run(venv / "bin" / "python", "-c",
                "import tpm2_attest.trust as t; b = t.tpm_vendor_cas(); print(len(b), len(b.roots))",
                cwd=tmp_path, env=_clean_env(venv))
-    assert res.returncode == 0 and res.stdout.split()[0] == "56", res.stdout + res.stderr
+    assert res.returncode == 0 and res.stdout.split()[0] == "61", res.stdout + res.stderr
 
 
 @pytest.mark.skipif(not swtpm_available(), reason="swtpm is not installed")
