@@ -225,3 +225,29 @@ def test_shipped_intel_ondie_root_reads() -> None:
     (ondie,) = [e for e in tpm_vendor_cas(["Intel"]) if "OnDie CA Root" in e.subject]
     assert ondie.anchor and ondie.parsed == "lenient: ecdsa-null-parameters"
     assert ondie.sha256.upper().startswith("BEB40BB7507B3396")
+
+
+def test_excluded_directory_subtree_is_not_bypassed_by_case() -> None:
+    """nameConstraints compared directoryNames byte for byte: an excluded subtree O=Other let
+    O=OTHER (or "Other " with a trailing space) through. RFC 5280 §4.2.1.10 matches them with
+    the §7.1 rules, so the exclusion holds; a permitted subtree admits the same variants."""
+    from pki import make_ca, make_leaf
+
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    no_san = [e for e in ek_extensions(key) if not isinstance(e[0], x509.SubjectAlternativeName)]
+    other = x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME, "Other")])
+    anchor = make_ca("NC Case Root", extra=[(x509.NameConstraints(
+        permitted_subtrees=None, excluded_subtrees=[x509.DirectoryName(other)]), True)])
+    sub = make_ca("NC Case Sub", anchor)
+    for org in ("Other", "OTHER", "other  ", " Other"):
+        leaf = make_leaf(sub, key, subject=name("tpm", o=org), extensions=no_san)
+        with pytest.raises(VerificationError) as e:
+            verify_ek_certificate(pem(leaf), [pem(anchor[0])], [pem(sub[0])])
+        assert "nameConstraints" in e.value.detail, org
+    permit = make_ca("NC Case Permit", extra=[(x509.NameConstraints(
+        permitted_subtrees=[x509.DirectoryName(x509.Name([x509.NameAttribute(NameOID.ORGANIZATION_NAME,
+                                                                              "Vendor")]))],
+        excluded_subtrees=None), True)])
+    psub = make_ca("NC Case PSub", permit, subject=name("NC Case PSub", o="VENDOR"))
+    leaf = make_leaf(psub, key, subject=name("tpm", o="vendor"), extensions=no_san)
+    assert verify_ek_certificate(pem(leaf), [pem(permit[0])], [pem(psub[0])])

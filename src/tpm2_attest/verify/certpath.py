@@ -714,14 +714,11 @@ def _describe(p: _Parsed) -> str:
 # ------------------------------------------------------------------ name constraints
 
 
-def _rdns(name: x509.Name) -> list[frozenset[tuple[str, object]]]:
-    return [frozenset((a.oid.dotted_string, a.value) for a in rdn) for rdn in name.rdns]
-
-
 def _dn_within(name: x509.Name, base: x509.Name) -> bool:
     """RFC 5280 §4.2.1.10: a directoryName is within a subtree when the subtree's RDNs
-    are its first RDNs."""
-    mine, prefix = _rdns(name), _rdns(base)
+    are its first RDNs, compared as §7.1 compares names (an excluded O=Other also
+    excludes O=OTHER)."""
+    mine, prefix = _name_key(name), _name_key(base)
     return len(prefix) <= len(mine) and mine[: len(prefix)] == prefix
 
 
