@@ -231,9 +231,13 @@ def ascii(entries: Sequence[Entry], alg: str = "sha1", padded: bool = False) -> 
 def bank_digest(e: Entry, bank: str, list_alg: str = "sha1", mode: str = "native", order: str = "<") -> bytes:
     """What the kernel extends into ``bank`` for ``e``."""
     size = SIZES[bank]
+    if e.violation and mode == "legacy":
+        # kernels before 5.8 (and later ones for TPM algorithms they do not map, such as SHA3)
+        # extend the 20-byte SHA-1 value zero-padded: a violation is 0xff * 20, then zeros
+        return (b"\xff" * 20).ljust(size, b"\0")
     if e.violation:
         return b"\xff" * size
-    if mode == "padded":
+    if mode in ("padded", "legacy"):
         return h("sha1", e.hash_input(order)).ljust(size, b"\0")
     return h(bank, e.hash_input(order))
 

@@ -337,3 +337,49 @@ def test_state_carries_a_bounded_number_of_key_buffers() -> None:
     assert ImaState.from_dict(json.loads(json.dumps(res.state.to_dict()))).key_buffers == kb
     with pytest.raises(VerificationError):
         ImaState.from_dict({**res.state.to_dict(), "key_buffers": [[".ima", "30"]] * 65})
+
+
+# -- violations in every bank (ima_queue.c, ima_init_digests; tpm_pcr_extend before 5.8) ----------
+
+
+def _legacy_pcr10(ents: list[synth.Entry], bank: str) -> bytes:
+    """PCR 10 as kernels before 5.8 extended a non-SHA-1 bank, computed here from the kernel's
+    definition rather than the synthesizer: ``tpm_pcr_extend`` copied the 20-byte SHA-1 value
+    (0xff * 20 for a violation) into a zeroed digest of the bank's size."""
+    size = hashlib.new(bank).digest_size
+    value = bytes(size)
+    for e in ents:
+        if e.pcr != 10:
+            continue
+        twenty = b"\xff" * 20 if e.violation else hashlib.sha1(e.hash_input()).digest()
+        value = hashlib.new(bank, value + twenty + bytes(size - 20)).digest()
+    return value
+
+
+@pytest.mark.parametrize("bank", ["sha256", "sha384"])
+def test_violations_of_kernels_before_5_8_extend_ff20_zero_padded(bank: str) -> None:
+    """A 4.x/5.x kernel (RHEL 8's 4.18...) quoted in its SHA-256 bank: a ToMToU or open-writers
+    violation extended 0xff * 20 followed by zeros, not 0xff over the whole digest."""
+    ents, quoted = scenario(bank, mode="legacy")
+    assert quoted[10] == _legacy_pcr10(ents, bank)
+    assert sum(e.violation for e in ents) == 2
+    res = verify_ima_log(synth.binary(ents), quoted, bank=bank)
+    assert res.count == len(ents) and res.template_digests == "legacy" and res.violations == 2
+    assert verify_ima_log(synth.binary(ents), quoted, bank=bank, template_digests="legacy").count == len(ents)
+    expect(Reason.IMA_REPLAY_MISMATCH, synth.binary(ents), quoted, bank=bank, template_digests="padded")
+    # the kernels since 5.8 with no crypto for a bank they know: padded SHA-1, full 0xff violations
+    ents_p, quoted_p = scenario(bank, mode="padded")
+    assert verify_ima_log(synth.binary(ents_p), quoted_p, bank=bank).template_digests == "padded"
+    expect(Reason.IMA_REPLAY_MISMATCH, synth.binary(ents_p), quoted_p, bank=bank, template_digests="legacy")
+
+
+def test_a_state_without_violations_does_not_pin_the_padded_variant() -> None:
+    """Without a violation the two padded forms replay alike: a later violation decides."""
+    ents, quoted = scenario("sha256", mode="legacy")
+    first_viol = next(i for i, e in enumerate(ents) if e.violation)
+    head = ents[:first_viol]
+    first = verify_ima_log(synth.binary(head), {**quoted, **synth.pcr_values(head, "sha256", "legacy")})
+    assert first.count == len(head) and first.template_digests in ("padded", "legacy")
+    raw = synth.binary(ents)
+    res = verify_ima_log(raw[first.state.offset:], quoted, state=first.state.to_dict())
+    assert res.count == len(ents) and res.template_digests == "legacy"

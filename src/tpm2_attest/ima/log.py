@@ -12,10 +12,13 @@ from .entry import ImaEntry
 from .errors import ImaLogError
 
 Format = Literal["binary", "ascii"]
-DigestMode = Literal["native", "padded"]
+DigestMode = Literal["native", "padded", "legacy"]
 """How a PCR bank other than the list's own was extended: ``native`` with the bank's own hash
-of the template data (kernels since 5.8), ``padded`` with the SHA-1 template hash zero-padded
-to the bank's size (older kernels, and any bank whose hash the kernel's crypto lacks)."""
+of the template data (kernels since 5.8); ``padded`` with the SHA-1 template hash zero-padded
+to the bank's size and violations as 0xff over the whole digest (kernels since 5.8, for a bank
+whose hash their crypto lacks); ``legacy`` like ``padded`` but violations as 0xff * 20 then
+zeros (kernels before 5.8, whose ``tpm_pcr_extend`` copied one 20-byte value into every bank,
+and later kernels for TPM algorithms they do not map, such as SHA-3: ``ima_init_digests``)."""
 
 IMA_PCR = 10
 """CONFIG_IMA_MEASURE_PCR_IDX; a policy rule's ``pcr=`` can send entries elsewhere."""
@@ -94,9 +97,10 @@ class ImaLog:
     # -- replay --------------------------------------------------------------------------------
 
     def template_digest(self, entry: ImaEntry, bank: str | int, mode: DigestMode = "native") -> bytes:
-        """What the kernel extended into ``bank`` for ``entry``: 0xff... for a violation; the
-        listed template hash in the list's own bank; else the bank's hash of the template
-        data (``native``) or the SHA-1 template hash zero-padded (``padded``)."""
+        """What the kernel extended into ``bank`` for ``entry``: 0xff... for a violation
+        (0xff * 20 zero-padded in ``legacy`` mode); the listed template hash in the list's own
+        bank; else the bank's hash of the template data (``native``) or the SHA-1 template
+        hash zero-padded (``padded``, ``legacy``)."""
         _, name, kname, size = _bank(bank)
         return bytes(self._digest_fn(name, kname, size, mode)(entry))
 
@@ -106,10 +110,12 @@ class ImaLog:
             def listed(e: ImaEntry) -> bytes:
                 return ff if e.violation else e.template_hash
             return listed
-        if mode == "padded" or (kname is None):
-            if mode != "padded":
-                raise ValueError(f"no hash for PCR bank {name}; only the padded SHA-1 form applies")
+        if mode in ("padded", "legacy") or (kname is None):
+            if mode not in ("padded", "legacy"):
+                raise ValueError(f"no hash for PCR bank {name}; only the padded SHA-1 forms apply")
             pad = bytes(size - 20)
+            if mode == "legacy":
+                ff = b"\xff" * 20 + pad
             sha1 = algorithms.hasher("sha1")
             assert sha1 is not None
             own_sha1 = self.hash_alg == "sha1"

@@ -37,7 +37,9 @@ from ..tpm2.constants import HASH_SIZES
 from .errors import Reason, VerificationError
 from .eventlog import _quoted
 
-TemplateDigests = Literal["listed", "native", "padded"]
+TemplateDigests = Literal["listed", "native", "padded", "legacy"]
+_PADDED: Final = ("padded", "legacy")
+"""The two SHA-1-padded forms replay alike until a violation tells them apart."""
 BootAggregateStatus = Literal["verified", "not_quoted", "other_bank", "absent", "unchecked"]
 """``verified``: equal to the quoted PCRs; ``not_quoted``: the quote lacks some of PCRs 0-9;
 ``other_bank``: recorded in another bank than the quoted one; ``absent``: the list does not
@@ -56,7 +58,7 @@ class ImaState:
 
     ``bank``: the PCR bank replayed; ``count``: entries verified (whole-list index of the
     next one); ``pcrs``: {pcr: value} they replay to; ``template_digests``: how this
-    kernel extends the bank (``listed``/``native``/``padded``; None while undetermined);
+    kernel extends the bank (``listed``/``native``/``padded``/``legacy``; None while undetermined);
     ``reset_count``: the TPM's resetCount in the quote (a reboot restarts the list);
     ``offset``: byte offset where entry ``count`` begins in the file read (``format``,
     ``hash_alg``), for asking the device for the rest; ``boot_aggregate``: its status;
@@ -113,7 +115,7 @@ class ImaState:
             rc = d.get("reset_count")
             td = d.get("template_digests")
             ba = d.get("boot_aggregate", "unchecked")
-            if count < 0 or offset < 0 or td not in (None, "listed", "native", "padded") or \
+            if count < 0 or offset < 0 or td not in (None, "listed", "native", "padded", "legacy") or \
                     ba not in ("verified", "not_quoted", "other_bank", "absent", "unchecked"):
                 raise ValueError("value out of range")
             kb = tuple((str(k), bytes.fromhex(b)) for k, b in list(d.get("key_buffers") or ()))
@@ -229,7 +231,7 @@ def verify_ima_log(
     *,
     bank: str | int = "sha256",
     state: ImaState | Mapping[str, Any] | None = None,
-    template_digests: Literal["auto", "native", "padded"] = "auto",
+    template_digests: Literal["auto", "native", "padded", "legacy"] = "auto",
     pcrs: tuple[int, ...] = (IMA_PCR,),
 ) -> ImaResult:
     """Verify an IMA list against quoted PCRs; raise VerificationError unless it checks out.
@@ -241,7 +243,8 @@ def verify_ima_log(
     proved. ``state``: the ``ImaResult.state`` of the previous verification (or its dict),
     to verify only new entries; a full list (``start`` 0) is accepted too and its verified
     part skipped. ``template_digests``: how banks other than the list's own were extended
-    (``auto`` tries ``native`` then ``padded``). ``pcrs``: the PCRs IMA extends (10).
+    (``auto`` tries ``native``, ``padded`` then ``legacy``; see ``ima.DigestMode``).
+    ``pcrs``: the PCRs IMA extends (10).
 
     Reasons: IMA_LOG_MALFORMED, IMA_TEMPLATE_HASH_MISMATCH, IMA_TEMPLATE_UNSUPPORTED,
     IMA_PCR_NOT_QUOTED, IMA_REPLAY_MISMATCH, IMA_BOOT_AGGREGATE_MISMATCH, IMA_STATE_MISMATCH,
@@ -264,8 +267,8 @@ def verify_ima_log(
     ext = algorithms.hasher(kname) if kname else None
     if ext is None:
         raise VerificationError(Reason.UNSUPPORTED_FORMAT, f"this verifier cannot compute PCR bank {name}")
-    if template_digests not in ("auto", "native", "padded"):
-        raise ValueError("template_digests must be 'auto', 'native' or 'padded'")
+    if template_digests not in ("auto", "native", "padded", "legacy"):
+        raise ValueError("template_digests must be 'auto', 'native', 'padded' or 'legacy'")
 
     prev: ImaState | None
     if state is None:
@@ -319,16 +322,18 @@ def verify_ima_log(
     # 3. replay: the list's own bank uses the listed hashes, others native or padded
     if kname == tail.hash_alg:
         modes: list[TemplateDigests] = ["listed"]
-    elif prev is not None and prev.template_digests in ("native", "padded"):
-        modes = [prev.template_digests]
+    elif prev is not None and prev.template_digests == "native":
+        modes = ["native"]
+    elif prev is not None and prev.template_digests in _PADDED:
+        modes = [prev.template_digests, *(m for m in _PADDED if m != prev.template_digests)]
     elif template_digests == "auto":
-        modes = ["native", "padded"]
+        modes = ["native", "padded", "legacy"]
     else:
         modes = [template_digests]
     found: tuple[int, dict[int, bytes], TemplateDigests] | None = None
     final: dict[int, bytes] = {}
     for mode in modes:
-        dmode: DigestMode = "padded" if mode == "padded" else "native"
+        dmode: DigestMode = mode if mode in _PADDED else "native"
         try:
             fn = tail._digest_fn(name, kname, size, dmode)
             matched, values = _replay(tail, fn, ext, quoted, initial, tracked, size)
