@@ -204,7 +204,7 @@ def binary(entries: Sequence[Entry], alg: str = "sha1", order: str = "<", padded
     return bytes(out)
 
 
-def _ascii_field(fid: str, v: bytes) -> str:
+def _ascii_field(fid: str, v: bytes, order: str = "<") -> str:
     if not v:
         return ""
     if fid in STRING_FIELDS:
@@ -213,16 +213,17 @@ def _ascii_field(fid: str, v: bytes) -> str:
         prefix, _, digest = v.partition(b"\0")
         return prefix.decode() + digest.hex()
     if fid in ("iuid", "igid", "imode"):
-        return str(int.from_bytes(v, "little"))
+        return str(int.from_bytes(v, "little" if order == "<" else "big"))
     return v.hex()
 
 
-def ascii(entries: Sequence[Entry], alg: str = "sha1", padded: bool = False) -> bytes:
-    """``ascii_runtime_measurements`` (sha1) or ``ascii_runtime_measurements_<alg>``."""
+def ascii(entries: Sequence[Entry], alg: str = "sha1", padded: bool = False, order: str = "<") -> bytes:
+    """``ascii_runtime_measurements`` (sha1) or ``ascii_runtime_measurements_<alg>``; ``order``
+    is the host's (a big-endian kernel without ima_canonical_fmt hashes big-endian lengths)."""
     lines = []
     for e in entries:
-        th = e.template_hash(alg, "<", padded and alg != "sha1").hex()
-        lines.append(f"{e.pcr:2d} {th} {e.template}" + "".join(" " + _ascii_field(f, v) for f, v in e.fields))
+        th = e.template_hash(alg, order, padded and alg != "sha1").hex()
+        lines.append(f"{e.pcr:2d} {th} {e.template}" + "".join(" " + _ascii_field(f, v, order) for f, v in e.fields))
     return "".join(line + "\n" for line in lines).encode("utf-8", "surrogateescape")
 
 

@@ -8,6 +8,7 @@ import copy
 import dataclasses
 import hashlib
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -315,6 +316,17 @@ def test_state_mismatches() -> None:
     {"pcrs": "nope"},
 ])
 def test_saved_state_that_does_not_parse(change: dict[str, Any]) -> None:
+    _refused_state(change)
+
+
+@pytest.mark.parametrize("change", [{"hash_alg": "crc32"}, {"hash_alg": ["sha1"]}, {"hash_alg": "SHA256"},
+                                    {"format": "yaml"}])
+def test_saved_state_with_a_list_encoding_that_does_not_parse(change: dict[str, Any]) -> None:
+    """The state's algorithm now parses the device's tail: a bad one is MALFORMED, not a crash."""
+    _refused_state(change)
+
+
+def _refused_state(change: dict[str, Any]) -> None:
     good = ImaState("sha256", 3, {10: bytes(32)}).to_dict()
     assert ImaState.from_dict(good) == ImaState("sha256", 3, {10: bytes(32)})
     with pytest.raises(VerificationError) as exc:
@@ -383,3 +395,88 @@ def test_a_state_without_violations_does_not_pin_the_padded_variant() -> None:
     raw = synth.binary(ents)
     res = verify_ima_log(raw[first.state.offset:], quoted, state=first.state.to_dict())
     assert res.count == len(ents) and res.template_digests == "legacy"
+
+
+# -- keylime's own test lists (tests/data/ima/keylime-create-runtime-policy) -----------------------
+
+KEYLIME_LISTS = Path(__file__).parent / "data" / "ima" / "keylime-create-runtime-policy"
+
+
+def _chain(bank: str, digests: list[bytes]) -> bytes:
+    size = len(digests[0])
+    value = bytes(size)
+    for d in digests:
+        value = _hash(bank, value + d)
+    return value
+
+
+def _hash(alg: str, data: bytes) -> bytes:
+    from tpm2_attest.ima import algorithms
+
+    return algorithms.digest(alg, data)
+
+
+def test_keylime_sm3_per_bank_list_is_told_from_sha256() -> None:
+    """keylime's ima-log-sm3_256: the per-bank list of an SM3 PCR bank, whose 32-byte template
+    hashes are SM3. Their size alone says sha256; the verifier must find SM3 from the
+    hashes, or it refuses a valid list as tampered."""
+    raw = (KEYLIME_LISTS / "ima-log-sm3_256").read_bytes()
+    log = parse_ima_log(raw)
+    viol, data = log.entries
+    assert viol.violation and data.path == "/data"
+    want_sm3 = _chain("sm3", [b"\xff" * 32, data.template_hash])
+    res = verify_ima_log(raw, {10: want_sm3}, bank="sm3_256")
+    assert res.count == 2 and res.template_digests == "listed" and res.state.hash_alg == "sm3"
+    assert verify_ima_log(log, {10: want_sm3}, bank="sm3_256").count == 2  # parsed by the caller
+    want_256 = _chain("sha256", [b"\xff" * 32, hashlib.sha256(data.hash_input or b"").digest()])
+    res = verify_ima_log(raw, {10: want_256}, bank="sha256")
+    assert res.count == 2 and res.template_digests == "native"
+    # an incremental tail that starts with a violation cannot show its algorithm: the state does
+    tail = raw[raw.index(b"\n") + 1:]
+    first = verify_ima_log(raw.split(b"\n")[0] + b"\n", {10: _chain("sm3", [b"\xff" * 32])}, bank="sm3_256")
+    assert verify_ima_log(tail, {10: want_sm3}, bank="sm3_256", state=first.state).count == 2
+    # hashes of no algorithm of their size still fail as tampered
+    forged = raw.replace(data.template_hash.hex().encode(), b"11" * 32)
+    expect(Reason.IMA_TEMPLATE_HASH_MISMATCH, forged, {10: want_sm3}, bank="sm3_256")
+
+
+@pytest.mark.parametrize("name,digest_alg", [("ima-log-sha1", "sha1"), ("ima-log-sha256", "sha256"),
+                                              ("ima-log-sha384", "sha384"), ("ima-log-sha512", "sha512")])
+def test_keylime_sha1_lists_with_every_digest_algorithm(name: str, digest_alg: str) -> None:
+    raw = (KEYLIME_LISTS / name).read_bytes()
+    log = parse_ima_log(raw)
+    assert log.hash_alg == "sha1" and [e.digest.algorithm for e in log if e.digest] == [digest_alg] * 2
+    res = verify_ima_log(raw, {10: log.replay("sha1")}, bank="sha1")
+    assert res.count == 2 and res.entries[1].path == "/data"
+
+
+def test_keylime_list_of_an_unknown_digest_algorithm() -> None:
+    """ima-log-unknown: digests of an algorithm no kernel has, and a template hash copied from
+    another line: it parses, its digests keep their name, and it does not verify."""
+    raw = (KEYLIME_LISTS / "ima-log-unknown").read_bytes()
+    log = parse_ima_log(raw)
+    assert [str(e.digest).split(":")[0] for e in log] == ["unknown", "unknown"]
+    expect(Reason.IMA_TEMPLATE_HASH_MISMATCH, raw, {10: log.replay("sha256")})
+
+
+def test_template_hash_algorithm_is_found_from_the_hashes() -> None:
+    """A per-bank list of a SHA3-256 bank (32-byte hashes): verified, not called tampered."""
+    ents, quoted = scenario("sha256")
+    for fmt in (synth.binary, synth.ascii):
+        res = verify_ima_log(fmt(ents, "sha3-256"), quoted, bank="sha256")
+        assert res.count == len(ents) and res.state.hash_alg == "sha3-256" and res.template_digests == "native"
+
+
+def test_ascii_list_of_a_big_endian_kernel() -> None:
+    """s390x without ima_canonical_fmt hashes its template data with big-endian lengths and
+    integers; its ASCII list shows none of that, so the verifier must try that order."""
+    pcrs0 = boot_pcrs("sha256")
+    ents = [synth.boot_aggregate_entry(pcrs0, "sha256"), *synth.every_template(order=">")]
+    quoted = {**pcrs0, **synth.pcr_values(ents, "sha256", order=">")}
+    res = verify_ima_log(synth.ascii(ents, order=">"), quoted, bank="sha256")
+    assert res.count == len(ents) and res.boot_aggregate == "verified"
+    uid = next(e for e in res.entries if e.template_name == "evm-sig").field("iuid")
+    assert uid == (1000).to_bytes(4, "big")
+    # a list that binds in neither order is still refused
+    bad = synth.ascii(ents, order=">").replace(b"/usr/bin/bash", b"/usr/bin/bosh")
+    expect(Reason.IMA_TEMPLATE_HASH_MISMATCH, bad, quoted, bank="sha256")

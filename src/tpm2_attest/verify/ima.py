@@ -22,7 +22,7 @@ entries after them (``state=``), and only those are hashed.
 from __future__ import annotations
 
 import hmac
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final, Literal
 
@@ -118,11 +118,14 @@ class ImaState:
             if count < 0 or offset < 0 or td not in (None, "listed", "native", "padded", "legacy") or \
                     ba not in ("verified", "not_quoted", "other_bank", "absent", "unchecked"):
                 raise ValueError("value out of range")
+            fmt, hash_alg = d.get("format"), d.get("hash_alg")
+            if fmt not in (None, "binary", "ascii") or (
+                    hash_alg is not None and (not isinstance(hash_alg, str) or algorithms.canonical(hash_alg) != hash_alg)):
+                raise ValueError(f"format {fmt!r} / hash_alg {hash_alg!r}")
             kb = tuple((str(k), bytes.fromhex(b)) for k, b in list(d.get("key_buffers") or ()))
             if len(kb) > MAX_KEY_BUFFERS:
                 raise ValueError("too many key_buffers")
-            return cls(bank, count, pcrs, td, None if rc is None else int(rc), offset,
-                       d.get("format"), d.get("hash_alg"), ba, kb)
+            return cls(bank, count, pcrs, td, None if rc is None else int(rc), offset, fmt, hash_alg, ba, kb)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
             raise VerificationError(Reason.MALFORMED, f"saved IMA state does not parse: {exc}") from None
 
@@ -196,6 +199,45 @@ def _check_bindings(log: ImaLog) -> None:
         raise VerificationError(Reason.IMA_TEMPLATE_HASH_MISMATCH,
                                 f"{_where(e)}: its fields do not hash to the listed template "
                                 f"hash {th.hex()}")
+
+
+def _binds(alg: str, e: ImaEntry) -> bool:
+    """Does ``e``'s template data hash to its listed template hash with ``alg`` (or, in a list
+    of ``alg``-sized hashes, to the zero-padded SHA-1 hash of a bank the kernel cannot hash)?"""
+    h = algorithms.hasher(alg)
+    data = e.hash_input
+    if h is None or data is None:
+        return False
+    if h(data).digest() == e.template_hash:
+        return True
+    sha1 = algorithms.hasher("sha1")
+    assert sha1 is not None
+    return alg != "sha1" and sha1(data).digest().ljust(len(e.template_hash), b"\0") == e.template_hash
+
+
+def _settle_encoding(log: ImaLog, big_endian: Callable[[], ImaLog] | None) -> ImaLog:
+    """The list with the template-hash algorithm and byte order its first bound entry shows.
+
+    A hash's size names several algorithms (32 bytes: sha256, sm3, sha3-256) and the parser
+    assumes the common one unless told; an ASCII list does not show the byte order of the
+    lengths its kernel hashed (big-endian without ``ima_canonical_fmt``). When the first
+    entry that binds anything does not bind as parsed, the other readings are tried on it;
+    every entry is then checked under the reading chosen (``_check_bindings``)."""
+    first = next((e for e in log.entries if not e.violation and e.hash_input is not None), None)
+    if first is None or _binds(log.hash_alg, first):
+        return log
+    size = algorithms.DIGEST_SIZES[log.hash_alg]
+    for alg in algorithms.HASH_ALGO_NAMES:
+        if alg != log.hash_alg and algorithms.DIGEST_SIZES[alg] == size and _binds(alg, first):
+            return ImaLog(log.entries, format=log.format, hash_alg=alg, byteorder=log.byteorder,
+                          start=log.start, end_offset=log.end_offset)
+    if big_endian is not None and log.format == "ascii" and log.byteorder == "little":
+        swapped = big_endian()
+        again = _settle_encoding(swapped, None)
+        probe = next((e for e in again.entries if not e.violation and e.hash_input is not None), None)
+        if probe is not None and _binds(again.hash_alg, probe):
+            return again
+    return log
 
 
 def _replay(log: ImaLog, digest_fn: Any, ext: Any, quoted: Mapping[int, bytes], initial: Mapping[int, bytes],
@@ -289,11 +331,17 @@ def verify_ima_log(
     if not isinstance(log, ImaLog):
         if not isinstance(log, bytes | bytearray | memoryview | str):
             raise TypeError("log must be an ImaLog or the list's bytes")
+        raw = log.encode("utf-8", "surrogateescape") if isinstance(log, str) else bytes(log)
+        start, offset = (prev.count, prev.offset) if prev else (0, 0)
         try:
-            log = parse_ima_log(log, start=prev.count if prev else 0,
-                                offset=prev.offset if prev else 0)
+            # a tail may hold only violations, which show no algorithm: the state remembers it
+            parsed = parse_ima_log(raw, template_hash=prev.hash_alg if prev else None, start=start, offset=offset)
+            log = _settle_encoding(parsed, lambda: parse_ima_log(raw, template_hash=parsed.hash_alg,
+                                                                 byteorder="big", start=start, offset=offset))
         except ImaLogError as exc:
             raise VerificationError(Reason.IMA_LOG_MALFORMED, str(exc)) from None
+    else:
+        log = _settle_encoding(log, None)
     tail = log
     if prev is None and log.start != 0:
         raise VerificationError(Reason.IMA_STATE_MISMATCH,
@@ -373,8 +421,9 @@ def verify_ima_log(
         if (buf is not None and len(buf) <= MAX_KEY_BUFFER_SIZE and buf[:1] in (b"\x30", b"-")
                 and not e.violation and e.path is not None and len(keys) < MAX_KEY_BUFFERS):
             keys.append((e.path, buf))
+    fmt = tail.format if len(tail) or prev is None or prev.format is None else prev.format
     new_state = ImaState(name, count, values, mode_kept, reset_count, tail.offset_of(count),
-                         tail.format, tail.hash_alg, ba, tuple(keys))
+                         fmt, tail.hash_alg, ba, tuple(keys))
     return ImaResult(name, verified, pending, count, values, mode_kept, ba,
                      sum(1 for e in verified if e.violation), new_state, carried)
 
