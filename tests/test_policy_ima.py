@@ -288,6 +288,38 @@ def test_boot_aggregate_verified_by_the_quote_needs_no_listing() -> None:
     assert Policy.from_dict(doc).evaluate(ima=unquoted).failed_rules() == ["ima.boot_aggregate"]
 
 
+def test_kexec_boot_aggregate_in_the_middle_of_the_list() -> None:
+    """After a kexec the new kernel restores the old list and measures its own boot_aggregate
+    (ima_init: ima_load_kexec_buffer, then ima_add_boot_aggregate) without a TPM reset: a
+    second boot_aggregate, over the same PCRs 0-9, in the middle of the list. keylime accepts
+    any boot_aggregate equal to the one of the quoted PCRs; so must we."""
+    files = [synth.ima_ng("/bin/a"), synth.ima_ng("/bin/b")]
+    kexec = synth.boot_aggregate_entry(PCRS0, "sha256")
+    res = booted([files[0], kexec, files[1]])
+    assert res.entries[2].path == "boot_aggregate" and res.boot_aggregates == (0, 2)
+    digests = {f.path: [synth.file_digest(f.path).hex()] for f in files}
+    assert Policy.from_dict({"ima": {"digests": digests}}).evaluate(ima=res).ok
+    keylime = {**EMPTY, "digests": digests}
+    assert from_keylime_runtime_policy(keylime).evaluate(ima=res).ok
+    assert policy.learn(ima=res).to_dict()["ima"]["digests"].keys() == set(digests)
+    # one that does not hash the quoted PCRs is judged like a first one: listed or refused
+    other = synth.boot_aggregate_entry({**PCRS0, 4: b"\x44" * 32}, "sha256")
+    res = booted([files[0], other, files[1]])
+    assert res.boot_aggregates == (0,)
+    r = Policy.from_dict({"ima": {"digests": digests}}).evaluate(ima=res)
+    assert r.failed_rules() == ["ima.boot_aggregate"] and "entry 2" in r.violations[0].detail
+    listed = {**digests, "boot_aggregate": [other.fields[0][1][8:].hex()]}
+    assert Policy.from_dict({"ima": {"digests": listed}}).evaluate(ima=res).ok
+    assert from_keylime_runtime_policy({**EMPTY, "digests": listed}).evaluate(ima=res).ok
+    # incremental: the kexec entry arrives in a later call, matched all the same
+    head = parse_ima_log(synth.binary([synth.boot_aggregate_entry(PCRS0, "sha256"), files[0]]))
+    first = verify_ima_log(head, {**PCRS0, **head.replay_all("sha256")})
+    full = parse_ima_log(synth.binary([synth.boot_aggregate_entry(PCRS0, "sha256"), files[0], kexec]))
+    later = verify_ima_log(full, {**PCRS0, **full.replay_all("sha256")}, state=first.state)
+    assert [e.index for e in later.entries] == [2] and later.boot_aggregates == (2,)
+    assert Policy.from_dict({"ima": {"digests": digests}}).evaluate(ima=later).ok
+
+
 def test_learned_policy_and_evaluate_with_the_other_sections() -> None:
     entries = synth.every_template()
     res = booted(entries)

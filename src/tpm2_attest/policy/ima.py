@@ -16,8 +16,9 @@ Each verified entry of :class:`~tpm2_attest.verify.ImaResult` must be accounted 
 order, as keylime's runtime policies do:
 
 - a path matching an ``excludes`` regular expression (whole path) is accepted;
-- the first entry, ``boot_aggregate``, is accepted when the verifier matched it to the quoted
-  PCRs 0-9, or when its digest is listed under ``digests["boot_aggregate"]``;
+- a ``boot_aggregate`` (the first entry, and the one a kernel started by kexec adds) is
+  accepted when the verifier matched it to the quoted PCRs 0-9, or when its digest is listed
+  under ``digests["boot_aggregate"]``;
 - an entry with a file signature (``ima-sig``...) is accepted when its digest is listed, or
   when the signature (v2, or v3 over ``ima_file_id``) verifies under a trusted key: one of
   ``keys``, or a key the list itself shows loaded onto a keyring the policy allows;
@@ -301,13 +302,15 @@ class ImaSection(Section):
                             "path and digest this policy can judge",
                             seen={"index": e.index, "template": e.template_name})
             return
-        if e.index == 0 and path == BOOT_AGGREGATE_NAME:
-            if getattr(result, "boot_aggregate", None) == "verified" or self.excluded(path):
+        if path == BOOT_AGGREGATE_NAME and e.buffer is None:
+            # the first entry, and the one a kernel started by kexec adds mid-list
+            if self._boot_aggregate_matched(e, result) or self.excluded(path):
                 return
             listed = self.digests.get(BOOT_AGGREGATE_NAME)
             if listed is None or not listed.accepts(d):
-                yield Violation("ima.boot_aggregate", f"boot_aggregate {d} is neither matched to the "
-                                f"quoted PCRs ({getattr(result, 'boot_aggregate', None)}) nor listed",
+                status = getattr(result, "boot_aggregate", None) if e.index == 0 else "unmatched"
+                yield Violation("ima.boot_aggregate", f"entry {e.index}: boot_aggregate {d} is neither "
+                                f"matched to the quoted PCRs ({status}) nor listed",
                                 seen=str(d), wanted=list(listed.text) if listed else None)
             return
         buf = e.buffer
@@ -332,6 +335,13 @@ class ImaSection(Section):
             yield Violation("ima.digest", f"entry {e.index}: {path!r} has digest {d}, the allow-list "
                             f"has {', '.join(listed.text)}{sig_note}",
                             seen={"path": path, "digest": str(d)}, wanted=list(listed.text))
+
+    @staticmethod
+    def _boot_aggregate_matched(e: ImaEntry, result: Any) -> bool:
+        """Did the verifier find ``e`` equal to the boot_aggregate of the quoted PCRs?"""
+        if e.index in getattr(result, "boot_aggregates", ()):
+            return True
+        return e.index == 0 and getattr(result, "boot_aggregate", None) == "verified"
 
     @staticmethod
     def _signature_ok(data: bytes, d: ImaDigest, trusted: list[TrustedKey]) -> str | None:
@@ -376,6 +386,7 @@ class ImaSection(Section):
         keyrings: dict[str, Digests] = {}
         buffers: dict[str, Digests] = {}
         violations = False
+        self_matched = cls._boot_aggregate_matched
         for e in result.entries:
             if e.violation:
                 violations = True
@@ -383,7 +394,7 @@ class ImaSection(Section):
             d, path = e.digest, e.path
             if d is None or path is None:
                 continue
-            if e.index == 0 and path == BOOT_AGGREGATE_NAME and result.boot_aggregate == "verified":
+            if path == BOOT_AGGREGATE_NAME and self_matched(e, result):
                 continue
             one = Digests.parse([f"{algorithms.canonical(d.algorithm) or d.algorithm}:{d.hex}"]
                                 if algorithms.canonical(d.algorithm) else [d.hex], path)

@@ -139,7 +139,10 @@ class ImaResult:
     after the quoted state, not verified; ``count``: entries verified in total (with
     earlier calls); ``pcrs``: replayed values; ``template_digests``: how the bank is
     extended; ``boot_aggregate``: its status; ``violations``: how many verified entries are
-    violations; ``state``: pass it as ``state=`` next time.
+    violations; ``state``: pass it as ``state=`` next time; ``key_buffers``: keys loaded onto
+    keyrings by entries of earlier calls; ``boot_aggregates``: the indices of the verified
+    ``boot_aggregate`` entries equal to the aggregate of the quoted PCRs (the first entry, and
+    the one a kernel started by kexec adds in the middle of the list).
     """
 
     bank: str
@@ -152,6 +155,7 @@ class ImaResult:
     violations: int
     state: ImaState
     key_buffers: tuple[tuple[str, bytes], ...] = ()
+    boot_aggregates: tuple[int, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready summary (without the entries themselves)."""
@@ -412,6 +416,10 @@ def verify_ima_log(
     ba: BootAggregateStatus = prev.boot_aggregate if prev else "unchecked"
     if verified and verified[0].index == 0:
         ba = _boot_aggregate(verified[0], quoted, kname)
+    # a kernel started by kexec restores the list and adds its own boot_aggregate (ima_init):
+    # over PCRs that no reset cleared, so equal to the quoted ones unless they moved since
+    aggregates = tuple(e.index for e in verified if e.path == BOOT_AGGREGATE_NAME and not e.violation
+                    and (ba == "verified" if e.index == 0 else _matches_quoted(e, quoted, kname)))
 
     count = tail.start + k
     carried = prev.key_buffers if prev else ()
@@ -425,7 +433,16 @@ def verify_ima_log(
     new_state = ImaState(name, count, values, mode_kept, reset_count, tail.offset_of(count),
                          fmt, tail.hash_alg, ba, tuple(keys))
     return ImaResult(name, verified, pending, count, values, mode_kept, ba,
-                     sum(1 for e in verified if e.violation), new_state, carried)
+                     sum(1 for e in verified if e.violation), new_state, carried, aggregates)
+
+
+def _matches_quoted(e: ImaEntry, quoted: Mapping[int, bytes], kname: str | None) -> bool:
+    """Is ``e``'s digest the boot_aggregate of the quoted PCRs (in the quoted bank)?"""
+    d = e.digest
+    alg = algorithms.canonical(d.algorithm) if d is not None else None
+    if d is None or alg is None or alg != kname or any(i not in quoted for i in boot_aggregate_pcrs(alg)):
+        return False
+    return hmac.compare_digest(boot_aggregate(quoted, alg), d.digest)
 
 
 def _boot_aggregate(first: ImaEntry, quoted: Mapping[int, bytes], kname: str | None) -> BootAggregateStatus:
