@@ -306,6 +306,21 @@ def test_ascii_errors_carry_their_line(text: str, match: str, line: int) -> None
     assert exc.value.line == line and exc.value.offset is not None
 
 
+def test_text_that_is_no_file_name_bytes_is_a_typed_error() -> None:
+    """A str list (JSON can carry one) with a lone surrogate no byte decodes to: ImaLogError,
+    not a UnicodeEncodeError, from the parser and from the verifier."""
+    from tpm2_attest.verify import Reason, VerificationError, verify_ima_log
+
+    text = "10 " + "11" * 20 + " ima-ng sha1:" + "00" * 20 + " /a\ud800\n"
+    with pytest.raises(ImaLogError, match="UTF-8"):
+        parse_ima_log(text)
+    with pytest.raises(VerificationError) as exc:
+        verify_ima_log(text, {10: bytes(32)})
+    assert exc.value.reason is Reason.IMA_LOG_MALFORMED
+    # the bytes a file name decoded with surrogateescape came from are kept
+    assert parse_ima_log(text.replace("\ud800", "\udcff"))[0].fields[1] == b"/a\xff\0"
+
+
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError):
         parse_ima_log(b"", byteorder="middle")

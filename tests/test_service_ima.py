@@ -152,3 +152,37 @@ def test_after_a_reboot_the_whole_list_is_sent_again(fresh_swtpm: EmbeddedSwtpm,
         # the stale offset was tried and refused, then the whole list went on a new challenge
         assert [b.get("ima_offset") for b in client.sent[-4:] if "quote" in b] == [saved, 0]
         before = after
+
+
+def _admin(http: TestClient) -> dict[str, str]:
+    from datetime import UTC, datetime
+
+    from tpm2_attest.service import auth
+
+    with http.app.state.service.store.session() as s:  # type: ignore[attr-defined]
+        _rec, token = auth.create_token(s, "root", "admin", "test", datetime.now(UTC))
+        s.commit()
+    return {"Authorization": f"Bearer {token}"}
+
+
+def test_a_file_name_that_is_not_utf8_is_shown_not_crashed_on(env: tuple[Tpm, TestClient, Machine]) -> None:
+    """A hostile device runs /tmp/<0xff 0xfe>: the kernel lists the raw bytes. The refusal is
+    recorded and the operator API still answers (before: a lone surrogate in the stored
+    violation made every read of the device a 500, and PostgreSQL refuses to store one)."""
+    tpm, http, machine = env
+    client = InProcess(http)
+    dev = enroll(tpm, client)
+    admin = _admin(http)
+    assert http.put("/v1/admin/policies/ima", headers=admin,
+                    json={"document": {"ima": {"excludes": ["/usr/.*"]}}}).status_code == 200
+    assert http.put(f"/v1/admin/assignments/device/{dev.device_id}", headers=admin,
+                    json={"policy": "ima"}).status_code == 200
+    machine.measure(synth.ima_ng(b"/tmp/\xff\xfeevil".decode("utf-8", "surrogateescape"), digest=bytes(32)))
+    with pytest.raises(ServiceError) as exc:
+        attest(tpm, client, dev.device_id, dev.ak_blob, ima=True, ima_securityfs=machine.root)
+    assert exc.value.code == "POLICY_VIOLATION"
+    r = http.get(f"/v1/admin/devices/{dev.device_id}", headers=admin)
+    assert r.status_code == 200, r.text
+    (violation,) = r.json()["last_attestation"]["violations"]
+    assert violation["rule"] == "ima.unknown_file" and violation["seen"]["path"] == "/tmp/\\xff\\xfeevil"
+    assert http.get(f"/v1/admin/devices/{dev.device_id}/attestations", headers=admin).status_code == 200

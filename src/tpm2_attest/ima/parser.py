@@ -37,6 +37,18 @@ _SIZES_TO_ALG: Final = {20: "sha1", 32: "sha256", 48: "sha384", 64: "sha512"}
 _TEMPLATE_NAME: Final = re.compile(rb"[\x21-\x7e]{1,255}\Z")
 
 
+def list_bytes(data: bytes | bytearray | memoryview | str) -> bytes:
+    """The bytes of a list given as bytes or text (text: UTF-8, undecodable file-name bytes
+    as ``surrogateescape`` keeps them); ImaLogError for text no bytes decode to."""
+    if not isinstance(data, str):
+        return bytes(data)
+    try:
+        return data.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:
+        raise ImaLogError(f"text list is not UTF-8 (character {data[exc.start]!r})",
+                          offset=len(data[:exc.start].encode("utf-8", "surrogateescape"))) from None
+
+
 def _resolve_alg(template_hash: str | None) -> str | None:
     if template_hash is None:
         return None
@@ -59,9 +71,7 @@ def parse_ima_log(data: bytes | bytearray | memoryview | str, *, template_hash: 
     sent from entry N on (entry offsets and errors then speak of the whole list). An empty
     input is an empty list. Raises ImaLogError.
     """
-    if isinstance(data, str):
-        data = data.encode("utf-8", "surrogateescape")
-    buf = bytes(data)
+    buf = list_bytes(data)
     alg = _resolve_alg(template_hash)
     if byteorder not in ("auto", "little", "big"):
         raise ValueError("byteorder must be 'auto', 'little' or 'big'")

@@ -72,6 +72,16 @@ _MAX_KEY_BUFFER = 64 << 10
 _REHASH = ("sha256", "sha1", "sha384", "sha512")
 
 
+def _shown(name: str | None) -> str | None:
+    """A path or name from the list as violations show it: the kernel lists file names as raw
+    bytes, kept as surrogates by the parser (``surrogateescape``); those cannot be encoded as
+    UTF-8 JSON (nor stored by PostgreSQL), so undecodable bytes are shown as ``\\xNN``."""
+    if name is None or name.isascii():
+        return name
+    raw = name.encode("utf-8", "surrogateescape")
+    return raw.decode("utf-8", "backslashreplace")
+
+
 @dataclass(frozen=True)
 class Digests:
     """The acceptable digests of one name: bare values (any algorithm) and ``alg:value``."""
@@ -294,7 +304,7 @@ class ImaSection(Section):
                 return
             yield Violation("ima.violation", f"entry {e.index}: a ToMToU/open-writers violation on "
                             f"{path!r} (the kernel measured a file open for writing; nothing is bound)",
-                            seen={"index": e.index, "path": path}, wanted="no violation")
+                            seen={"index": e.index, "path": _shown(path)}, wanted="no violation")
             return
         d = e.digest
         if path is None or d is None:
@@ -330,11 +340,11 @@ class ImaSection(Section):
             sig_note = f"; its signature: {why}"
         if listed is None:
             yield Violation("ima.unknown_file", f"entry {e.index}: {path!r} ({d}) is not in the "
-                            f"allow-list{sig_note}", seen={"path": path, "digest": str(d)})
+                            f"allow-list{sig_note}", seen={"path": _shown(path), "digest": str(d)})
         else:
             yield Violation("ima.digest", f"entry {e.index}: {path!r} has digest {d}, the allow-list "
                             f"has {', '.join(listed.text)}{sig_note}",
-                            seen={"path": path, "digest": str(d)}, wanted=list(listed.text))
+                            seen={"path": _shown(path), "digest": str(d)}, wanted=list(listed.text))
 
     @staticmethod
     def _boot_aggregate_matched(e: ImaEntry, result: Any) -> bool:
@@ -363,7 +373,7 @@ class ImaSection(Section):
                 return
             if why != "not a key":
                 yield Violation("ima.keyring", f"entry {e.index}: a key loaded onto {name}: {why}",
-                                seen={"keyring": name, "digest": str(d)},
+                                seen={"keyring": _shown(name), "digest": str(d)},
                                 wanted=list(self.keyrings[name].text) if name in self.keyrings else None)
                 return
         if self.excluded(name):
@@ -371,7 +381,7 @@ class ImaSection(Section):
         listed = self.buffers.get(name)
         if listed is None or not listed.accepts(d):
             yield Violation("ima.buffer", f"entry {e.index}: buffer {name!r} ({d}) is not allowed",
-                            seen={"name": name, "digest": str(d)},
+                            seen={"name": _shown(name), "digest": str(d)},
                             wanted=list(listed.text) if listed else None)
 
     # -- learning ----------------------------------------------------------------------------

@@ -32,7 +32,7 @@ from ..ima.aggregate import BOOT_AGGREGATE_NAME, boot_aggregate, boot_aggregate_
 from ..ima.entry import ImaEntry
 from ..ima.errors import ImaLogError
 from ..ima.log import IMA_PCR, DigestMode, ImaLog
-from ..ima.parser import parse_ima_log
+from ..ima.parser import list_bytes, parse_ima_log
 from ..tpm2.constants import HASH_SIZES
 from .errors import Reason, VerificationError
 from .eventlog import _quoted
@@ -335,9 +335,9 @@ def verify_ima_log(
     if not isinstance(log, ImaLog):
         if not isinstance(log, bytes | bytearray | memoryview | str):
             raise TypeError("log must be an ImaLog or the list's bytes")
-        raw = log.encode("utf-8", "surrogateescape") if isinstance(log, str) else bytes(log)
         start, offset = (prev.count, prev.offset) if prev else (0, 0)
         try:
+            raw = list_bytes(log)
             # a tail may hold only violations, which show no algorithm: the state remembers it
             parsed = parse_ima_log(raw, template_hash=prev.hash_alg if prev else None, start=start, offset=offset)
             log = _settle_encoding(parsed, lambda: parse_ima_log(raw, template_hash=parsed.hash_alg,
