@@ -186,3 +186,48 @@ def test_a_file_name_that_is_not_utf8_is_shown_not_crashed_on(env: tuple[Tpm, Te
     (violation,) = r.json()["last_attestation"]["violations"]
     assert violation["rule"] == "ima.unknown_file" and violation["seen"]["path"] == "/tmp/\\xff\\xfeevil"
     assert http.get(f"/v1/admin/devices/{dev.device_id}/attestations", headers=admin).status_code == 200
+
+
+def test_a_new_policy_judges_the_whole_list_again(env: tuple[Tpm, TestClient, Machine]) -> None:
+    """Entries verified earlier were judged by the policies of then. When the device's policies
+    change (a new version, another assignment), the files it already ran must meet the new
+    ones: the next attestation verifies and judges its whole list again (keylime re-reads the
+    whole list when an agent's runtime policy is updated)."""
+    tpm, http, machine = env
+    client = InProcess(http)
+    dev = enroll(tpm, client)
+    admin = _admin(http)
+    tool = synth.ima_ng("/usr/bin/tool")
+    machine.measure(tool)
+    digest = synth.file_digest("/usr/bin/tool").hex()
+
+    def policy(version_digest: str) -> dict[str, Any]:
+        return {"document": {"ima": {"digests": {"/usr/bin/tool": [version_digest]}}}}
+
+    assert http.put("/v1/admin/policies/ima", headers=admin, json=policy(digest)).status_code == 200
+    assert http.put(f"/v1/admin/assignments/device/{dev.device_id}", headers=admin,
+                    json={"policy": "ima"}).status_code == 200
+
+    def run() -> dict[str, Any]:
+        return attest(tpm, client, dev.device_id, dev.ak_blob, ima=True, ima_securityfs=machine.root)
+
+    first = run()
+    assert first["ima"]["count"] == 2 and first["policies"] == [{"name": "ima", "version": 1}]
+    assert run()["ima"]["verified"] == 0  # same policy: only new entries (none) are judged
+    # version 2 no longer allows the tool the device already ran
+    assert http.put("/v1/admin/policies/ima", headers=admin, json=policy("00" * 32)).status_code == 200
+    with pytest.raises(ServiceError) as exc:
+        run()
+    assert exc.value.code == "POLICY_VIOLATION" and "/usr/bin/tool" in exc.value.detail
+    # back to a version that allows it: the whole list is judged once, then increments again
+    assert http.put("/v1/admin/policies/ima", headers=admin, json=policy(digest)).status_code == 200
+    again = run()
+    assert (again["ima"]["count"], again["ima"]["verified"]) == (2, 2)
+    assert run()["ima"]["verified"] == 0
+    # the same holds when the assignment changes rather than the version
+    assert http.put("/v1/admin/policies/strict", headers=admin, json=policy("11" * 32)).status_code == 200
+    assert http.put(f"/v1/admin/assignments/device/{dev.device_id}", headers=admin,
+                    json={"policy": "strict"}).status_code == 200
+    with pytest.raises(ServiceError) as exc:
+        run()
+    assert exc.value.code == "POLICY_VIOLATION"

@@ -507,14 +507,22 @@ class AttestationService:
                 out.state = log_result.state.summary()  # bounded, JSON-ready
             result["ima"] = None
             ima_result = None
+            applied = db.policies_for(p.device_id)
             if ima_log is not None:
-                state = self._ima_state(db, p.device_id) if ima_offset else None
-                if ima_offset and (state is None or state.offset != ima_offset):
-                    raise VerificationError(Reason.IMA_STATE_MISMATCH,
-                                            f"no verified IMA state ends at offset {ima_offset}: send the whole list")
+                state = None
+                if ima_offset:
+                    state, judged_by = self._ima_state(db, p.device_id)
+                    if state is None or state.offset != ima_offset:
+                        raise VerificationError(Reason.IMA_STATE_MISMATCH, f"no verified IMA state ends at "
+                                                f"offset {ima_offset}: send the whole list")
+                    # the entries verified before were judged by the policies of then
+                    now_applied = [{"name": n, "version": v} for n, v, _doc, _fresh in applied]
+                    if judged_by != now_applied:
+                        raise VerificationError(Reason.IMA_STATE_MISMATCH, "the device's policies changed "
+                                                "since its IMA list was judged: send the whole list")
                 ima_result = verify.verify_ima_log(ima_log, res, state=state)
                 result["ima"] = ima_result.to_dict()
-            out.verdict = judge(self.policy_cache, db.policies_for(p.device_id), res, log_result, ima_result)
+            out.verdict = judge(self.policy_cache, applied, res, log_result, ima_result)
             if not out.verdict.ok:
                 rules = out.verdict.failed_rules()
                 out.device_fault = True
@@ -527,16 +535,19 @@ class AttestationService:
             out.device_fault = exc.reason in DEVICE_FAULTS
         return out
 
-    def _ima_state(self, db: HotConnection, device_id: str) -> verify.ImaState | None:
-        """The IMA state the device's latest attestation left, if it passed with an IMA list."""
+    def _ima_state(self, db: HotConnection, device_id: str) -> tuple[verify.ImaState | None, list[Any]]:
+        """The IMA state the device's latest attestation left, if it passed with an IMA list,
+        and the policies that judged the entries it covers."""
         last = db.last_result(device_id)
-        ima = last.get("ima") if last is not None else None
+        if last is None:
+            return None, []
+        ima = last[0].get("ima")
         if not isinstance(ima, dict) or not isinstance(ima.get("state"), dict):
-            return None
+            return None, []
         try:
-            return verify.ImaState.from_dict(ima["state"])
+            return verify.ImaState.from_dict(ima["state"]), last[1]
         except VerificationError:
-            return None
+            return None, []
 
     def _status_update(self, outcome: _Outcome, old: str, now: datetime
                        ) -> tuple[str, datetime | None, dict[str, Any] | None]:

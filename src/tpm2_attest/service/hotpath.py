@@ -69,7 +69,7 @@ class HotPath:
             f"AND (SELECT count(*) FROM challenges WHERE device_id = {p} AND created_at > {p}) < {p} RETURNING id")
         self.active_sql = f"SELECT 1 FROM devices WHERE id = {p} AND revoked_at IS NULL"
         self.ima_offset_sql = f"SELECT ima_offset FROM devices WHERE id = {p}"
-        self.last_sql = (f"SELECT ok, result FROM attestations WHERE device_id = {p} "
+        self.last_sql = (f"SELECT ok, result, policies FROM attestations WHERE device_id = {p} "
                          "ORDER BY id DESC LIMIT 1")
         self.ima_reset_sql = f"UPDATE devices SET ima_offset = NULL WHERE id = {p}"
         self.pending_sql = (
@@ -186,13 +186,15 @@ class HotConnection:
         row = self.execute(self.hot.ima_offset_sql, (device_id,)).fetchone()
         return int(row[0]) if row is not None and row[0] is not None else 0
 
-    def last_result(self, device_id: str) -> dict[str, Any] | None:
-        """The result of the device's latest attestation if it passed (None otherwise)."""
+    def last_result(self, device_id: str) -> tuple[dict[str, Any], list[Any]] | None:
+        """The result of the device's latest attestation if it passed, with the policies
+        (``[{"name", "version"}]``) that judged it (None otherwise)."""
         row = self.execute(self.hot.last_sql, (device_id,)).fetchone()
         if row is None or not row[0] or row[1] is None:
             return None
         result = json.loads(row[1]) if isinstance(row[1], str) else row[1]
-        return result if isinstance(result, dict) else None
+        judged = json.loads(row[2]) if isinstance(row[2], str) else row[2]
+        return (result, judged if isinstance(judged, list) else []) if isinstance(result, dict) else None
 
     def pending(self, challenge_id: str) -> PendingAttestation | None:
         """The challenge and its device (one join), or None for an unknown challenge."""
