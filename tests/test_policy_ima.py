@@ -410,6 +410,33 @@ def test_keylime_import_accepts_its_documents_as_they_are() -> None:
     assert judge(EMPTY, data, allow_violations=False) == ["ima.violation"]
 
 
+KEYLIME_DATA = DATA / "keylime-create-runtime-policy"
+
+
+@pytest.mark.parametrize("alg", ["sha1", "sha256", "sha384", "sha512", "sm3_256"])
+def test_keylime_log_hash_alg_takes_keylime_names(alg: str) -> None:
+    """keylime's algorithms.Hash (the names ``ima.log_hash_alg`` takes) includes ``sm3_256``."""
+    doc = {**EMPTY, "ima": {**EMPTY["ima"], "log_hash_alg": alg}}
+    assert isinstance(from_keylime_runtime_policy(doc).section("ima"), ImaSection)
+    with pytest.raises(PolicyError) as exc:
+        from_keylime_runtime_policy({**EMPTY, "ima": {**EMPTY["ima"], "log_hash_alg": "md5"}})
+    assert exc.value.key == "ima.log_hash_alg"
+
+
+def test_keylime_policies_from_its_test_data_judge_its_lists() -> None:
+    """keylime's own files: policy-sha256 knows none of ima-log-sha256's entries; a policy of
+    that list's digests (what `keylime-policy create runtime --ima-measurement-list` makes)
+    accepts it; policy-unknown (a 31-byte digest) imports."""
+    raw = (KEYLIME_DATA / "ima-log-sha256").read_bytes()
+    res = verified(raw)
+    assert judge(json.loads((KEYLIME_DATA / "policy-sha256").read_text()), raw) == [
+        "ima.boot_aggregate", "ima.unknown_file"]  # no quoted PCRs 0-9 to match its boot_aggregate
+    learned = {**EMPTY, "digests": {e.path: [e.digest.hex] for e in res.entries if e.digest and e.path}}
+    assert from_keylime_runtime_policy(learned).evaluate(ima=res).ok
+    unknown = from_keylime_runtime_policy((KEYLIME_DATA / "policy-unknown").read_bytes()).section("ima")
+    assert isinstance(unknown, ImaSection) and list(unknown.digests) == ["/rootfs_data"]
+
+
 def test_many_offending_files_are_capped_per_rule() -> None:
     from tpm2_attest.policy.base import MAX_LISTED
 

@@ -32,7 +32,8 @@ from .ima import Digests, ImaSection, KeySpec
 TOP_KEYS = ("meta", "release", "digests", "excludes", "keyrings", "ima", "ima-buf", "verification-keys")
 META_KEYS = ("version", "generator", "timestamp")
 IMA_KEYS = ("ignored_keyrings", "log_hash_alg", "dm_policy")
-LOG_HASH_ALGS = ("sha1", "sha256", "sha384", "sha512")
+LOG_HASH_ALGS = ("sha1", "sha256", "sha384", "sha512", "sm3_256")
+"""keylime's ``algorithms.Hash`` names."""
 RUNTIME_POLICY_VERSION = 1
 
 
