@@ -437,6 +437,54 @@ def test_keylime_policies_from_its_test_data_judge_its_lists() -> None:
     assert isinstance(unknown, ImaSection) and list(unknown.digests) == ["/rootfs_data"]
 
 
+def test_keylime_import_takes_der_key_files() -> None:
+    """``keys`` are key files as keylime's --sign_verification_key reads them: PEM or DER."""
+    der = base64.b64decode(RSA_B64)
+    pem = serialization.load_der_public_key(der).public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+    for key in (der, pem, pem.decode()):
+        assert from_keylime_runtime_policy(EMPTY, keys=[key]).evaluate(ima=verified(SIGNATURES[:SIGNATURES.index(
+            b"\n") + 1])).ok
+
+
+def test_keylime_legacy_allowlists_and_exclude_lists() -> None:
+    """keylime_tenant --allowlist/--exclude still take the legacy formats (converted by
+    keylime's convert_runtime_policy): a flat list of '<digest> <path>' lines with
+    '%keyring:<name>' entries, or a JSON allow-list with 'hashes'; an exclude list is one
+    regular expression a line, '#' comments and blank lines skipped."""
+    flat = (DATA / "keylime-ima-allowlist-short.txt").read_bytes()  # sha256 6b010e35... as keylime's test
+    assert hashlib.sha256(flat).hexdigest() == "6b010e359bbcebafb9b3e5010c302c94d29e249f86ae6293339506041aeebd41"
+    sec = policy.from_keylime_allowlist(flat).section("ima")
+    assert isinstance(sec, ImaSection) and len(sec.digests) == 21
+    assert list(sec.digests["/boot/grub2/i386-pc/testload.mod"].text) == ["68e1d012e3f193dcde955e6ffbbc80e22b0f8778"]
+    assert list(sec.digests["boot_aggregate"].text) == [
+        "sha256:4309217e9709def327c3409407f4d52907aeba46ef1b4f46529fd095f2ef9fb2"]
+    assert list(sec.keyrings[".ima"].text) == ["a7d52aaa18c23d2d9bb2abb4308c0eeee67387a42259f4a6b1a42257065f3d5a"]
+    assert policy.from_keylime_allowlist(flat.decode()) == policy.from_keylime_allowlist(flat)
+    # keylime's own legacy JSON allow-list (test_ima_verification.ALLOWLIST) judges its lines
+    legacy_json = {"meta": {"version": 6}, "hashes": KEYLIME_POLICY["digests"],
+                   "keyrings": KEYLIME_POLICY["keyrings"], "ima": {"dm_policy": None}}
+    p = policy.from_keylime_allowlist(json.dumps(legacy_json), keys=[base64.b64decode(RSA_B64)])
+    assert p.evaluate(ima=verified(MEASUREMENTS + SIGNATURES)).ok
+    assert policy.from_keylime_allowlist(json.dumps({**legacy_json, "hashes": {"/other": ["00" * 32]}})).evaluate(
+        ima=verified(MEASUREMENTS)).failed_rules() == ["ima.boot_aggregate", "ima.unknown_file"]
+    # exclude lists: start-anchored regular expressions, as keylime applies them
+    excl = "# generated\n\nboot_aggregate\n/lib/modules/\n"
+    p = policy.from_keylime_allowlist(json.dumps({**legacy_json, "hashes": {"x": ["00" * 20]}}), excludes=excl)
+    assert p.evaluate(ima=verified(MEASUREMENTS)).ok
+    # a runtime policy is not an allow-list, nor is JSON without hashes; bad lines name themselves
+    for doc, key in [(json.dumps(KEYLIME_POLICY), "digests"), (json.dumps({"meta": {}}), "hashes"),
+                     ("zz /bin/a\n", "digests./bin/a.0"), (b"\xff\xfe", "")]:
+        with pytest.raises(PolicyError) as exc:
+            policy.from_keylime_allowlist(doc)
+        assert exc.value.key == key
+    with pytest.raises(PolicyError) as exc:
+        policy.from_keylime_allowlist(flat, excludes="(unclosed\n")
+    assert exc.value.key == "excludes.0"
+    # keylime skips lines that are not '<digest> <path>'
+    assert list(policy.from_keylime_allowlist("onlyonetoken\n" + "ab" * 20 + " /a\n").section("ima").digests) == ["/a"]
+
+
 def test_many_offending_files_are_capped_per_rule() -> None:
     from tpm2_attest.policy.base import MAX_LISTED
 

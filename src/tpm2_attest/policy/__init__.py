@@ -21,7 +21,7 @@ from .base import Evidence, PolicyError, PolicyResult, Section, Violation
 from .boot import BootSection
 from .document import SECTIONS, VERSION, Policy, learn
 from .ima import ImaSection
-from .keylime import from_keylime_runtime_policy
+from .keylime import from_keylime_allowlist, from_keylime_runtime_policy
 from .pcrs import PcrSection
 from .secure_boot import SecureBootSection, dbx_contains_document
 
@@ -39,6 +39,7 @@ __all__ = [
     "SecureBootSection",
     "Violation",
     "dbx_contains_document",
+    "from_keylime_allowlist",
     "from_keylime_runtime_policy",
     "learn",
 ]

@@ -20,6 +20,7 @@ DSSE-signed envelope (verify it and pass its payload).
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 from collections.abc import Iterable, Mapping
@@ -104,6 +105,17 @@ def _verification_keys(value: Any, path: str) -> list[KeySpec]:
     return specs
 
 
+def _key_text(key: str | bytes) -> str:
+    """A key file's content as a policy keeps it: PEM as it is, DER as base64 (decoding DER as
+    text would mangle it)."""
+    if not isinstance(key, bytes | bytearray):
+        return key
+    raw = bytes(key)
+    if raw.lstrip().startswith(b"-----BEGIN"):
+        return raw.decode("ascii", "replace")
+    return base64.b64encode(raw).decode("ascii")
+
+
 def ima_section_from_keylime(doc: Any, *, keys: Iterable[str | bytes] = (),
                              allow_violations: bool = True) -> ImaSection:
     """The ``ima`` section equivalent to a keylime runtime policy (see the module docstring)."""
@@ -133,8 +145,7 @@ def ima_section_from_keylime(doc: Any, *, keys: Iterable[str | bytes] = (),
                           "(set it to null, or judge dm-crypt/dm-verity ima-buf entries by digest)")
     specs = _verification_keys(top.get("verification-keys", ""), "verification-keys")
     for i, k in enumerate(keys):
-        text = k.decode("utf-8", "replace") if isinstance(k, bytes | bytearray) else k
-        specs.append(KeySpec.parse(text, f"keys[{i}]"))
+        specs.append(KeySpec.parse(_key_text(k), f"keys[{i}]"))
     excludes = tuple(_exclude(p, join("excludes", i))
                      for i, p in enumerate(sequence(top.get("excludes", []), "excludes")))
     return ImaSection(
@@ -147,6 +158,74 @@ def ima_section_from_keylime(doc: Any, *, keys: Iterable[str | bytes] = (),
         allow_violations=allow_violations,
         require_boot_aggregate=False,  # keylime judges boot_aggregate only as a listed file
     )
+
+
+LEGACY_KEYS = ("meta", "release", "hashes", "excludes", "keyrings", "ima", "ima-buf", "verification-keys")
+"""The keys of keylime's JSON allow-lists (versions 1-6) and what its converter carries over."""
+
+
+def _text(value: Any, what: str) -> str:
+    if isinstance(value, bytes | bytearray):
+        try:
+            return bytes(value).decode("utf-8")
+        except UnicodeDecodeError as exc:
+            raise PolicyError("", f"{what} is not UTF-8 text: {exc}") from None
+    return string(value, "")
+
+
+def _legacy_document(allowlist: Any) -> dict[str, Any]:
+    """The runtime policy keylime's ``convert_runtime_policy`` makes of a legacy allow-list."""
+    text = _text(allowlist, "the allow-list")
+    try:
+        obj = json.loads(text)
+    except (json.JSONDecodeError, RecursionError):
+        obj = None
+    if obj is not None:  # a JSON allow-list: its "hashes" are the runtime policy's "digests"
+        top = mapping(obj, "")
+        if "digests" in top and "hashes" not in top:
+            raise PolicyError("digests", "a runtime policy, not a legacy allow-list: import it with "
+                              "from_keylime_runtime_policy")
+        only_keys(top, "", LEGACY_KEYS)
+        if not top.get("hashes"):
+            raise PolicyError("hashes", "a JSON allow-list needs its 'hashes'")
+        doc: dict[str, Any] = {"digests": top["hashes"]}
+        for key in LEGACY_KEYS[3:]:
+            if top.get(key):
+                doc[key] = top[key]
+        return doc
+    digests: dict[str, list[str]] = {}
+    keyrings: dict[str, list[str]] = {}
+    for line in text.splitlines():  # '<digest> <path>' or '<digest> %keyring:<name>'
+        pieces = line.strip().split(None, 1)
+        if len(pieces) != 2:
+            continue  # keylime skips what is not two fields
+        digest, path = pieces
+        if path.startswith("%keyring:"):
+            keyrings.setdefault(path[len("%keyring:"):], []).append(digest)
+        else:
+            digests.setdefault(path, []).append(digest)
+    return {"digests": digests, "keyrings": keyrings}
+
+
+def from_keylime_allowlist(allowlist: str | bytes, *, excludes: str | bytes | None = None,
+                           keys: Iterable[str | bytes] = (), allow_violations: bool = True,
+                           name: str | None = None) -> Policy:
+    """A :class:`Policy` from keylime's legacy allow-list and exclude list, converted as
+    ``keylime_tenant --allowlist ... --exclude ...`` (keylime's ``convert_runtime_policy``)
+    converts them.
+
+    ``allowlist``: the flat format (``<digest>  <path>`` a line, ``<digest> %keyring:<name>``
+    for a key loaded onto a keyring; other lines skipped) or a JSON allow-list (``hashes``,
+    ``keyrings``, ``ima``...). ``excludes``: one regular expression a line, blank lines and
+    ``#`` comments skipped. ``keys`` and ``allow_violations`` as in
+    :func:`from_keylime_runtime_policy`. Raises :class:`PolicyError`."""
+    doc = _legacy_document(allowlist)
+    if excludes is not None:
+        lines = (line.strip() for line in _text(excludes, "the exclude list").splitlines())
+        extra = [line for line in lines if line and not line.startswith("#")]
+        doc["excludes"] = [*sequence(doc.get("excludes", []), "excludes"), *extra]
+    section = ima_section_from_keylime(doc, keys=keys, allow_violations=allow_violations)
+    return Policy((section,), name=name)
 
 
 def from_keylime_runtime_policy(doc: Any, *, keys: Iterable[str | bytes] = (),
@@ -162,4 +241,4 @@ def from_keylime_runtime_policy(doc: Any, *, keys: Iterable[str | bytes] = (),
     return Policy((ima_section_from_keylime(doc, keys=keys, allow_violations=allow_violations),), name=name)
 
 
-__all__ = ["from_keylime_runtime_policy", "ima_section_from_keylime"]
+__all__ = ["from_keylime_allowlist", "from_keylime_runtime_policy", "ima_section_from_keylime"]
