@@ -219,6 +219,20 @@ def test_coverage_of_the_ima_pcrs() -> None:
     assert res.count == 0 and res.boot_aggregate == "unchecked"
 
 
+def test_a_pcr_earlier_entries_extended_stays_quoted() -> None:
+    """The state tracks PCR 11 (a pcr=11 rule measured earlier): a later quote must cover it
+    even when the tail has no PCR 11 entry, or a device could drop the PCR 11 entries the
+    kernel appended since and no replay would see it."""
+    ents = [synth.ima_ng("/a"), synth.ima_ng("/conf", pcr=11), synth.ima_ng("/b"), synth.ima_ng("/evil", pcr=11)]
+    first = verify_ima_log(synth.binary(ents[:2]), synth.pcr_values(ents[:2], "sha256"))
+    now = synth.pcr_values(ents, "sha256")
+    dropped = synth.binary([ents[2]])  # the device leaves out /evil
+    err = expect(Reason.IMA_PCR_NOT_QUOTED, dropped, {10: now[10]}, state=first.state)
+    assert "[11]" in err.detail
+    expect(Reason.IMA_REPLAY_MISMATCH, dropped, now, state=first.state)
+    assert verify_ima_log(synth.binary(ents[2:]), now, state=first.state).count == 4
+
+
 def test_unknown_templates() -> None:
     ents, quoted = scenario("sha256", entries=[synth.ima_ng("/a"), synth.unknown("/u")])
     res = verify_ima_log(synth.binary(ents), quoted)

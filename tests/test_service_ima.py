@@ -231,3 +231,30 @@ def test_a_new_policy_judges_the_whole_list_again(env: tuple[Tpm, TestClient, Ma
     with pytest.raises(ServiceError) as exc:
         run()
     assert exc.value.code == "POLICY_VIOLATION"
+
+
+def test_entries_an_ima_policy_sends_to_other_pcrs(env: tuple[Tpm, TestClient, Machine]) -> None:
+    """An IMA policy rule with pcr=11 measures into PCR 11: the device quotes the PCRs its list
+    extends (it reads the list after quoting, so it quotes again when the list shows more),
+    and, told by the challenge, those the verified entries extended (else it could leave out
+    later PCR 11 entries unseen)."""
+    tpm, http, machine = env
+    client = InProcess(http)
+    dev = enroll(tpm, client)
+    machine.measure(synth.ima_ng("/usr/bin/a"), synth.ima_ng("/etc/app.conf", pcr=11))
+
+    def run() -> dict[str, Any]:
+        return attest(tpm, client, dev.device_id, dev.ak_blob, ima=True, ima_securityfs=machine.root)
+
+    first = run()
+    assert first["ima"]["count"] == 3 and set(first["ima"]["pcrs"]) == {"10", "11"}
+    assert "11" in first["pcrs"]
+    machine.measure(synth.ima_ng("/usr/bin/b"))
+    issued = http.post("/v1/attest/challenge", json={"device_id": dev.device_id}).json()
+    assert issued["ima_pcrs"] == [10, 11] and issued["ima_offset"] == first["ima"]["state"]["offset"]
+    second = run()
+    assert second["ima"]["verified"] == 1 and "11" in second["pcrs"]
+    assert second["ima"]["state"]["pcrs"]["11"] == first["ima"]["pcrs"]["11"]
+    machine.measure(synth.ima_ng("/etc/other.conf", pcr=12))
+    third = run()
+    assert third["ima"]["verified"] == 1 and "12" in third["pcrs"]

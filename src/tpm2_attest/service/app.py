@@ -275,7 +275,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
     def issue_challenge(body: ChallengeRequest) -> bytes:
         c = service.issue_challenge(body.device_id)
         return _dump(ChallengeResponse(challenge_id=c.challenge_id, nonce=c.nonce, expires_at=c.expires_at,
-                                       ima_offset=c.ima_offset))
+                                       ima_offset=c.ima_offset, ima_pcrs=list(c.ima_pcrs)))
 
     def answer_challenge(body: AttestRequest) -> bytes:
         started = time.perf_counter()

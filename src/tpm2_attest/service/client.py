@@ -382,6 +382,17 @@ def enroll(tpm: Tpm, server: str | ServiceClient, *, ek_kind: Literal["rsa", "ec
     return Enrollment(_str(done, "device_id"), blob, client.base, done)
 
 
+def _ima_pcrs(raw: bytes, offset: int) -> set[int]:
+    """The PCRs the entries of an IMA list (tail) extend; none when it does not parse (the
+    service then says why)."""
+    from ..ima import ImaLogError, parse_ima_log
+
+    try:
+        return set(parse_ima_log(raw, offset=offset).pcrs)
+    except ImaLogError:
+        return set()
+
+
 def attest(tpm: Tpm, server: str | ServiceClient, device_id: str, ak_blob: AkBlob | bytes | str, *,
            pcrs: Iterable[int] | None = None, bank: str = "sha256", event_log: bytes | None = None,
            ima: bool = False, ima_securityfs: str | os.PathLike[str] | None = None,
@@ -393,28 +404,48 @@ def attest(tpm: Tpm, server: str | ServiceClient, device_id: str, ak_blob: AkBlo
     covers) and send the IMA measurement list, read after quoting and only
     from the offset the server asks (the entries it has not verified); when the server no
     longer holds that state (a reboot), the whole list is sent once more on a new challenge.
+    The quote also covers the PCRs the server's state tracks and those the list extends (an
+    IMA policy's ``pcr=`` rules), quoting again when the list read after it shows more.
     ``ima_securityfs``: where to read it (``Tpm.ima_log``). Raises ServiceError when the
     server refuses (``code`` says why) or TpmError."""
     client = _client(server, timeout)
     blob = AkBlob.load(ak_blob)
+    base = list(pcrs) if pcrs is not None else None
     if ima:  # PCR 10, and PCRs 0-9 unless told otherwise: what the boot_aggregate covers
-        pcrs = sorted({*(range(10) if pcrs is None else pcrs), 10})
+        base = sorted({*(range(10) if base is None else base), 10})
     for attempt in range(2 if ima else 1):
         issued = client.post("/v1/attest/challenge", {"device_id": device_id})
-        quote = tpm.quote(blob, pcrs=pcrs, bank=bank, qualifying_data=_unb64(issued, "nonce"))
-        body: dict[str, Any] = {"challenge_id": _str(issued, "challenge_id"), "quote": quote.to_dict()}
-        if event_log is not None:
-            body["event_log"] = _b64(event_log)
+        nonce = _unb64(issued, "nonce")
+        quoted = base
+        ima_raw = b""
+        offset = 0
         if ima:
             offset = issued.get("ima_offset", 0)
             if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
                 raise ServiceError(ServiceCode.BAD_RESPONSE, "ima_offset: expected an integer >= 0")
-            try:
-                body["ima_log"] = _b64(tpm.ima_log(offset=offset, securityfs=ima_securityfs))
+            extra = issued.get("ima_pcrs", [])
+            if not isinstance(extra, list) or not all(type(p) is int and 0 <= p <= 31 for p in extra):
+                raise ServiceError(ServiceCode.BAD_RESPONSE, "ima_pcrs: expected a list of PCR indices")
+            quoted = sorted({*(quoted or ()), *extra})
+        while True:
+            quote = tpm.quote(blob, pcrs=quoted, bank=bank, qualifying_data=nonce)
+            if not ima:
+                break
+            try:  # read after quoting: the list may run ahead of the quote, never behind
+                ima_raw = tpm.ima_log(offset=offset, securityfs=ima_securityfs)
             except TpmError as exc:
                 if not offset or exc.code != ErrorCode.INVALID_ARGUMENT:
                     raise
-                body["ima_log"] = ""  # past the end of a shorter list: rebooted; refused, then resent
+                ima_raw = b""  # past the end of a shorter list: rebooted; refused, then resent
+            more = _ima_pcrs(ima_raw, offset) - set(quoted or ())
+            if not more:  # an IMA policy's pcr= rules: quote every PCR the list extends
+                break
+            quoted = sorted({*(quoted or ()), *more})
+        body: dict[str, Any] = {"challenge_id": _str(issued, "challenge_id"), "quote": quote.to_dict()}
+        if event_log is not None:
+            body["event_log"] = _b64(event_log)
+        if ima:
+            body["ima_log"] = _b64(ima_raw)
             body["ima_offset"] = offset
         try:
             return client.post("/v1/attest", body)

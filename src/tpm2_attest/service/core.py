@@ -121,6 +121,9 @@ class ChallengeIssued:
     expires_at: datetime
     ima_offset: int = 0
     """Where the device's IMA list should start: past the entries already verified."""
+    ima_pcrs: tuple[int, ...] = ()
+    """The PCRs the verified entries extended (10, and any an IMA policy's pcr= rule chose):
+    the quote must cover them even when the new entries do not extend them."""
 
 
 @dataclass(frozen=True)
@@ -417,7 +420,10 @@ class AttestationService:
                                         now - timedelta(seconds=window), limit)
                 db.commit() if ok else db.rollback()
             if ok:
-                issued = replace(issued, ima_offset=db.ima_offset(device_id))
+                offset = db.ima_offset(device_id)
+                state = self._ima_state(db, device_id)[0] if offset else None
+                pcrs = tuple(sorted(state.pcrs)) if state is not None and state.offset == offset else ()
+                issued = replace(issued, ima_offset=offset if pcrs else 0, ima_pcrs=pcrs)
             else:
                 if not db.device_is_active(device_id):
                     raise ServiceError(ServiceCode.UNKNOWN_DEVICE, "no enrolled device has this id")

@@ -124,6 +124,8 @@ class ChallengeResponse(Response):
     expires_at: datetime
     ima_offset: int = Field(default=0, description="Send the IMA list from this byte offset: the "
                             "entries before it are verified already (0: the whole list)")
+    ima_pcrs: list[int] = Field(default_factory=list, description="Quote these PCRs too: those the "
+                                "verified entries extended (10, and any of IMA policy pcr= rules)")
 
 
 class QuoteModel(Request):
