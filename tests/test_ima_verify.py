@@ -117,6 +117,26 @@ def test_boot_aggregate_covers_pcrs_0_9_except_in_sha1() -> None:
             assert verify_ima_log(synth.binary(ents1), bad, bank="sha1").boot_aggregate == "verified"
 
 
+def test_boot_aggregate_of_kernels_5_7_covers_pcrs_0_7_in_any_bank() -> None:
+    """5.7 (and the stable kernels that took "ima: Switch to ima_hash_algo for boot aggregate"
+    without 5.8's "extend boot_aggregate with kernel measurements": 5.4.y, 5.6.y) hash PCRs
+    0-7 only, in the SHA-256 bank: keylime's captured 5.4.48 lines come from such a kernel,
+    and keylime accepts the aggregate over 8 or over 10 PCRs of every bank."""
+    pcrs0 = boot_pcrs("sha256")
+    first = synth.ima_ng("boot_aggregate", digest=hashlib.sha256(b"".join(pcrs0[i] for i in range(8))).digest())
+    ents = [first, synth.ima_ng("/bin/a")]
+    quoted = {**pcrs0, **synth.pcr_values(ents, "sha256")}
+    res = verify_ima_log(synth.binary(ents), quoted)
+    assert res.boot_aggregate == "verified" and res.boot_aggregates == (0,)
+    only0_7 = {k: v for k, v in quoted.items() if k not in (8, 9)}
+    assert verify_ima_log(synth.binary(ents), only0_7).boot_aggregate == "verified"
+    # PCRs 0-9 aggregates need 8 and 9 quoted; a match of neither is still refused
+    ents9, quoted9 = scenario("sha256")
+    no89 = {k: v for k, v in quoted9.items() if k not in (8, 9)}
+    assert verify_ima_log(synth.binary(ents9), no89).boot_aggregate == "not_quoted"
+    expect(Reason.IMA_BOOT_AGGREGATE_MISMATCH, synth.binary(ents), {**quoted, 3: b"\x33" * 32})
+
+
 def test_legacy_template_boot_aggregate_is_sha1() -> None:
     ents, quoted = scenario("sha1", template="ima")
     assert verify_ima_log(synth.ascii(ents), quoted, bank="sha1").boot_aggregate == "verified"

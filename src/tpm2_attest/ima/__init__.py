@@ -6,7 +6,12 @@ verification against a quote is ``tpm2_attest.verify.verify_ima_log``. Every mal
 hostile list raises :class:`ImaLogError` (a ValueError) with the offset and line.
 """
 
-from .aggregate import BOOT_AGGREGATE_NAME, boot_aggregate, boot_aggregate_pcrs
+from .aggregate import (
+    BOOT_AGGREGATE_NAME,
+    boot_aggregate,
+    boot_aggregate_pcrs,
+    boot_aggregate_variants,
+)
 from .algorithms import HASH_ALGO_NAMES, canonical
 from .entry import ImaDigest, ImaEntry
 from .errors import ImaLogError
@@ -27,6 +32,7 @@ __all__ = [
     "ImaLogError",
     "boot_aggregate",
     "boot_aggregate_pcrs",
+    "boot_aggregate_variants",
     "canonical",
     "parse_ima_log",
     "template_fields",

@@ -28,7 +28,11 @@ from typing import Any, Final, Literal
 
 from ..eventlog.banks import bank_name, resolve_bank
 from ..ima import algorithms
-from ..ima.aggregate import BOOT_AGGREGATE_NAME, boot_aggregate, boot_aggregate_pcrs
+from ..ima.aggregate import (
+    BOOT_AGGREGATE_NAME,
+    boot_aggregate,
+    boot_aggregate_variants,
+)
 from ..ima.entry import ImaEntry
 from ..ima.errors import ImaLogError
 from ..ima.log import IMA_PCR, DigestMode, ImaLog
@@ -440,9 +444,22 @@ def _matches_quoted(e: ImaEntry, quoted: Mapping[int, bytes], kname: str | None)
     """Is ``e``'s digest the boot_aggregate of the quoted PCRs (in the quoted bank)?"""
     d = e.digest
     alg = algorithms.canonical(d.algorithm) if d is not None else None
-    if d is None or alg is None or alg != kname or any(i not in quoted for i in boot_aggregate_pcrs(alg)):
+    if d is None or alg is None or alg != kname:
         return False
-    return hmac.compare_digest(boot_aggregate(quoted, alg), d.digest)
+    return _aggregate_status(d.digest, quoted, alg) == "verified"
+
+
+def _aggregate_status(digest: bytes, quoted: Mapping[int, bytes], alg: str) -> str:
+    """``verified`` when ``digest`` is the aggregate of the quoted PCRs in one of the forms
+    kernels compute (``boot_aggregate_variants``), ``not_quoted`` when a form it may be needs
+    PCRs the quote lacks, else ``mismatch``."""
+    unquoted = False
+    for pcrs in boot_aggregate_variants(alg):
+        if any(i not in quoted for i in pcrs):
+            unquoted = True
+        elif hmac.compare_digest(boot_aggregate(quoted, alg, pcrs), digest):
+            return "verified"
+    return "not_quoted" if unquoted else "mismatch"
 
 
 def _boot_aggregate(first: ImaEntry, quoted: Mapping[int, bytes], kname: str | None) -> BootAggregateStatus:
@@ -455,13 +472,11 @@ def _boot_aggregate(first: ImaEntry, quoted: Mapping[int, bytes], kname: str | N
                                 f"the boot_aggregate entry has no usable digest ({first.digest})")
     if alg != kname:
         return "other_bank"
-    need = boot_aggregate_pcrs(alg)
-    if any(i not in quoted for i in need):
-        return "not_quoted"
-    want = boot_aggregate(quoted, alg)
-    if not hmac.compare_digest(want, d.digest):
+    status = _aggregate_status(d.digest, quoted, alg)
+    if status == "mismatch":
         zero = "" if any(d.digest) else " (all zeros: the kernel found no TPM when IMA started)"
+        forms = " or ".join(f"H(PCR {p[0]}-{p[-1]}) = {boot_aggregate(quoted, alg, p).hex()}"
+                            for p in boot_aggregate_variants(alg))
         raise VerificationError(Reason.IMA_BOOT_AGGREGATE_MISMATCH,
-                                f"boot_aggregate {d.hex}{zero} is not H(PCR {need[0]}-{need[-1]}) = "
-                                f"{want.hex()} of the quoted {alg} PCRs")
-    return "verified"
+                                f"boot_aggregate {d.hex}{zero} is not {forms} of the quoted {alg} PCRs")
+    return "verified" if status == "verified" else "not_quoted"
