@@ -240,7 +240,10 @@ def _settle_encoding(log: ImaLog, big_endian: Callable[[], ImaLog] | None) -> Im
             return ImaLog(log.entries, format=log.format, hash_alg=alg, byteorder=log.byteorder,
                           start=log.start, end_offset=log.end_offset)
     if big_endian is not None and log.format == "ascii" and log.byteorder == "little":
-        swapped = big_endian()
+        try:
+            swapped = big_endian()
+        except ImaLogError:
+            return log
         again = _settle_encoding(swapped, None)
         probe = next((e for e in again.entries if not e.violation and e.hash_input is not None), None)
         if probe is not None and _binds(again.hash_alg, probe):
