@@ -74,6 +74,27 @@ def env(fresh_swtpm: EmbeddedSwtpm, tmp_path: Path) -> Iterator[tuple[Tpm, TestC
         yield tpm, http, Machine(tpm, tmp_path / "securityfs")
 
 
+POSTGRES_URL = os.environ.get("TPM2_ATTEST_TEST_POSTGRES_URL")
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
+    not POSTGRES_URL, reason="set TPM2_ATTEST_TEST_POSTGRES_URL to run against PostgreSQL"))])
+def store_env(request: pytest.FixtureRequest, fresh_swtpm: EmbeddedSwtpm,
+              tmp_path: Path) -> Iterator[tuple[Tpm, TestClient, Machine]]:
+    """``env`` on SQLite and, when configured, on PostgreSQL."""
+    url = f"sqlite:///{tmp_path / 'service.db'}"
+    if request.param == "postgres":
+        from test_service import reset_postgres
+
+        assert POSTGRES_URL
+        reset_postgres(POSTGRES_URL)
+        url = POSTGRES_URL
+    settings = Settings(database_url=url, ek_roots=(Path(fresh_swtpm.ca_root_path),),
+                        ek_intermediates=(Path(fresh_swtpm.ca_intermediate_path),))
+    with Tpm.open(fresh_swtpm.tcti) as tpm, TestClient(create_app(settings)) as http:
+        yield tpm, http, Machine(tpm, tmp_path / "securityfs")
+
+
 def test_incremental_ima_attestation(env: tuple[Tpm, TestClient, Machine]) -> None:
     tpm, http, machine = env
     client = InProcess(http)
@@ -165,11 +186,11 @@ def _admin(http: TestClient) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
-def test_a_file_name_that_is_not_utf8_is_shown_not_crashed_on(env: tuple[Tpm, TestClient, Machine]) -> None:
+def test_a_file_name_that_is_not_utf8_is_shown_not_crashed_on(store_env: tuple[Tpm, TestClient, Machine]) -> None:
     """A hostile device runs /tmp/<0xff 0xfe>: the kernel lists the raw bytes. The refusal is
     recorded and the operator API still answers (before: a lone surrogate in the stored
-    violation made every read of the device a 500, and PostgreSQL refuses to store one)."""
-    tpm, http, machine = env
+    violation made every read of the device a 500, on either store)."""
+    tpm, http, machine = store_env
     client = InProcess(http)
     dev = enroll(tpm, client)
     admin = _admin(http)

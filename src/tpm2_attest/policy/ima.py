@@ -75,7 +75,7 @@ _REHASH = ("sha256", "sha1", "sha384", "sha512")
 def _shown(name: str | None) -> str | None:
     """A path or name from the list as violations show it: the kernel lists file names as raw
     bytes, kept as surrogates by the parser (``surrogateescape``); those cannot be encoded as
-    UTF-8 JSON (nor stored by PostgreSQL), so undecodable bytes are shown as ``\\xNN``."""
+    UTF-8 JSON, so undecodable bytes are shown as ``\\xNN``."""
     if name is None or name.isascii():
         return name
     raw = name.encode("utf-8", "surrogateescape")
