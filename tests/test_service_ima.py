@@ -237,6 +237,8 @@ def test_a_new_policy_judges_the_whole_list_again(env: tuple[Tpm, TestClient, Ma
     assert run()["ima"]["verified"] == 0  # same policy: only new entries (none) are judged
     # version 2 no longer allows the tool the device already ran
     assert http.put("/v1/admin/policies/ima", headers=admin, json=policy("00" * 32)).status_code == 200
+    issued = http.post("/v1/attest/challenge", json={"device_id": dev.device_id}).json()
+    assert issued["ima_offset"] == 0  # the challenge already asks for the whole list
     with pytest.raises(ServiceError) as exc:
         run()
     assert exc.value.code == "POLICY_VIOLATION" and "/usr/bin/tool" in exc.value.detail

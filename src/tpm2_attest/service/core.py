@@ -114,6 +114,11 @@ class DeviceEnrolled:
     """``credential_activation`` (the AK is bound to the EK) or ``ak_certificate``."""
 
 
+def _applied_refs(applied: list[tuple[str, int, Any, float | None]]) -> list[dict[str, Any]]:
+    """``[{"name", "version"}]`` of the policies ``policies_for`` applies, as a verdict lists them."""
+    return [{"name": n, "version": v} for n, v, _doc, _fresh in applied]
+
+
 @dataclass(frozen=True)
 class ChallengeIssued:
     challenge_id: str
@@ -421,8 +426,10 @@ class AttestationService:
                 db.commit() if ok else db.rollback()
             if ok:
                 offset = db.ima_offset(device_id)
-                state = self._ima_state(db, device_id)[0] if offset else None
-                pcrs = tuple(sorted(state.pcrs)) if state is not None and state.offset == offset else ()
+                state, judged_by = self._ima_state(db, device_id) if offset else (None, [])
+                # a state continues only where it ends and under the policies that judged it
+                pcrs = tuple(sorted(state.pcrs)) if state is not None and state.offset == offset and \
+                    judged_by == _applied_refs(db.policies_for(device_id)) else ()
                 issued = replace(issued, ima_offset=offset if pcrs else 0, ima_pcrs=pcrs)
             else:
                 if not db.device_is_active(device_id):
@@ -522,8 +529,7 @@ class AttestationService:
                         raise VerificationError(Reason.IMA_STATE_MISMATCH, f"no verified IMA state ends at "
                                                 f"offset {ima_offset}: send the whole list")
                     # the entries verified before were judged by the policies of then
-                    now_applied = [{"name": n, "version": v} for n, v, _doc, _fresh in applied]
-                    if judged_by != now_applied:
+                    if judged_by != _applied_refs(applied):
                         raise VerificationError(Reason.IMA_STATE_MISMATCH, "the device's policies changed "
                                                 "since its IMA list was judged: send the whole list")
                 ima_result = verify.verify_ima_log(ima_log, res, state=state)
