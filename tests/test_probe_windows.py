@@ -34,7 +34,7 @@ from tpm2_attest.transport import tbs
 from tpm2_attest.verify import Reason, VerificationError
 
 ELEVATED_CHECKS = ["caller", "provider", "security-descr-support", "ekpub", "ek-certificates",
-                   "idbinding", "quote-user-key", "idactivation", "dacl-before-finalize",
+                   "ek-chain", "idbinding", "quote-user-key", "idactivation", "dacl-before-finalize",
                    "quote-machine-key", "machine-key-standard-user", "tbs-event-log",
                    "hresults-seen", "elevation-detection"]
 STANDARD_CHECKS = [c if c != "dacl-before-finalize" else "machine-key-refused"
@@ -85,7 +85,7 @@ def test_system_run_confirms_every_assumption_and_leaves_no_key(swtpm: Any, stat
     assert [c.name for c in report.checks] == ELEVATED_CHECKS
     assert statuses(report) == {
         "caller": "OBSERVED", "provider": "OBSERVED", "security-descr-support": "CONFIRMED",
-        "ekpub": "CONFIRMED", "ek-certificates": "CONFIRMED", "idbinding": "CONFIRMED",
+        "ekpub": "CONFIRMED", "ek-certificates": "CONFIRMED", "ek-chain": "OBSERVED", "idbinding": "CONFIRMED",
         "quote-user-key": "CONFIRMED", "idactivation": "CONFIRMED",
         "dacl-before-finalize": "CONFIRMED", "quote-machine-key": "CONFIRMED",
         "machine-key-standard-user": "SKIPPED", "tbs-event-log": "OBSERVED",

@@ -446,6 +446,34 @@ class TpmCommands:
         top = first & 0xFF000000
         return [h for h in hs if h & 0xFF000000 == top]
 
+    def handles_in_range(self, first: int, last: int, limit: int) -> list[int]:
+        """Handles ``first``..``last`` that exist (TPM_CAP_HANDLES), ascending, at most
+        ``limit + 1`` of them (one more than ``limit`` says "there are more").
+
+        A handful of GetCapability calls whatever the TPM answers: a handle outside the range,
+        not above the previous one, or a call that brings nothing new ends the enumeration
+        (a TPM lists handles in ascending order from the one asked, Part 3 GetCapability)."""
+        found: list[int] = []
+        prop = first
+        for _ in range(limit + 1):  # each round adds at least one handle or ends
+            if prop > last or len(found) > limit:
+                break
+            more, data = self.get_capability(TPM_CAP.HANDLES, prop, min(last - prop + 1, 256))
+            added = 0
+            for item in data.data if isinstance(data.data, tuple) else ():
+                h = item if isinstance(item, int) else -1
+                if h < prop or h > last or (found and h <= found[-1]):
+                    more = False  # out of order or past the range: nothing further to trust
+                    break
+                found.append(h)
+                added += 1
+                if len(found) > limit:
+                    break
+            if not more or not added:
+                break
+            prop = found[-1] + 1
+        return found[: limit + 1]
+
     def pcr_banks(self) -> TPML_PCR_SELECTION:
         """Allocated PCR banks (TPM_CAP_PCRS)."""
         _, data = self.get_capability(TPM_CAP.PCRS, 0, 1)

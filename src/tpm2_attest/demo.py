@@ -112,7 +112,8 @@ def run_demo(tpm: Tpm, *, ek_roots: list[bytes] | None = None, ek_intermediates:
             st.status, st.detail = "SKIP", "no EK root CA given"
         else:
             ekcert = verify.verify_ek_certificate(ek.certificate, roots=ek_roots,
-                                                  intermediates=ek_intermediates or [], ek_public=ek.public)
+                                                  intermediates=[*(ek_intermediates or []), *ek.chain],
+                                                  ek_public=ek.public)
             st.detail = (f"chains to the given root ({len(ekcert.chain)} certificates), key matches the EK; "
                          f"TPM {ekcert.tpm_manufacturer or '?'} {ekcert.tpm_model or ''}".rstrip())
 

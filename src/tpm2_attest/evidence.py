@@ -40,6 +40,11 @@ TPP1_HIERARCHIES: Final = frozenset({0x40000001, 0x4000000B})
 """Hierarchies a ``TPP1`` primary AK may be derived in: owner, endorsement (GCE's AKs)."""
 MAX_KEY_NAME: Final = 256
 MAX_BLOB: Final = 16384
+EK_CHAIN_MAX_CERTS: Final = 16
+"""At most this many EK chain certificates are read from a TPM, sent, or accepted."""
+EK_CHAIN_MAX_BYTES: Final = 32 * 1024
+"""At most this many bytes of EK chain NV indices are read, and of certificates sent or accepted
+(Intel PTT keeps three CAs, a few KiB; a TPM's largest NV index is typically 2 KiB)."""
 QUOTE_JSON_VERSION: Final = 1
 AK_JSON_VERSION: Final = 1
 
@@ -439,6 +444,14 @@ class EkInfo(_PublicArea):
     persistent: bool = False
     certificate_url: str | None = None
     """Where the TPM's vendor publishes this EK's certificate (Intel PTT, AMD fTPM), else None."""
+    chain: tuple[bytes, ...] = ()
+    """Intermediate CA certificates (DER) the TPM keeps for its EK certificates, in the order
+    stored (the EK certificate chain NV indices 0x01C00100 on; Intel PTT since 11th-generation
+    Core): untrusted, for ``verify_ek_certificate(intermediates=...)``. Not necessarily one
+    path, nor leaf-first: the profile sets no order, and RSA and ECC chains may both be there."""
+    chain_note: str | None = None
+    """What of the chain was skipped and why (an unreadable index, bytes that are not a DER
+    certificate, a limit reached); None when everything present was read."""
 
 
 @frozen(slots=False)

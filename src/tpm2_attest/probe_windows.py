@@ -36,6 +36,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from . import verify
 from ._files import write_atomic
 from ._version import __version__
+from .backends.ek_chain import read_ek_chain
 from .backends.ncrypt_api import (
     DACL_SECURITY_INFORMATION,
     NCRYPT_MACHINE_KEY_FLAG,
@@ -44,6 +45,7 @@ from .backends.ncrypt_api import (
     NCRYPT_PCP_EKCERT_PROPERTY,
     NCRYPT_PCP_EKNVCERT_PROPERTY,
     NCRYPT_PCP_EKPUB_PROPERTY,
+    NCRYPT_PCP_INTERMEDIATE_CA_EKCERT_PROPERTY,
     NCRYPT_PCP_PLATFORM_TYPE_PROPERTY,
     NCRYPT_PCP_PROVIDER_VERSION_PROPERTY,
     NCRYPT_PCP_RSA_EKCERT_PROPERTY,
@@ -521,6 +523,30 @@ class WindowsReporter:
             else:
                 ck.set("CONFIRMED", "every EK certificate property was refused to this account")
 
+    def ek_chain(self) -> None:
+        with self.check("ek-chain", "the EK certificate chain NV indices (0x01C00100 on) can be "
+                        "listed and read over this account's TBS context; "
+                        "PCP_INTERMEDIATE_CA_EKCERT is an HCERTSTORE") as ck:
+            try:
+                nv = read_ek_chain(self.backend.cmd)
+            except TpmError as exc:
+                ck.data["nv"] = {"error": _err(exc)}
+                nv_text = f"NV: {exc.message}"
+            else:
+                ck.data["nv"] = {"certificates": [_cert_summary(d, None) for d in nv.certificates],
+                                 "note": nv.note}
+                nv_text = f"NV: {len(nv.certificates)} certificate(s)" + (f" ({nv.note})" if nv.note else "")
+            with self._provider() as prov:
+                try:
+                    stored = self.rec.get_certificates(prov, NCRYPT_PCP_INTERMEDIATE_CA_EKCERT_PROPERTY)
+                except (NCryptError, TpmError) as exc:
+                    ck.data["store"] = {"error": _err(exc), "privilege_refusal": _privileged(exc)}
+                    store_text = f"refused ({_err(exc).get('hresult_name', exc)})"
+                else:
+                    ck.data["store"] = {"certificates": [_cert_summary(d, None) for d in stored]}
+                    store_text = f"{len(stored)} certificate(s)"
+            ck.set("OBSERVED", f"{nv_text}; {NCRYPT_PCP_INTERMEDIATE_CA_EKCERT_PROPERTY}: {store_text}")
+
     # -- keys ----------------------------------------------------------------------------------
 
     def user_key(self) -> None:
@@ -816,6 +842,7 @@ class WindowsReporter:
             self.security_descr_support()
             self.ekpub()
             self.ek_certificates()
+            self.ek_chain()
             self.user_key()
             self.idactivation()
             self.machine_key()

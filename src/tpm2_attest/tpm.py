@@ -325,12 +325,19 @@ class Tpm:
         """The endorsement key ('rsa', 'ecc' P-256, or 'ecc384' as swtpm provisions) and its
         certificate from NV (None when the TPM has none).
 
+        ``chain``: the intermediate CAs the TPM keeps in its EK certificate chain NV indices
+        (0x01C00100 on: Intel PTT since 11th-generation Core), DER, in stored order, for the
+        verifier's ``intermediates``; ``chain_note`` says what of it was skipped. Reading the
+        chain never makes this call fail (see ``backends.ek_chain``).
+
         When NV holds no certificate, ``certificate_url`` says where the TPM's vendor publishes
         it (Intel PTT, AMD fTPM; None for other vendors, as in go-attestation), or is ``url``
         when given (a mirror). With ``fetch=True`` the certificate is fetched from there (see
         ``trust.fetch_ek_certificate``: ``timeout``, ``cache_dir``, ``offline``); a fetch that
         fails raises ``trust.FetchError``. The certificate is not verified here."""
         info = self.backend.ek(kind)
+        chain = self.backend.ek_chain()
+        info = replace(info, chain=chain.certificates, chain_note=chain.note)
         if info.certificate is not None and url is None:
             return info  # NV first: no vendor URL needed (and no extra TPM or provider call)
         from . import trust  # lazy: nothing of the trust layer loads for plain EK reads

@@ -38,7 +38,17 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..commands import Channel, TpmCommands
 from ..errors import ELEVATION_HRESULTS, NTE_DEVICE_NOT_READY, ErrorCode, TpmError
-from ..evidence import AkBlob, CertifiedAk, CredentialChallenge, EkInfo, PublicKey, Quote, bank_alg
+from ..evidence import (
+    EK_CHAIN_MAX_BYTES,
+    EK_CHAIN_MAX_CERTS,
+    AkBlob,
+    CertifiedAk,
+    CredentialChallenge,
+    EkInfo,
+    PublicKey,
+    Quote,
+    bank_alg,
+)
 from ..tpm2 import templates as T
 from ..tpm2.constants import TPM_ST
 from ..tpm2.keys import ecc_point_of, object_name
@@ -53,6 +63,7 @@ from ..tpm2.structures import (
     TPMT_SIGNATURE,
 )
 from .base import EkKind, Platform, TpmInfo
+from .ek_chain import EkChain
 from .ncrypt_api import (
     DACL_SECURITY_INFORMATION,
     MS_PLATFORM_CRYPTO_PROVIDER,
@@ -65,6 +76,7 @@ from .ncrypt_api import (
     NCRYPT_PCP_EKNVCERT_PROPERTY,
     NCRYPT_PCP_EKPUB_PROPERTY,
     NCRYPT_PCP_IDENTITY_KEY,
+    NCRYPT_PCP_INTERMEDIATE_CA_EKCERT_PROPERTY,
     NCRYPT_PCP_KEY_USAGE_POLICY_PROPERTY,
     NCRYPT_PCP_PLATFORM_TYPE_PROPERTY,
     NCRYPT_PCP_PLATFORMHANDLE_PROPERTY,
@@ -623,6 +635,29 @@ class PcpBackend:
                                code=ErrorCode.UNSUPPORTED)
         raise TpmError(f"unknown EK kind {kind!r} (expected 'rsa', 'ecc' or 'ecc384')",
                        code=ErrorCode.INVALID_ARGUMENT)
+
+    def ek_chain(self) -> EkChain:
+        """The EK certificate chain NV indices read over the caller's TBS context (the raw TPM
+        logic, as on Linux), then the certificates of PCP_INTERMEDIATE_CA_EKCERT (Windows' store
+        of EK intermediate CAs; unreadable, e.g. to a standard user, means none) not already
+        among them, within the same limits."""
+        nv = self._raw.ek_chain()
+        certs = list(nv.certificates)
+        notes = [nv.note] if nv.note else []
+        stored: list[bytes] = []
+        with suppress(NCryptError, TpmError), self._provider() as prov:
+            stored = self._certificates(prov, NCRYPT_PCP_INTERMEDIATE_CA_EKCERT_PROPERTY)
+        size = sum(map(len, certs))
+        for der in stored:
+            if der in certs:
+                continue
+            if len(certs) >= EK_CHAIN_MAX_CERTS or size + len(der) > EK_CHAIN_MAX_BYTES:
+                notes.append(f"{NCRYPT_PCP_INTERMEDIATE_CA_EKCERT_PROPERTY}: certificates past "
+                             f"the limits ({EK_CHAIN_MAX_CERTS}, {EK_CHAIN_MAX_BYTES} bytes) skipped")
+                break
+            certs.append(der)
+            size += len(der)
+        return EkChain(tuple(certs), "; ".join(notes) if notes else None)
 
     def _certificates(self, prov: int, prop: str) -> list[bytes]:
         # Standard users may only read PCP_EKPUB: an unreadable store means "no certificate".

@@ -31,7 +31,8 @@ assumptions):
   ``idbinding_trailing`` / ``ekpub_trailing`` (bytes appended to IDBINDING / PCP_EKPUB),
   ``ek_nv_certificates`` (False: the NV certificate stores are empty, as on firmware TPMs),
   ``ek_cert_store`` (certificates in Windows' EK store: PCP_EKCERT, PCP_RSA_EKCERT,
-  PCP_ECC_EKCERT), ``dacl_before_finalize`` (False: "Security Descr" is refused before
+  PCP_ECC_EKCERT), ``ek_intermediate_store`` (PCP_INTERMEDIATE_CA_EKCERT: Windows' store of EK
+  intermediate CAs; empty by default), ``dacl_before_finalize`` (False: "Security Descr" is refused before
   NCryptFinalizeKey with NTE_BAD_KEY_STATE), ``honor_key_dacl`` (False: a machine key's DACL
   does not let standard users open it), ``event_log`` / ``event_log_result`` (what
   Tbsi_Get_TCG_Log returns: the log, else that TBS result; TBS_E_INTERNAL_ERROR by default).
@@ -97,6 +98,7 @@ from .ncrypt_api import (
     NCRYPT_PCP_EKNVCERT_PROPERTY,
     NCRYPT_PCP_EKPUB_PROPERTY,
     NCRYPT_PCP_IDENTITY_KEY,
+    NCRYPT_PCP_INTERMEDIATE_CA_EKCERT_PROPERTY,
     NCRYPT_PCP_KEY_USAGE_POLICY_PROPERTY,
     NCRYPT_PCP_PLATFORM_TYPE_PROPERTY,
     NCRYPT_PCP_PLATFORMHANDLE_PROPERTY,
@@ -310,6 +312,7 @@ class PcpEmulator:
         ekpub_trailing: bytes = b"",
         ek_nv_certificates: bool = True,
         ek_cert_store: Sequence[bytes] = (),
+        ek_intermediate_store: Sequence[bytes] = (),
         dacl_before_finalize: bool = True,
         honor_key_dacl: bool = True,
         event_log: bytes | None = None,
@@ -339,6 +342,7 @@ class PcpEmulator:
         self.ekpub_trailing = bytes(ekpub_trailing)
         self.ek_nv_certificates = ek_nv_certificates
         self.ek_cert_store = tuple(bytes(c) for c in ek_cert_store)
+        self.ek_intermediate_store = tuple(bytes(c) for c in ek_intermediate_store)
         self.dacl_before_finalize = dacl_before_finalize
         self.honor_key_dacl = honor_key_dacl
         self.event_log = event_log
@@ -657,10 +661,13 @@ class PcpEmulator:
             store_kinds = {NCRYPT_PCP_EKCERT_PROPERTY: None,
                            NCRYPT_PCP_RSA_EKCERT_PROPERTY: rsa.RSAPublicKey,
                            NCRYPT_PCP_ECC_EKCERT_PROPERTY: ec.EllipticCurvePublicKey}
-            if nv_kinds is None and name not in store_kinds:
+            if nv_kinds is None and name not in store_kinds \
+                    and name != NCRYPT_PCP_INTERMEDIATE_CA_EKCERT_PROPERTY:
                 raise _fail(fn, NTE_NOT_SUPPORTED, f"{name!r} is not a certificate store property")
             if self.privilege == "standard":
                 raise _fail(fn, NTE_PERM, "standard users may read PCP_EKPUB only")
+            if name == NCRYPT_PCP_INTERMEDIATE_CA_EKCERT_PROPERTY:
+                return list(self.ek_intermediate_store)
             if nv_kinds is None:
                 want = store_kinds[name]
                 return [der for der in self.ek_cert_store

@@ -64,6 +64,7 @@ from ..tpm2.structures import (
     signature_is_exact,
 )
 from .base import EkKind, Platform, TpmInfo
+from .ek_chain import EkChain, read_ek_chain
 
 QUOTE_ATTEMPTS: Final = 5
 GCE_AK_NV: Final[dict[str, tuple[int, int]]] = {
@@ -225,6 +226,11 @@ class RawBackend:
             return EkInfo(kind, res.public_bytes, res.name, cert, None, False)
         finally:
             self.cmd.flush_context(res.handle)
+
+    @serialized
+    def ek_chain(self) -> EkChain:
+        """The EK certificate chain NV indices (0x01C00100 on), read as ``backends.ek_chain`` says."""
+        return read_ek_chain(self.cmd)
 
     @staticmethod
     def _ek_slot(kind: str) -> tuple[int, int, int | None, int | None, TPMT_PUBLIC]:

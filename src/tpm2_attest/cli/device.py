@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import base64
+import hashlib
 import json
 from typing import TYPE_CHECKING
 
@@ -98,12 +100,42 @@ def cmd_ek(args: argparse.Namespace) -> int:
             write_output(args.out_public, ek.public, "--out-public")
         if args.out_cert and ek.certificate:
             write_output(args.out_cert, ek.certificate, "--out-cert")
+        if args.out_chain and ek.chain:
+            import ssl  # its PEM helper; loaded by this option only
+
+            write_output(args.out_chain, "".join(map(ssl.DER_cert_to_PEM_cert, ek.chain)).encode(),
+                         "--out-chain")
+        chain = [_chain_entry(der) for der in ek.chain]
         obj = {"kind": ek.kind, "handle": f"0x{ek.handle:08x}" if ek.handle else None,
                "persistent": ek.persistent, "name": ek.name.hex(),
                "certificate": len(ek.certificate) if ek.certificate else None,
-               "certificate_url": ek.certificate_url}
-        emit(args, obj, lambda: print("\n".join(f"{k}: {v}" for k, v in obj.items())))
+               "certificate_url": ek.certificate_url, "chain": chain, "chain_note": ek.chain_note}
+
+        def text() -> None:
+            for k, v in obj.items():
+                if k == "chain":
+                    print(f"chain: {len(chain)} certificate(s)")
+                    for c in chain:
+                        print(f"  {c['subject']!r} issued by {c['issuer']!r} (sha256 {c['sha256']})")
+                elif k != "chain_note" or v is not None:
+                    print(f"{k}: {v}")
+
+        emit(args, obj, text)
     return EXIT_OK
+
+
+def _chain_entry(der: bytes) -> dict[str, str | None]:
+    """One EK chain certificate as ``ek --json`` shows it (names None when unreadable here)."""
+    from cryptography import x509
+
+    subject = issuer = None
+    try:
+        cert = x509.load_der_x509_certificate(der)
+        subject, issuer = cert.subject.rfc4514_string(), cert.issuer.rfc4514_string()
+    except ValueError:
+        pass
+    return {"subject": subject, "issuer": issuer, "sha256": hashlib.sha256(der).hexdigest(),
+            "der": base64.b64encode(der).decode("ascii")}
 
 
 def cmd_provision_ak(args: argparse.Namespace) -> int:
@@ -172,6 +204,8 @@ def add_parser(sub: SubParsers) -> None:
                    help="which EK: RSA 2048, ECC NIST P-256, or ECC P-384 (default rsa)")
     s.add_argument("--out-public", metavar="FILE", help="write the TPM2B_PUBLIC")
     s.add_argument("--out-cert", metavar="FILE", help="write the certificate (DER)")
+    s.add_argument("--out-chain", metavar="FILE",
+                   help="write the intermediate CAs the TPM keeps for it (PEM, EK chain NV indices)")
     s.add_argument("--fetch", action="store_true",
                    help="no certificate in NV: fetch it from the vendor's service (Intel PTT, AMD fTPM)")
     s.add_argument("--certificate-url", metavar="URL", help="fetch from this URL instead (a mirror)")

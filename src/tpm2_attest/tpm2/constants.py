@@ -281,6 +281,10 @@ NV_EK_NONCE_ECC: Final = 0x01C0000B
 NV_EK_TEMPLATE_ECC: Final = 0x01C0000C
 NV_EK_CERT_ECC_P384: Final = 0x01C00016
 NV_PLATFORM_CERT: Final = 0x01C08000
+NV_EK_CHAIN_FIRST: Final = 0x01C00100
+"""First index of the EK certificate chain range (TCG EK Credential Profile 2.x, 2.2.1.5.2):
+the intermediate CAs of the EK certificate, DER, concatenated, overflowing into the next index."""
+NV_EK_CHAIN_LAST: Final = 0x01C001FF
 
 
 class TPMA_OBJECT(IntFlag):
