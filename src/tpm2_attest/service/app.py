@@ -2,7 +2,7 @@
 
 Device endpoints (``POST``, JSON, binary fields base64; see docs/service.md):
 
-* ``/v1/enroll/begin`` {ek_public, ek_certificate?} -> {enrollment_id, nonce, expires_at}
+* ``/v1/enroll/begin`` {ek_public, ek_certificate?, ek_chain?} -> {enrollment_id, nonce, expires_at}
 * ``/v1/enroll/ak`` {enrollment_id, ak_blob} -> {challenge}
 * ``/v1/enroll/finish`` {enrollment_id, secret} -> {device_id, ...}
 * ``/v1/enroll/ak-certificate`` {enrollment_id, ak_blob, ak_certificate} -> {device_id, ...}
@@ -245,7 +245,7 @@ def create_app(settings: Settings | None = None, *, clock: Clock | None = None,
     @app.post("/v1/enroll/begin", responses=_ERRORS)
     def enroll_begin(body: EnrollBeginRequest) -> EnrollBeginResponse:
         """Start an enrollment: verify the EK certificate, get the nonce for the AK."""
-        r = service.begin_enrollment(body.ek_public, body.ek_certificate)
+        r = service.begin_enrollment(body.ek_public, body.ek_certificate, body.ek_chain)
         return EnrollBeginResponse(enrollment_id=r.enrollment_id, nonce=r.nonce, expires_at=r.expires_at)
 
     @app.post("/v1/enroll/ak", responses=_ERRORS)

@@ -355,14 +355,17 @@ def enroll(tpm: Tpm, server: str | ServiceClient, *, ek_kind: Literal["rsa", "ec
     stable ``key_name`` and an elevated caller). ``certified_ak``: enroll instead with the
     TPM's certified AK of that kind (``Tpm.certified_ak``; the server must allow enrollment
     by AK certificate). ``fetch_ek_certificate``: a TPM without its EK certificate in NV gets
-    it from its vendor (``Tpm.ek(fetch=True)``). ``server``: the service's base URL, or a
+    it from its vendor (``Tpm.ek(fetch=True)``). The intermediates the TPM keeps in its EK
+    chain NV indices (``EkInfo.chain``) go along with the certificate (``ek_chain``). ``server``: the service's base URL, or a
     ServiceClient. Raises ServiceError, TpmError or trust.FetchError.
     """
     client = _client(server, timeout)
     ek = tpm.ek(ek_kind, fetch=fetch_ek_certificate)
-    begun = client.post("/v1/enroll/begin", {
-        "ek_public": _b64(ek.public),
-        "ek_certificate": _b64(ek.certificate) if ek.certificate else None})
+    body: dict[str, Any] = {"ek_public": _b64(ek.public),
+                            "ek_certificate": _b64(ek.certificate) if ek.certificate else None}
+    if ek.certificate and ek.chain:  # only then: a server older than the field refuses it
+        body["ek_chain"] = [_b64(der) for der in ek.chain]
+    begun = client.post("/v1/enroll/begin", body)
     enrollment_id = _str(begun, "enrollment_id")
     if certified_ak is not None:
         got = tpm.certified_ak(certified_ak, nonce=_unb64(begun, "nonce"))

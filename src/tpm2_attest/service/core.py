@@ -28,7 +28,7 @@ import logging
 import os
 import secrets
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, TypeVar
@@ -169,6 +169,21 @@ def ek_name(ek_public: bytes) -> bytes:
     return name
 
 
+def _device_chain(chain: Sequence[bytes]) -> list[bytes]:
+    """The EK chain a device sent, one certificate per entry (DER as received); an entry that is
+    not one is refused as EK_CERT_MALFORMED naming it."""
+    from ..verify.certpath import parse_certificates  # x509 only where certificates are checked
+
+    out: list[bytes] = []
+    for i, entry in enumerate(chain):
+        parsed = parse_certificates(entry, f"ek_chain #{i}")
+        if len(parsed) != 1:
+            raise VerificationError(Reason.EK_CERT_MALFORMED,
+                                    f"ek_chain #{i}: {len(parsed)} certificates, expected one")
+        out.append(parsed[0].der)
+    return out
+
+
 @dataclass
 class _Outcome:
     """What answering one challenge came to, before it is recorded."""
@@ -223,11 +238,12 @@ class AttestationService:
     # -- certificate paths ----------------------------------------------------------------------
 
     def _with_fetched_issuers(self, check: Callable[[list[bytes]], _T], certificate: bytes,
-                              known: list[bytes]) -> _T:
+                              known: list[bytes], via: Sequence[bytes] = ()) -> _T:
         """``check(extra_intermediates)``; when the path is missing an issuer and the operator
         allows hosts (``ca_issuer_hosts``), fetch it from the certificate's caIssuers URLs on
-        them (once per process and URL set) and check again. A fetched certificate is only an
-        intermediate: the configured roots still decide."""
+        them (once per process and URL set) and check again; ``via``: the device's own
+        intermediates, climbed first (the fetch starts from the top one). A fetched certificate
+        is only an intermediate: the configured roots still decide."""
         try:
             return check([])
         except VerificationError as exc:
@@ -237,10 +253,11 @@ class AttestationService:
             from .. import trust  # the network path loads only when it is used
 
             try:
-                urls = tuple(trust.ca_issuer_urls(certificate))
+                top = trust.chain_top(certificate, via)
+                urls = tuple(trust.ca_issuer_urls(top))
                 fetched = self._fetched_issuers.get(urls)
                 if fetched is None:
-                    fetched = trust.fetch_ca_issuers(certificate, known=known, hosts=hosts,
+                    fetched = trust.fetch_ca_issuers(top, known=known, hosts=hosts,
                                                      timeout=_ISSUER_FETCH_TIMEOUT)
                     if len(self._fetched_issuers) >= _MAX_FETCHED_ISSUERS:
                         self._fetched_issuers.clear()
@@ -255,8 +272,11 @@ class AttestationService:
 
     # -- enrollment -----------------------------------------------------------------------------
 
-    def begin_enrollment(self, ek_public: bytes, ek_certificate: bytes | None) -> EnrollmentBegun:
-        """Check the EK (and its certificate) and open an enrollment with a fresh nonce."""
+    def begin_enrollment(self, ek_public: bytes, ek_certificate: bytes | None,
+                         ek_chain: Sequence[bytes] = ()) -> EnrollmentBegun:
+        """Check the EK (and its certificate) and open an enrollment with a fresh nonce.
+        ``ek_chain``: intermediates the device read from its TPM (``EkInfo.chain``), used only
+        as untrusted intermediates of the path to the configured roots."""
         name = ek_name(ek_public)
         # make_credential is the verifier's EK check (a restricted decryption key with AES-CFB
         # of adequate strength): run it now so a bad EK fails before the device makes an AK.
@@ -265,11 +285,13 @@ class AttestationService:
         verified = False
         if ek_certificate is not None:
             if self.ek_roots:
+                chain = _device_chain(ek_chain)
                 cert = self._with_fetched_issuers(
                     lambda extra: verify.verify_ek_certificate(
-                        ek_certificate, roots=self.ek_roots, intermediates=[*self.ek_intermediates, *extra],
+                        ek_certificate, roots=self.ek_roots,
+                        intermediates=[*self.ek_intermediates, *chain, *extra],
                         ek_public=ek_public, ca_validity=self.settings.ek_ca_validity),
-                    ek_certificate, [*self.ek_roots, *self.ek_intermediates])
+                    ek_certificate, [*self.ek_roots, *self.ek_intermediates], chain)
                 fingerprint = hashlib.sha256(cert.der).hexdigest()
                 verified = True
                 for stale in cert.expired_cas:

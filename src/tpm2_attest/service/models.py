@@ -21,8 +21,11 @@ from pydantic import (
     Field,
     PlainSerializer,
     WithJsonSchema,
+    field_validator,
 )
 from pydantic_core import PydanticCustomError
+
+from ..evidence import EK_CHAIN_MAX_BYTES, EK_CHAIN_MAX_CERTS
 
 
 class StrictBase64(EncoderProtocol):
@@ -67,6 +70,18 @@ class Response(BaseModel):
 class EnrollBeginRequest(Request):
     ek_public: B64 = Field(description="The EK's TPM2B_PUBLIC")
     ek_certificate: B64 | None = Field(default=None, description="The EK certificate (DER, as read from NV)")
+    ek_chain: list[B64] = Field(
+        default_factory=list, max_length=EK_CHAIN_MAX_CERTS,
+        description="Intermediate CA certificates the TPM keeps for its EK certificate (DER each, "
+                    "EkInfo.chain): untrusted, used only to build a path to the service's roots")
+
+    @field_validator("ek_chain")
+    @classmethod
+    def _chain_size(cls, chain: list[bytes]) -> list[bytes]:
+        size = sum(map(len, chain))
+        if size > EK_CHAIN_MAX_BYTES:
+            raise ValueError(f"{size} bytes of certificates; at most {EK_CHAIN_MAX_BYTES}")
+        return chain
 
 
 class EnrollBeginResponse(Response):

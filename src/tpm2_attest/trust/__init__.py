@@ -4,7 +4,8 @@
   ``roots`` / ``intermediates`` (:class:`TrustBundle`), with their origin and validity.
 * :func:`ek_certificate_url` — where Intel PTT and AMD fTPM publish an EK's certificate.
 * :func:`fetch_ek_certificate`, :func:`fetch_ca_issuers` — bounded HTTP fetching with an
-  optional cache (``offline=True`` reads only the cache); failures are :class:`FetchError`.
+  optional cache (``offline=True`` reads only the cache); failures are :class:`FetchError`;
+  :func:`chain_top` says where to start when the device sent part of the chain.
 
 No verification happens here (that is :mod:`tpm2_attest.verify`). Everything loads on
 first use, so ``import tpm2_attest.trust`` costs nothing.
@@ -20,6 +21,7 @@ if TYPE_CHECKING:
     from .errors import BundleError, FetchError, FetchFailure
     from .fetch import (
         ca_issuer_urls,
+        chain_top,
         decode_certificates,
         fetch_ca_issuers,
         fetch_certificates,
@@ -37,6 +39,7 @@ _LAZY: dict[str, str] = {
     "FetchError": ".errors",
     "FetchFailure": ".errors",
     "ca_issuer_urls": ".fetch",
+    "chain_top": ".fetch",
     "decode_certificates": ".fetch",
     "fetch_ca_issuers": ".fetch",
     "fetch_certificates": ".fetch",
@@ -56,6 +59,7 @@ __all__ = [
     "FetchFailure",
     "TrustBundle",
     "ca_issuer_urls",
+    "chain_top",
     "decode_certificates",
     "ek_certificate_url",
     "fetch_ca_issuers",

@@ -488,6 +488,35 @@ def _subjects(known: Iterable[bytes]) -> set[bytes]:
     return out
 
 
+def chain_top(certificate: bytes, intermediates: Iterable[bytes]) -> bytes:
+    """The certificate reached from `certificate` by climbing `intermediates` by name (each
+    step to the one whose subject is the current issuer; a self-signed one, or one already
+    climbed, ends it): where fetching missing issuers starts when a device sent part of its
+    chain (a TPM's EK chain NV indices). Names only, no signature is checked; returns
+    `certificate` (DER) itself when no intermediate is its issuer. Raises ValueError for
+    something that is not a certificate."""
+    by_subject: dict[bytes, bytes] = {}
+    for item in intermediates:
+        try:
+            der = _certificate_der(bytes(item))
+            by_subject.setdefault(_names(der)[1], der)
+        except (ValueError, _der.Malformed):
+            continue
+    current = _certificate_der(bytes(certificate))
+    seen = {current}
+    for _ in range(len(by_subject)):
+        try:
+            issuer, subject = _names(current)
+        except _der.Malformed as exc:
+            raise ValueError(f"not a certificate: {exc}") from exc
+        nxt = by_subject.get(issuer)
+        if issuer == subject or nxt is None or nxt in seen:
+            break
+        seen.add(nxt)
+        current = nxt
+    return current
+
+
 def fetch_ca_issuers(certificate: bytes, *, known: Iterable[bytes] = (),
                      timeout: float = DEFAULT_TIMEOUT,
                      cache_dir: str | os.PathLike[str] | None = None, offline: bool = False,
