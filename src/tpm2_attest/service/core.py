@@ -43,7 +43,7 @@ from ..verify import Reason, VerificationError
 from . import store
 from .errors import ServiceCode, ServiceError
 from .hooks import StatusChange, StatusHooks
-from .hotpath import HotConnection, PendingAttestation
+from .hotpath import DeviceRevoked, HotConnection, PendingAttestation
 from .policies import PolicyCache, Verdict, judge
 from .settings import Settings, SettingsError, describe
 from .store import (
@@ -493,7 +493,12 @@ class AttestationService:
                        "ima_offset": ima["state"].get("offset") if isinstance(ima, dict) and
                        isinstance(ima.get("state"), dict) else None}
             with self.store.writer():
-                claimed, attestation_id = db.record_outcome(challenge_id, now, row, columns)
+                try:
+                    claimed, attestation_id = db.record_outcome(challenge_id, now, row, columns)
+                except DeviceRevoked:  # by an operator or a re-enrollment while this was judged
+                    outcome, device_update = _Outcome(self._revoked()), None
+                    claimed, attestation_id = db.record_outcome(challenge_id, now, self._row(pending, now, outcome),
+                                                                {"ima_offset": None})
                 if not claimed:  # a concurrent answer spent it between our read and our write
                     db.record_used(self._row(pending, now, _Outcome(used)))
             if not claimed:
@@ -519,7 +524,7 @@ class AttestationService:
             return _Outcome(ServiceError(ServiceCode.CHALLENGE_EXPIRED,
                                          f"challenges must be answered within {self.settings.nonce_ttl:g} s"))
         if p.revoked:
-            return _Outcome(ServiceError(ServiceCode.UNKNOWN_DEVICE, "the device was revoked"))
+            return _Outcome(self._revoked())
         out = _Outcome()
         try:
             if not isinstance(quote, Quote):
@@ -568,6 +573,10 @@ class AttestationService:
             out.error = exc
             out.device_fault = exc.reason in DEVICE_FAULTS
         return out
+
+    @staticmethod
+    def _revoked() -> ServiceError:
+        return ServiceError(ServiceCode.UNKNOWN_DEVICE, "the device was revoked")
 
     def _ima_state(self, db: HotConnection, device_id: str) -> tuple[verify.ImaState | None, list[Any]]:
         """The IMA state the device's latest attestation left, if it passed with an IMA list,

@@ -37,6 +37,11 @@ class DatabaseError(Exception):
     """The database driver failed a hot-path statement (the original is ``__cause__``)."""
 
 
+class DeviceRevoked(Exception):
+    """The device was revoked (or replaced) after its challenge was read: its status is not
+    written (nothing was committed)."""
+
+
 @dataclass(frozen=True, slots=True)
 class PendingAttestation:
     """What ``/v1/attest`` needs about a challenge and its device, read in one query."""
@@ -89,13 +94,16 @@ class HotPath:
         self._device_sql: dict[tuple[str, ...], str] = {}
 
     def device_sql(self, columns: tuple[str, ...]) -> str:
+        """The UPDATE of these device columns; one that sets a status touches an active device
+        only (a revoked device stays revoked, whatever answer was in flight)."""
         sql = self._device_sql.get(columns)
         if sql is None:
             unknown = set(columns) - DEVICE_COLUMNS
             if unknown:
                 raise ValueError(f"not a device status column: {sorted(unknown)}")
             sets = ", ".join(f"{c} = {self.p}" for c in columns)
-            sql = self._device_sql[columns] = f"UPDATE devices SET {sets} WHERE id = {self.p}"
+            active = " AND revoked_at IS NULL" if "status" in columns else ""
+            sql = self._device_sql[columns] = f"UPDATE devices SET {sets} WHERE id = {self.p}{active}"
         return sql
 
     # -- conversions, as SQLAlchemy's types do them -------------------------------------------
@@ -222,7 +230,9 @@ class HotConnection:
     def record_outcome(self, challenge_id: str, now: datetime, attestation: dict[str, Any],
                        device: dict[str, Any] | None) -> tuple[bool, int]:
         """Spend the challenge, record the outcome and update the device in ONE transaction
-        (committed here). (False, 0) and nothing committed when another request spent it."""
+        (committed here). (False, 0) and nothing committed when another request spent it;
+        :class:`DeviceRevoked` (nothing committed) when ``device`` sets a status and the device
+        was revoked since :meth:`pending` read it."""
         h = self.hot
         cur = self.execute(h.claim_sql, (h.time(now), challenge_id))
         if cur.rowcount != 1:
@@ -234,8 +244,11 @@ class HotConnection:
             if "status" in values:
                 values["last_attestation_id"] = attestation_id
             columns = tuple(values)
-            self.execute(h.device_sql(columns), (*(h.value(c, values[c]) for c in columns),
-                                                 attestation["device_id"]))
+            cur = self.execute(h.device_sql(columns), (*(h.value(c, values[c]) for c in columns),
+                                                       attestation["device_id"]))
+            if "status" in values and cur.rowcount != 1:
+                self.rollback()
+                raise DeviceRevoked(attestation["device_id"])
         self.commit()
         return True, attestation_id
 
@@ -254,4 +267,4 @@ class HotConnection:
         return int(row[0])
 
 
-__all__ = ["ATTESTATION_COLUMNS", "DatabaseError", "HotConnection", "HotPath", "PendingAttestation"]
+__all__ = ["ATTESTATION_COLUMNS", "DatabaseError", "DeviceRevoked", "HotConnection", "HotPath", "PendingAttestation"]

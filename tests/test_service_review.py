@@ -1,0 +1,134 @@
+"""The service as an attacker and an operator meet it: races between operators and devices,
+replays, ambiguous or out-of-range input, what reaches the logs, and the schema's bookkeeping
+when processes start together. Real devices (swtpm), SQLite and (when configured) PostgreSQL.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytest.importorskip("fastapi")
+
+from tpm2_attest import Tpm
+from tpm2_attest.service import Enrollment, Settings, StatusChange, StatusHooks, create_app, enroll
+from tpm2_attest.service.store import Store
+from tpm2_attest.service.tables import REVOKED, DeviceRecord
+
+try:
+    from test_service import (
+        BACKENDS,
+        POSTGRES_URL,
+        Clock,
+        InProcess,
+        TestClient,
+        challenge,
+        post_quote,
+        refused,
+        reset_postgres,
+    )
+    from test_service_operate import make_token, ok
+except ImportError:  # pragma: no cover - run from the repository root
+    from tests.test_service import (  # type: ignore[no-redef]
+        BACKENDS,
+        POSTGRES_URL,
+        Clock,
+        InProcess,
+        TestClient,
+        challenge,
+        post_quote,
+        refused,
+        reset_postgres,
+    )
+    from tests.test_service_operate import make_token, ok  # type: ignore[no-redef]
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture(params=BACKENDS)
+def settings(request: pytest.FixtureRequest, swtpm: Any, tmp_path: Path) -> Settings:
+    base = Settings(database_url=f"sqlite:///{tmp_path / 'service.db'}", ek_roots=(Path(swtpm.ca_root_path),),
+                    ek_intermediates=(Path(swtpm.ca_intermediate_path),), sweep_interval=0)
+    if request.param == "sqlite":
+        return base
+    assert POSTGRES_URL
+    reset_postgres(POSTGRES_URL)
+    return base.replace(database_url=POSTGRES_URL)
+
+
+@pytest.fixture
+def changes() -> list[StatusChange]:
+    return []
+
+
+@pytest.fixture
+def http(settings: Settings, clock: Clock, changes: list[StatusChange]) -> Iterator[TestClient]:
+    hooks = StatusHooks()
+    hooks.subscribe(changes.append)
+    with TestClient(create_app(settings, clock=clock, hooks=hooks)) as c:
+        yield c
+
+
+@pytest.fixture
+def tpm(swtpm: Any) -> Iterator[Tpm]:
+    with Tpm.open(swtpm.tcti) as t:
+        yield t
+
+
+@pytest.fixture
+def device(http: TestClient, tpm: Tpm) -> Enrollment:
+    return enroll(tpm, InProcess(http))
+
+
+@pytest.fixture
+def admin(settings: Settings, http: TestClient) -> dict[str, str]:
+    return {"Authorization": f"Bearer {make_token(settings, 'root', 'admin')}"}
+
+
+def _revoke_behind_the_service(settings: Settings, device_id: str) -> None:
+    """An operator's revocation committed by another session (another request or process)."""
+    store = Store(settings.database_url, create_schema=False, pool_size=1)
+    try:
+        with store.session() as s:
+            d = s.get(DeviceRecord, device_id)
+            assert d is not None
+            d.revoked_at, d.status, d.status_since = datetime.now(UTC), REVOKED, datetime.now(UTC)
+            s.commit()
+    finally:
+        store.close()
+
+
+# -- revoked is sticky --------------------------------------------------------------------------------
+
+
+def test_a_device_revoked_while_its_quote_is_judged_stays_revoked(
+        http: TestClient, tpm: Tpm, device: Enrollment, admin: dict[str, str], settings: Settings,
+        changes: list[StatusChange], monkeypatch: pytest.MonkeyPatch) -> None:
+    """The quote verifies, the policies pass; meanwhile an operator revokes the device. The
+    answer must not write the device back to ``trusted`` (nor tell the hooks it is)."""
+    did = device.device_id
+    service = http.app.state.service  # type: ignore[attr-defined]
+    judge = service._judge
+
+    def judge_then_revoke(*args: Any, **kwargs: Any) -> Any:
+        outcome = judge(*args, **kwargs)
+        assert outcome.error is None  # it would have passed
+        _revoke_behind_the_service(settings, did)
+        return outcome
+
+    monkeypatch.setattr(service, "_judge", judge_then_revoke)
+    cid, nonce = challenge(http, did)
+    refused(post_quote(http, cid, tpm.quote(device.ak_blob, pcrs=[0], qualifying_data=nonce)), 404, "UNKNOWN_DEVICE")
+    view = ok(http.get(f"/v1/admin/devices/{did}", headers=admin))
+    assert view["status"] == "revoked" and view["revoked_at"] is not None and view["fresh_until"] is None
+    assert [c.new for c in changes if c.device_id == did] == ["stale"]  # enrolled; never trusted
+    [record] = ok(http.get(f"/v1/admin/devices/{did}/attestations", headers=admin))["items"]
+    assert (record["ok"], record["code"]) == (False, "UNKNOWN_DEVICE")
+    refused(post_quote(http, cid, tpm.quote(device.ak_blob, pcrs=[0], qualifying_data=nonce)), 409, "CHALLENGE_USED")
