@@ -132,3 +132,28 @@ def test_a_device_revoked_while_its_quote_is_judged_stays_revoked(
     [record] = ok(http.get(f"/v1/admin/devices/{did}/attestations", headers=admin))["items"]
     assert (record["ok"], record["code"]) == (False, "UNKNOWN_DEVICE")
     refused(post_quote(http, cid, tpm.quote(device.ak_blob, pcrs=[0], qualifying_data=nonce)), 409, "CHALLENGE_USED")
+
+
+# -- replays ------------------------------------------------------------------------------------------
+
+
+def test_a_spent_challenge_replayed_again_and_again_adds_one_record(
+        http: TestClient, tpm: Tpm, device: Enrollment, admin: dict[str, str]) -> None:
+    """Whoever holds a spent challenge id (the device, or anyone who saw its request) must not
+    grow the device's history with every replay: the first replay is recorded, the rest are
+    refused the same way and not recorded."""
+    did = device.device_id
+    cid, nonce = challenge(http, did)
+    q = tpm.quote(device.ak_blob, pcrs=[0], qualifying_data=nonce)
+    assert post_quote(http, cid, q).status_code == 200
+    for _ in range(20):
+        refused(post_quote(http, cid, q), 409, "CHALLENGE_USED")
+    history = ok(http.get(f"/v1/admin/devices/{did}/attestations", headers=admin, params={"limit": 500}))["items"]
+    assert [(a["ok"], a["code"]) for a in history] == [(False, "CHALLENGE_USED"), (True, None)]
+    # Another challenge's replay is recorded once too.
+    cid2, nonce2 = challenge(http, did)
+    assert post_quote(http, cid2, tpm.quote(device.ak_blob, pcrs=[0], qualifying_data=nonce2)).status_code == 200
+    for _ in range(3):
+        refused(post_quote(http, cid2, q), 409, "CHALLENGE_USED")
+    history = ok(http.get(f"/v1/admin/devices/{did}/attestations", headers=admin))["items"]
+    assert [a["code"] for a in history] == ["CHALLENGE_USED", None, "CHALLENGE_USED", None]

@@ -89,6 +89,7 @@ class HotPath:
             f"OR (a.kind = 'tag' AND a.target IN (SELECT tag FROM device_tags WHERE device_id = {p})) "
             "OR a.kind = 'default' ORDER BY p.name")
         self.claim_sql = f"UPDATE challenges SET consumed_at = {p} WHERE id = {p} AND consumed_at IS NULL"
+        self.replay_sql = f"UPDATE challenges SET replayed_at = {p} WHERE id = {p} AND replayed_at IS NULL"
         self.record_sql = (f"INSERT INTO attestations ({', '.join(ATTESTATION_COLUMNS)}) "
                            f"VALUES ({', '.join([p] * len(ATTESTATION_COLUMNS))}) RETURNING id")
         self._device_sql: dict[tuple[str, ...], str] = {}
@@ -252,9 +253,14 @@ class HotConnection:
         self.commit()
         return True, attestation_id
 
-    def record_used(self, attestation: dict[str, Any]) -> int:
-        """Record an answer to an already spent challenge (committed); the device's IMA list
-        starts over (its latest attestation is now a refusal)."""
+    def record_used(self, attestation: dict[str, Any]) -> int | None:
+        """Record the first answer to an already spent challenge (committed); the device's IMA
+        list starts over (its latest attestation is now a refusal). Later answers to it are
+        not recorded (None): a replayed request must not grow the history without end."""
+        h = self.hot
+        if self.execute(h.replay_sql, (h.time(attestation["at"]), attestation["challenge_id"])).rowcount != 1:
+            self.rollback()
+            return None
         attestation_id = self._insert(attestation)
         self.execute(self.hot.ima_reset_sql, (attestation["device_id"],))
         self.commit()

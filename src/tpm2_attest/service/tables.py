@@ -177,6 +177,9 @@ class ChallengeRecord(Base):
     created_at: Mapped[datetime]
     expires_at: Mapped[datetime] = mapped_column(index=True)
     consumed_at: Mapped[datetime | None]
+    replayed_at: Mapped[datetime | None]
+    """When the spent challenge was first answered again (that answer is recorded, later ones
+    are not)."""
 
     __table_args__ = (Index("ix_challenges_device_created", "device_id", "created_at"),)
 
