@@ -157,3 +157,35 @@ def test_a_spent_challenge_replayed_again_and_again_adds_one_record(
         refused(post_quote(http, cid2, q), 409, "CHALLENGE_USED")
     history = ok(http.get(f"/v1/admin/devices/{did}/attestations", headers=admin))["items"]
     assert [a["code"] for a in history] == ["CHALLENGE_USED", None, "CHALLENGE_USED", None]
+
+
+# -- ambiguous or out-of-range input ------------------------------------------------------------------
+
+
+def test_a_key_given_twice_is_refused_not_collapsed(http: TestClient, admin: dict[str, str]) -> None:
+    """JSON parsers keep one of two equal keys (Python the last, others the first): a policy
+    with a rule written twice must not be stored as something else than the operator read,
+    nor a device request mean one thing to a proxy and another to the service."""
+    strict = '{"sha256": {"16": "' + "01" * 32 + '"}}'
+    body = '{"document": {"pcrs": ' + strict + ', "pcrs": {}}}'
+    err = refused(http.put("/v1/admin/policies/dup", headers={**admin, "content-type": "application/json"},
+                           content=body), 422, "INVALID_REQUEST")
+    assert "pcrs" in err["detail"] and "twice" in err["detail"]
+    refused(http.get("/v1/admin/policies/dup", headers=admin), 404, "UNKNOWN_POLICY")  # nothing stored
+    r = http.post("/v1/attest/challenge", content='{"device_id": "a", "device_id": "b"}',
+                  headers={"content-type": "application/json"})
+    assert "twice" in refused(r, 422, "INVALID_REQUEST")["detail"]
+    ok(http.put("/v1/admin/policies/single", headers=admin, json={"document": {"pcrs": {"sha256": {}}}}))
+
+
+def test_a_seed_file_with_a_key_given_twice_is_refused(settings: Settings, tmp_path: Path) -> None:
+    """``--pcr-policy`` reads policy documents as ``Policy.load`` does: a key given twice is an
+    error, not the last value (here: no PCR rule at all, every device trusted)."""
+    from tpm2_attest.policy import PolicyError
+
+    for text in ('{"pcrs": {"sha256": {"16": "' + "01" * 32 + '"}}, "pcrs": {}}',
+                 '{"default": {"sha256": {"16": "' + "01" * 32 + '", "16": "' + "02" * 32 + '"}}}'):
+        seed = tmp_path / "policy.json"
+        seed.write_text(text)
+        with pytest.raises(PolicyError, match="twice"):
+            create_app(settings.replace(pcr_policy=seed))

@@ -1,8 +1,9 @@
 """Hardening of the HTTP layer: JSON that cannot hurt, request ids and timing, slow clients.
 
 * :class:`JsonRoute` parses request bodies itself: invalid UTF-8, nesting deeper than Python's
-  parser goes, integers longer than Python converts, non-finite numbers and lone UTF-16
-  surrogates are ``422 INVALID_REQUEST`` like any other bad body, never a 500.
+  parser goes, integers longer than Python converts, non-finite numbers, lone UTF-16
+  surrogates and a key given twice in one object are ``422 INVALID_REQUEST`` like any other
+  bad body, never a 500 (nor a silent choice between the two values).
 * :class:`FastLane` (ASGI middleware) answers the two requests every device makes with the
   same parsing, validation, handlers and errors as their FastAPI routes, without FastAPI's
   per-request machinery (it was half the server's CPU per attestation).
@@ -76,6 +77,21 @@ def _constant(name: str) -> Any:
     raise BadJson(f"{name} is not JSON")
 
 
+def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys all differ: parsers keep one of two equal keys (Python the
+    last, others the first), so a rule written twice would vanish without a word, and a body
+    could mean one thing to a proxy and another here."""
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _value in pairs:
+            if key in seen:
+                shown = repr(key) if len(key) <= 64 else "a key"
+                raise BadJson(f"{shown} is given twice in one object")
+            seen.add(key)
+    return out
+
+
 def _no_surrogates(value: Any, depth: int = 0) -> None:
     if isinstance(value, str):
         try:
@@ -92,13 +108,15 @@ def _no_surrogates(value: Any, depth: int = 0) -> None:
 
 
 def parse_json(body: bytes) -> Any:
-    """Parse a request body strictly (UTF-8, finite numbers, bounded integers); BadJson if not."""
+    """Parse a request body strictly (UTF-8, finite numbers, bounded integers, no key twice in
+    an object); BadJson if not."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BadJson(f"the body is not UTF-8 (byte {exc.start})") from None
     try:
-        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant)
+        value = json.loads(text, parse_int=_int, parse_float=_float, parse_constant=_constant,
+                           object_pairs_hook=_object)
     except BadJson:
         raise
     except RecursionError:

@@ -22,6 +22,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from ..policy import Policy, PolicyError
+from ..policy.document import _unique_keys
 from . import store
 
 SEED_ACTOR: Final = "seed:--pcr-policy"
@@ -108,8 +109,10 @@ def documents_from_file(path: str | Path) -> tuple[dict[str, Any] | None, dict[s
     p = Path(path)
     with p.open("rb") as f:
         raw = f.read(16 << 20)
-    try:
-        obj = json.loads(raw)
+    try:  # a key given twice is an error, as Policy.load has it (json keeps the last one)
+        obj = json.loads(raw, object_pairs_hook=_unique_keys)
+    except PolicyError:
+        raise
     except (ValueError, RecursionError):
         return parse_text(raw, p.name).to_dict(), {}
     if isinstance(obj, dict) and obj and set(obj) <= {"default", "devices"}:
