@@ -189,3 +189,42 @@ def test_a_seed_file_with_a_key_given_twice_is_refused(settings: Settings, tmp_p
         seed.write_text(text)
         with pytest.raises(PolicyError, match="twice"):
             create_app(settings.replace(pcr_policy=seed))
+
+
+def test_windows_beyond_the_calendar_are_refused_where_they_are_set(
+        http: TestClient, tpm: Tpm, device: Enrollment, admin: dict[str, str], settings: Settings) -> None:
+    """A freshness of 1e300 s validated, then every attestation it applied to failed with a 500
+    (the end of its window is past the year 9999) and so did the device PATCH."""
+    from tpm2_attest.service import SettingsError, attest
+
+    did = device.device_id
+    assert attest(tpm, InProcess(http), did, device.ak_blob, pcrs=[0])["ok"]
+    for freshness in (1e300, 1e12):
+        refused(http.put("/v1/admin/policies/long", headers=admin, json={"document": {}, "freshness": freshness}),
+                422, "INVALID_REQUEST")
+        refused(http.patch(f"/v1/admin/devices/{did}", headers=admin, json={"freshness": freshness}),
+                422, "INVALID_REQUEST")
+    ok(http.put("/v1/admin/policies/long", headers=admin, json={"document": {}, "freshness": 86400 * 3650}))
+    ok(http.put("/v1/admin/assignments/default", headers=admin, json={"policy": "long"}))
+    assert attest(tpm, InProcess(http), did, device.ak_blob, pcrs=[0])["status"] == "trusted"
+    for name, flag in (("freshness", "--freshness"), ("nonce_ttl", "--nonce-ttl"),
+                       ("enrollment_ttl", "--enrollment-ttl"), ("retention", "--retention"),
+                       ("challenge_rate_window", "--challenge-rate-window"), ("sweep_interval", "--sweep-interval"),
+                       ("header_timeout", "--header-timeout"), ("body_timeout", "--body-timeout")):
+        with pytest.raises(SettingsError, match=flag):
+            Settings.load(**{name: 1e300})
+
+
+def test_ids_beyond_the_columns_are_not_found_not_500(http: TestClient, device: Enrollment,
+                                                       admin: dict[str, str]) -> None:
+    """Integers that no row can have (past SQL INTEGER) in paths, queries and cursors."""
+    import base64
+
+    did = device.device_id
+    ok(http.put("/v1/admin/policies/p", headers=admin, json={"document": {}}))
+    for huge in (2**31, 2**62, 10**30):
+        refused(http.get("/v1/admin/policies/p", headers=admin, params={"version": huge}), 404, "UNKNOWN_POLICY")
+        refused(http.get(f"/v1/admin/devices/{did}/attestations/{huge}", headers=admin), 404, "NOT_FOUND")
+        cursor = base64.urlsafe_b64encode(str(huge).encode()).decode().rstrip("=")
+        for path in ("/v1/admin/audit", f"/v1/admin/devices/{did}/attestations"):
+            refused(http.get(path, headers=admin, params={"cursor": cursor}), 422, "INVALID_REQUEST")

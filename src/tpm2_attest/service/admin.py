@@ -27,6 +27,7 @@ from .errors import ServiceCode, ServiceError
 from .hooks import StatusChange
 from .http import JsonRoute
 from .policies import NAME_PATTERN, parse
+from .settings import MAX_SECONDS
 from .tables import (
     ADMIN,
     READ,
@@ -61,12 +62,14 @@ class TagsRequest(_Body):
 
 
 class DevicePatch(_Body):
-    freshness: float | None = Field(default=None, gt=0, description="seconds; null: the policy's or default")
+    freshness: float | None = Field(default=None, gt=0, le=MAX_SECONDS,
+                                   description="seconds; null: the policy's or default")
 
 
 class PolicyPut(_Body):
     document: dict[str, Any] = Field(description="a tpm2_attest.policy document")
-    freshness: float | None = Field(default=None, gt=0, description="seconds a pass keeps a device trusted")
+    freshness: float | None = Field(default=None, gt=0, le=MAX_SECONDS,
+                                   description="seconds a pass keeps a device trusted")
 
 
 class AssignRequest(_Body):
@@ -191,7 +194,7 @@ def device_history(s: Session, device_id: str, *, limit: int = 50, cursor: str |
 def attestation_detail(s: Session, device_id: str, attestation_id: int) -> dict[str, Any]:
     """One attestation of a device (``UNKNOWN_DEVICE``, ``NOT_FOUND``)."""
     device_record(s, device_id)
-    a = s.get(AttestationRecord, attestation_id)
+    a = s.get(AttestationRecord, attestation_id) if 0 < attestation_id <= store.MAX_ID else None
     if a is None or a.device_id != device_id:
         raise ServiceError(ServiceCode.NOT_FOUND, "this device has no attestation of this id")
     return attestation_json(a)

@@ -27,6 +27,10 @@ CA_SUFFIXES: Final = frozenset({".pem", ".crt", ".cer", ".der"})
 """Files read from a CA directory (other files, e.g. a README, are ignored)."""
 
 DEFAULT_DATABASE_URL: Final = "sqlite:///tpm2-attest.db"
+MAX_SECONDS: Final = 10 * 366 * 86400.0
+"""The longest duration any setting or window takes (ten years): the end of a longer window
+would be past the calendar's (``datetime`` stops at the year 9999) and fail every request
+it applies to."""
 ENV_PREFIX: Final = "TPM2_ATTEST_"
 CONFIG_ENV: Final = "TPM2_ATTEST_CONFIG"
 """The environment variable naming a config file (``serve --config`` wins over it)."""
@@ -146,24 +150,24 @@ class Settings(BaseSettings):
     ak_vendor_cas: Annotated[bool | tuple[str, ...], NoDecode] = False
     require_ek_certificate: bool = True
     allow_reenroll: bool = False
-    nonce_ttl: float = Field(default=300.0, gt=0)
-    enrollment_ttl: float = Field(default=300.0, gt=0)
+    nonce_ttl: float = Field(default=300.0, gt=0, le=MAX_SECONDS)
+    enrollment_ttl: float = Field(default=300.0, gt=0, le=MAX_SECONDS)
     allow_sha1: bool = True
     pcr_policy: Path | None = None
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
-    freshness: float = Field(default=3600.0, gt=0)
+    freshness: float = Field(default=3600.0, gt=0, le=MAX_SECONDS)
     challenge_rate: int = Field(default=10, ge=0)
-    challenge_rate_window: float = Field(default=60.0, gt=0)
-    sweep_interval: float = Field(default=60.0, ge=0)
-    retention: float = Field(default=3600.0, ge=0)
+    challenge_rate_window: float = Field(default=60.0, gt=0, le=MAX_SECONDS)
+    sweep_interval: float = Field(default=60.0, ge=0, le=MAX_SECONDS)
+    retention: float = Field(default=3600.0, ge=0, le=MAX_SECONDS)
     threads: int = Field(default=16, ge=1, le=512)
     workers: int = Field(default=1, ge=1, le=64)
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     log_format: Literal["text", "json"] = "text"
     log_level: Literal["critical", "error", "warning", "info", "debug"] = "info"
-    header_timeout: float = Field(default=10.0, gt=0)
-    body_timeout: float = Field(default=30.0, gt=0)
+    header_timeout: float = Field(default=10.0, gt=0, le=MAX_SECONDS)
+    body_timeout: float = Field(default=30.0, gt=0, le=MAX_SECONDS)
     max_connections: int = Field(default=1024, ge=1)
     dashboard: bool = True
     dashboard_secure_cookie: bool = False
@@ -451,5 +455,5 @@ def read_certificates(paths: tuple[Path, ...]) -> list[bytes]:
     return out
 
 
-__all__ = ["CONFIG_ENV", "DEFAULT_DATABASE_URL", "FLAGS", "Settings", "SettingsError", "describe",
+__all__ = ["CONFIG_ENV", "DEFAULT_DATABASE_URL", "FLAGS", "MAX_SECONDS", "Settings", "SettingsError", "describe",
            "parse_ca_spec", "read_certificates", "redact_url"]

@@ -76,6 +76,9 @@ SQLITE_BUSY_TIMEOUT: Final = 10.0
 """Seconds a SQLite writer waits for the write lock before the request fails (503)."""
 MAX_PAGE: Final = 500
 """The largest page any listing returns."""
+MAX_ID: Final = 2**31 - 1
+"""The largest integer id or version a row can have (SQL INTEGER on every backend): larger
+ones are not found, not an overflow in the driver."""
 
 
 class AlreadyEnrolled(Exception):
@@ -355,6 +358,14 @@ def _cursor(*parts: Any) -> str:
     return base64.urlsafe_b64encode(text_.encode()).decode().rstrip("=")
 
 
+def _cursor_id(cursor: str) -> int:
+    """The row id in a cursor of :func:`_cursor` (``BadCursor`` otherwise)."""
+    (before,) = _uncursor(cursor, 1)
+    if not (before.isascii() and before.isdigit() and len(before) <= 10 and int(before) <= MAX_ID):
+        raise BadCursor("not a cursor of this listing")
+    return int(before)
+
+
 def _uncursor(cursor: str, n: int) -> list[str]:
     try:
         parts = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode().split("\x1f")
@@ -434,10 +445,7 @@ def attestation_history(s: Session, device_id: str, *, limit: int = 50,
     q = (select(AttestationRecord).where(AttestationRecord.device_id == device_id)
          .order_by(AttestationRecord.id.desc()))
     if cursor:
-        (before,) = _uncursor(cursor, 1)
-        if not before.isdigit():
-            raise BadCursor("not a cursor of this listing")
-        q = q.where(AttestationRecord.id < int(before))
+        q = q.where(AttestationRecord.id < _cursor_id(cursor))
     rows = list(s.scalars(q.limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
@@ -489,10 +497,7 @@ def audit_entries(s: Session, *, limit: int = 100, cursor: str | None = None) ->
     limit = max(1, min(limit, MAX_PAGE))
     q = select(AuditRecord).order_by(AuditRecord.id.desc())
     if cursor:
-        (before,) = _uncursor(cursor, 1)
-        if not before.isdigit():
-            raise BadCursor("not a cursor of this listing")
-        q = q.where(AuditRecord.id < int(before))
+        q = q.where(AuditRecord.id < _cursor_id(cursor))
     rows = list(s.scalars(q.limit(limit + 1)))
     more = len(rows) > limit
     rows = rows[:limit]
@@ -533,6 +538,8 @@ def delete_session(s: Session, session_hash: str) -> bool:
 
 def latest_policy(s: Session, name: str, version: int | None = None) -> PolicyRecord | None:
     """A policy's newest version (or ``version``)."""
+    if version is not None and not 0 < version <= MAX_ID:
+        return None
     q = select(PolicyRecord).where(PolicyRecord.name == name)
     q = q.where(PolicyRecord.version == version) if version is not None else q.order_by(PolicyRecord.version.desc())
     return s.scalars(q.limit(1)).first()
