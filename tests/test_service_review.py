@@ -26,6 +26,7 @@ try:
         Clock,
         InProcess,
         TestClient,
+        b64,
         challenge,
         post_quote,
         refused,
@@ -39,6 +40,7 @@ except ImportError:  # pragma: no cover - run from the repository root
         Clock,
         InProcess,
         TestClient,
+        b64,
         challenge,
         post_quote,
         refused,
@@ -228,3 +230,34 @@ def test_ids_beyond_the_columns_are_not_found_not_500(http: TestClient, device: 
         cursor = base64.urlsafe_b64encode(str(huge).encode()).decode().rstrip("=")
         for path in ("/v1/admin/audit", f"/v1/admin/devices/{did}/attestations"):
             refused(http.get(path, headers=admin, params={"cursor": cursor}), 422, "INVALID_REQUEST")
+
+
+# -- logs ---------------------------------------------------------------------------------------------
+
+
+def test_a_database_failure_logs_no_query_parameters(settings: Settings, clock: Clock, tpm: Tpm) -> None:
+    """SQLAlchemy writes a failed statement's parameters into the exception the log shows:
+    here the whole enrollment id, a capability the logs must never hold."""
+    import io
+
+    from tpm2_attest.service import logs
+
+    if not settings.database_url.startswith("sqlite"):
+        pytest.skip("a read-only SQLite file stands for a failing database")
+    ek = tpm.ek("rsa")
+    with TestClient(create_app(settings, clock=clock)) as c:
+        r = c.post("/v1/enroll/begin", json={"ek_public": b64(ek.public), "ek_certificate": b64(ek.certificate or b"")})
+        enrollment_id = r.json()["enrollment_id"]
+    path = settings.database_url.removeprefix("sqlite:///")
+    ro = settings.replace(database_url=f"sqlite:///file:{path}?mode=ro&uri=true")
+    stream = io.StringIO()
+    handler = logs.configure("text", "info", stream)
+    try:
+        with TestClient(create_app(ro, clock=clock), raise_server_exceptions=False) as c:
+            r = c.post("/v1/enroll/ak", json={"enrollment_id": enrollment_id, "ak_blob": b64(b"not an AK")})
+            refused(r, 503, "DATABASE_UNAVAILABLE")  # failing the enrollment is a write
+    finally:
+        logs.unconfigure(handler)
+    text = stream.getvalue()
+    assert "database error" in text and "readonly" in text  # the cause is in the log ...
+    assert enrollment_id not in text  # ... the capability is not

@@ -123,7 +123,9 @@ class Store:
                  **engine_kw: Any) -> None:
         self.url = normalize_url(url)
         self.backend = self.url.get_backend_name()
-        kw: dict[str, Any] = {}
+        # A failed statement's exception (logged) would carry its parameters: ids that are
+        # capabilities, nonces, hashes. The driver's message and the SQL are enough.
+        kw: dict[str, Any] = {"hide_parameters": True}
         if self.backend == "sqlite":
             kw["connect_args"] = {"timeout": SQLITE_BUSY_TIMEOUT, "check_same_thread": False}
         if not (self.backend == "sqlite" and self.url.database in (None, "", ":memory:")):
