@@ -261,3 +261,35 @@ def test_a_database_failure_logs_no_query_parameters(settings: Settings, clock: 
     text = stream.getvalue()
     assert "database error" in text and "readonly" in text  # the cause is in the log ...
     assert enrollment_id not in text  # ... the capability is not
+
+
+# -- the schema's bookkeeping ------------------------------------------------------------------------
+
+
+def _open_store(url: str) -> str:
+    """In a child process: open the store (creating an empty schema) and say how it went."""
+    try:
+        Store(url, pool_size=1).close()
+        return "ok"
+    except Exception as exc:  # reported to the parent, which asserts there was none
+        return f"{type(exc).__name__}: {str(exc)[-300:]}"
+
+
+def test_processes_starting_together_on_an_empty_sqlite_file_create_it_once(tmp_path: Path) -> None:
+    """``serve`` and ``admin token create --db`` (or two ``serve``) started together on a new
+    SQLite file raced through the migrations: 'table ... already exists', a schema reported as
+    behind, even an alembic_version table with two rows that no command could read again."""
+    import multiprocessing
+
+    from sqlalchemy import create_engine, text
+
+    ctx = multiprocessing.get_context("fork")
+    for attempt in range(6):
+        url = f"sqlite:///{tmp_path / f'new{attempt}.db'}"
+        with ctx.Pool(4) as pool:
+            assert pool.map(_open_store, [url] * 4) == ["ok"] * 4
+        engine = create_engine(url)
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
+        engine.dispose()
+

@@ -6,8 +6,10 @@ runs ``tpm2-attest db upgrade`` (after a backup, with the old release stopped). 
 by a release before migrations (tables, no ``alembic_version``) is *adopted* by ``upgrade``: it
 is stamped at revision 0001 (the schema of those releases) and upgraded from there.
 
-On PostgreSQL the check-and-create and every upgrade run under an advisory lock, so several
-``serve`` processes starting at once on an empty database create it once.
+On PostgreSQL the check-and-create and every upgrade run under an advisory lock, on SQLite in
+one transaction holding the write lock (``BEGIN IMMEDIATE``; Alembic runs SQLite DDL outside
+transactions otherwise), so several processes starting at once on an empty database create it
+once and none of them sees it half made.
 """
 
 from __future__ import annotations
@@ -83,15 +85,23 @@ def state(engine: Engine) -> SchemaState:
         return _state(conn)
 
 
+def _begin_exclusive(conn: Connection) -> None:
+    """On SQLite: open a transaction holding the write lock, which the schema changes then run
+    in (other writers wait for it, readers see the schema before or after, never between)."""
+    if conn.dialect.name == "sqlite":
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
 @contextmanager
 def _locked(engine: Engine) -> Iterator[Connection]:
-    """A connection holding the migration lock (PostgreSQL advisory lock; SQLite serialises
-    schema changes by its own write lock)."""
+    """A connection holding the migration lock (PostgreSQL advisory lock; on SQLite a
+    transaction holding the write lock, committed by the caller)."""
     with engine.connect() as conn:
         postgres = engine.dialect.name == "postgresql"
         if engine.dialect.name == "sqlite":  # table copies in batch mode must not trip foreign keys
             conn.exec_driver_sql("PRAGMA foreign_keys=OFF")
             conn.commit()
+            _begin_exclusive(conn)
         if postgres:
             conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": LOCK_ID})
             conn.commit()
@@ -135,18 +145,29 @@ def _adopt_legacy(conn: Connection) -> None:
                           "WHERE revoked_at IS NULL"))
     command.stamp(_config(conn), "0001")  # type: ignore[arg-type]
     conn.commit()
+    _begin_exclusive(conn)
 
 
 def ensure(engine: Engine) -> SchemaState:
     """What ``serve`` does at start: create the schema in an empty database; raise
-    :class:`SchemaBehind` for an older schema, :class:`SchemaError` for an unknown one."""
-    with engine.connect() as conn:
-        st = _state(conn)
+    :class:`SchemaBehind` for an older schema, :class:`SchemaError` for an unknown one.
+
+    Anything but an up-to-date schema is looked at again under the migration lock: the state
+    is two reads (the version table, the tables), and a process creating the schema between
+    them would make an empty database look like one of a release before migrations."""
+    from alembic import command
+
+    st = state(engine)
     if st.up_to_date:
         return st
-    if st.empty:
-        upgrade(engine)
-        return state(engine)
+    with _locked(engine) as conn:
+        st = _state(conn)
+        if st.empty:
+            command.upgrade(_config(conn), "head")  # type: ignore[arg-type]
+            conn.commit()
+            st = _state(conn)
+    if st.up_to_date:
+        return st
     if st.legacy or (st.current is not None and _is_older(st.current)):
         raise SchemaBehind(
             f"the database schema is at {st.current or 'a release before migrations'}, this release "
