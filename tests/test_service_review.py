@@ -293,3 +293,49 @@ def test_processes_starting_together_on_an_empty_sqlite_file_create_it_once(tmp_
             assert conn.execute(text("SELECT count(*) FROM alembic_version")).scalar() == 1
         engine.dispose()
 
+
+def _newer(url: str) -> None:
+    """Make the database look like one of a newer release (a revision this one does not know)."""
+    from sqlalchemy import create_engine, text
+
+    Store(url, pool_size=1).close()
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = '9999'"))
+    engine.dispose()
+
+
+def test_db_commands_refuse_a_newer_schema_in_words(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``db upgrade`` on a newer release's database ended in Alembic's traceback, and ``db
+    status`` told the operator to run ``db upgrade``: a downgrade is refused, saying why."""
+    from tpm2_attest.cli import main
+
+    url = f"sqlite:///{tmp_path / 'newer.db'}"
+    _newer(url)
+    assert main(["db", "upgrade", "--db", url]) == 1
+    err = capsys.readouterr().err
+    assert "9999" in err and "newer release" in err and "Traceback" not in err
+    assert main(["db", "status", "--db", url]) == 1
+    out = capsys.readouterr().out
+    assert "9999" in out and "newer release" in out and "db upgrade" not in out
+    assert main(["admin", "token", "create", "--db", url, "--name", "ops", "--role", "read"]) == 1
+    err = capsys.readouterr().err
+    assert "9999" in err and "Traceback" not in err
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(url)
+    with engine.connect() as conn:  # untouched
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalars().all() == ["9999"]
+    engine.dispose()
+
+
+@pytest.mark.parametrize("argv", [["db", "status"], ["db", "upgrade"], ["admin", "token", "list"],
+                                  ["serve", "--allow-missing-ek-certificate", "--port", "0"]])
+def test_a_database_that_cannot_be_opened_is_an_error_line(argv: list[str], tmp_path: Path,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    from tpm2_attest.cli import main
+
+    url = f"sqlite:///{tmp_path / 'no' / 'such' / 'dir.db'}"
+    assert main([*argv, "--db", url]) == 1
+    err = capsys.readouterr().err
+    assert "--db" in err and "unable to open database file" in err and "Traceback" not in err

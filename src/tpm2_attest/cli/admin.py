@@ -27,6 +27,7 @@ from .common import (
     SubParsers,
     UsageError,
     client_options,
+    database_errors,
     emit,
     output_options,
     service_client,
@@ -208,9 +209,10 @@ def cmd_token(args: argparse.Namespace) -> int:
         raise UsageError("give --db URL (or set $TPM2_ATTEST_DATABASE_URL)")
     actor = f"local:{getpass.getuser()}"
     now = datetime.now(UTC)
-    db = Store(url, pool_size=1)
+    with database_errors():
+        db = Store(url, pool_size=1)
     try:
-        with db.session() as s:
+        with database_errors(), db.session() as s:
             if args.token_command == "create":
                 try:
                     record, token = auth.create_token(s, args.name, args.role, actor, now)

@@ -11,7 +11,8 @@ import argparse
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final, TypeAlias
 
@@ -263,6 +264,29 @@ def check_output(path: str, option: str, *, force: bool) -> None:
 class CommandError(Exception):
     """The command could not do its work for a reason outside the TPM and the evidence: an
     output file that cannot be written, a port that is taken (exit 1)."""
+
+
+DATABASE_OPTION: Final = "--db / TPM2_ATTEST_DATABASE_URL"
+
+
+@contextmanager
+def database_errors(option: str = DATABASE_OPTION) -> Iterator[None]:
+    """The service's database that cannot be opened or reached, or whose schema is not this
+    release's, as a CommandError naming ``option`` (one line, no traceback)."""
+    try:
+        yield
+    except Exception as exc:
+        from sqlalchemy.exc import DBAPIError
+
+        from ..service.migrate import SchemaError
+
+        if isinstance(exc, SchemaError):
+            raise CommandError(f"{option}: {exc}") from None
+        if isinstance(exc, DBAPIError):
+            orig = exc.orig if exc.orig is not None else exc
+            first = (str(orig).strip().splitlines() or [type(orig).__name__])[0]
+            raise CommandError(f"{option}: cannot use the database: {first}") from None
+        raise
 
 
 def write_output(path: str, data: bytes, option: str) -> None:

@@ -23,10 +23,12 @@ from .common import (
     EXIT_OK,
     EXIT_USAGE,
     SERVER_ENV,
+    CommandError,
     SubParsers,
     UsageError,
     check_listen,
     client_options,
+    database_errors,
     device_options,
     emit,
     one_bank,
@@ -130,8 +132,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:  # create an empty schema once, before any worker starts; refuse one that is behind
-        Store(settings.database_url, pool_size=1).close()
-    except migrate.SchemaError as exc:
+        with database_errors():
+            Store(settings.database_url, pool_size=1).close()
+    except CommandError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_FAIL
     check_listen(settings.host, settings.port)
@@ -183,18 +186,23 @@ def cmd_db(args: argparse.Namespace) -> int:
     url = args.db or __import__("os").environ.get("TPM2_ATTEST_DATABASE_URL") or DEFAULT_DATABASE_URL
     store = Store(url, create_schema=False, pool_size=1)
     try:
-        if args.db_command == "upgrade":
-            before, after = migrate.upgrade(store.engine, args.revision)
-            obj = {"ok": True, "before": before, "after": after}
-            emit(args, obj, lambda: print(f"database at revision {after}" + (
-                f" (was {before or 'a release before migrations or empty'})" if before != after else
-                " (already up to date)")))
-            return EXIT_OK
-        st = migrate.state(store.engine)
-        obj = {"ok": st.up_to_date, "current": st.current, "head": st.head, "legacy": st.legacy, "empty": st.empty}
+        with database_errors():
+            if args.db_command == "upgrade":
+                before, after = migrate.upgrade(store.engine, args.revision)
+                obj = {"ok": True, "before": before, "after": after}
+                emit(args, obj, lambda: print(f"database at revision {after}" + (
+                    f" (was {before or 'a release before migrations or empty'})" if before != after else
+                    " (already up to date)")))
+                return EXIT_OK
+            st = migrate.state(store.engine)
+        advice = ("up to date" if st.up_to_date else
+                  "a newer release made it; run that release (downgrades are not supported)" if st.newer else
+                  "run 'tpm2-attest db upgrade'")
+        obj = {"ok": st.up_to_date, "current": st.current, "head": st.head, "legacy": st.legacy, "empty": st.empty,
+               "newer": st.newer}
         emit(args, obj, lambda: print(
             f"revision {st.current or ('none (a release before migrations)' if st.legacy else 'none (empty)')}, "
-            f"this release needs {st.head}: " + ("up to date" if st.up_to_date else "run 'tpm2-attest db upgrade'")))
+            f"this release needs {st.head}: {advice}"))
         return EXIT_OK if st.up_to_date else EXIT_FAIL
     finally:
         store.close()

@@ -50,6 +50,11 @@ class SchemaState:
     def up_to_date(self) -> bool:
         return self.current == self.head
 
+    @property
+    def newer(self) -> bool:
+        """At a revision this release does not know: a newer release made it."""
+        return self.current is not None and not self.up_to_date and not _is_older(self.current)
+
 
 def _config(connection: Connection | None = None) -> object:
     from alembic.config import Config
@@ -125,6 +130,8 @@ def upgrade(engine: Engine, revision: str = "head") -> tuple[str | None, str]:
 
     with _locked(engine) as conn:
         before = _state(conn)
+        if before.newer:
+            raise _newer_error(before)
         if before.legacy:
             _adopt_legacy(conn)
         command.upgrade(_config(conn), revision)  # type: ignore[arg-type]
@@ -172,8 +179,13 @@ def ensure(engine: Engine) -> SchemaState:
         raise SchemaBehind(
             f"the database schema is at {st.current or 'a release before migrations'}, this release "
             f"needs {st.head}: back it up, then run 'tpm2-attest db upgrade --db URL'")
-    raise SchemaError(f"the database schema is at revision {st.current}, which this release does "
-                      f"not know (newest: {st.head}); is a newer release using it?")
+    raise _newer_error(st)
+
+
+def _newer_error(st: SchemaState) -> SchemaError:
+    return SchemaError(f"the database schema is at revision {st.current}, which this release does "
+                       f"not know (newest: {st.head}): a newer release made it; run that release "
+                       "(downgrades are not supported)")
 
 
 def _is_older(revision: str) -> bool:
