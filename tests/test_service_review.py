@@ -339,3 +339,35 @@ def test_a_database_that_cannot_be_opened_is_an_error_line(argv: list[str], tmp_
     assert main([*argv, "--db", url]) == 1
     err = capsys.readouterr().err
     assert "--db" in err and "unable to open database file" in err and "Traceback" not in err
+
+
+# -- what an unauthenticated client can make the service store ---------------------------------------
+
+
+def test_enrollments_per_ek_are_rate_limited(http: TestClient, tpm: Tpm, settings: Settings, clock: Clock) -> None:
+    """``begin`` needs no more than an EK and its (public) certificate: without a limit, one
+    certificate let anyone add enrollment rows at request rate (kept for the TTL and the
+    retention). Counted per EK *key*: another public area of the same key (another authPolicy,
+    so another Name, which the certificate check does not look at) is the same EK."""
+    import dataclasses
+
+    from tpm2_attest.tpm2.structures import TPM2B_PUBLIC
+
+    ek = tpm.ek("rsa")
+    cert = b64(ek.certificate or b"")
+    public = TPM2B_PUBLIC.from_bytes(ek.public).public_area
+
+    def other_area(policy: bytes) -> bytes:
+        return TPM2B_PUBLIC(dataclasses.replace(public, auth_policy=policy)).to_bytes()
+
+    for i in range(settings.challenge_rate):
+        variant = ek.public if i % 2 == 0 else other_area(bytes([i]) * 32)
+        r = http.post("/v1/enroll/begin", json={"ek_public": b64(variant), "ek_certificate": cert})
+        assert r.status_code == 200, r.text
+    other = other_area(b"\xee" * 32)
+    for body in (ek.public, other):
+        r = http.post("/v1/enroll/begin", json={"ek_public": b64(body), "ek_certificate": cert})
+        refused(r, 429, "RATE_LIMITED")
+        assert r.headers["retry-after"]
+    clock.advance(settings.challenge_rate_window + 1)
+    assert enroll(tpm, InProcess(http)).device_id  # the window moved on: the device enrolls

@@ -302,15 +302,22 @@ class AttestationService:
             raise ServiceError(ServiceCode.EK_CERTIFICATE_REQUIRED,
                                "this service enrolls only TPMs whose EK certificate chains to its roots")
         now = self.clock()
+        key_id = ek_key_id(ek_public)
         record = EnrollmentRecord(
             id=secrets.token_urlsafe(24), state=BEGUN, created_at=now,
             expires_at=now + timedelta(seconds=self.settings.enrollment_ttl),
-            ek_public=bytes(ek_public), ek_name=name, ek_cert_fingerprint=fingerprint,
+            ek_public=bytes(ek_public), ek_name=name, ek_key_id=key_id, ek_cert_fingerprint=fingerprint,
             ek_cert_verified=verified, nonce=os.urandom(NONCE_SIZE))
         with self.store.session() as s:
-            existing = store.active_device_for_ek(s, name, ek_key_id(ek_public))
+            existing = store.active_device_for_ek(s, name, key_id)
             if existing is not None and not (self.settings.allow_reenroll or existing.reenroll_allowed):
                 raise ServiceError(ServiceCode.ALREADY_ENROLLED, "this EK already belongs to an enrolled device")
+            window = self.settings.challenge_rate_window
+            if (self.settings.challenge_rate > 0 and store.enrollments_since(s, key_id, now - timedelta(
+                    seconds=window)) >= self.settings.challenge_rate):
+                raise ServiceError(ServiceCode.RATE_LIMITED,
+                                   f"at most {self.settings.challenge_rate} enrollments per EK every {window:g} s",
+                                   headers={"Retry-After": str(max(1, round(window)))})
             s.add(record)
             s.commit()
         log.info("enrollment %s begun: EK %s, certificate %s", _short(record.id), name.hex()[:16],

@@ -45,7 +45,8 @@ class ServiceCode(StrEnum):
     """The quote verified, but the device's policies refuse the state it shows; ``rules``
     in the error object lists the rule ids that failed."""
     RATE_LIMITED = "RATE_LIMITED"
-    """The device asked for more challenges than ``challenge_rate`` per window (Retry-After)."""
+    """The device asked for more challenges, or the EK began more enrollments, than
+    ``challenge_rate`` per window (Retry-After)."""
     UNAUTHORIZED = "UNAUTHORIZED"
     """The operator API needs a bearer token (missing, unknown or revoked)."""
     FORBIDDEN = "FORBIDDEN"

@@ -119,8 +119,8 @@ class Settings(BaseSettings):
     ``allow_sha1``: accept SHA-1 AKs and quotes (Windows PCP identity keys need it).
     ``pcr_policy``: a file whose policies seed the database at start. ``freshness``: seconds a
     passing attestation keeps a device trusted, unless its policy or the device says otherwise.
-    ``challenge_rate`` per ``challenge_rate_window`` seconds: challenges one device may ask for
-    (0: unlimited). ``sweep_interval``: seconds between sweeps of expired rows; ``retention``:
+    ``challenge_rate`` per ``challenge_rate_window`` seconds: challenges one device may ask for,
+    and enrollments one EK may begin (0: unlimited). ``sweep_interval``: seconds between sweeps of expired rows; ``retention``:
     how long expired challenges and unfinished enrollments are kept. ``dashboard``: serve the
     operator dashboard under ``/dashboard``; ``dashboard_secure_cookie``: mark its session cookie
     ``Secure`` even on plain HTTP (behind a TLS-terminating proxy; it is whenever the request

@@ -242,6 +242,12 @@ def active_device_for_ek(s: Session, ek_name: bytes, ek_key_id: bytes | None = N
         _same_ek(ek_name, ek_key_id), DeviceRecord.revoked_at.is_(None))).first()
 
 
+def enrollments_since(s: Session, ek_key_id: bytes, since: datetime) -> int:
+    """How many enrollments of this EK key began after ``since`` (the rate limit of ``begin``)."""
+    return int(s.scalar(select(func.count()).select_from(EnrollmentRecord).where(
+        EnrollmentRecord.ek_key_id == ek_key_id, EnrollmentRecord.created_at > since)) or 0)
+
+
 def register_device(s: Session, enrollment_id: str, device: DeviceRecord, *, replace: bool,
                     now: datetime, from_state: str = AK_RECEIVED) -> list[DeviceRecord]:
     """Finish an enrollment and register its device, committed all or nothing.

@@ -95,6 +95,8 @@ class EnrollmentRecord(Base):
     expires_at: Mapped[datetime] = mapped_column(index=True)
     ek_public: Mapped[bytes]
     ek_name: Mapped[bytes] = mapped_column(index=True)
+    ek_key_id: Mapped[bytes | None]
+    """The EK key's id (as ``DeviceRecord.ek_key_id``): enrollments are rate limited per EK key."""
     ek_cert_fingerprint: Mapped[str | None] = mapped_column(String(64))
     """SHA-256 (hex) of the EK certificate DER, when one was sent."""
     ek_cert_verified: Mapped[bool] = mapped_column(default=False)
@@ -109,6 +111,8 @@ class EnrollmentRecord(Base):
     device_id: Mapped[str | None] = mapped_column(String(64))
     failure: Mapped[str | None] = mapped_column(String(64))
     """The code that failed the enrollment (state ``failed``)."""
+
+    __table_args__ = (Index("ix_enrollments_ek_key_created", "ek_key_id", "created_at"),)
 
 
 class DeviceRecord(Base):
