@@ -15,7 +15,15 @@ import pytest
 pytest.importorskip("fastapi")
 
 from tpm2_attest import Tpm
-from tpm2_attest.service import Enrollment, Settings, StatusChange, StatusHooks, create_app, enroll
+from tpm2_attest.service import (
+    Enrollment,
+    ServiceError,
+    Settings,
+    StatusChange,
+    StatusHooks,
+    create_app,
+    enroll,
+)
 from tpm2_attest.service.store import Store
 from tpm2_attest.service.tables import REVOKED, DeviceRecord
 
@@ -371,3 +379,35 @@ def test_enrollments_per_ek_are_rate_limited(http: TestClient, tpm: Tpm, setting
         assert r.headers["retry-after"]
     clock.advance(settings.challenge_rate_window + 1)
     assert enroll(tpm, InProcess(http)).device_id  # the window moved on: the device enrolls
+
+
+# -- status ----------------------------------------------------------------------------------------------
+
+
+def test_a_longer_window_revives_a_stale_pass_whether_or_not_the_sweeper_wrote_it_down(
+        http: TestClient, tpm: Tpm, device: Enrollment, admin: dict[str, str], clock: Clock,
+        changes: list[StatusChange]) -> None:
+    """A device past its window reads ``stale``; a PATCH that widens the window makes its last
+    pass count again. Before the sweeper wrote ``stale`` down that was so; after, the device
+    stayed stale for ever (until its next pass), the same operation giving two answers."""
+    from tpm2_attest.service import attest
+
+    did = device.device_id
+    ok(http.put("/v1/admin/policies/short", headers=admin, json={"document": {}, "freshness": 60}))
+    ok(http.put("/v1/admin/assignments/default", headers=admin, json={"policy": "short"}))
+    assert attest(tpm, InProcess(http), did, device.ak_blob, pcrs=[0])["status"] == "trusted"
+    clock.advance(61)
+    http.app.state.service.sweep()  # type: ignore[attr-defined]
+    assert ok(http.get(f"/v1/admin/devices/{did}", headers=admin))["status"] == "stale"
+    view = ok(http.patch(f"/v1/admin/devices/{did}", headers=admin, json={"freshness": 600}))
+    assert view["status"] == "trusted"
+    assert [(c.old, c.new, c.cause) for c in changes][-2:] == [("trusted", "stale", "stale"),
+                                                                 ("stale", "trusted", "freshness")]
+    clock.advance(600)  # the widened window runs out in its turn
+    assert ok(http.get(f"/v1/admin/devices/{did}", headers=admin))["status"] == "stale"
+    # A device whose last answer failed stays failed, however wide its window.
+    ok(http.put("/v1/admin/policies/strict", headers=admin, json={"document": {"pcrs": {"sha256": {"0": "01" * 32}}}}))
+    ok(http.put(f"/v1/admin/assignments/device/{did}", headers=admin, json={"policy": "strict"}))
+    with pytest.raises(ServiceError, match="POLICY_VIOLATION"):
+        attest(tpm, InProcess(http), did, device.ak_blob, pcrs=[0])
+    assert ok(http.patch(f"/v1/admin/devices/{did}", headers=admin, json={"freshness": 6000}))["status"] == "failed"

@@ -32,7 +32,9 @@ from .tables import (
     ADMIN,
     READ,
     REVOKED,
+    STALE,
     STATUSES,
+    TRUSTED,
     AttestationRecord,
     AuditRecord,
     DeviceRecord,
@@ -316,15 +318,25 @@ def router(service: AttestationService) -> APIRouter:
     @api.patch("/devices/{device_id}")
     def patch_device(device_id: str, body: DevicePatch, authorization: Auth = None) -> dict[str, Any]:
         """Set the device's own freshness window (null: its policies' or the default)."""
+        revived = None
         with _op(authorization, ADMIN) as (s, op):
             d = device_record(s, device_id)
             now = service.clock()
             d.freshness = body.freshness
             if d.last_ok_at is not None:  # the new window applies to the last pass too
                 d.fresh_until = d.last_ok_at + timedelta(seconds=service.freshness_of(d))
+                if (d.status == STALE and d.revoked_at is None and d.fresh_until > now
+                        and d.last_attestation_at == d.last_ok_at):
+                    # The sweeper wrote down 'stale' for the old window of the device's last
+                    # answer, which passed: it counts again in the new one.
+                    d.status, d.status_since = TRUSTED, now
+                    revived = StatusChange(device_id, STALE, TRUSTED, now, "freshness")
             store.audit(s, now, op.actor, "device.freshness", device_id, {"freshness": body.freshness})
             s.commit()
-            return device_view(s, d, now)
+            out = device_view(s, d, now)
+        if revived is not None:
+            service.hooks.emit(revived)
+        return out
 
     # -- policies ---------------------------------------------------------------------------------
 

@@ -23,7 +23,8 @@ log = logging.getLogger("tpm2_attest.service")
 class StatusChange:
     """A device moved from ``old`` to ``new`` status at ``at``.
 
-    ``cause``: ``attestation``, ``revoked``, ``replaced``, ``enrolled`` or ``stale``;
+    ``cause``: ``attestation``, ``revoked``, ``replaced``, ``enrolled``, ``stale`` or
+    ``freshness`` (a widened window made a stale device's last pass count again);
     ``attestation_id`` the attestation that caused it (when one did); ``rules`` the failed
     policy rules or the refusal code of a ``failed`` device."""
 
