@@ -411,3 +411,17 @@ def test_a_longer_window_revives_a_stale_pass_whether_or_not_the_sweeper_wrote_i
     with pytest.raises(ServiceError, match="POLICY_VIOLATION"):
         attest(tpm, InProcess(http), did, device.ak_blob, pcrs=[0])
     assert ok(http.patch(f"/v1/admin/devices/{did}", headers=admin, json={"freshness": 6000}))["status"] == "failed"
+
+
+def test_token_names_are_checked_on_the_database_path_too(settings: Settings,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """The API refuses token names outside letters, digits, ``.``, ``_``, ``-`` (64 at most);
+    ``admin token create --db`` stored any, e.g. one with a line break (a forged line in
+    ``token list``) or one the API's ``DELETE /tokens/{name}`` can never name."""
+    from tpm2_attest.cli import main
+
+    for bad in ("ops\nadmin  admin  2026", "x" * 65, "a/b", ""):
+        assert main(["admin", "token", "create", "--db", settings.database_url, "--name", bad, "--role", "read"]) == 2
+        assert "--name" in capsys.readouterr().err
+    assert main(["admin", "token", "list", "--db", settings.database_url, "--json"]) == 0
+    assert '"items": []' in capsys.readouterr().out

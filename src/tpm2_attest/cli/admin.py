@@ -207,6 +207,9 @@ def cmd_token(args: argparse.Namespace) -> int:
     url = args.db or os.environ.get("TPM2_ATTEST_DATABASE_URL")
     if not url:
         raise UsageError("give --db URL (or set $TPM2_ATTEST_DATABASE_URL)")
+    if args.token_command == "create" and not auth.valid_name(args.name):
+        raise UsageError(f"--name {args.name[:80]!r}: letters, digits, '.', '_' and '-', at most 64 "
+                         "characters (as the operator API takes them)")
     actor = f"local:{getpass.getuser()}"
     now = datetime.now(UTC)
     with database_errors():

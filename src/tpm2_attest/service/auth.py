@@ -14,6 +14,7 @@ is revoked.
 
 from __future__ import annotations
 
+import re
 import secrets
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -23,6 +24,7 @@ from sqlalchemy.orm import Session
 
 from . import store
 from .errors import ServiceCode, ServiceError
+from .policies import NAME_PATTERN
 from .tables import ADMIN, READ, ROLES, SessionRecord, TokenRecord
 
 TOKEN_PREFIX: Final = "tpa_"
@@ -53,9 +55,17 @@ def new_token() -> str:
     return TOKEN_PREFIX + secrets.token_urlsafe(32)
 
 
+def valid_name(name: str) -> bool:
+    """A token name the operator API can name: letters, digits, ``.``, ``_``, ``-``, at most 64."""
+    return re.fullmatch(NAME_PATTERN, name) is not None
+
+
 def create_token(s: Session, name: str, role: str, actor: str, now: datetime) -> tuple[TokenRecord, str]:
     """Store a new token and audit it (not committed); returns the record and the token, which
     exists nowhere else from here on."""
+    if not valid_name(name):
+        raise ServiceError(ServiceCode.INVALID_REQUEST, "a token name is letters, digits, '.', '_' and '-', "
+                           "at most 64 characters")
     if role not in ROLES:
         raise ServiceError(ServiceCode.INVALID_REQUEST, f"role must be one of {', '.join(ROLES)}")
     token = new_token()
@@ -117,4 +127,4 @@ def close_session(s: Session, secret: str | None, now: datetime) -> Operator | N
 
 
 __all__ = ["ADMIN", "READ", "SESSION_TTL", "TOKEN_PREFIX", "Operator", "authenticate", "close_session",
-           "create_token", "new_token", "open_session", "session_operator"]
+           "create_token", "new_token", "open_session", "session_operator", "valid_name"]
