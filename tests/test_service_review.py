@@ -425,3 +425,22 @@ def test_token_names_are_checked_on_the_database_path_too(settings: Settings,
         assert "--name" in capsys.readouterr().err
     assert main(["admin", "token", "list", "--db", settings.database_url, "--json"]) == 0
     assert '"items": []' in capsys.readouterr().out
+
+
+# -- error responses --------------------------------------------------------------------------------
+
+
+def test_a_declared_oversized_body_is_a_json_413_everywhere(http: TestClient, settings: Settings,
+                                                             admin: dict[str, str]) -> None:
+    """FastAPI's body limiter replaced any answer to a request whose Content-Length was over the
+    limit with a plain-text 413 (a 401, a 404 included); the device lane waited for the body
+    instead. Every such request is now the JSON ``BODY_TOO_LARGE``, refused before its body."""
+    big = b'{"x": "' + b"a" * settings.max_body_bytes + b'"}'
+    kind = {"content-type": "application/json"}
+    for method, path, headers in (("POST", "/v1/enroll/begin", kind), ("POST", "/v1/attest/challenge", kind),
+                                  ("POST", "/v1/attest", kind), ("PUT", "/v1/admin/policies/p", {**kind, **admin}),
+                                  ("PUT", "/v1/admin/policies/p", kind), ("POST", "/v1/nothing-here", kind),
+                                  ("POST", "/dashboard/login", {"content-type": "application/x-www-form-urlencoded"})):
+        r = http.request(method, path, content=big, headers=headers)
+        err = refused(r, 413, "BODY_TOO_LARGE")
+        assert str(settings.max_body_bytes) in err["detail"], path

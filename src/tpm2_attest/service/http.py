@@ -227,7 +227,8 @@ class FastLane:
     """ASGI middleware answering ``POST`` to the paths in ``lanes`` itself: body read within
     ``max_body`` (413), parsed by :func:`parse_json`, validated by the lane's model (422 naming
     the field), handled by ``run`` (in the thread pool), errors mapped by ``refusal``. What FastAPI would do
-    for these routes, without its per-request machinery; anything else goes on to ``app``."""
+    for these routes, without its per-request machinery; anything else goes on to ``app``,
+    except a request of any path whose Content-Length is over ``max_body`` (a JSON 413 here)."""
 
     def __init__(self, app: ASGIApp, *, lanes: dict[str, Lane], max_body: int,
                  refusal: Callable[[BaseException], Any],
@@ -241,10 +242,21 @@ class FastLane:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         lane = self.lanes.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if lane is None or scope.get("method") != "POST":
+        if lane is not None and scope.get("method") == "POST":
+            scope["route"] = self.routes[scope["path"]]
+        else:
+            lane = None
+        if scope["type"] == "http" and _declared_length(scope) > self.max_body:
+            # Any path: FastAPI's own limiter would replace whatever is answered (a 401, a
+            # 404...) with a plain-text 413. Refused before the body is read, the connection
+            # closed (the body may still be on its way).
+            err = self.refusal(StarletteHTTPException(413))
+            err.headers["Connection"] = "close"
+            await self._answer(send, err)
+            return
+        if lane is None:
             await self.app(scope, receive, send)
             return
-        scope["route"] = self.routes[scope["path"]]
         try:
             body = await self._body(scope, receive)
             try:
@@ -262,13 +274,20 @@ class FastLane:
         except ClientDisconnect:
             return  # nobody to answer
         except Exception as exc:
-            err = self.refusal(exc)
-            payload = json.dumps(err.to_dict()).encode()
-            status = err.status
-            headers = [(b"content-type", b"application/json"),
-                       *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items())]
+            await self._answer(send, self.refusal(exc))
+            return
         headers.append((b"content-length", str(len(payload)).encode()))
         await send({"type": "http.response.start", "status": status, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    @staticmethod
+    async def _answer(send: Send, err: Any) -> None:
+        """Send the JSON error of a ServiceError."""
+        payload = json.dumps(err.to_dict()).encode()
+        headers = [(b"content-type", b"application/json"),
+                   *((k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in err.headers.items()),
+                   (b"content-length", str(len(payload)).encode())]
+        await send({"type": "http.response.start", "status": err.status, "headers": headers})
         await send({"type": "http.response.body", "body": payload})
 
     async def _body(self, scope: Scope, receive: Receive) -> bytes:
@@ -291,6 +310,12 @@ class FastLane:
             chunks.append(chunk)
             if not message.get("more_body", False):
                 return b"".join(chunks)
+
+
+def _declared_length(scope: Scope) -> int:
+    """The request's Content-Length (-1 when absent or not a number)."""
+    value = next((v for k, v in scope.get("headers", ()) if k == b"content-length"), None)
+    return int(value) if value is not None and value.isdigit() and len(value) <= 18 else -1
 
 
 # -- connection guards (uvicorn protocols) --------------------------------------------------------
