@@ -444,3 +444,31 @@ def test_a_declared_oversized_body_is_a_json_413_everywhere(http: TestClient, se
         r = http.request(method, path, content=big, headers=headers)
         err = refused(r, 413, "BODY_TOO_LARGE")
         assert str(settings.max_body_bytes) in err["detail"], path
+
+
+# -- authentication ----------------------------------------------------------------------------------
+
+
+def test_every_operator_route_wants_a_token_and_every_write_an_admin_one(
+        http: TestClient, settings: Settings, admin: dict[str, str]) -> None:
+    """Walks the application's operator routes (its OpenAPI), so that an endpoint added later
+    without its check fails here: no token is 401, a revoked one 401, a read token on anything
+    but GET 403."""
+    reader = {"Authorization": f"Bearer {make_token(settings, 'viewer', 'read')}"}
+    gone = make_token(settings, "gone", "admin")
+    ok(http.delete("/v1/admin/tokens/gone", headers=admin))
+    schema = ok(http.get("/openapi.json"))["paths"]
+    routes = [(m.upper(), path) for path, ops in schema.items() if path.startswith("/v1/admin") for m in ops]
+    assert len(routes) >= 20
+    for method, template in routes:
+        path = template.replace("{kind}", "tag").replace("{attestation_id}", "1")
+        path = path.replace("{device_id}", "d").replace("{name}", "n").replace("{target}", "t")
+        body = {} if method in ("POST", "PUT", "PATCH") else None
+        refused(http.request(method, path, json=body), 401, "UNAUTHORIZED")
+        refused(http.request(method, path, json=body, headers={"Authorization": f"Bearer {gone}"}),
+                401, "UNAUTHORIZED")
+        r = http.request(method, path, json=body, headers=reader)
+        if method != "GET" or template == "/v1/admin/tokens":
+            refused(r, 403, "FORBIDDEN")
+        else:
+            assert r.status_code != 403, (method, path)
