@@ -472,3 +472,47 @@ def test_every_operator_route_wants_a_token_and_every_write_an_admin_one(
             refused(r, 403, "FORBIDDEN")
         else:
             assert r.status_code != 403, (method, path)
+
+
+# -- enrollment by AK certificate --------------------------------------------------------------------
+
+
+def test_an_ak_certificate_enrollment_never_replaces_a_device_whose_ek_was_proven(
+        swtpm: Any, fresh_swtpm: Any, tpm2_tools: Any, tmp_path: Path) -> None:
+    """An enrollment by AK certificate records the EK sent to ``begin`` without binding it to
+    the AK: anyone with an AK that a configured CA certified (with ``vendors:Google``: any
+    Compute Engine VM) can present another machine's EK, public like its certificate. With
+    re-enrollment allowed that revoked the machine's own device, enrolled by credential
+    activation (its EK proven); it is now ALREADY_ENROLLED, and the device stays."""
+    from gce import provision
+    from pki import make_ca, pem
+
+    root = make_ca("Test vTPM AK Root")
+    inter = make_ca("Test vTPM AK Intermediate", root)
+    provision(tpm2_tools, fresh_swtpm, "ecc", (root, inter), tmp_path)
+    (tmp_path / "ak-root.pem").write_bytes(pem(root[0]))
+    (tmp_path / "ak-inter.pem").write_bytes(pem(inter[0]))
+    settings = Settings(database_url=f"sqlite:///{tmp_path / 'svc.db'}", allow_reenroll=True,
+                        ek_roots=(Path(swtpm.ca_root_path), Path(fresh_swtpm.ca_root_path)),
+                        ek_intermediates=(Path(swtpm.ca_intermediate_path), Path(fresh_swtpm.ca_intermediate_path)),
+                        ak_certificate_enrollment=True, ak_roots=(tmp_path / "ak-root.pem",),
+                        ak_intermediates=(tmp_path / "ak-inter.pem",))
+    with TestClient(create_app(settings)) as http:
+        with Tpm.open(swtpm.tcti) as victim:
+            mine = enroll(victim, InProcess(http))
+            ek = victim.ek("rsa")
+        begun = http.post("/v1/enroll/begin", json={"ek_public": b64(ek.public), "ek_certificate": b64(ek.certificate)})
+        assert begun.status_code == 200, begun.text
+        with Tpm.open(fresh_swtpm.tcti) as attacker:
+            got = attacker.certified_ak("ecc", nonce=__import__("base64").b64decode(begun.json()["nonce"]))
+        r = http.post("/v1/enroll/ak-certificate", json={"enrollment_id": begun.json()["enrollment_id"],
+                                                           "ak_blob": b64(got.blob.to_bytes()),
+                                                           "ak_certificate": b64(got.certificate)})
+        refused(r, 409, "ALREADY_ENROLLED")
+        with Tpm.open(swtpm.tcti) as victim:
+            from tpm2_attest.service import attest
+
+            assert attest(victim, InProcess(http), mine.device_id, mine.ak_blob, pcrs=[0])["ok"]
+        # The machine itself may still enroll again by credential activation (allow_reenroll).
+        with Tpm.open(swtpm.tcti) as victim:
+            assert enroll(victim, InProcess(http)).info["replaced_devices"] == [mine.device_id]

@@ -255,7 +255,8 @@ def register_device(s: Session, enrollment_id: str, device: DeviceRecord, *, rep
     Raises StateConflict if the enrollment left ``from_state`` (``ak``; ``begun`` for an
     enrollment by AK certificate) meanwhile, AlreadyEnrolled if the
     EK has an active device and neither ``replace`` nor that device's one-time re-enrollment
-    allows replacing it (or a concurrent enrollment of the same EK won). Replaced devices are
+    allows replacing it (or a concurrent enrollment of the same EK won), or when an enrollment
+    by AK certificate (whose EK is unproven) would replace one by credential activation. Replaced devices are
     revoked (``replaced_by`` the new one); the new device inherits their tags, per-device
     policy and freshness. Returns the replaced devices.
     """
@@ -265,6 +266,10 @@ def register_device(s: Session, enrollment_id: str, device: DeviceRecord, *, rep
         current = list(s.scalars(select(DeviceRecord).where(
             _same_ek(device.ek_name, device.ek_key_id), DeviceRecord.revoked_at.is_(None))))
         if current and not (replace or all(d.reenroll_allowed for d in current)):
+            raise AlreadyEnrolled(current[0].id)
+        if device.enrolled_by == AK_CERTIFICATE and any(d.enrolled_by == CREDENTIAL_ACTIVATION for d in current):
+            # This enrollment's EK is only what begin was sent (not bound to its AK); the
+            # device it would replace proved its EK by credential activation.
             raise AlreadyEnrolled(current[0].id)
         for old in current:
             old.revoked_at = now
