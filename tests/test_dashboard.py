@@ -550,6 +550,7 @@ def _get(c: Any, path: str, secret: str) -> Any:
 
 
 def _login(c: Any, token: str) -> str:
+    c.cookies.clear()  # each login here is another browser's (a browser's own new login ends its old session)
     r = c.post("/dashboard/login", data={"token": token}, follow_redirects=False)
     assert r.status_code == 303, r.text
     return str(r.cookies["tpm2_attest_session"])

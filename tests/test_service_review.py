@@ -516,3 +516,26 @@ def test_an_ak_certificate_enrollment_never_replaces_a_device_whose_ek_was_prove
         # The machine itself may still enroll again by credential activation (allow_reenroll).
         with Tpm.open(swtpm.tcti) as victim:
             assert enroll(victim, InProcess(http)).info["replaced_devices"] == [mine.device_id]
+
+
+# -- dashboard -------------------------------------------------------------------------------------------
+
+
+def test_logging_in_again_ends_the_session_the_browser_had(http: TestClient, settings: Settings) -> None:
+    """A login replaces the browser's cookie; the session it held must end with it, not live on
+    for its 8 hours where only a copy of the old cookie (a shared machine, a backup) can use it."""
+    from tpm2_attest.service.dashboard import COOKIE
+
+    reader = make_token(settings, "viewer", "read")
+    first = http.post("/dashboard/login", data={"token": reader}, follow_redirects=False)
+    old = first.cookies[COOKIE]
+    assert http.get("/dashboard/devices", follow_redirects=False).status_code == 200
+    again = http.post("/dashboard/login", data={"token": make_token(settings, "other", "read")}, follow_redirects=False)
+    new = again.cookies[COOKIE]
+    assert new != old
+    http.cookies.clear()
+    http.cookies.set(COOKIE, old, path="/dashboard")
+    assert http.get("/dashboard/devices", follow_redirects=False).status_code == 303  # to the login page
+    http.cookies.clear()
+    http.cookies.set(COOKIE, new, path="/dashboard")
+    assert http.get("/dashboard/devices", follow_redirects=False).status_code == 200

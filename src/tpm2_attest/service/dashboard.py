@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 from starlette.concurrency import run_in_threadpool
 
 from .._version import __version__
-from . import admin, auth
+from . import admin, auth, store
 from .auth import Operator
 from .core import AttestationService
 from .errors import ServiceCode, ServiceError
@@ -250,10 +250,13 @@ def router(service: AttestationService, *, secure_cookie: bool = False) -> APIRo
         if form is None:
             return render("error.html", 413, code="BODY_TOO_LARGE", status=413, detail="the form is too large")
         target = _safe_next(form.get("next"))
+        previous = request.cookies.get(COOKIE)
 
         def open_session() -> str:
             with db.session() as s:
                 _who, secret = auth.open_session(s, form.get("token", ""), service.clock())
+                if previous and len(previous) <= auth.MAX_SECRET:  # the cookie it replaces ends too
+                    store.delete_session(s, store.token_hash(previous))
                 s.commit()
                 return secret
 
