@@ -33,7 +33,7 @@ from typing import Any
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa, utils
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat, load_der_public_key
 
 from tpm2_attest.evidence import AkBlob, Quote
 from tpm2_attest.tpm2 import templates as T
@@ -117,16 +117,24 @@ def software_quotes() -> dict[str, tuple[AkPublic, Quote, bytes]]:
     return out
 
 
-def bare_check(ak: AkPublic, quote: Quote) -> Callable[[], None]:
-    """The OpenSSL floor: the signature alone, everything prepared in advance."""
+def bare_check(ak: AkPublic, quote: Quote, *, fresh_key: bool = False) -> Callable[[], None]:
+    """The OpenSSL floor: the signature alone, everything prepared in advance. With
+    ``fresh_key``, on a key object loaded from the AK's SPKI DER for every call (the floor
+    of a first check: OpenSSL sets up a key's arithmetic on its first operation)."""
     sig = TPMT_SIGNATURE.from_bytes(quote.signature)
     key, attest = ak.key, quote.attest
+    spki = key.public_bytes(Encoding.DER, PublicFormat.SubjectPublicKeyInfo)
+    load = load_der_public_key
     if isinstance(key, ec.EllipticCurvePublicKey):
         der = utils.encode_dss_signature(int.from_bytes(sig.r, "big"), int.from_bytes(sig.s, "big"))
         alg = ec.ECDSA(hashes.SHA256())
+        if fresh_key:
+            return lambda: load(spki).verify(der, attest, alg)  # type: ignore[union-attr, call-arg, arg-type]
         return lambda: key.verify(der, attest, alg)
     assert isinstance(key, rsa.RSAPublicKey)
     pad, h, raw = padding.PKCS1v15(), hashes.SHA256(), sig.sig
+    if fresh_key:
+        return lambda: load(spki).verify(raw, attest, pad, h)  # type: ignore[union-attr, call-arg, arg-type]
     return lambda: key.verify(raw, attest, pad, h)
 
 

@@ -112,3 +112,47 @@ def test_json_type_confusion(evidence: tuple[AkBlob, Quote]) -> None:
     for bad in (b"", b"[]", b"{", b"\xff\xfe"):
         with pytest.raises(TpmError):
             Quote.from_json(bad)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_mutated_quote_json_text_given_to_the_stateless_verifier(evidence: tuple[AkBlob, Quote],
+                                                                 data: st.DataObject) -> None:
+    """The JSON text path (scanner first, then the one-pass PCR decode) refuses what the
+    one-by-one checks refuse, and passes only the original content."""
+    blob, quote = evidence
+    ak = verify.check_ak(blob)
+    text = quote.to_json()
+    chars = list(text)
+    for _ in range(data.draw(st.integers(1, 3))):
+        pos = data.draw(st.integers(0, len(chars) - 1))
+        kind = data.draw(st.sampled_from(["replace", "cut", "insert"]))
+        ch = data.draw(st.sampled_from([*'0123456789=+/"{}[],: \n\u00b2\u0660Aa\\', "\udcff"]))
+        if kind == "replace":
+            chars[pos] = ch
+        elif kind == "cut":
+            del chars[pos]
+        else:
+            chars.insert(pos, ch)
+    try:
+        res = verify.verify_quote(ak, "".join(chars), nonce=QNONCE)
+    except VerificationError:
+        return
+    assert dict(res.pcrs) == quote.pcrs["sha256"]
+    assert res.extra_data == QNONCE and res.clock == verify.verify_quote(ak, quote, nonce=QNONCE).clock
+
+
+def test_quote_pcr_values_of_the_wrong_type_or_spelling_are_refused(evidence: tuple[AkBlob, Quote]) -> None:
+    _, quote = evidence
+    base = quote.to_dict()
+    good = base["pcrs"]["sha256"]["0"]
+    for vals in ({"0": good.encode()}, {"0": None}, {"0": 0}, {0: good}, {"0": good, "1": good[:-4]},
+                 {"0": good, "1": good + "===="}, {"0": good, "1": " " + good}, {"0": good, "1": "AAAA" + good},
+                 {"0": good, "1": good.replace("=", "")}, {"0": good, "00": good}, {"1000": good}):
+        with pytest.raises(TpmError) as ei:
+            Quote.from_dict({**base, "pcrs": {"sha256": vals}})
+        assert ei.value.code == ErrorCode.BAD_BLOB, vals
+    # The non-canonical index spelling alone is still read (as before), by the checked path.
+    assert Quote.from_dict({**base, "pcrs": {"sha256": {"00": good}}}).pcrs == {"sha256": {0: quote.pcrs["sha256"][0]}}
+    # Leading/trailing JSON whitespace takes the json.loads path and parses the same.
+    assert Quote.from_json(" \n" + quote.to_json() + "\n") == quote

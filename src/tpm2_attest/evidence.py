@@ -13,6 +13,7 @@ import json
 import struct
 from dataclasses import field
 from functools import cached_property
+from json.scanner import make_scanner
 from typing import Any, Final, Literal
 
 from ._frozen import frozen
@@ -379,48 +380,98 @@ class Quote:
 
     @classmethod
     def from_dict(cls, obj: object) -> Quote:
-        if not isinstance(obj, dict) or obj.get("version") != QUOTE_JSON_VERSION:
-            raise _bad("quote JSON: missing or unsupported version")
-        pcrs_in = obj.get("pcrs", {})
-        if not isinstance(pcrs_in, dict):
-            raise _bad("quote JSON: pcrs must be an object")
-        pcrs: PcrBanks = {}
-        for bank, vals in pcrs_in.items():
-            alg = HASH_BY_NAME.get(bank)
-            if alg is None or not isinstance(vals, dict):
-                raise _bad(f"quote JSON: unknown PCR bank {bank!r}")
-            size = HASH_SIZES[alg]
-            out: dict[int, bytes] = {}
-            for k, v in vals.items():
-                # ASCII digits only (str.isdigit() also passes '²', which int() refuses) and one
-                # spelling per index ("0" and "00" would otherwise silently overwrite each other).
-                i = _INDEX.get(k)  # the canonical spellings; anything else is checked in full
-                if i is None:
-                    if not isinstance(k, str) or not (k.isascii() and k.isdigit()) or len(k) > 3:
-                        raise _bad(f"quote JSON: bad PCR index {k!r}")
-                    i = int(k)
-                if type(v) is str:
-                    try:
-                        d = _a2b(v, strict_mode=True)
-                    except ValueError:
-                        d = b64d(v, f"pcrs.{bank}.{k}")  # raises with the field named
-                else:
-                    d = b64d(v, f"pcrs.{bank}.{k}")
-                if len(d) != size:
-                    raise _bad(f"quote JSON: PCR {bank}:{k} has {len(d)} bytes")
-                if i in out:
-                    raise _bad(f"quote JSON: PCR {bank}:{i} given twice")
-                out[i] = d
-            pcrs[bank] = out
-        return cls(b64d(obj.get("attest"), "attest"), b64d(obj.get("signature"), "signature"), pcrs)
+        return cls(*quote_parts(obj))
 
     @classmethod
     def from_json(cls, text: str | bytes) -> Quote:
+        return cls(*quote_json_parts(text))
+
+
+def quote_json_parts(text: str | bytes) -> tuple[bytes, bytes, PcrBanks]:
+    """``quote_parts`` of a quote's JSON text (what the stateless verifier takes)."""
+    return quote_parts(_json_object(text))
+
+
+def _json_object(text: str | bytes) -> object:
+    """``json.loads``, first through the decoder's scanner alone: for a str that is one JSON
+    value with no surrounding whitespace (what ``to_json`` writes) this skips the wrapper's
+    whitespace matching; anything else goes through ``json.loads`` for its exact result or error."""
+    if type(text) is str:
         try:
-            obj = json.loads(text)
-        except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int limits, nesting
-            raise _bad(f"quote JSON: {exc}") from exc
-        return cls.from_dict(obj)
+            obj, end = _SCAN(text, 0)
+        except (StopIteration, ValueError, RecursionError):
+            end = -1
+        if end == len(text):
+            return obj
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int limits, nesting
+        raise _bad(f"quote JSON: {exc}") from exc
+
+
+_SCAN: Final = make_scanner(json.JSONDecoder())  # type: ignore[arg-type]  # typeshed: context typed as the class
+"""The scanner ``json.loads`` itself uses (the C one when built), with the default options."""
+
+
+def quote_parts(obj: object) -> tuple[bytes, bytes, PcrBanks]:
+    """Attest bytes, signature bytes and PCR banks from a decoded quote JSON object; raises
+    BAD_BLOB naming the field. Strict: base64 alphabet and padding, canonical PCR indices,
+    each value exactly its bank's digest size."""
+    if not isinstance(obj, dict) or obj.get("version") != QUOTE_JSON_VERSION:
+        raise _bad("quote JSON: missing or unsupported version")
+    pcrs_in = obj.get("pcrs", {})
+    if not isinstance(pcrs_in, dict):
+        raise _bad("quote JSON: pcrs must be an object")
+    pcrs: PcrBanks = {}
+    for bank, vals in pcrs_in.items():
+        alg = HASH_BY_NAME.get(bank)
+        if alg is None or not isinstance(vals, dict):
+            raise _bad(f"quote JSON: unknown PCR bank {bank!r}")
+        size = HASH_SIZES[alg]
+        # Fast path: canonical indices ("0".."999") and base64 strings of `size` bytes; any
+        # other input (a non-string, a bad key, a wrong size) is refused by the loop below,
+        # which names the field.
+        try:
+            out = {_INDEX[k]: _a2b(v, strict_mode=True) for k, v in vals.items() if type(v) is str}
+        except (KeyError, TypeError, ValueError):
+            out = None
+        if out is None or len(out) != len(vals) or not _all_of_size(out, size):
+            out = _pcr_bank(bank, vals, size)
+        pcrs[bank] = out
+    attest, sig = obj.get("attest"), obj.get("signature")
+    try:  # the common case inline; b64d names the field of anything else
+        if type(attest) is str and type(sig) is str:
+            return _a2b(attest, strict_mode=True), _a2b(sig, strict_mode=True), pcrs
+    except ValueError:
+        pass
+    return b64d(attest, "attest"), b64d(sig, "signature"), pcrs
+
+
+def _all_of_size(values: dict[int, bytes], size: int) -> bool:
+    for d in values.values():  # noqa: SIM110 - half the time of all() over a generator
+        if len(d) != size:
+            return False
+    return True
+
+
+def _pcr_bank(bank: str, vals: dict[Any, Any], size: int) -> dict[int, bytes]:
+    """One bank's PCR values, checked one by one; raises BAD_BLOB naming the first bad one."""
+    out: dict[int, bytes] = {}
+    for k, v in vals.items():
+        # ASCII digits only (str.isdigit() also passes '²', which int() refuses) and one
+        # spelling per index ("0" and "00" would otherwise silently overwrite each other).
+        i = _INDEX.get(k)  # the canonical spellings; anything else is checked in full
+        if i is None:
+            if not isinstance(k, str) or not (k.isascii() and k.isdigit()) or len(k) > 3:
+                raise _bad(f"quote JSON: bad PCR index {k!r}")
+            i = int(k)
+        d = b64d(v, f"pcrs.{bank}.{k}")
+        if len(d) != size:
+            raise _bad(f"quote JSON: PCR {bank}:{k} has {len(d)} bytes")
+        if i in out:
+            raise _bad(f"quote JSON: PCR {bank}:{i} given twice")
+        out[i] = d
+    return out
 
 
 @frozen(slots=False)

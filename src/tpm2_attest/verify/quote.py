@@ -44,7 +44,7 @@ from typing import Any, Final, TypeAlias, cast
 from cryptography.exceptions import InvalidSignature
 
 from ..errors import TpmError
-from ..evidence import AK_FORMATS, AkBlob, Quote
+from ..evidence import AK_FORMATS, AkBlob, Quote, quote_json_parts
 from ..tpm2.constants import (
     HASH_BY_NAME,
     HASH_NAMES,
@@ -272,14 +272,13 @@ def _to_ak(ak: AkInput, allow_sha1: bool) -> AkPublic:
 
 
 def _split_quote(quote: QuoteInput) -> tuple[bytes, bytes, PcrInput]:
-    if isinstance(quote, Quote):
-        return bytes(quote.attest), bytes(quote.signature), quote.pcrs
     if isinstance(quote, str):
         try:
-            q = Quote.from_json(quote)
+            return quote_json_parts(quote)
         except TpmError as exc:
             raise _fail(Reason.MALFORMED, str(exc)) from exc
-        return q.attest, q.signature, q.pcrs
+    if isinstance(quote, Quote):
+        return bytes(quote.attest), bytes(quote.signature), quote.pcrs
     if isinstance(quote, tuple | list) and len(quote) == 3:
         attest, sig, pcrs = quote
         return bytes(attest), bytes(sig), pcrs if pcrs is not None else {}
@@ -406,12 +405,19 @@ def verify_quote(
     """
     if type(ak) is not AkPublic:
         ak = _to_ak(ak, allow_sha1)
+    sized = False  # True: every PCR value is bytes of its bank's size (quote_json_parts checked)
     if type(quote) is Quote:
         attest = quote.attest
         sig = quote.signature
         pcrs: PcrInput = quote.pcrs
         if type(attest) is not bytes or type(sig) is not bytes:
             attest, sig = bytes(attest), bytes(sig)
+    elif type(quote) is str:
+        try:
+            attest, sig, pcrs = quote_json_parts(quote)
+        except TpmError as exc:
+            raise _fail(Reason.MALFORMED, str(exc)) from exc
+        sized = True
     else:
         attest, sig, pcrs = _split_quote(quote)
     if not nonce:
@@ -469,14 +475,17 @@ def verify_quote(
         raise _selection_mismatch(values, idx, bank) from None
     # Each value exactly `size` bytes: their concatenation split back at `size` gives them again.
     # The result keeps the split concatenation (immutable bytes), never the caller's objects.
-    split = layout[9]
-    try:
-        joined = b"".join(vals)
-    except TypeError:
-        joined = b""  # not bytes-like: _pcr_bytes names it
-    if len(joined) != split.size or (kept := split.unpack(joined)) != vals:
-        kept = _pcr_bytes(vals, layout[3], bank)  # MALFORMED unless each is `size` bytes
-        joined = b"".join(kept)
+    if sized:
+        kept, joined = vals, b"".join(vals)
+    else:
+        split = layout[9]
+        try:
+            joined = b"".join(vals)
+        except TypeError:
+            joined = b""  # not bytes-like: _pcr_bytes names it
+        if len(joined) != split.size or (kept := split.unpack(joined)) != vals:
+            kept = _pcr_bytes(vals, layout[3], bank)  # MALFORMED unless each is `size` bytes
+            joined = b"".join(kept)
 
     # 5. pcrDigest under the signing scheme's hash, over the values in selection order.
     if pcr_hash(joined).digest() != f[11]:
