@@ -563,6 +563,10 @@ def test_enroll_and_attest_on_each_backend(backend_settings: Settings, tpm: Tpm,
         with pytest.raises(ServiceError) as info:
             enroll(tpm, InProcess(c))
         assert info.value.code == "ALREADY_ENROLLED"
+        for _ in range(12):  # more than the default limit: none applies
+            challenge(c, dev.device_id)
+        # Without a limit the challenge statement has no count, and still only serves enrolled devices.
+        refused(c.post("/v1/attest/challenge", json={"device_id": "no-such-device"}), 404, "UNKNOWN_DEVICE")
     store = store_of(backend_settings)
     try:
         assert [(a.ok, a.code) for a in store.attestations(dev.device_id)] == [(True, None), (False, "CHALLENGE_EXPIRED")]

@@ -69,8 +69,6 @@ NONCE_SIZE: Final = 32
 
 Clock = Callable[[], datetime]
 
-NO_LIMIT: Final = 2**31 - 1
-"""The limit bound when rate limiting is off (an SQL INTEGER on every backend)."""
 
 _NEXT_STEP: Final = {BEGUN: "POST /v1/enroll/ak", AK_RECEIVED: "POST /v1/enroll/finish"}
 
@@ -447,7 +445,7 @@ class AttestationService:
         issued = ChallengeIssued(secrets.token_urlsafe(24), os.urandom(NONCE_SIZE),
                                  now + timedelta(seconds=self.settings.nonce_ttl))
         window = self.settings.challenge_rate_window
-        limit = self.settings.challenge_rate if self.settings.challenge_rate > 0 else NO_LIMIT
+        limit = self.settings.challenge_rate if self.settings.challenge_rate > 0 else None
         with self.store.hot.connection() as db:
             with self.store.writer():
                 ok = db.issue_challenge(issued.challenge_id, device_id, issued.nonce, now, issued.expires_at,

@@ -72,6 +72,10 @@ class HotPath:
             f"INSERT INTO challenges (id, device_id, nonce, created_at, expires_at) SELECT {p}, {p}, {p}, {p}, {p} "
             f"WHERE EXISTS (SELECT 1 FROM devices WHERE id = {p} AND revoked_at IS NULL) "
             f"AND (SELECT count(*) FROM challenges WHERE device_id = {p} AND created_at > {p}) < {p} RETURNING id")
+        # No rate limit: nothing to count (the count scans every challenge of the window).
+        self.issue_unlimited_sql = (
+            f"INSERT INTO challenges (id, device_id, nonce, created_at, expires_at) SELECT {p}, {p}, {p}, {p}, {p} "
+            f"WHERE EXISTS (SELECT 1 FROM devices WHERE id = {p} AND revoked_at IS NULL) RETURNING id")
         self.active_sql = f"SELECT 1 FROM devices WHERE id = {p} AND revoked_at IS NULL"
         self.ima_offset_sql = f"SELECT ima_offset FROM devices WHERE id = {p}"
         self.last_sql = (f"SELECT ok, result, policies FROM attestations WHERE device_id = {p} "
@@ -179,12 +183,16 @@ class HotConnection:
         self.raw.rollback()
 
     def issue_challenge(self, challenge_id: str, device_id: str, nonce: bytes, created_at: datetime,
-                        expires_at: datetime, since: datetime, limit: int) -> bool:
+                        expires_at: datetime, since: datetime, limit: int | None) -> bool:
         """Insert the challenge if the device is active and under ``limit`` challenges since
-        ``since``; one statement, not committed. False when refused."""
+        ``since`` (None: no limit); one statement, not committed. False when refused."""
         h = self.hot
-        cur = self.execute(h.issue_sql, (challenge_id, device_id, nonce, h.time(created_at), h.time(expires_at),
-                                         device_id, device_id, h.time(since), limit))
+        if limit is None:
+            cur = self.execute(h.issue_unlimited_sql, (challenge_id, device_id, nonce, h.time(created_at),
+                                                       h.time(expires_at), device_id))
+        else:
+            cur = self.execute(h.issue_sql, (challenge_id, device_id, nonce, h.time(created_at), h.time(expires_at),
+                                             device_id, device_id, h.time(since), limit))
         return cur.fetchone() is not None
 
     def device_is_active(self, device_id: str) -> bool:
