@@ -329,14 +329,14 @@ def test_policies_are_versioned_validated_and_applied_without_restart(
 # -- the admin CLI against a real server ------------------------------------------------------------
 
 
-@pytest.fixture
-def server(settings: Settings) -> Iterator[str]:
+@pytest.fixture(params=["GuardedH11Protocol", "GuardedHttpToolsProtocol"])
+def server(settings: Settings, request: pytest.FixtureRequest) -> Iterator[str]:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     port = sock.getsockname()[1]
     srv = uvicorn.Server(uvicorn.Config(create_app(settings.replace(header_timeout=1.0, max_connections=4)),
                                         log_level="warning", lifespan="on",
-                                        http="tpm2_attest.service.http:GuardedH11Protocol"))
+                                        http=f"tpm2_attest.service.http:{request.param}"))
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
     deadline = time.monotonic() + 10
@@ -578,6 +578,68 @@ def test_slow_clients_are_cut_off_and_connections_capped(server: str) -> None:
     assert reply.startswith(b"HTTP/1.1 503") and b'"SERVER_BUSY"' in reply
     for s in [*held, extra]:
         s.close()
+
+
+def test_pipelined_and_closing_requests_get_whole_answers(server: str) -> None:
+    """Writes are coalesced per event-loop step: pipelined answers still come whole and in
+    order, and the answer to ``Connection: close`` is sent before the connection ends."""
+    conn = _connect(server)
+    get = b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n"
+    conn.sendall(get * 3 + b"GET /v1/health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    data = b""
+    while chunk := conn.recv(65536):
+        data += chunk
+    conn.close()
+    answers = data.split(b"HTTP/1.1 ")[1:]
+    assert len(answers) == 4
+    for answer in answers:
+        head, _, body = answer.partition(b"\r\n\r\n")
+        assert head.startswith(b"200 OK")
+        length = int(next(h for h in head.split(b"\r\n") if h.lower().startswith(b"content-length:")).split(b":")[1])
+        assert len(body) == length and "version" in json.loads(body)
+
+
+def test_writes_within_one_loop_step_leave_as_one() -> None:
+    import asyncio
+
+    from tpm2_attest.service.http import _Coalesced
+
+    class Recorder:
+        def __init__(self) -> None:
+            self.writes: list[bytes] = []
+            self.closed = False
+
+        def write(self, data: bytes) -> None:
+            assert not self.closed
+            self.writes.append(data)
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+        def close(self) -> None:
+            self.closed = True
+
+        def get_extra_info(self, name: str) -> str:
+            return f"info:{name}"
+
+    async def run() -> Recorder:
+        raw = Recorder()
+        t = _Coalesced(raw, asyncio.get_running_loop())  # type: ignore[arg-type]
+        t.write(b"HTTP/1.1 200 OK\r\n\r\n")
+        t.write(memoryview(b"body"))
+        assert raw.writes == []  # nothing leaves before this step ends
+        await asyncio.sleep(0)
+        assert raw.writes == [b"HTTP/1.1 200 OK\r\n\r\nbody"]
+        t.write(b"last")
+        t.close()  # what was written leaves before the close
+        assert raw.writes[-1] == b"last" and raw.closed
+        t.write(b"after close")
+        await asyncio.sleep(0)
+        assert raw.writes[-1] == b"last"  # dropped, as a closing transport drops it
+        assert t.get_extra_info("peername") == "info:peername"
+        return raw
+
+    assert len(asyncio.run(run()).writes) == 2
 
 
 def test_a_slow_body_is_408(settings: Settings, clock: Clock) -> None:

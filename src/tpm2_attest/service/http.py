@@ -328,8 +328,44 @@ def _busy_response() -> bytes:
             b"retry-after: 1\r\ncontent-length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
 
 
+class _Coalesced:
+    """A transport whose writes within one event-loop step leave as one ``write``: uvicorn
+    writes a response's status line and headers, then its body, as two sends (two syscalls,
+    two TCP segments); a small JSON answer costs one of each this way."""
+
+    __slots__ = ("_loop", "_pending", "_transport")
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending) if len(self._pending) > 1 else self._pending[0]
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()  # what was written goes before the FIN, as with the plain transport
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:  # is_closing, get_extra_info, pause_reading, abort...
+        return getattr(self._transport, name)
+
+
 class _Guard:
-    """Mixin over a uvicorn HTTP protocol: header timeout and connection cap."""
+    """Mixin over a uvicorn HTTP protocol: header timeout, connection cap, coalesced writes."""
 
     _header_timer: asyncio.TimerHandle | None = None
 
@@ -338,6 +374,7 @@ class _Guard:
         return limits if limits else (10.0, 1024)
 
     def connection_made(self, transport: asyncio.Transport) -> None:
+        transport = _Coalesced(transport, self.loop)  # type: ignore[attr-defined, assignment]
         super().connection_made(transport)  # type: ignore[misc]
         timeout, cap = self._limits()
         if len(self.connections) > cap:  # type: ignore[attr-defined]
