@@ -33,7 +33,7 @@ Each key is an optional rule over ``EventLogResult.state``; a rule whose evidenc
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -214,15 +214,9 @@ class BootSection(Section):
         if isinstance(allowed, Violation):
             yield allowed
             return
-        found = [Violation(rule, f"EFI application {_cut(a.path) or '(no path)'} (event {a.index}) has "
-                           f"{state.bank} digest {a.digest.hex()}, which the policy does not allow",
-                           seen={"digest": a.digest.hex(), "path": _cut(a.path)})
-                 for a in efi.apps if a.digest not in allowed]
-        found += [Violation(rule, f"PCR 4 {m.event_type} measurement (event {m.index}) has "
-                            f"{state.bank} digest {m.digest.hex()}, which the policy does not allow",
-                            seen={"digest": m.digest.hex(), "event_type": m.event_type})
-                  for m in efi.other if m.digest not in allowed]
-        yield from capped(found)
+        yield from capped(_unlisted(rule, state.bank, allowed, 4, efi.other,
+                                    ((a, f"EFI application {_cut(a.path) or '(no path)'}", "path", _cut(a.path))
+                                     for a in efi.apps)))
 
     def _grub_files(self, state: Any, why: _Why) -> Iterator[Violation]:
         rule = "boot.grub_files"
@@ -235,15 +229,8 @@ class BootSection(Section):
         if isinstance(allowed, Violation):
             yield allowed
             return
-        found = [Violation(rule, f"GRUB file {_cut(f.name)} (event {f.index}) has {state.bank} "
-                           f"digest {f.digest.hex()}, which the policy does not allow",
-                           seen={"digest": f.digest.hex(), "name": _cut(f.name)})
-                 for f in grub.files if f.digest not in allowed]
-        found += [Violation(rule, f"PCR 9 {m.event_type} measurement (event {m.index}) has "
-                            f"{state.bank} digest {m.digest.hex()}, which the policy does not allow",
-                            seen={"digest": m.digest.hex(), "event_type": m.event_type})
-                  for m in getattr(grub, "other", ()) if m.digest not in allowed]
-        yield from capped(found)
+        yield from capped(_unlisted(rule, state.bank, allowed, 9, getattr(grub, "other", ()),
+                                    ((f, f"GRUB file {_cut(f.name)}", "name", _cut(f.name)) for f in grub.files)))
 
     def _kernel_cmdline(self, state: Any, why: _Why, uncovered: frozenset[int]) -> Iterator[Violation]:
         rule = "boot.kernel_cmdline"
@@ -342,6 +329,21 @@ def _cut(text: str | None, limit: int = 256) -> str | None:
     if text is None or len(text) <= limit:
         return text
     return text[: limit - 3] + "..."
+
+
+def _unlisted(rule: str, bank: str, allowed: Any, pcr: int, other: Iterable[Any],
+              named: Iterable[tuple[Any, str, str, str | None]]) -> list[Violation]:
+    """A violation for each measurement whose digest the policy does not allow: the named
+    ones (measurement, what it is, the key and value ``seen`` names it by), then the PCR's
+    other measurements (by event type)."""
+    found = [Violation(rule, f"{what} (event {m.index}) has {bank} digest {m.digest.hex()}, "
+                       "which the policy does not allow", seen={"digest": m.digest.hex(), key: value})
+             for m, what, key, value in named if m.digest not in allowed]
+    found += [Violation(rule, f"PCR {pcr} {m.event_type} measurement (event {m.index}) has {bank} digest "
+                        f"{m.digest.hex()}, which the policy does not allow",
+                        seen={"digest": m.digest.hex(), "event_type": m.event_type})
+              for m in other if m.digest not in allowed]
+    return found
 
 
 def _missing(evidence: Evidence) -> _Why:

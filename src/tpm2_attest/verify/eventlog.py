@@ -96,6 +96,23 @@ def _quoted(quote_result_or_pcrs: Any, bank: str | int) -> tuple[dict[int, bytes
     return out, bank
 
 
+def _quoted_bank(quote_result_or_pcrs: Any, bank: str | int) -> tuple[dict[int, bytes], int, str, int]:
+    """``_quoted``, with the bank resolved and every value checked to be of its size:
+    (pcrs, TPM_ALG id, bank name, digest size)."""
+    pcrs, bank = _quoted(quote_result_or_pcrs, bank)
+    try:
+        alg = resolve_bank(bank)
+    except ValueError as exc:
+        raise VerificationError(Reason.UNSUPPORTED_FORMAT, str(exc)) from None
+    name = bank_name(alg)
+    size = HASH_SIZES[alg]
+    for k, v in pcrs.items():
+        if len(v) != size:
+            raise VerificationError(Reason.MALFORMED,
+                                    f"PCR {k} value is {len(v)} bytes, a {name} PCR is {size}")
+    return pcrs, alg, name, size
+
+
 def _reset_value(pcr: int, size: int) -> bytes:
     return b"\xff" * size if pcr in _FF_RESET else bytes(size)
 
@@ -122,17 +139,7 @@ def verify_event_log(
     UNSUPPORTED_FORMAT for bad arguments. The machine state never raises: what its events do
     not vouch for is left out (see :func:`~tpm2_attest.eventlog.machine_state`).
     """
-    pcrs, bank = _quoted(quote_result_or_pcrs, bank)
-    try:
-        alg = resolve_bank(bank)
-    except ValueError as exc:
-        raise VerificationError(Reason.UNSUPPORTED_FORMAT, str(exc)) from None
-    name = bank_name(alg)
-    size = HASH_SIZES[alg]
-    for k, v in pcrs.items():
-        if len(v) != size:
-            raise VerificationError(Reason.MALFORMED,
-                                    f"PCR {k} value is {len(v)} bytes, a {name} PCR is {size}")
+    pcrs, alg, name, size = _quoted_bank(quote_result_or_pcrs, bank)
 
     if isinstance(log, bytes | bytearray | memoryview):
         try:

@@ -39,7 +39,7 @@ from ..ima.log import IMA_PCR, DigestMode, ImaLog
 from ..ima.parser import list_bytes, parse_ima_log
 from ..tpm2.constants import HASH_SIZES
 from .errors import Reason, VerificationError
-from .eventlog import _quoted
+from .eventlog import _quoted_bank
 
 TemplateDigests = Literal["listed", "native", "padded", "legacy"]
 _PADDED: Final = ("padded", "legacy")
@@ -303,19 +303,9 @@ def verify_ima_log(
     IMA_PCR_NOT_QUOTED, IMA_REPLAY_MISMATCH, IMA_BOOT_AGGREGATE_MISMATCH, IMA_STATE_MISMATCH,
     MALFORMED / UNSUPPORTED_FORMAT for bad arguments.
     """
-    quoted, bank = _quoted(quote_result_or_pcrs, bank)
+    quoted, alg, name, size = _quoted_bank(quote_result_or_pcrs, bank)
     reset_count = None if isinstance(quote_result_or_pcrs, Mapping) else \
         getattr(quote_result_or_pcrs, "reset_count", None)
-    try:
-        alg = resolve_bank(bank)
-    except ValueError as exc:
-        raise VerificationError(Reason.UNSUPPORTED_FORMAT, str(exc)) from None
-    name = bank_name(alg)
-    size = HASH_SIZES[alg]
-    for k, v in quoted.items():
-        if len(v) != size:
-            raise VerificationError(Reason.MALFORMED,
-                                    f"PCR {k} value is {len(v)} bytes, a {name} PCR is {size}")
     kname = algorithms.KERNEL_NAMES.get(alg)
     ext = algorithms.hasher(kname) if kname else None
     if ext is None:
