@@ -5,7 +5,6 @@ when processes start together. Real devices (swtpm), SQLite and (when configured
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -20,7 +19,6 @@ from tpm2_attest.service import (
     ServiceError,
     Settings,
     StatusChange,
-    StatusHooks,
     create_app,
     enroll,
 )
@@ -40,7 +38,15 @@ try:
         refused,
         reset_postgres,
     )
-    from test_service_operate import make_token, ok
+    from test_service_operate import (  # fixtures too
+        changes,
+        clock,
+        device,
+        http,
+        make_token,
+        ok,
+        tpm,
+    )
 except ImportError:  # pragma: no cover - run from the repository root
     from tests.test_service import (  # type: ignore[no-redef]
         BACKENDS,
@@ -54,12 +60,15 @@ except ImportError:  # pragma: no cover - run from the repository root
         refused,
         reset_postgres,
     )
-    from tests.test_service_operate import make_token, ok  # type: ignore[no-redef]
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+    from tests.test_service_operate import (  # type: ignore[no-redef]  # noqa: F401 (fixtures)
+        changes,
+        clock,
+        device,
+        http,
+        make_token,
+        ok,
+        tpm,
+    )
 
 
 @pytest.fixture(params=BACKENDS)
@@ -71,30 +80,6 @@ def settings(request: pytest.FixtureRequest, swtpm: Any, tmp_path: Path) -> Sett
     assert POSTGRES_URL
     reset_postgres(POSTGRES_URL)
     return base.replace(database_url=POSTGRES_URL)
-
-
-@pytest.fixture
-def changes() -> list[StatusChange]:
-    return []
-
-
-@pytest.fixture
-def http(settings: Settings, clock: Clock, changes: list[StatusChange]) -> Iterator[TestClient]:
-    hooks = StatusHooks()
-    hooks.subscribe(changes.append)
-    with TestClient(create_app(settings, clock=clock, hooks=hooks)) as c:
-        yield c
-
-
-@pytest.fixture
-def tpm(swtpm: Any) -> Iterator[Tpm]:
-    with Tpm.open(swtpm.tcti) as t:
-        yield t
-
-
-@pytest.fixture
-def device(http: TestClient, tpm: Tpm) -> Enrollment:
-    return enroll(tpm, InProcess(http))
 
 
 @pytest.fixture
