@@ -12,10 +12,10 @@ this file.
 from __future__ import annotations
 
 import sys
-import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the synthesizers
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # the harness
 
 import atheris
 
@@ -25,22 +25,7 @@ with atheris.instrument_imports(include=["tpm2_attest"]):
     import tpm2_attest.verify.eventlog  # noqa: F401
 
 
-def test_one_input(data: bytes) -> None:
-    eventlog_synth.exercise(data)
-
-
-def main() -> None:
-    argv = list(sys.argv)
-    if not any(not a.startswith("-") for a in argv[1:]):
-        corpus = Path(tempfile.mkdtemp(prefix="eventlog-corpus-"))
-        for i, seed in enumerate(eventlog_synth.seed_logs()):
-            (corpus / f"seed{i}").write_bytes(seed)
-        argv.append(str(corpus))
-    if not any(a.startswith("-max_len") for a in argv):
-        argv.insert(1, "-max_len=65536")
-    atheris.Setup(argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    from harness import run
+
+    run("eventlog", eventlog_synth.exercise, eventlog_synth.seed_logs)
