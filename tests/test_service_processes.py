@@ -8,14 +8,11 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -33,8 +30,10 @@ from tpm2_attest.service import Settings, create_app, enroll
 from tpm2_attest.service.store import Store
 
 try:
+    from serveproc import Serve
     from test_service import POSTGRES_URL, InProcess, TestClient, reset_postgres
 except ImportError:  # pragma: no cover - run from the repository root
+    from tests.serveproc import Serve  # type: ignore[no-redef]
     from tests.test_service import POSTGRES_URL, InProcess, TestClient, reset_postgres  # type: ignore[no-redef]
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
@@ -118,72 +117,15 @@ def test_sigkill_while_recording_leaves_the_challenge_unspent(db_url: str, kill_
 # -- two serve processes on one PostgreSQL --------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Serve:
-    """``tpm2-attest serve`` in its own process group."""
-
-    def __init__(self, *args: str) -> None:
-        self.port = _free_port()
-        self.proc = subprocess.Popen([sys.executable, "-m", "tpm2_attest.cli", "serve", "--port", str(self.port),
-                                      "--log-level", "warning", *args],
-                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                if self.request("GET", "/v1/health")[0] == 200:
-                    return
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise AssertionError("serve did not start: " + self.proc.stderr.read().decode()[-2000:]
-                                     if self.proc.stderr else "")
-            time.sleep(0.1)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def request(self, method: str, path: str, body: Any = None) -> tuple[int, dict[str, Any]]:
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            conn.request(method, path, body=None if body is None else json.dumps(body),
-                         headers={"Content-Type": "application/json"})
-            r = conn.getresponse()
-            return r.status, json.loads(r.read() or b"{}")
-        finally:
-            conn.close()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait()
-
-
 @pytest.fixture
 def two_servers(swtpm: EmbeddedSwtpm) -> Iterator[tuple[Serve, Serve]]:
     if not POSTGRES_URL:
         pytest.skip("set TPM2_ATTEST_TEST_POSTGRES_URL to run against PostgreSQL")
     reset_postgres(POSTGRES_URL)
     args = ("--db", POSTGRES_URL, "--ek-root", swtpm.ca_root_path, "--ek-intermediate", swtpm.ca_intermediate_path)
-    a = Serve(*args)  # creates the schema
-    try:
-        b = Serve(*args, "--workers", "2")
-        try:
-            yield a, b
-        finally:
-            b.stop()
-    finally:
-        a.stop()
+    with Serve(*args, "--log-level", "warning") as a, \
+            Serve(*args, "--log-level", "warning", "--workers", "2") as b:  # a creates the schema first
+        yield a, b
 
 
 def _b64(data: bytes) -> str:
