@@ -325,6 +325,7 @@ class FakeTbs:
         self.closed: list[int] = []
         self.submits: list[tuple[int, int, int]] = []
         self.blocked = False
+        self.tpm_version = tbs.TPM_VERSION_20
         self._keep: list[Any] = []
         impl: dict[str, Callable[..., int]] = {"Tbsi_Context_Create": self.create, "Tbsip_Context_Close": self.close,
                 "Tbsip_Submit_Command": self.submit, "Tbsip_Cancel_Commands": lambda h: 0,
@@ -367,7 +368,7 @@ class FakeTbs:
         if size < ctypes.sizeof(tbs.TPM_DEVICE_INFO):
             return tbs.TBS_E_BAD_PARAMETER
         d = tbs.TPM_DEVICE_INFO.from_address(info)
-        d.structVersion, d.tpmVersion = 1, tbs.TPM_VERSION_20
+        d.structVersion, d.tpmVersion = 1, self.tpm_version
         d.tpmInterfaceType, d.tpmImpRevision = tbs.TPM_IFTYPE_EMULATOR, 7
         return 0
 
@@ -423,6 +424,17 @@ def test_blocked_command_is_a_response(fake_tbs: FakeTbs) -> None:
     with tbs.TbsTransport() as t:
         rsp = t.send(GET_RANDOM_8)
     assert int.from_bytes(rsp[6:10], "big") == tbs.TPM_E_COMMAND_BLOCKED
+
+
+def test_tpm12_machine_is_refused_as_tpm12(fake_tbs: FakeTbs) -> None:
+    """On a TPM 1.2 machine a TPM 2.0 context is TBS_E_TPM_NOT_FOUND; Tbsi_GetDeviceInfo says
+    TPM_VERSION_12, so the user is told the TPM is 1.2 (UNSUPPORTED), not that there is none."""
+    fake_tbs.create_result = tbs.TBS_E_TPM_NOT_FOUND
+    fake_tbs.tpm_version = tbs.TPM_VERSION_12
+    with pytest.raises(TpmError) as ei:
+        tbs.TbsTransport()
+    assert ei.value.code == ErrorCode.UNSUPPORTED and ei.value.hresult == tbs.TBS_E_TPM_NOT_FOUND
+    assert "TPM 1.2" in str(ei.value) and fake_tbs.closed == []
 
 
 @pytest.mark.parametrize(("result", "code"), [

@@ -220,9 +220,17 @@ def create_context(api: TbsApi | None = None) -> int:
     params = TBS_CONTEXT_PARAMS2(version=TBS_CONTEXT_VERSION_TWO)
     params.includeTpm20 = 1
     handle = TBS_HCONTEXT()
-    _check("Tbsi_Context_Create",
-           api.Tbsi_Context_Create(ctypes.cast(ctypes.pointer(params), PCTBS_CONTEXT_PARAMS),
-                                   ctypes.byref(handle)))
+    result = api.Tbsi_Context_Create(ctypes.cast(ctypes.pointer(params), PCTBS_CONTEXT_PARAMS),
+                                     ctypes.byref(handle))
+    if result & 0xFFFFFFFF == TBS_E_TPM_NOT_FOUND and _tpm_version(api) == TPM_VERSION_12:
+        # A TPM 2.0 context on a TPM 1.2 machine is "not found": say what is there instead.
+        raise TpmError("this machine has a TPM 1.2; tpm2-attest needs a TPM 2.0 (Windows "
+                       "Tbsi_Context_Create: TBS_E_TPM_NOT_FOUND for a TPM 2.0 context, "
+                       "Tbsi_GetDeviceInfo: TPM_VERSION_12)", code=ErrorCode.UNSUPPORTED,
+                       hresult=TBS_E_TPM_NOT_FOUND,
+                       hint="Windows exposes a TPM 1.2 here; a TPM 2.0 (or a firmware update "
+                            "that switches the TPM to 2.0, where the maker offers one) is needed")
+    _check("Tbsi_Context_Create", result)
     if not handle.value:
         raise TpmError("Tbsi_Context_Create returned a NULL context", code=ErrorCode.TRANSPORT)
     return int(handle.value)
@@ -288,6 +296,17 @@ class TbsDeviceInfo:
     def tpm20_present(self) -> bool:
         """True when the TPM behind TBS is a TPM 2.0."""
         return self.tpm_version == TPM_VERSION_20
+
+
+def _tpm_version(api: TbsApi) -> int | None:
+    """Tbsi_GetDeviceInfo's tpmVersion, None when TBS cannot say (never raises)."""
+    try:
+        info = TPM_DEVICE_INFO()
+        if api.Tbsi_GetDeviceInfo(ctypes.sizeof(info), ctypes.byref(info)) != TBS_SUCCESS:
+            return None
+        return int(info.tpmVersion)
+    except (TpmError, OSError):
+        return None
 
 
 def tbs_device_info() -> TbsDeviceInfo:
