@@ -23,7 +23,7 @@ import pytest
 
 from tpm2_attest import ErrorCode, TpmError
 from tpm2_attest.embedded import EmbeddedSwtpm
-from tpm2_attest.errors import HRESULT_NAMES
+from tpm2_attest.errors import HRESULT_NAMES, hresult_name
 from tpm2_attest.transport import tbs
 from tpm2_attest.transport.swtpm_tcp import SwtpmTransport
 
@@ -498,3 +498,16 @@ def test_without_windows_tbs_is_not_found() -> None:
     with pytest.raises(TpmError) as ei:
         tbs.TbsTransport()
     assert ei.value.code == ErrorCode.TPM_NOT_FOUND
+
+
+@pytest.mark.parametrize(("value", "name"), [
+    (0x8028400C, "TBS_E_PPI_NOT_SUPPORTED"), (0x8028400D, "TBS_E_COMMAND_CANCELED"),
+    (0x80284013, "TBS_E_PROVISIONING_NOT_ALLOWED"), (0x80284014, "TBS_E_PPI_FUNCTION_UNSUPPORTED"),
+    (0x80284015, "TBS_E_OWNERAUTH_NOT_FOUND"),
+])
+def test_tbs_codes_missing_from_mingw_are_named(value: int, name: str) -> None:
+    """TBS results a real machine can return that mingw-w64's winerror.h lacks (values from
+    Microsoft's TBS return codes page) are named in errors and reports, not shown as hex."""
+    assert hresult_name(value) == name
+    assert tbs.tbs_error("Tbsi_Context_Create", value).hresult == value
+    assert name in str(tbs.tbs_error("Tbsi_Context_Create", value))

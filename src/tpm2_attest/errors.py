@@ -86,11 +86,19 @@ HRESULT_NAMES: Final[dict[int, str]] = {
     0x80284009: "TBS_E_TOO_MANY_TBS_CONTEXTS",
     0x8028400A: "TBS_E_TOO_MANY_RESOURCES",
     0x8028400B: "TBS_E_SERVICE_START_PENDING",
+    0x8028400C: "TBS_E_PPI_NOT_SUPPORTED",
+    0x8028400D: "TBS_E_COMMAND_CANCELED",
     0x8028400E: "TBS_E_BUFFER_TOO_LARGE",
     0x8028400F: "TBS_E_TPM_NOT_FOUND",
     0x80284010: "TBS_E_SERVICE_DISABLED",
     0x80284011: "TBS_E_NO_EVENT_LOG",
     0x80284012: "TBS_E_ACCESS_DENIED",
+    # Microsoft's "TBS Return Codes" page and the Windows SDK winerror.h (not mingw-w64's):
+    0x80284013: "TBS_E_PROVISIONING_NOT_ALLOWED",
+    0x80284014: "TBS_E_PPI_FUNCTION_UNSUPPORTED",
+    0x80284015: "TBS_E_OWNERAUTH_NOT_FOUND",
+    # The TBS function pages (Tbsi_Context_Create, Tbsi_Get_TCG_Log) name 0x80284016
+    # TBS_E_DEACTIVATED; the SDK's winerror.h calls it TBS_E_PROVISIONING_INCOMPLETE.
     0x80284016: "TBS_E_DEACTIVATED",
     0x80280400: "TPM_E_COMMAND_BLOCKED",
     # Not in mingw-w64's winerror.h; Windows SDK values (as in go-attestation's table):
