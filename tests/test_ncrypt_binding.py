@@ -179,6 +179,8 @@ NOT_IN_MINGW_HEADERS = {
     "SID_BUILTIN_USERS": "SID string, checked below from SECURITY_*_RID",
     "NCRYPT_PCP_RSA_EKCERT_PROPERTY": "Windows SDK ncrypt.h (WIN10+)",
     "NCRYPT_PCP_ECC_EKCERT_PROPERTY": "Windows SDK ncrypt.h (WIN10+)",
+    "NCRYPT_PCP_ECC_EKPUB_PROPERTY": "Windows SDK ncrypt.h (WIN10+)",
+    "NCRYPT_PCP_RSA_EKPUB_PROPERTY": "Windows SDK ncrypt.h (WIN10+)",
     "NCRYPT_PCP_INTERMEDIATE_CA_EKCERT_PROPERTY": "Windows SDK ncrypt.h (windows-sys' bindings of it)",
     "NCRYPT_DLL": "DLL name",
     "CRYPT32_DLL": "DLL name",

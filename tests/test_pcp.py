@@ -333,15 +333,18 @@ def test_ek_through_pcp(pcp: Any, swtpm: Any, privilege: str) -> None:
             assert ek.certificate is None  # standard users may only read PCP_EKPUB
         else:
             assert ek.certificate == expected["rsa"].certificate is not None
-        # An ECC EK only through its certificate: swtpm certifies the P-384 one (template H-4).
-        for kind in ("ecc", "ecc384"):
-            if privilege == "standard" or expected[kind].certificate is None:
-                with raises(ErrorCode.UNSUPPORTED):
-                    tpm.ek(kind)
-            else:
-                ecc = tpm.ek(kind)
-                assert ecc.name == expected[kind].name
-                assert ecc.certificate == expected[kind].certificate
+        # The P-256 EK from PCP_ECC_EKPUB (an 'ECK1' blob here), readable like PCP_EKPUB: its
+        # Name is the real EK's; swtpm certifies only the P-384 EK, so no certificate.
+        ecc = tpm.ek("ecc")
+        assert ecc.name == expected["ecc"].name and ecc.certificate is None
+        # PCP_ECC_EKPUB holds the P-256 key: the P-384 EK only through its certificate (H-4).
+        if privilege == "standard" or expected["ecc384"].certificate is None:
+            with raises(ErrorCode.UNSUPPORTED):
+                tpm.ek("ecc384")
+        else:
+            ecc = tpm.ek("ecc384")
+            assert ecc.name == expected["ecc384"].name
+            assert ecc.certificate == expected["ecc384"].certificate
         with raises(ErrorCode.INVALID_ARGUMENT):
             tpm.ek("dsa")
 
@@ -691,6 +694,53 @@ def test_idbinding_trailing_bytes_are_accepted_and_recorded(pcp: Any) -> None:
         check_ak(replace(blob, attest=_flip(blob.attest, len(blob.attest) - 1)), nonce=NONCE)
 
 
+@pytest.mark.parametrize("magic", ["ECK3", "ECS3"])
+def test_ecc_ek_from_pcp_ecc_ekpub_with_its_certificate(pcp: Any, swtpm: Any, magic: str) -> None:
+    """PCP_ECC_EKPUB of the P-384 EK (ECDH or ECDSA magic): the EK for any account, and for an
+    administrator the certificate whose key it is (swtpm certifies the P-384 EK)."""
+    with Tpm.open(swtpm.tcti) as raw:
+        expected = raw.ek("ecc384")
+    assert expected.certificate is not None
+    with pcp("standard", ecc_ekpub=magic) as tpm:
+        ek = tpm.ek("ecc384")
+        assert ek.name == expected.name and ek.certificate is None
+        assert tpm.backend.observed["ecc_ekpub"] == f"{magic} secp384r1"  # type: ignore[attr-defined]
+        with raises(ErrorCode.UNSUPPORTED):  # the P-256 EK is neither in PCP_ECC_EKPUB nor certified
+            tpm.ek("ecc")
+    with pcp("admin", ecc_ekpub=magic) as tpm:
+        ek = tpm.ek("ecc384")
+        assert ek.name == expected.name and ek.certificate == expected.certificate
+
+
+def test_ecc_ek_without_pcp_ecc_ekpub_falls_back_to_the_certificate(pcp: Any, swtpm: Any) -> None:
+    """Older Windows without PCP_ECC_EKPUB (NTE_NOT_SUPPORTED): the certificate path, as before."""
+    with Tpm.open(swtpm.tcti) as raw:
+        expected = raw.ek("ecc384")
+    with pcp("standard", ecc_ekpub=None) as tpm:
+        with raises(ErrorCode.UNSUPPORTED):
+            tpm.ek("ecc")
+        assert tpm.backend.observed["ecc_ekpub"].startswith("NTE_NOT_SUPPORTED")  # type: ignore[attr-defined]
+    with pcp("admin", ecc_ekpub=None) as tpm:
+        assert tpm.ek("ecc384").certificate == expected.certificate
+
+
+def test_ecc_public_blob_codec() -> None:
+    """BCRYPT_ECCPUBLIC_BLOB: header (magic, cbKey), X, Y; hostile blobs are BAD_RESPONSE."""
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    from tpm2_attest.backends import ncrypt_api as N
+
+    key = ec.generate_private_key(ec.SECP256R1()).public_key()
+    blob = N.build_ecc_public_blob(key)
+    assert blob[:8] == b"ECK1" + (32).to_bytes(4, "little") and len(blob) == 8 + 64
+    assert N.split_ecc_public_blob(blob + b"xy") == (key, b"xy")
+    assert N.build_ecc_public_blob(key, ecdsa=True)[:4] == b"ECS1"
+    for bad in (blob[:7], blob[:-1], b"ECK2" + blob[4:], b"ECK1" + (48).to_bytes(4, "little") + blob[8:],
+                b"RSA1" + blob[4:], blob[:8] + b"\x00" * 64, b"ECD1" + blob[4:]):
+        with raises(ErrorCode.BAD_RESPONSE):
+            N.split_ecc_public_blob(bad)
+
+
 def test_ekpub_longer_than_its_header_is_read_the_same_way(pcp: Any, swtpm: Any) -> None:
     with Tpm.open(swtpm.tcti) as raw:
         expected = raw.ek("rsa").name
@@ -715,7 +765,7 @@ def test_ek_certificate_from_windows_ek_store(pcp: Any, swtpm: Any) -> None:
         # NV first, then Windows' EK store (RSA-specific property before the generic one);
         # the first property with the EK's certificate ends the search.
         assert reads[:5] == ["PCP_EKPUB", "PCP_RSA_EKNVCERT", "PCP_EKNVCERT", "PCP_RSA_EKCERT",
-                             "PCP_ECC_EKNVCERT"]
+                             "PCP_ECC_EKPUB"]
         assert P.RSA_EK_CERTIFICATE_PROPERTIES == ("PCP_RSA_EKNVCERT", "PCP_EKNVCERT",
                                                    "PCP_RSA_EKCERT", "PCP_EKCERT")
     with pcp("standard", ek_cert_store=[rsa_cert]) as tpm:

@@ -33,7 +33,8 @@ from tpm2_attest.probe_windows import (
 from tpm2_attest.transport import tbs
 from tpm2_attest.verify import Reason, VerificationError
 
-ELEVATED_CHECKS = ["caller", "provider", "security-descr-support", "ekpub", "ek-certificates",
+ELEVATED_CHECKS = ["caller", "provider", "security-descr-support", "ekpub", "ecc-ekpub",
+                   "ek-certificates",
                    "ek-chain", "idbinding", "quote-user-key", "idactivation", "dacl-before-finalize",
                    "quote-machine-key", "machine-key-standard-user", "tbs-event-log",
                    "hresults-seen", "elevation-detection"]
@@ -85,7 +86,7 @@ def test_system_run_confirms_every_assumption_and_leaves_no_key(swtpm: Any, stat
     assert [c.name for c in report.checks] == ELEVATED_CHECKS
     assert statuses(report) == {
         "caller": "OBSERVED", "provider": "OBSERVED", "security-descr-support": "CONFIRMED",
-        "ekpub": "CONFIRMED", "ek-certificates": "CONFIRMED", "ek-chain": "OBSERVED", "idbinding": "CONFIRMED",
+        "ekpub": "CONFIRMED", "ecc-ekpub": "CONFIRMED", "ek-certificates": "CONFIRMED", "ek-chain": "OBSERVED", "idbinding": "CONFIRMED",
         "quote-user-key": "CONFIRMED", "idactivation": "CONFIRMED",
         "dacl-before-finalize": "CONFIRMED", "quote-machine-key": "CONFIRMED",
         "machine-key-standard-user": "SKIPPED", "tbs-event-log": "OBSERVED",
@@ -183,6 +184,8 @@ def test_cleanup_refuses_keys_the_report_did_not_make(swtpm: Any, state: Path,
     ("admin", {"activation_device_not_ready": True}, "idactivation", "DIFFERS", True),
     ("system", {"idbinding_trailing": b"\x00pad"}, "idbinding", "DIFFERS", False),
     ("standard", {"ekpub_trailing": b"\x01\x02"}, "ekpub", "DIFFERS", False),
+    ("standard", {"ecc_ekpub": None}, "ecc-ekpub", "OBSERVED", False),
+    ("standard", {"ecc_ekpub": "ECS3"}, "ecc-ekpub", "CONFIRMED", False),
     ("system", {"ek_nv_certificates": False}, "ek-certificates", "DIFFERS", False),
     ("system", {"event_log_result": tbs.TBS_E_IOERROR}, "tbs-event-log", "DIFFERS", True),
     ("system", {"event_log": b"\x00" * 32}, "tbs-event-log", "CONFIRMED", False),

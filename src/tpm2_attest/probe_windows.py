@@ -42,6 +42,7 @@ from .backends.ncrypt_api import (
     NCRYPT_MACHINE_KEY_FLAG,
     NCRYPT_PCP_ECC_EKCERT_PROPERTY,
     NCRYPT_PCP_ECC_EKNVCERT_PROPERTY,
+    NCRYPT_PCP_ECC_EKPUB_PROPERTY,
     NCRYPT_PCP_EKCERT_PROPERTY,
     NCRYPT_PCP_EKNVCERT_PROPERTY,
     NCRYPT_PCP_EKPUB_PROPERTY,
@@ -62,6 +63,7 @@ from .backends.ncrypt_api import (
     ProcessToken,
     ProvHandle,
     parse_security_descriptor,
+    split_ecc_public_blob,
     split_rsa_public_blob,
     unpack_dword,
     unpack_wstr,
@@ -489,6 +491,30 @@ class WindowsReporter:
             else:
                 ck.set("CONFIRMED", f"RSA-{key.key_size} EK, {len(blob)} bytes")
 
+    def ecc_ekpub(self) -> None:
+        with self.check("ecc-ekpub", "PCP_ECC_EKPUB, when present, is a BCRYPT_ECCPUBLIC_BLOB "
+                        "('ECK1'/'ECS1' P-256, 'ECK3'/'ECS3' P-384) this account can read") as ck, \
+                self._provider() as prov:
+            try:
+                blob = self.rec.get_property(prov, NCRYPT_PCP_ECC_EKPUB_PROPERTY)
+            except NCryptError as exc:
+                ck.data["error"] = _err(exc)
+                ck.set("OBSERVED", f"no PCP_ECC_EKPUB ({exc.hresult_name}): an ECC EK is read "
+                       "from its certificate only")
+                return
+            ck.data.update(bytes=len(blob), head=blob[:8].hex())
+            try:
+                key, trailing = split_ecc_public_blob(blob)
+            except TpmError as exc:
+                ck.set("DIFFERS", f"not a P-256/P-384 BCRYPT_ECCPUBLIC_BLOB ({exc}): an ECC EK "
+                       "is read from its certificate only")
+                return
+            ck.data.update(magic=blob[:4].decode("ascii", "replace"), curve=key.curve.name,
+                           trailing_bytes=len(trailing))
+            ck.set("CONFIRMED" if not trailing else "DIFFERS",
+                   f"{blob[:4].decode('ascii', 'replace')} {key.curve.name} EK, {len(blob)} bytes"
+                   + (f", {len(trailing)} bytes after Y" if trailing else ""))
+
     def ek_certificates(self) -> None:
         elevated = bool(self.elevated)
         assumption = ("the EK certificate is in one of the PCP's certificate properties (NV "
@@ -841,6 +867,7 @@ class WindowsReporter:
             self.provider()
             self.security_descr_support()
             self.ekpub()
+            self.ecc_ekpub()
             self.ek_certificates()
             self.ek_chain()
             self.user_key()

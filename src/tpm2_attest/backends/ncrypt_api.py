@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Protocol, TypeAlias, runtime_checkable
 
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.rsa import RSAPublicKey, RSAPublicNumbers
 
 from ..errors import ErrorCode, TpmError, hresult_name
@@ -113,6 +114,12 @@ NCRYPT_PCP_PROVIDER_VERSION_PROPERTY: Final = "PCP_PROVIDER_VERSION"
 """Provider: UTF-16 version string of the PCP."""
 NCRYPT_PCP_EKPUB_PROPERTY: Final = "PCP_EKPUB"
 """Provider: the RSA EK public key as a BCRYPT_RSAKEY_BLOB ('RSA1'); standard users may read."""
+NCRYPT_PCP_RSA_EKPUB_PROPERTY: Final = "PCP_RSA_EKPUB"
+"""Provider: the RSA EK public key, as PCP_EKPUB (Windows SDK; not in mingw-w64; unused here)."""
+NCRYPT_PCP_ECC_EKPUB_PROPERTY: Final = "PCP_ECC_EKPUB"
+"""Provider: the ECC EK public key (Windows SDK ncrypt.h; not in mingw-w64). Its format is not
+documented: read as a BCRYPT_ECCPUBLIC_BLOB ('ECK1'/'ECS1' P-256, 'ECK3'/'ECS3' P-384), the
+CNG form PCP_EKPUB's RSA1 blob suggests; anything else falls back to the EK certificate."""
 NCRYPT_PCP_EKCERT_PROPERTY: Final = "PCP_EKCERT"
 """Provider: an HCERTSTORE of Windows' EK certificate store (PCPTool's GetEKCert reads it so):
 certificates read from NV or downloaded for firmware TPMs and cached by Windows."""
@@ -169,6 +176,20 @@ BCRYPT_RSAPUBLIC_MAGIC: Final = 0x31415352
 """'RSA1': header, then PublicExponent and Modulus, both big-endian."""
 BCRYPT_RSAPRIVATE_MAGIC: Final = 0x32415352
 BCRYPT_RSAFULLPRIVATE_MAGIC: Final = 0x33415352
+
+
+BCRYPT_ECDH_PUBLIC_P256_MAGIC: Final = 0x314B4345
+"""'ECK1': BCRYPT_ECCKEY_BLOB header (dwMagic, cbKey), then X and Y, big-endian, cbKey each."""
+BCRYPT_ECDH_PUBLIC_P384_MAGIC: Final = 0x334B4345
+BCRYPT_ECDSA_PUBLIC_P256_MAGIC: Final = 0x31534345
+BCRYPT_ECDSA_PUBLIC_P384_MAGIC: Final = 0x33534345
+_ECC_PUBLIC_MAGICS: Final[dict[int, tuple[ec.EllipticCurve, int]]] = {
+    BCRYPT_ECDH_PUBLIC_P256_MAGIC: (ec.SECP256R1(), 32),
+    BCRYPT_ECDSA_PUBLIC_P256_MAGIC: (ec.SECP256R1(), 32),
+    BCRYPT_ECDH_PUBLIC_P384_MAGIC: (ec.SECP384R1(), 48),
+    BCRYPT_ECDSA_PUBLIC_P384_MAGIC: (ec.SECP384R1(), 48),
+}
+_ECCKEY_BLOB: Final = struct.Struct("<2I")
 
 
 class BCRYPT_RSAKEY_BLOB(ctypes.LittleEndianStructure):
@@ -515,6 +536,46 @@ def parse_rsa_public_blob(blob: bytes) -> RSAPublicKey:
     """Decode a BCRYPT_RSAPUBLIC_BLOB into an RSA public key (``split_rsa_public_blob``
     without the trailing bytes)."""
     return split_rsa_public_blob(blob)[0]
+
+
+# --------------------------------------------------------------------------------------
+# BCRYPT_ECCKEY_BLOB (public) <-> cryptography EC public keys.
+# --------------------------------------------------------------------------------------
+def build_ecc_public_blob(key: ec.EllipticCurvePublicKey, *, ecdsa: bool = False) -> bytes:
+    """Encode a P-256/P-384 public key as BCRYPT_ECCPUBLIC_BLOB ('ECK1'/'ECK3', or the ECDSA
+    magics 'ECS1'/'ECS3' with ``ecdsa``)."""
+    for magic, (curve, size) in _ECC_PUBLIC_MAGICS.items():
+        if curve.name == key.curve.name and ((magic & 0xFFFF00) == 0x534300) == ecdsa:
+            numbers = key.public_numbers()
+            return (_ECCKEY_BLOB.pack(magic, size) + numbers.x.to_bytes(size, "big")
+                    + numbers.y.to_bytes(size, "big"))
+    raise _invalid("build_ecc_public_blob", f"curve {key.curve.name} has no BCRYPT magic here")
+
+
+def split_ecc_public_blob(blob: bytes) -> tuple[ec.EllipticCurvePublicKey, bytes]:
+    """Decode a BCRYPT_ECCPUBLIC_BLOB of NIST P-256 or P-384 (ECDH or ECDSA magic): the key and
+    any bytes after Y. cbKey must be the curve's size and the point on the curve; a generic or
+    private magic, or a shorter blob, is BAD_RESPONSE."""
+    what = "BCRYPT_ECCKEY_BLOB"
+    if len(blob) < _ECCKEY_BLOB.size:
+        raise _bad(what, f"{len(blob)} bytes is shorter than the {_ECCKEY_BLOB.size}-byte header")
+    magic, cb_key = _ECCKEY_BLOB.unpack_from(blob)
+    known = _ECC_PUBLIC_MAGICS.get(magic)
+    if known is None:
+        raise _bad(what, f"magic 0x{magic:08x} is not a P-256/P-384 public-key magic "
+                         "('ECK1', 'ECS1', 'ECK3', 'ECS3')")
+    curve, size = known
+    if cb_key != size:
+        raise _bad(what, f"cbKey {cb_key} is not {size} for {curve.name}")
+    end = _ECCKEY_BLOB.size + 2 * size
+    if len(blob) < end:
+        raise _bad(what, f"length {len(blob)} is shorter than header + 2 * cbKey = {end}")
+    x = int.from_bytes(blob[_ECCKEY_BLOB.size : _ECCKEY_BLOB.size + size], "big")
+    y = int.from_bytes(blob[_ECCKEY_BLOB.size + size : end], "big")
+    try:
+        return ec.EllipticCurvePublicNumbers(x, y, curve).public_key(), bytes(blob[end:])
+    except ValueError as exc:
+        raise _bad(what, f"not a point on {curve.name}: {exc}") from None
 
 
 # --------------------------------------------------------------------------------------

@@ -72,6 +72,7 @@ from .ncrypt_api import (
     NCRYPT_MAX_KEY_NAME_LENGTH,
     NCRYPT_PCP_ECC_EKCERT_PROPERTY,
     NCRYPT_PCP_ECC_EKNVCERT_PROPERTY,
+    NCRYPT_PCP_ECC_EKPUB_PROPERTY,
     NCRYPT_PCP_EKCERT_PROPERTY,
     NCRYPT_PCP_EKNVCERT_PROPERTY,
     NCRYPT_PCP_EKPUB_PROPERTY,
@@ -98,6 +99,7 @@ from .ncrypt_api import (
     NCryptProvider,
     pack_dword,
     pcp_machine_key_security_descriptor,
+    split_ecc_public_blob,
     split_rsa_public_blob,
     unpack_dword,
     unpack_handle,
@@ -609,7 +611,8 @@ class PcpBackend:
     def ek(self, kind: EkKind) -> EkInfo:
         """The EK as PCP exposes it: RSA from PCP_EKPUB (any account), its certificate from the NV
         certificate properties when this account may read them (None otherwise); an ECC EK
-        ("ecc" P-256, "ecc384" P-384) only from its certificate (admin/SYSTEM)."""
+        ("ecc" P-256, "ecc384" P-384) from PCP_ECC_EKPUB when it holds a key on that curve
+        (its certificate then as for RSA), else from its certificate (admin/SYSTEM)."""
         with self._provider() as prov:
             if kind == "rsa":
                 with self._mapped("reading PCP_EKPUB"):
@@ -621,6 +624,15 @@ class PcpBackend:
                 cert = self._ek_certificate(prov, key)
                 return EkInfo(kind, public, object_name(public), cert, None, False)
             if kind in _ECC_EK_TEMPLATES:
+                ekpub = self._ecc_ekpub(prov, kind)
+                if ekpub is not None:
+                    public = ek_public_from_ecc(ekpub, kind)
+                    want = ekpub.public_numbers()
+                    ders = [der for prop in ECC_EK_CERTIFICATE_PROPERTIES
+                            for der in self._certificates(prov, prop)]
+                    cert = next((der for der in ders if isinstance(k := _cert_key(der),
+                                 ec.EllipticCurvePublicKey) and k.public_numbers() == want), None)
+                    return EkInfo(kind, public, object_name(public), cert, None, False)
                 ders = [der for prop in ECC_EK_CERTIFICATE_PROPERTIES
                         for der in self._certificates(prov, prop)]
                 for der in ders:
@@ -658,6 +670,25 @@ class PcpBackend:
             certs.append(der)
             size += len(der)
         return EkChain(tuple(certs), "; ".join(notes) if notes else None)
+
+    def _ecc_ekpub(self, prov: int, kind: str) -> ec.EllipticCurvePublicKey | None:
+        """The ECC EK from PCP_ECC_EKPUB when it is a BCRYPT_ECCPUBLIC_BLOB on the curve of
+        ``kind``'s template; None otherwise (property absent or refused, another format or
+        curve: the certificate path decides). What it returned is kept in ``observed``."""
+        try:
+            blob = self.ncrypt.get_property(prov, NCRYPT_PCP_ECC_EKPUB_PROPERTY)
+        except NCryptError as exc:
+            self.observed["ecc_ekpub"] = f"{exc.hresult_name} (0x{exc.hresult:08x})"
+            return None
+        try:
+            key, trailing = split_ecc_public_blob(blob)
+        except TpmError as exc:
+            self.observed["ecc_ekpub"] = f"unread: {exc}"
+            return None
+        self.observed["ecc_ekpub"] = f"{blob[:4].decode('ascii', 'replace')} {key.curve.name}" + (
+            f", {len(trailing)} trailing bytes" if trailing else "")
+        curve = getattr(_ECC_EK_TEMPLATES[kind].parameters, "curve_id", None)
+        return key if ecc_point_of(key)[0] == curve else None
 
     def _certificates(self, prov: int, prop: str) -> list[bytes]:
         # Standard users may only read PCP_EKPUB: an unreadable store means "no certificate".

@@ -29,6 +29,8 @@ assumptions):
   ``activation_device_not_ready`` (NTE_DEVICE_NOT_READY even for elevated callers),
   ``idactivation_size_query`` (False: a NULL-buffer size query of IDACTIVATION is refused),
   ``idbinding_trailing`` / ``ekpub_trailing`` (bytes appended to IDBINDING / PCP_EKPUB),
+  ``ecc_ekpub`` (the magic of the PCP_ECC_EKPUB blob: "ECK1"/"ECS1" the P-256 EK, "ECK3"/"ECS3"
+  the P-384 one; None: the property is absent, NTE_NOT_SUPPORTED, as on older Windows),
   ``ek_nv_certificates`` (False: the NV certificate stores are empty, as on firmware TPMs),
   ``ek_cert_store`` (certificates in Windows' EK store: PCP_EKCERT, PCP_RSA_EKCERT,
   PCP_ECC_EKCERT), ``ek_intermediate_store`` (PCP_INTERMEDIATE_CA_EKCERT: Windows' store of EK
@@ -94,6 +96,7 @@ from .ncrypt_api import (
     NCRYPT_OVERWRITE_KEY_FLAG,
     NCRYPT_PCP_ECC_EKCERT_PROPERTY,
     NCRYPT_PCP_ECC_EKNVCERT_PROPERTY,
+    NCRYPT_PCP_ECC_EKPUB_PROPERTY,
     NCRYPT_PCP_EKCERT_PROPERTY,
     NCRYPT_PCP_EKNVCERT_PROPERTY,
     NCRYPT_PCP_EKPUB_PROPERTY,
@@ -132,6 +135,7 @@ from .ncrypt_api import (
     NCryptHandle,
     ProcessToken,
     ProvHandle,
+    build_ecc_public_blob,
     build_rsa_public_blob,
     build_security_descriptor,
     pack_dword,
@@ -310,6 +314,7 @@ class PcpEmulator:
         idactivation_size_query: bool = True,
         idbinding_trailing: bytes = b"",
         ekpub_trailing: bytes = b"",
+        ecc_ekpub: str | None = "ECK1",
         ek_nv_certificates: bool = True,
         ek_cert_store: Sequence[bytes] = (),
         ek_intermediate_store: Sequence[bytes] = (),
@@ -340,6 +345,10 @@ class PcpEmulator:
         self.idactivation_size_query = idactivation_size_query
         self.idbinding_trailing = bytes(idbinding_trailing)
         self.ekpub_trailing = bytes(ekpub_trailing)
+        if ecc_ekpub not in (None, "ECK1", "ECS1", "ECK3", "ECS3"):
+            raise TpmError(f"ecc_ekpub must be None, 'ECK1', 'ECS1', 'ECK3' or 'ECS3', not "
+                           f"{ecc_ekpub!r}", code=ErrorCode.INVALID_ARGUMENT)
+        self.ecc_ekpub = ecc_ekpub
         self.ek_nv_certificates = ek_nv_certificates
         self.ek_cert_store = tuple(bytes(c) for c in ek_cert_store)
         self.ek_intermediate_store = tuple(bytes(c) for c in ek_intermediate_store)
@@ -597,6 +606,15 @@ class PcpEmulator:
             if not isinstance(key, rsa.RSAPublicKey):
                 raise _fail(fn, NTE_INTERNAL_ERROR, "the RSA EK is not an RSA key")
             return build_rsa_public_blob(key) + self.ekpub_trailing
+        if name == NCRYPT_PCP_ECC_EKPUB_PROPERTY:
+            if self.ecc_ekpub is None:
+                raise _fail(fn, NTE_NOT_SUPPORTED, name)
+            with self._tpm(fn):  # ECK1/ECS1: the P-256 EK (template L-2); ECK3/ECS3: P-384 (H-4)
+                ek = self._raw.ek("ecc" if self.ecc_ekpub.endswith("1") else "ecc384")
+            key = public_key_from_public(ek.public)
+            if not isinstance(key, ec.EllipticCurvePublicKey):
+                raise _fail(fn, NTE_INTERNAL_ERROR, "the ECC EK is not an EC key")
+            return build_ecc_public_blob(key, ecdsa=self.ecc_ekpub.startswith("ECS"))
         if name == NCRYPT_PCP_PLATFORM_TYPE_PROPERTY:
             with self._tpm(fn):
                 info = self._raw.info()
