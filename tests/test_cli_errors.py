@@ -50,6 +50,19 @@ def test_tss_only_tcti_from_tpm2tools_tcti_says_where_and_what_instead(command: 
     assert "device:/dev/tpmrm0" in said and "$TPM2_ATTEST_TCTI" in said
 
 
+def test_tcti_spelled_as_tpm2_tools_takes_it(swtpm: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    """``-T``, ``--tcti=``, the port alone, the options in any order, the library name: the
+    forms a tpm2-tools user types all reach the same TPM."""
+    port = swtpm.port
+    for argv in (["-T", f"swtpm:port={port}"], [f"--tcti=swtpm:port={port},host=127.0.0.1"],
+                 ["-T", f"libtss2-tcti-swtpm.so.0:port={port}"], [f"-Tmssim:host=127.0.0.1,port={port}"]):
+        assert main(["info", "--json", *argv]) == EXIT_OK, argv
+        out = json.loads(capsys.readouterr().out)
+        assert out["tcti"].endswith(f"host=127.0.0.1,port={port}") and out["source"] == "argument"
+    assert main(["probe", "info", "--json", "-T", f"swtpm:port={port}"]) == EXIT_OK
+    assert json.loads(capsys.readouterr().out)["ok"] is True
+
+
 def test_bad_tpm2_attest_tcti_is_named() -> None:
     res = run_cli("info", env={"TPM2_ATTEST_TCTI": "swtpm:port=99999"})
     assert res.returncode == EXIT_USAGE

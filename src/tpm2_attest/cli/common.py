@@ -64,8 +64,9 @@ def device_options(*, timeout: bool = True) -> argparse.ArgumentParser:
     ``timeout=False`` leaves out --timeout for a command that uses that name for something
     else (its TPM then gets the default timeouts)."""
     p = argparse.ArgumentParser(add_help=False)
-    p.add_argument("--tcti", help="TPM to use, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321 "
-                   "(default: $TPM2_ATTEST_TCTI, $TPM2TOOLS_TCTI, then the platform device)")
+    p.add_argument("-T", "--tcti", help="TPM to use, as tpm2-tools' -T takes it: device:/dev/tpmrm0 or "
+                   "swtpm:host=127.0.0.1,port=2321 (default: $TPM2_ATTEST_TCTI, $TPM2TOOLS_TCTI, then "
+                   "the platform device)")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.add_argument("--embedded", action="store_true", help="use a fresh embedded swtpm")
     p.add_argument("--embedded-state", metavar="DIR",

@@ -311,7 +311,7 @@ def add_parser(sub: SubParsers) -> argparse.ArgumentParser:
     p.add_argument("step", nargs="?", default="all", choices=[*CHOICES, WINDOWS_REPORT],
                    help="all (default), one step, help (the Windows SYSTEM recipe), or "
                         f"{WINDOWS_REPORT} (check every Windows PCP assumption, one report)")
-    p.add_argument("--tcti", help="TPM to probe, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321 "
+    p.add_argument("-T", "--tcti", help="TPM to probe, e.g. device:/dev/tpmrm0 or swtpm:host=127.0.0.1,port=2321 "
                    "(default: $TPM2_ATTEST_TCTI, $TPM2TOOLS_TCTI, then the platform's TPM)")
     p.add_argument("--json", action="store_true", help="print one machine-readable report")
     p.add_argument("--embedded", action="store_true", help="probe a fresh embedded swtpm")
