@@ -322,3 +322,57 @@ def test_serialized_write_read_round_trip_many_banks() -> None:
         assert read_pcr_file(write_pcr_file(pcrs, fmt)) == pcrs
     sel = [(0x0004, list(range(24))), (0x000B, [3, 17])]
     assert read_pcr_file(write_pcr_file(pcrs, "values"), sel) == pcrs
+
+
+# -- credentials both ways -----------------------------------------------------------------------
+
+
+def test_our_credential_for_a_tpm2_tools_ak_activates_with_tpm2_activatecredential(
+        files: Path, tools: Tools, tmp_path: Path) -> None:
+    """make-credential --ak-name @FILE takes the binary Name tpm2_createak -n wrote, and
+    --tpm2-tools writes what tpm2_activatecredential reads (the 0xBADCC0DE file)."""
+    ch, secret, got = tmp_path / "cred.bin", tmp_path / "secret", tmp_path / "got"
+    res = run_cli("make-credential", "--ek-public", str(files / "ek.pub"), "--ak-name", f"@{files / 'ak.name'}",
+                  "--tpm2-tools", "--out", str(ch), "--secret-out", str(secret))
+    assert res.returncode == EXIT_OK, res.stderr
+    assert ch.read_bytes()[:8] == bytes.fromhex("badcc0de00000001")
+    session = tmp_path / "session.ctx"
+    tools("tpm2_startauthsession", "--policy-session", "-S", str(session))
+    try:
+        tools("tpm2_policysecret", "-S", str(session), "-c", "e")
+        tools("tpm2_activatecredential", "-c", str(files / "ak.ctx"), "-C", str(files / "ek.ctx"),
+              "-i", str(ch), "-o", str(got), "-P", f"session:{session}")
+    finally:
+        tools("tpm2_flushcontext", str(session), check=False)
+    assert got.read_bytes() == secret.read_bytes()
+
+
+def test_ak_name_forms_and_a_name_that_is_not_one(files: Path, tmp_path: Path) -> None:
+    """--ak-name as hex equals --ak-name @FILE; a wrong Name is refused naming --ak-name."""
+    name = (files / "ak.name").read_bytes()
+    out = tmp_path / "c.json"
+    assert run_cli("make-credential", "--ek-public", str(files / "ek.pub"), "--ak-name", name.hex(),
+                   "--out", str(out)).returncode == EXIT_OK
+    (tmp_path / "short.name").write_bytes(name[:10])
+    for value in ("000b00", f"@{tmp_path / 'short.name'}"):
+        res = run_cli("make-credential", "--ek-public", str(files / "ek.pub"), "--ak-name", value,
+                      "--out", str(tmp_path / "x"))
+        assert res.returncode == EXIT_FAIL, res.stderr
+        assert f"--ak-name {value}:" in res.stderr and "not a TPM object Name" in res.stderr
+        assert "ak_name of" not in res.stderr  # the Python parameter
+
+
+def test_tpm2_makecredential_blob_activates_with_our_activate(tcti: str, tools: Tools,
+                                                               tmp_path: Path) -> None:
+    """tpm2_makecredential (no TPM) for our AK's Name and our EK public: `activate` answers it."""
+    ak, ek = tmp_path / "ak.blob", tmp_path / "ek.pub"
+    res = run_cli("provision-ak", "-T", tcti, "--out", str(ak), "--json")
+    assert res.returncode == EXIT_OK, res.stderr
+    name = json.loads(res.stdout)["name"]
+    assert run_cli("ek", "-T", tcti, "--out-public", str(ek)).returncode == EXIT_OK
+    (tmp_path / "secret").write_bytes(b"sixteen byte key")
+    tools("tpm2_makecredential", "-T", "none", "-u", str(ek), "-s", str(tmp_path / "secret"),
+          "-n", name, "-o", str(tmp_path / "cred.bin"))
+    res = run_cli("activate", "-T", tcti, "--ak", str(ak), "--challenge", str(tmp_path / "cred.bin"))
+    assert res.returncode == EXIT_OK, res.stderr
+    assert bytes.fromhex(res.stdout.strip()) == b"sixteen byte key"

@@ -39,11 +39,8 @@ _AK_HELP = ("the AK: an AK blob (provision-ak, enroll), its TPM2B_PUBLIC (tpm2_c
 
 def cmd_make_credential(args: argparse.Namespace) -> int:
     check_output(args.out, "--out", force=args.force)
-    if args.ak_name:
-        try:
-            ak_name = bytes.fromhex(args.ak_name)
-        except ValueError:
-            raise UsageError(f"--ak-name: not hex: {args.ak_name!r}") from None
+    if args.ak_name:  # hex, or @FILE: the binary Name tpm2_createak -n and tpm2_readpublic -n write
+        ak_name = hex_or_file(args.ak_name, "--ak-name") or b""
     ek_public = verify.load_public(read_input(args.ek_public, "--ek-public"), f"--ek-public {args.ek_public}")
     if not args.ak_name:
         ak, kind = verify.load_ak(read_input(args.ak, "--ak"), f"--ak {args.ak}")
@@ -54,7 +51,9 @@ def cmd_make_credential(args: argparse.Namespace) -> int:
         ak_name = ak.name
     secret = hex_or_file(args.secret, "--secret")
     try:
-        challenge, secret = verify.make_credential(ek_public, ak_name, secret)
+        challenge, secret = verify.make_credential(ek_public, ak_name, secret,
+                                                   name_what=f"--ak-name {args.ak_name}" if args.ak_name
+                                                   else f"--ak {args.ak}")
     except ValueError as exc:
         if isinstance(exc, VerificationError):
             raise
@@ -166,7 +165,8 @@ def add_parser(sub: SubParsers) -> None:
     g = s.add_mutually_exclusive_group(required=True)
     g.add_argument("--ak", metavar="FILE", help="the AK whose Name the challenge binds: an AK blob "
                    "or its TPM2B_PUBLIC")
-    g.add_argument("--ak-name", help="AK Name (hex), e.g. from tpm2_createak -n")
+    g.add_argument("--ak-name", metavar="HEX|@FILE",
+                   help="the AK's Name: hex, or @FILE for the binary Name tpm2_createak -n writes")
     s.add_argument("--secret", help="secret (hex or @FILE; default random)")
     s.add_argument("--out", required=True, metavar="FILE", help="where to write the challenge")
     s.add_argument("--force", action="store_true", help="replace an existing --out file")

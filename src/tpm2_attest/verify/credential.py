@@ -147,6 +147,8 @@ def make_credential(
     ek_public: EkPublicInput,
     ak_name: bytes | AkPublic,
     secret: bytes | None = None,
+    *,
+    name_what: str = "AK Name",
 ) -> tuple[CredentialChallenge, bytes]:
     """Encrypt a secret to the EK for the AK Name; return (challenge, secret).
 
@@ -155,13 +157,15 @@ def make_credential(
     A public area must be a restricted decryption key with an AES-CFB symmetric definition
     (EK_ATTRIBUTES otherwise). ``ak_name``: the AK's Name (``AkPublic.name``) or the AkPublic.
     ``secret``: random 32 bytes by default; at most the digest size of the EK's nameAlg.
+    ``name_what`` names where a Name that is not one came from (e.g. a command-line option).
     Send ``challenge`` (``to_bytes()`` / ``to_json()``) to the device, keep ``secret``.
     """
     key, name_alg, sym_alg, sym_bits, _area = _ek_parameters(ek_public)
     name = ak_name.name if isinstance(ak_name, AkPublic) else bytes(ak_name)
     size = HASH_SIZES[name_alg]
     if len(name) < 2 or HASH_SIZES.get(int.from_bytes(name[:2], "big")) != len(name) - 2:
-        raise _fail(Reason.MALFORMED, f"ak_name of {len(name)} bytes is not a TPM object Name")
+        raise _fail(Reason.MALFORMED, f"{name_what}: {len(name)} bytes are not a TPM object Name "
+                    "(a 2-byte hash algorithm and the digest of the key's public area)")
     if secret is None:
         secret = os.urandom(min(DEFAULT_SECRET_SIZE, size))
     elif not 1 <= len(secret) <= size:
