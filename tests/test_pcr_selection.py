@@ -178,3 +178,18 @@ def test_json_usage_error_shape(tmp_path: Path) -> None:
     out = json.loads(res.stdout)
     assert res.returncode == EXIT_USAGE
     assert out["ok"] is False and out["exit_code"] == EXIT_USAGE and "--pcrs" in out["usage_error"]
+
+
+def test_bank_is_checked_like_a_selection_names_it(tmp_path: Path) -> None:
+    """--bank takes what a selection takes for its bank (0x000B is sha256); anything else is
+    a usage error naming --bank, not a TPM error after the AK was loaded."""
+    for command in (["quote", "--ak", "x"], ["attest", "--server", "http://127.0.0.1:1", "--ak", "x"]):
+        res = run_cli(*command, "--bank", "sha999")
+        assert res.returncode == EXIT_USAGE, res.stderr
+        assert "argument --bank: unknown PCR bank 'sha999'" in res.stderr, res.stderr
+    args = build_parser().parse_args(["quote", "--ak", "f", "--pcrs", "sha256:7", "--bank", "0x000B"])
+    assert args.bank == "sha256"
+    args = build_parser().parse_args(["quote", "--ak", "f", "--bank", "SHA1"])
+    assert args.bank == "sha1"
+    res = run_cli("quote", "--ak", str(tmp_path / "none"), "--pcrs", "sha256:7", "--bank", "0xb")
+    assert res.returncode == EXIT_USAGE and "--ak" in res.stderr  # the bank agreed: on to the AK

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Final, TypeAlias
 from .._files import write_atomic
 from ..errors import ErrorCode, TpmError
 from ..progress import terminal_progress
-from ..tpm2.selection import PcrSelectionError, parse_pcr_selection
+from ..tpm2.selection import PcrSelectionError, parse_bank, parse_pcr_selection
 from ..transport.tcti import (
     ENV_VARS,
     FIRST_RESPONSE_TIMEOUT,
@@ -356,6 +356,14 @@ def pcr_selection(text: str) -> dict[str | None, tuple[int, ...]]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def pcr_bank(text: str) -> str:
+    """argparse type: a PCR bank as a selection names it (``sha256``, ``0x000B``)."""
+    try:
+        return parse_bank(text)
+    except PcrSelectionError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def parse_pcrs(text: str) -> list[int]:
     """The indices of a PCR list such as ``0-7,16`` (a bank, if named, is ignored)."""
     sel = pcr_selection(text)
@@ -372,11 +380,11 @@ def one_bank(selection: dict[str | None, tuple[int, ...]], bank: str | None,
         raise UsageError(f"{option} selects banks {', '.join(named)}: a quote here covers one "
                          "bank (the verifier refuses quotes over several); quote each bank alone")
     (sel_bank, idx), = selection.items()
-    if sel_bank is not None and bank is not None and sel_bank != bank.lower():
+    if sel_bank is not None and bank is not None and sel_bank != bank:
         raise UsageError(f"{option} names bank {sel_bank} but --bank says {bank}")
     if not idx:
         raise UsageError(f"{option} selects no PCR")
-    return sel_bank or (bank or DEFAULT_BANK).lower(), list(idx)
+    return sel_bank or bank or DEFAULT_BANK, list(idx)
 
 
 # -- errors in the CLI's words --------------------------------------------------------------------
@@ -440,6 +448,7 @@ __all__ = [
     "open_tpm",
     "output_options",
     "parse_pcrs",
+    "pcr_bank",
     "pcr_selection",
     "read_input",
     "read_quote",

@@ -20,6 +20,7 @@ from .common import (
     hex_or_file,
     one_bank,
     open_tpm,
+    pcr_bank,
     pcr_selection,
     read_input,
     write_output,
@@ -234,7 +235,8 @@ def add_parser(sub: SubParsers) -> None:
     s.add_argument("--pcrs", default="0-7", type=pcr_selection, metavar="SELECTION",
                    help="PCRs to quote, as tpm2-tools writes them: sha256:0,1,2 or sha256:all, "
                         "or a list such as 0-7,16 (default 0-7)")
-    s.add_argument("--bank", help="PCR bank when --pcrs names none (default sha256)")
+    s.add_argument("--bank", type=pcr_bank, metavar="BANK",
+                   help="PCR bank when --pcrs names none (default sha256)")
     s.add_argument("--nonce", help="qualifying data (hex, or @FILE; at most 64 bytes)")
     s.add_argument("--out", metavar="FILE", help="quote JSON file (default: stdout)")
     s.set_defaults(func=cmd_quote)

@@ -34,6 +34,7 @@ from .common import (
     one_bank,
     open_tpm,
     output_options,
+    pcr_bank,
     pcr_selection,
     read_input,
     service_client,
@@ -483,7 +484,8 @@ def add_parser(subparsers: SubParsers) -> None:
     s.add_argument("--device-id", metavar="ID", help="default: the one in the --ak file")
     s.add_argument("--pcrs", default="0-7", type=pcr_selection, metavar="SELECTION",
                    help="PCRs to quote: sha256:0,1,2, sha256:all or 0-7,16 (default 0-7)")
-    s.add_argument("--bank", help="PCR bank when --pcrs names none (default sha256)")
+    s.add_argument("--bank", type=pcr_bank, metavar="BANK",
+                   help="PCR bank when --pcrs names none (default sha256)")
     s.add_argument("--event-log", metavar="FILE|auto", help="send the firmware event log ('auto': read it from the OS)")
     s.add_argument("--ima", action="store_true",
                    help="also quote PCR 10 and send the IMA measurement list (only the entries the "

@@ -22,7 +22,7 @@ from typing import Final
 
 from .constants import HASH_BY_NAME, HASH_NAMES
 
-__all__ = ["MAX_PCR", "PcrSelectionError", "format_pcr_selection", "parse_pcr_selection"]
+__all__ = ["MAX_PCR", "PcrSelectionError", "format_pcr_selection", "parse_bank", "parse_pcr_selection"]
 
 MAX_PCR: Final = 23
 """Highest PCR index of a PC Client TPM (24 PCRs); ``all`` selects 0..MAX_PCR."""
@@ -53,7 +53,13 @@ def _index(item: str, where: str) -> int:
     return value
 
 
-def _bank(text: str, where: str) -> str:
+def parse_bank(text: str) -> str:
+    """A PCR bank as a selection names it (``sha256``, ``SHA256``, ``0x000B``, ``11``): its hash
+    name. Raises :class:`PcrSelectionError` for anything else."""
+    return _bank(text, None)
+
+
+def _bank(text: str, where: str | None) -> str:
     name = text.strip().lower()
     if name in HASH_BY_NAME:
         return name
@@ -62,7 +68,8 @@ def _bank(text: str, where: str) -> str:
         if alg in HASH_NAMES:
             return HASH_NAMES[alg]
     known = ", ".join(HASH_BY_NAME)
-    raise PcrSelectionError(f"{where}: unknown PCR bank {text.strip()!r} (known: {known})")
+    message = f"unknown PCR bank {text.strip()!r} (known: {known})"
+    raise PcrSelectionError(f"{where}: {message}" if where is not None else message)
 
 
 def _indices(text: str, where: str) -> set[int]:
