@@ -320,3 +320,22 @@ def test_verifier_commands_offer_no_tpm_options() -> None:
         assert not options & {"--tcti", "--embedded"}, name
         assert "--tcti" not in commands[name].format_help()
     assert "--tcti" in commands["quote"].format_help()
+
+
+@pytest.mark.parametrize("argv", [
+    ["quote", "--json", "--ak", "x", "--pcrs", "sha256:24"],   # a value argparse refuses
+    ["verify-quote", "--json", "--ak", "x"],                   # a required option missing
+    ["make-credential", "--json", "--ek-public", "x", "--ak", "a", "--ak-name", "00", "--out", "o"],
+    ["probe", "--json", "--no-such-option"],
+    ["ek", "--json", "--kind", "dsa"],
+])
+def test_json_commands_report_parse_errors_as_json(argv: list[str]) -> None:
+    """Under --json a command line that does not parse is the same JSON as any other usage
+    error (stdout, exit 2), so a caller parsing stdout always gets a document."""
+    res = run_cli(*argv)
+    assert res.returncode == EXIT_USAGE, res.stderr
+    out = json.loads(res.stdout)
+    assert out["ok"] is False and out["exit_code"] == EXIT_USAGE and out["usage_error"]
+    assert res.stderr == ""
+    res = run_cli(*[a for a in argv if a != "--json"])
+    assert res.returncode == EXIT_USAGE and res.stdout == "" and "usage:" in res.stderr

@@ -14,8 +14,9 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from contextvars import ContextVar
 from types import ModuleType
-from typing import Any
+from typing import Any, NoReturn
 
 from .._version import __version__
 from ..errors import TpmError
@@ -50,6 +51,21 @@ its topic's parser (start-up time is most of a short command's time). ``completi
 the whole parser and is not listed: it builds everything. A test keeps this table exact."""
 
 
+_JSON_ERRORS: ContextVar[bool] = ContextVar("_JSON_ERRORS", default=False)
+"""Set while main() parses a command line that asks for --json."""
+
+
+class CliParser(argparse.ArgumentParser):
+    """The parser of every command and sub-command: under --json, a command line that does
+    not parse is reported as the JSON every other usage error is (stdout, exit 2)."""
+
+    def error(self, message: str) -> NoReturn:
+        if _JSON_ERRORS.get():
+            print(json.dumps({"ok": False, "exit_code": EXIT_USAGE, "usage_error": message}, indent=2))
+            self.exit(EXIT_USAGE)
+        super().error(message)
+
+
 def topic(name: str) -> ModuleType:
     """The sub-command module ``name`` of this package."""
     return importlib.import_module(f".{name}", __name__)
@@ -59,7 +75,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The ``tpm2-attest`` argument parser: every command, or only the topic of ``command``
     when it names one (``--help`` of the program lists every command)."""
     names = (COMMANDS[command],) if command in COMMANDS else TOPICS
-    p = argparse.ArgumentParser(
+    p = CliParser(
         prog="tpm2-attest", description="TPM 2.0 device attestation and verification",
         epilog="Exit codes: 0 success, 1 a check or step failed, 2 usage error, 3 no TPM, "
                "4 (attest --every) the device must enroll again.")
@@ -123,7 +139,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     was cut short while printing)."""
     words = sys.argv[1:] if argv is None else list(argv)
     parser = build_parser(_command(words))
-    args = parser.parse_args(words)
+    options = words[:words.index("--")] if "--" in words else words
+    token = _JSON_ERRORS.set("--json" in options)
+    try:
+        args = parser.parse_args(words)
+    finally:
+        _JSON_ERRORS.reset(token)
     rc = EXIT_OK
     try:
         rc = _run(args)
