@@ -376,3 +376,26 @@ def test_tpm2_makecredential_blob_activates_with_our_activate(tcti: str, tools: 
     res = run_cli("activate", "-T", tcti, "--ak", str(ak), "--challenge", str(tmp_path / "cred.bin"))
     assert res.returncode == EXIT_OK, res.stderr
     assert bytes.fromhex(res.stdout.strip()) == b"sixteen byte key"
+
+
+@pytest.mark.parametrize(("broken", "says"), [
+    ("--message", "TPMS_ATTEST of 0 bytes"),
+    ("--signature", "neither a TPMT_SIGNATURE"),
+    ("--pcrs-file", "PCR file: 0 bytes are not a serialized or marshaled tpm2-tools PCR file"),
+])
+def test_a_broken_tpm2_quote_file_is_named_by_its_option(files: Path, tmp_path: Path, broken: str,
+                                                          says: str) -> None:
+    """An empty (truncated) file of tpm2_quote's set is a MALFORMED naming the option it came
+    from, as every other input file is."""
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    given = {"--message": files / "q.msg", "--signature": files / "q.sig", "--pcrs-file": files / "q.pcrs",
+             broken: empty}
+    res = run_cli("verify-quote", "--ak", str(files / "ak.pub"), "--nonce", NONCE,
+                  *[str(x) for option, path in given.items() for x in (option, path)])
+    assert res.returncode == EXIT_FAIL, res.stderr
+    assert res.stderr.startswith(f"verification failed: MALFORMED: {broken} {empty}: {says}"), res.stderr
+    res = run_cli("verify-quote", "--ak", str(files / "ak.pub"), "--message", str(files / "q.msg"),
+                  "--signature", str(files / "q.sig"), "--pcrs-file", str(files / "q.pcrs"),
+                  "--nonce", NONCE, "--expect-pcrs", str(files / "q.msg"))
+    assert res.returncode == EXIT_USAGE and f"--expect-pcrs {files / 'q.msg'}: PCR file" in res.stderr

@@ -93,9 +93,9 @@ def _expected_file(path: str, attest: bytes) -> PcrBanks:
             raise UsageError(f"--expect-pcrs {path}: not JSON of the form "
                              f'{{"sha256": {{"7": "<hex>"}}}}: {exc}') from None
     try:
-        return verify.read_pcrs_file(data, attest)
+        return verify.read_pcrs_file(data, attest, what=f"--expect-pcrs {path}")
     except VerificationError as exc:
-        raise UsageError(f"--expect-pcrs {path}: {exc.detail}") from None
+        raise UsageError(exc.detail) from None
 
 
 def _expected(args: argparse.Namespace, attest: bytes) -> PcrBanks | None:
@@ -143,7 +143,8 @@ def cmd_verify_quote(args: argparse.Namespace) -> int:
         sig = read_input(args.signature, "--signature")
         pcrs = read_input(args.pcrs_file, "--pcrs-file")
         ak, kind = verify.load_ak(ak_data, f"--ak {args.ak}", signature=sig)
-        quote = verify.quote_from_files(ak, attest, sig, pcrs)
+        quote = verify.quote_from_files(ak, attest, sig, pcrs, names=(
+            f"--message {args.message}", f"--signature {args.signature}", f"--pcrs-file {args.pcrs_file}"))
     expected = _expected(args, attest)
     res = verify.verify_quote(ak, quote, nonce=nonce, expected_pcrs=expected,
                               allow_empty_nonce=args.allow_empty_nonce)

@@ -39,7 +39,7 @@ AkKind = Literal["blob", "public", "key"]
 """What an AK input was: an AK blob (with creation evidence), a public area, a bare key."""
 
 _PUBLIC_FORMS: Final = ("a TPM public area (TPM2B_PUBLIC or TPMT_PUBLIC, as tpm2_createak -u or "
-                        "tpm2_readpublic -f tss write it) or a PEM or DER public key or certificate")
+                        "tpm2_readpublic -f tss write it) nor a PEM or DER public key or certificate")
 
 
 def _fail(reason: Reason, detail: str) -> VerificationError:
@@ -128,35 +128,46 @@ def _coordinate_size(ak: AkPublic) -> int:
     return (key.curve.key_size + 7) // 8
 
 
-def _quoted_selection(attest: bytes) -> list[tuple[int, list[int]]]:
+MESSAGE: Final = "quote message (tpm2_quote -m)"
+SIGNATURE: Final = "signature (tpm2_quote -s)"
+PCRS_FILE: Final = "PCR file (tpm2_quote -o, tpm2_pcrread -o)"
+"""How errors name the files of a quote unless the caller names them (e.g. by its options)."""
+
+
+def _quoted_selection(attest: bytes, what: str = MESSAGE) -> list[tuple[int, list[int]]]:
     """The PCR selection a quote's TPMS_ATTEST carries (not yet verified: used only to read
     a values file, whose digests ``verify_quote`` then checks against the signed digest)."""
     try:
         info = parse_attest(attest, TPM_ST.ATTEST_QUOTE).attested
     except VerificationError as exc:
-        raise _fail(exc.reason, f"quote message (tpm2_quote -m): {exc.detail}") from None
+        raise _fail(exc.reason, f"{what}: {exc.detail}") from None
     assert isinstance(info, TPMS_QUOTE_INFO)
     return [(s.hash, [i for i in range(len(s.pcr_select) * 8) if s.pcr_select[i // 8] >> (i % 8) & 1])
             for s in info.pcr_select.selections if s.hash in HASH_SIZES]
 
 
-def read_pcrs_file(data: bytes, attest: bytes | None = None) -> PcrBanks:
+def read_pcrs_file(data: bytes, attest: bytes | None = None, *, what: str = PCRS_FILE,
+                   message_what: str = MESSAGE) -> PcrBanks:
     """The PCR values of a tpm2-tools PCR file (``tpm2_quote -o``, ``tpm2_pcrread -o``; any
     ``-F`` format). A ``values`` file holds no selection: it is read with the one of the quote
-    ``attest``. MALFORMED when the file is none of these."""
-    selection = _quoted_selection(bytes(attest)) if attest is not None else None
+    ``attest``. MALFORMED when the file is none of these; ``what``/``message_what`` name the
+    two inputs in errors."""
+    selection = _quoted_selection(bytes(attest), message_what) if attest is not None else None
     try:
         return read_pcr_file(bytes(data), selection)
     except ParseError as exc:
-        raise _fail(Reason.MALFORMED, f"PCR file (tpm2_quote -o, tpm2_pcrread -o): {exc}") from None
+        raise _fail(Reason.MALFORMED, f"{what}: {exc}") from None
 
 
-def quote_from_files(ak: AkPublic, message: bytes, signature: bytes,
-                     pcrs: bytes) -> tuple[bytes, bytes, PcrBanks]:
+def quote_from_files(ak: AkPublic, message: bytes, signature: bytes, pcrs: bytes, *,
+                     names: tuple[str, str, str] = (MESSAGE, SIGNATURE, PCRS_FILE),
+                     ) -> tuple[bytes, bytes, PcrBanks]:
     """``(attest, TPMT_SIGNATURE, {bank: {index: value}})`` for ``verify_quote`` from the files
     of ``tpm2_quote -m MSG -s SIG -o PCRS`` (any ``-f`` and ``-F`` format). A plain signature
     is read under the AK's own scheme; a ``values`` PCR file with the selection the quote
-    signed. Nothing here is trusted yet: ``verify_quote`` checks all of it."""
+    signed. Nothing here is trusted yet: ``verify_quote`` checks all of it. ``names`` names
+    the message, signature and PCR inputs in errors (e.g. by the options they came from)."""
+    message_what, signature_what, pcrs_what = names
     attest, sig = bytes(message), bytes(signature)
     try:
         TPMT_SIGNATURE.from_bytes(sig)
@@ -165,6 +176,6 @@ def quote_from_files(ak: AkPublic, message: bytes, signature: bytes,
             sig = signature_from_plain(sig, ak.scheme.scheme, ak.scheme.hash_alg,
                                        size=_coordinate_size(ak))
         except ParseError as exc:
-            raise _fail(Reason.MALFORMED, f"signature: neither a TPMT_SIGNATURE (tpm2_quote -f tss) "
+            raise _fail(Reason.MALFORMED, f"{signature_what}: neither a TPMT_SIGNATURE (tpm2_quote -f tss) "
                         f"nor a plain signature for this AK (-f plain): {exc}") from None
-    return attest, sig, read_pcrs_file(pcrs, attest)
+    return attest, sig, read_pcrs_file(pcrs, attest, what=pcrs_what, message_what=message_what)
