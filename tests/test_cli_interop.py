@@ -399,3 +399,44 @@ def test_a_broken_tpm2_quote_file_is_named_by_its_option(files: Path, tmp_path: 
                   "--signature", str(files / "q.sig"), "--pcrs-file", str(files / "q.pcrs"),
                   "--nonce", NONCE, "--expect-pcrs", str(files / "q.msg"))
     assert res.returncode == EXIT_USAGE and f"--expect-pcrs {files / 'q.msg'}: PCR file" in res.stderr
+
+
+# -- our files in tpm2-tools -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("algorithm", ["rsa", "ecc"])
+def test_our_quote_files_pass_tpm2_checkquote_and_tpm2_print(tcti: str, tools: Tools, tmp_path: Path,
+                                                             algorithm: str) -> None:
+    """provision-ak --out-public and quote --message/--signature/--pcrs-file write what
+    tpm2_createak -u and tpm2_quote -m/-s/-o write: tpm2_checkquote and tpm2_print read them,
+    and so does our verify-quote."""
+    d = tmp_path
+    res = run_cli("provision-ak", "-T", tcti, "--out", str(d / "ak.blob"), "--out-public", str(d / "ak.pub"),
+                  "--algorithm", algorithm)
+    assert res.returncode == EXIT_OK, res.stderr
+    res = run_cli("quote", "-T", tcti, "--ak", str(d / "ak.blob"), "--pcrs", "sha256:0,1,7,16", "--nonce", NONCE,
+                  "--message", str(d / "q.msg"), "--signature", str(d / "q.sig"), "--pcrs-file", str(d / "q.pcrs"))
+    assert res.returncode == EXIT_OK, res.stderr
+    assert Quote.from_json(res.stdout.encode()).attest == (d / "q.msg").read_bytes()  # the JSON still on stdout
+    tools("tpm2_checkquote", "-u", str(d / "ak.pub"), "-m", str(d / "q.msg"), "-s", str(d / "q.sig"),
+          "-f", str(d / "q.pcrs"), "-g", "sha256", "-q", NONCE)
+    bad = tools("tpm2_checkquote", "-u", str(d / "ak.pub"), "-m", str(d / "q.msg"), "-s", str(d / "q.sig"),
+                "-f", str(d / "q.pcrs"), "-g", "sha256", "-q", "00" + NONCE[2:], check=False)
+    assert bad.returncode != 0  # tpm2_checkquote really checks the nonce of our files
+    printed = tools("tpm2_print", "-t", "TPMS_ATTEST", str(d / "q.msg")).stdout
+    assert "magic: ff544347" in printed and NONCE in printed
+    assert "name-alg" in tools("tpm2_print", "-t", "TPM2B_PUBLIC", str(d / "ak.pub")).stdout
+    res = run_cli("verify-quote", "--ak", str(d / "ak.pub"), "--message", str(d / "q.msg"),
+                  "--signature", str(d / "q.sig"), "--pcrs-file", str(d / "q.pcrs"), "--nonce", NONCE)
+    assert res.returncode == EXIT_OK, res.stderr
+
+
+def test_quote_pcrs_format_values(tcti: str, tmp_path: Path) -> None:
+    """--pcrs-format values is tpm2_quote -F values: the digests alone, in selection order."""
+    ak = tmp_path / "ak.blob"
+    assert run_cli("provision-ak", "-T", tcti, "--out", str(ak)).returncode == EXIT_OK
+    res = run_cli("quote", "-T", tcti, "--ak", str(ak), "--pcrs", "sha256:1,0", "--nonce", NONCE,
+                  "--pcrs-file", str(tmp_path / "v"), "--pcrs-format", "values", "--out", str(tmp_path / "q.json"))
+    assert res.returncode == EXIT_OK and res.stdout == "", res.stderr
+    quote = Quote.from_json((tmp_path / "q.json").read_bytes())
+    assert (tmp_path / "v").read_bytes() == quote.pcrs["sha256"][0] + quote.pcrs["sha256"][1]

@@ -141,11 +141,15 @@ def _chain_entry(der: bytes) -> dict[str, str | None]:
 
 def cmd_provision_ak(args: argparse.Namespace) -> int:
     check_output(args.out, "--out", force=args.force)  # an earlier AK blob is not lost by accident
+    if args.out_public:
+        check_output(args.out_public, "--out-public", force=args.force)
     nonce = hex_or_file(args.nonce)
     with open_tpm(args, fallback=False) as tpm:
         blob = tpm.provision_ak(key_name=args.key_name, scope=args.scope, overwrite=args.overwrite,
                                 nonce=nonce, algorithm=args.algorithm)
     write_output(args.out, blob.to_bytes(), "--out")
+    if args.out_public:
+        write_output(args.out_public, blob.public, "--out-public")
     obj = {"format": blob.format, "file": args.out, "name": blob.name.hex(), "key_name": blob.key_name}
     emit(args, obj, lambda: print(f"{blob.format} AK written to {args.out}; Name {blob.name.hex()}"))
     return EXIT_OK
@@ -160,6 +164,14 @@ def cmd_quote(args: argparse.Namespace) -> int:
     with open_tpm(args, fallback=False) as tpm:
         q = tpm.quote(blob, pcrs=pcrs, bank=bank, qualifying_data=nonce)
     data = q.to_json().encode()
+    if args.message:  # tpm2_quote -m / -s (tss) / -o: the file set tpm2_checkquote reads
+        write_output(args.message, q.attest, "--message")
+    if args.signature:
+        write_output(args.signature, q.signature, "--signature")
+    if args.pcrs_file:
+        from ..tpm2.tools_formats import write_pcr_file
+
+        write_output(args.pcrs_file, write_pcr_file(q.pcrs, args.pcrs_format), "--pcrs-file")
     if args.out:
         write_output(args.out, data, "--out")
     else:
@@ -228,6 +240,9 @@ def add_parser(sub: SubParsers) -> None:
                    help="PCP key scope (Windows; machine needs an elevated account)")
     s.add_argument("--overwrite", action="store_true",
                    help="replace a PCP key of the same --key-name (Windows)")
+    s.add_argument("--out-public", metavar="FILE",
+                   help="also write the AK's TPM2B_PUBLIC, as tpm2_createak -u does (for "
+                        "tpm2_checkquote -u and tpm2_print -t TPM2B_PUBLIC)")
     s.set_defaults(func=cmd_provision_ak)
 
     s = sub.add_parser("quote", parents=[dev], help="quote PCRs with an AK blob")
@@ -239,6 +254,14 @@ def add_parser(sub: SubParsers) -> None:
                    help="PCR bank when --pcrs names none (default sha256)")
     s.add_argument("--nonce", help="qualifying data (hex, or @FILE; at most 64 bytes)")
     s.add_argument("--out", metavar="FILE", help="quote JSON file (default: stdout)")
+    s.add_argument("--message", metavar="FILE",
+                   help="also write the quoted TPMS_ATTEST, as tpm2_quote -m does")
+    s.add_argument("--signature", metavar="FILE",
+                   help="also write the TPMT_SIGNATURE, as tpm2_quote -s does (format tss)")
+    s.add_argument("--pcrs-file", metavar="FILE",
+                   help="also write the PCR values, as tpm2_quote -o does (see --pcrs-format)")
+    s.add_argument("--pcrs-format", choices=["serialized", "values", "marshaled"], default="serialized",
+                   help="--pcrs-file format, as tpm2_quote -F (default serialized, tpm2_checkquote's)")
     s.set_defaults(func=cmd_quote)
 
     s = sub.add_parser("activate", parents=[dev], help="activate a credential challenge")
