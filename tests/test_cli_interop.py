@@ -191,6 +191,13 @@ def test_malformed_quote_json_is_a_verifier_error(files: Path, tmp_path: Path) -
     assert "made by another TPM" not in res.stderr
 
 
+def test_a_tpm2_tools_context_file_as_ak_says_what_to_give_instead(files: Path) -> None:
+    res = run_cli("verify-quote", "--ak", str(files / "ak.ctx"), "--message", str(files / "q.msg"),
+                  "--signature", str(files / "q.sig"), "--pcrs-file", str(files / "q.pcrs"))
+    assert res.returncode == EXIT_FAIL and "tpm2-tools context or credential file" in res.stderr
+    assert "tpm2_createak -u" in res.stderr and "Traceback" not in res.stderr
+
+
 def test_pem_and_bad_pem(files: Path, tmp_path: Path) -> None:
     (tmp_path / "x.pem").write_text("-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n")
     res = run_cli("verify-quote", "--ak", str(tmp_path / "x.pem"), "--message", str(files / "q.msg"),

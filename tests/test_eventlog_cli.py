@@ -212,3 +212,19 @@ def test_read_event_log_windows(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(TpmError) as exc:
         retrieve.read_event_log(None)
     assert exc.value.code is ErrorCode.TPM_NOT_FOUND
+
+
+def test_errors_under_json_are_json_like_every_command(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from tpm2_attest.cli import main as tpm2_attest
+
+    bad = tmp_path / "bad.bin"
+    bad.write_bytes(b"abc")
+    assert tpm2_attest(["eventlog", "--json", str(bad)]) == 1
+    out, err = capsys.readouterr()
+    doc = json.loads(out)
+    assert doc["ok"] is False and doc["exit_code"] == 1 and "malformed event log" in doc["error"]["message"]
+    assert err == ""
+    assert tpm2_attest(["eventlog", "--json", str(tmp_path / "nope")]) == 2
+    assert json.loads(capsys.readouterr().out)["usage_error"].endswith("No such file or directory")
+    assert tpm2_attest(["eventlog", "--state", "--bank", "md5", str(LOGS / "crypto_agile_eventlog")]) == 2
+    assert "--bank" in capsys.readouterr().err

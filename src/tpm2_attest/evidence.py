@@ -150,7 +150,7 @@ class AkBlob(_PublicArea):
 
     @property
     def ak_public_der(self) -> bytes:
-        """SubjectPublicKeyInfo DER of the AK (the brief's ``akPublicDer``)."""
+        """SubjectPublicKeyInfo DER of the AK (what a verifier stores to check its quotes)."""
         return self.public_der
 
     @cached_property

@@ -43,7 +43,7 @@ BOOT_PCRS: Final = range(8)
 QUOTE_PCRS: Final = (0, 1, 2, 3, 4, 5, 6, 7, DEFAULT_EXTEND_PCR)
 EXTEND_DATA: Final = b"tpm2-attest probe"
 ELEVATED_STEPS: Final = frozenset({"extend", "activate"})
-"""Steps a Windows standard user is refused by design (the brief's privilege table); under
+"""Steps a Windows standard user is refused by design (docs/windows.md, privileges); under
 ``all`` a REQUIRES_ELEVATION there is reported as SKIP, when named explicitly as FAIL."""
 
 Status = Literal["PASS", "FAIL", "SKIP"]

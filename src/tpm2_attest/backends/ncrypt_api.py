@@ -159,7 +159,7 @@ NCRYPT_PCP_IDENTITY_KEY: Final = 0x8
 """PCP_KEY_USAGE_POLICY value for an attestation identity key."""
 
 PCP_IDENTITY_KEY_BITS: Final = 2048
-"""PCP identity keys are RSA-2048 (go-attestation, the product brief)."""
+"""PCP identity keys are RSA-2048 (go-attestation, PCPTool)."""
 
 # --------------------------------------------------------------------------------------
 # HRESULTs the binding itself looks at (winerror.h).

@@ -172,8 +172,8 @@ PCP_AK_TEMPLATE: Final = TPMT_PUBLIC(
 noDA|restricted|sign, RSASSA-SHA1, nameAlg SHA-256, the recorded authPolicy."""
 
 STANDARD_USER_BLOCKED_COMMANDS: Final = frozenset({TPM_CC.PCR_Extend, TPM_CC.PCR_Event})
-"""Commands the emulated TBS refuses a standard user. PCR_Extend is the brief's (validated on a
-real laptop); PCR_Event is assumed to follow it (it extends a PCR too)."""
+"""Commands the emulated TBS refuses a standard user. PCR_Extend is refused on
+real Windows (validated on a laptop); PCR_Event is assumed to follow it (it extends a PCR too)."""
 
 TBS_TPM_VERSION_20: Final = 2
 """TPM_DEVICE_INFO.tpmVersion for a TPM 2.0 (Windows SDK tbs.h TPM_VERSION_20)."""

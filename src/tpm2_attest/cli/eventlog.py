@@ -20,7 +20,7 @@ from ..eventlog.errors import EventLogError
 from ..eventlog.events import EventLog
 from ..eventlog.parser import parse_event_log
 from ..eventlog.secureboot import secure_boot_state
-from .common import SubParsers
+from .common import CommandError, SubParsers, UsageError
 
 
 def add_parser(subparsers: SubParsers) -> argparse.ArgumentParser:
@@ -181,8 +181,7 @@ def _run_state(args: argparse.Namespace, log: EventLog) -> int:
     try:
         state = machine_state(log, bank, log.touched_pcrs, secure_boot=sb)
     except ValueError as exc:
-        print(f"tpm2-attest eventlog: --bank: {exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"--bank: {exc}") from None
     doc = state.to_dict()
     if note:
         doc["notes"] = [note, *doc["notes"]]
@@ -200,17 +199,17 @@ def _run_state(args: argparse.Namespace, log: EventLog) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Execute the sub-command; 0 on success, 1 for a malformed log, 2 for I/O errors."""
+    """Execute the sub-command; 0 on success. Raises UsageError (exit 2) for a file that
+    cannot be read or a bad option, CommandError (exit 1) for a malformed log: the CLI reports
+    them as every command does (JSON under --json)."""
     try:
         raw = _read(args.file)
     except OSError as exc:
-        print(f"tpm2-attest eventlog: {args.file}: {exc.strerror or exc}", file=sys.stderr)
-        return 2
+        raise UsageError(f"{args.file}: {exc.strerror or exc}") from None
     try:
         log = parse_event_log(raw, strict=not getattr(args, "lenient", False))
     except EventLogError as exc:
-        print(f"tpm2-attest eventlog: {args.file}: malformed event log: {exc}", file=sys.stderr)
-        return 1
+        raise CommandError(f"{args.file}: malformed event log: {exc}") from None
     if getattr(args, "state", False):
         return _run_state(args, log)
     pcrs = _replays(log, getattr(args, "bank", None)) if args.replay else None
@@ -241,4 +240,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Stand-alone entry point (``python -m tpm2_attest.eventlog``)."""
     p = argparse.ArgumentParser(prog="tpm2-attest eventlog")
     configure(p)
-    return run(p.parse_args(argv))
+    try:
+        return run(p.parse_args(argv))
+    except UsageError as exc:
+        print(f"tpm2-attest eventlog: error: {exc}", file=sys.stderr)
+        return 2
+    except CommandError as exc:
+        print(f"tpm2-attest eventlog: error: {exc}", file=sys.stderr)
+        return 1

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from ..evidence import AK_FORMATS
 from ..tpm2.constants import HASH_SIZES, TPM_ALG, TPM_ST
+from ..tpm2.crypto import TPM2_TOOLS_CREDENTIAL_MAGIC
 from ..tpm2.keys import PublicKey
 from ..tpm2.marshal import ParseError
 from ..tpm2.structures import TPMS_QUOTE_INFO, TPMT_PUBLIC, TPMT_SIGNATURE
@@ -110,6 +111,10 @@ def load_ak(data: bytes, what: str = "AK", *, signature: bytes | None = None,
     data = bytes(data)
     if data.lstrip()[:1] == b"{" or data[:4].decode("ascii", "replace") in AK_FORMATS:
         return check_ak(data, nonce=nonce, allow_sha1=allow_sha1), "blob"
+    if data[:4] == TPM2_TOOLS_CREDENTIAL_MAGIC.to_bytes(4, "big"):  # tpm2-tools' file magic
+        raise _fail(Reason.MALFORMED,
+                    f"{what}: a tpm2-tools context or credential file (magic 0xBADCC0DE), not a key: "
+                    "give the AK's public part (tpm2_createak -u ak.pub, or -f pem) or its AK blob")
     public = load_public(data, what)
     if nonce is not None:
         raise _fail(Reason.UNSUPPORTED_FORMAT,
