@@ -689,3 +689,23 @@ def test_the_device_lane_refuses_like_the_routes(http: TestClient) -> None:
     body = http.get("/metrics").text
     assert 'tpm2_attest_refusals_total{code="INVALID_REQUEST"} 4.0' in body
     assert 'route="/v1/attest",status="422"' in body
+
+
+def test_fresh_request_ids_are_unique_within_and_across_processes() -> None:
+    import os
+
+    from tpm2_attest.service.logs import new_request_id
+
+    ids = [new_request_id(None) for _ in range(1000)]
+    assert len(set(ids)) == 1000 and all(len(i) == 16 and int(i, 16) >= 0 for i in ids)
+    assert new_request_id("proxy-id.7") == "proxy-id.7" and len(new_request_id("bad id!")) == 16
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # a forked worker: its ids must not repeat the parent's
+        os.write(write, new_request_id(None).encode())
+        os._exit(0)
+    os.waitpid(pid, 0)
+    child = os.read(read, 64).decode()
+    os.close(read)
+    os.close(write)
+    assert len(child) == 16 and child[:8] != ids[0][:8] and child not in ids

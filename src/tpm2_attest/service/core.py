@@ -22,6 +22,7 @@ transaction: a crash leaves a challenge either unspent or spent with its record.
 
 from __future__ import annotations
 
+import base64
 import functools
 import hashlib
 import logging
@@ -442,17 +443,17 @@ class AttestationService:
     def issue_challenge(self, device_id: str) -> ChallengeIssued:
         """A fresh single-use nonce for ``device_id`` to quote over (within its rate limit)."""
         now = self.clock()
-        issued = ChallengeIssued(secrets.token_urlsafe(24), os.urandom(NONCE_SIZE),
+        secret = os.urandom(24 + NONCE_SIZE)  # one system call: the id (a capability) and the nonce
+        issued = ChallengeIssued(base64.urlsafe_b64encode(secret[:24]).decode("ascii"), secret[24:],
                                  now + timedelta(seconds=self.settings.nonce_ttl))
         window = self.settings.challenge_rate_window
         limit = self.settings.challenge_rate if self.settings.challenge_rate > 0 else None
         with self.store.hot.connection() as db:
             with self.store.writer():
-                ok = db.issue_challenge(issued.challenge_id, device_id, issued.nonce, now, issued.expires_at,
-                                        now - timedelta(seconds=window), limit)
-                db.commit() if ok else db.rollback()
-            if ok:
-                offset = db.ima_offset(device_id)
+                offset = db.issue_challenge(issued.challenge_id, device_id, issued.nonce, now, issued.expires_at,
+                                            now - timedelta(seconds=window), limit)
+                db.commit() if offset is not None else db.rollback()
+            if offset is not None:
                 state, judged_by = self._ima_state(db, device_id) if offset else (None, [])
                 # a state continues only where it ends and under the policies that judged it
                 pcrs = tuple(sorted(state.pcrs)) if state is not None and state.offset == offset and \

@@ -8,14 +8,16 @@ request body or a full enrollment/challenge id (those are bearer capabilities: a
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
+import os
 import re
 import secrets
 import sys
 from contextvars import ContextVar
 from datetime import UTC, datetime
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 request_id: ContextVar[str] = ContextVar("tpm2_attest_request_id", default="-")
 """The id of the request being served in this context ("-" outside of one)."""
@@ -25,10 +27,21 @@ LOGGERS: Final = ("tpm2_attest", "uvicorn", "uvicorn.error")
 
 
 def new_request_id(header: str | None) -> str:
-    """The request's id: the caller's ``X-Request-ID`` when sane, else a fresh one."""
+    """The request's id: the caller's ``X-Request-ID`` when sane, else a fresh one: 16 hex
+    digits, a random prefix per process then a counter (unique, and no system call per
+    request: an id names a request, it guards nothing)."""
     if header and _SANE_ID.fullmatch(header):
         return header
-    return secrets.token_hex(8)
+    return f"{_ids[0]}{next(_ids[1]) & 0xFFFFFFFF:08x}"
+
+
+def _new_id_source() -> None:
+    _ids[:] = [secrets.token_hex(4), itertools.count()]
+
+
+_ids: list[Any] = []
+_new_id_source()
+os.register_at_fork(after_in_child=_new_id_source)  # a forked worker gets a prefix of its own
 
 
 class RequestIdFilter(logging.Filter):
