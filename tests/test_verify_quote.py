@@ -274,7 +274,7 @@ def load_blob(cmds: TpmCommands, blob: AkBlob) -> int:
     return handle
 
 
-def test_two_banks_in_the_selection(cmds: TpmCommands, tpm: Tpm, ak: AkPublic, blob: AkBlob) -> None:
+def test_two_banks_in_the_selection_are_verified_whole(cmds: TpmCommands, tpm: Tpm, ak: AkPublic, blob: AkBlob) -> None:
     if "sha1" not in tpm.pcr.banks():
         pytest.skip("swtpm without a SHA-1 bank")
     handle = load_blob(cmds, blob)
@@ -284,8 +284,10 @@ def test_two_banks_in_the_selection(cmds: TpmCommands, tpm: Tpm, ak: AkPublic, b
     finally:
         cmds.flush_context(handle)
     pcrs = {"sha1": read_pcrs(cmds, TPM_ALG.SHA1, [0]), "sha256": read_pcrs(cmds, TPM_ALG.SHA256, [0])}
-    assert reason_of(ak, Quote(signed.attest, signed.signature, pcrs)) == Reason.PCR_SELECTION
+    res = verify_quote(ak, Quote(signed.attest, signed.signature, pcrs), nonce=NONCE)  # verified whole
+    assert res.bank == "sha256" and {b: dict(v) for b, v in res.banks.items()} == pcrs
     assert reason_of(ak, Quote(signed.attest, signed.signature, {"sha256": pcrs["sha256"]})) == Reason.PCR_SELECTION
+    assert reason_of(ak, Quote(signed.attest, signed.signature, pcrs), allow_sha1=False) == Reason.WEAK_KEY
 
 
 def test_sha1_bank(tpm: Tpm, blob: AkBlob, ak: AkPublic, kind: str) -> None:

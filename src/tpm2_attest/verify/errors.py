@@ -37,7 +37,8 @@ class Reason(StrEnum):
     """creationHash differs from the hash of the presented creation data."""
     # Quotes
     PCR_SELECTION = "PCR_SELECTION"
-    """Supplied PCRs and the quote's selection differ (missing, extra, more than one bank)."""
+    """Supplied PCRs and the quote's selection differ (a PCR or bank missing or extra, a bank
+    selected twice, no PCR selected)."""
     PCR_DIGEST_MISMATCH = "PCR_DIGEST_MISMATCH"
     """The supplied PCR values do not hash to the quoted pcrDigest."""
     PCR_VALUE_MISMATCH = "PCR_VALUE_MISMATCH"

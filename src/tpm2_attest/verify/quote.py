@@ -11,10 +11,13 @@ Order of checks (each failure raises ``VerificationError`` with its own ``Reason
    TPMS_ATTEST parsed with no trailing byte (MALFORMED);
 3. extraData == nonce, constant time (NONCE_MISMATCH); an empty nonce is refused unless
    ``allow_empty_nonce`` (EMPTY_NONCE);
-4. exactly one bank and at least one PCR in the quote's selection; the supplied PCR values
-   are exactly that bank and exactly the selected indices, nothing missing and nothing
-   extra (PCR_SELECTION: the CVE-2022-0317 class);
-5. pcrDigest == H(values of the selected PCRs in ascending index order), where H is the hash
+4. at least one PCR in the quote's selection, no bank selected twice; the supplied PCR values
+   are exactly the selected banks and exactly their selected indices, nothing missing and
+   nothing extra (PCR_SELECTION: the CVE-2022-0317 class). A quote over several banks
+   (``tpm2_quote -l sha1:0,1+sha256:0,1``) is verified whole; its result reports every bank
+   in ``banks`` and one of them, SHA-256 when quoted, as ``bank``/``pcrs``;
+5. pcrDigest == H(values of the selected PCRs, bank by bank in the selection's order, each
+   bank's in ascending index order), where H is the hash
    of the signing scheme (TPM 2.0 Part 3, TPM2_Quote: the PCR digest is computed with the
    hash algorithm of the signing scheme, not the AK's nameAlg). Because each value is taken
    from the index the signed selection gives it, a value relabeled under another PCR index
@@ -142,10 +145,11 @@ class QuoteResult:
     ``pcr_digest``.
     """
 
-    __slots__ = ("_pcrs", "_v")
+    __slots__ = ("_banks", "_pcrs", "_v")
     _v: tuple[tuple[Any, ...], str, tuple[int, ...], tuple[bytes, ...], bytes, QuoteLayout]
     """(hot fields, bank name, indices, the values as hashed (immutable bytes), attest, layout)."""
     _pcrs: Mapping[int, bytes]
+    _banks: Mapping[str, Mapping[int, bytes]]
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"QuoteResult is immutable (cannot set {name!r})")
@@ -170,8 +174,20 @@ class QuoteResult:
 
     @property
     def bank(self) -> str:
-        """Name of the quoted PCR bank ("sha256")."""
+        """Name of the quoted PCR bank ("sha256"); of a quote over several banks, SHA-256 when
+        it is one of them, else the first selected."""
         return self._v[1]
+
+    @property
+    def banks(self) -> Mapping[str, Mapping[int, bytes]]:
+        """{bank: {PCR index: value}} of every quoted bank, in the selection's order
+        (``{bank: pcrs}`` for a quote over one bank)."""
+        try:
+            return self._banks
+        except AttributeError:
+            m = MappingProxyType({self.bank: self.pcrs})
+            _set(self, "_banks", m)
+            return m
 
     @property
     def hash_alg(self) -> int:
@@ -232,6 +248,8 @@ class QuoteResult:
             "safe": self.safe,
             "firmware_version": self.firmware_version,
             "pcr_digest": self.pcr_digest.hex(),
+            **({"banks": {b: {str(i): v.hex() for i, v in vals.items()} for b, vals in self.banks.items()}}
+               if len(self.banks) > 1 else {}),
         }
 
     def __eq__(self, other: object) -> bool:
@@ -292,7 +310,7 @@ def _parse_attest(attest: bytes) -> tuple[tuple[Any, ...], QuoteLayout]:
     assert isinstance(info, TPMS_QUOTE_INFO)
     sels = info.pcr_select.selections
     if len(sels) != 1:
-        raise _fail(Reason.PCR_SELECTION, f"the quote selects {len(sels)} PCR banks; exactly one is accepted")
+        raise _SeveralBanks(att)
     sel = sels[0]
     bank_info = _BANKS.get(sel.hash)
     if bank_info is None:
@@ -382,6 +400,128 @@ def _check_expected(expected: ExpectedPcrs, bank: str, bank_alg: int, idx: tuple
                         f"PCR {bank}:{i} is {bytes(have).hex()}, expected {bytes(want).hex()}")
 
 
+# -- quotes over several banks ------------------------------------------------------------------
+
+
+class _SeveralBanks(Exception):
+    """Raised by the generic parse for a selection of other than one bank: the whole quote
+    goes to :func:`_verify_banks` (never the fast path)."""
+
+    def __init__(self, att: Any) -> None:
+        super().__init__("several banks")
+        self.att = att
+
+
+_PREFERRED: Final = ("sha256", "sha384", "sha512", "sm3_256")
+"""The bank a quote over several reports as ``bank``: the first of these it covers."""
+
+
+def _verify_banks(att: Any, attest: bytes, nonce: bytes, pcrs: PcrInput, pcr_hash: Any,
+                  expected_pcrs: ExpectedPcrs | None, allow_sha1: bool) -> QuoteResult:
+    """Steps 3 to 6 for a quote whose selection names several banks (or none)."""
+    info = att.attested
+    assert isinstance(info, TPMS_QUOTE_INFO)
+    if int(att.clock_info.safe) > 1:  # pragma: no cover - the generic parse reads a TPMI_YES_NO
+        raise _fail(Reason.MALFORMED, "TPMS_CLOCK_INFO.safe is not 0 or 1")
+    if not _compare_digest(att.extra_data, nonce):
+        raise _fail(Reason.NONCE_MISMATCH, "extraData of the quote is not the nonce")
+    chosen: list[tuple[str, int, int, tuple[int, ...], bytes]] = []  # name, alg, size, indices, bitmap
+    seen: set[int] = set()
+    for sel in info.pcr_select.selections:
+        bank_info = _BANKS.get(sel.hash)
+        if bank_info is None:
+            raise _fail(Reason.UNSUPPORTED_FORMAT, f"PCR bank 0x{sel.hash:04x}")
+        if sel.hash in seen:
+            raise _fail(Reason.PCR_SELECTION, f"the quote selects bank {bank_info[0]} twice")
+        seen.add(sel.hash)
+        try:
+            idx = _selection(bytes(sel.pcr_select))[0]
+        except VerificationError:
+            continue  # a bank with no PCR selected adds nothing to the digest
+        if sel.hash == TPM_ALG.SHA1 and not allow_sha1:
+            raise _fail(Reason.WEAK_KEY, "the quote covers the SHA-1 PCR bank, which is refused")
+        chosen.append((bank_info[0], sel.hash, bank_info[1], idx, bytes(sel.pcr_select)))
+    if not chosen:
+        raise _fail(Reason.PCR_SELECTION, "the quote selects no PCR")
+    supplied = _supplied_banks(pcrs, chosen)
+    banks: dict[str, Mapping[int, bytes]] = {}
+    joined: list[bytes] = []
+    for name, _alg, size, idx, _bitmap in chosen:
+        values = supplied[name]
+        if len(values) != len(idx) or any(i not in values for i in idx):
+            raise _selection_mismatch(values, idx, name)
+        kept = _pcr_bytes(tuple(values[i] for i in idx), size, name)
+        banks[name] = MappingProxyType(dict(zip(idx, kept, strict=True)))
+        joined.extend(kept)
+    if pcr_hash(b"".join(joined)).digest() != bytes(info.pcr_digest):
+        raise _fail(Reason.PCR_DIGEST_MISMATCH, "the supplied PCR values do not hash to the quoted pcrDigest")
+    primary = next((c for p in _PREFERRED for c in chosen if c[0] == p), chosen[0])
+    name, alg, size, idx, bitmap = primary
+    if expected_pcrs is not None:
+        _check_expected_banks(expected_pcrs, banks, name)
+    signer, extra, digest = bytes(att.qualified_signer), bytes(att.extra_data), bytes(info.pcr_digest)
+    f = (att.magic, att.type, len(signer), len(extra), extra, int(att.clock_info.safe), len(chosen), alg,
+         len(bitmap), bitmap, len(digest), digest)
+    layout: QuoteLayout = (_NO_STRUCT, (), name, size, alg == TPM_ALG.SHA1, len(signer), len(extra), idx,
+                           tuple, _NO_STRUCT)
+    res = _new(QuoteResult)
+    _set(res, "_v", (f, name, idx, tuple(banks[name][i] for i in idx), attest, layout))
+    _set(res, "_banks", MappingProxyType(banks))
+    return res
+
+
+_NO_STRUCT: Final = struct.Struct("")
+
+
+def _supplied_banks(pcrs: PcrInput, chosen: list[tuple[str, int, int, tuple[int, ...], bytes]]
+                    ) -> dict[str, Mapping[Any, Any]]:
+    """The supplied values by bank name: exactly the quoted banks (PCR_SELECTION otherwise)."""
+    if not isinstance(pcrs, Mapping):
+        raise _fail(Reason.MALFORMED, "PCR values must be a mapping")
+    by_alg: dict[int, Mapping[Any, Any]] = {}
+    for k, v in pcrs.items():
+        alg = HASH_BY_NAME.get(k.lower()) if isinstance(k, str) else k if isinstance(k, int) else None
+        if not isinstance(v, Mapping) or alg is None or isinstance(alg, bool) or alg in by_alg:
+            raise _fail(Reason.PCR_SELECTION,
+                        "a quote over several banks takes {bank: {index: value}} for each quoted bank")
+        by_alg[alg] = v
+    want = {c[1] for c in chosen}
+    if set(by_alg) != want:
+        names = sorted(str(k) for k in pcrs)
+        raise _fail(Reason.PCR_SELECTION, f"PCR values supplied for bank(s) {names or 'none'}; the quote "
+                    f"covers {', '.join(c[0] for c in chosen)}")
+    return {c[0]: by_alg[c[1]] for c in chosen}
+
+
+def _check_expected_banks(expected: ExpectedPcrs, banks: Mapping[str, Mapping[int, bytes]],
+                          primary: str) -> None:
+    """``expected_pcrs`` against a quote over several banks: {index: value} is for ``primary``."""
+    by_bank: dict[str, dict[int, Any]] = {}
+    for k, v in expected.items():
+        if isinstance(k, int) and not isinstance(v, Mapping):
+            by_bank.setdefault(primary, {})[k] = v
+            continue
+        if not isinstance(v, Mapping):
+            raise TypeError("expected_pcrs: {index: bytes} or {bank: {index: bytes}}")
+        alg = HASH_BY_NAME.get(k.lower()) if isinstance(k, str) else k
+        name = HASH_NAMES.get(alg) if isinstance(alg, int) else None
+        if name is None or name not in banks:
+            if v:
+                raise _fail(Reason.PCR_VALUE_MISMATCH,
+                            f"expected values for bank {k}, the quote covers {', '.join(banks)}")
+            continue
+        by_bank.setdefault(name, {}).update(v)
+    for bank, want in by_bank.items():
+        got = banks[bank]
+        for i, value in sorted(want.items()):
+            have = got.get(i)
+            if have is None:
+                raise _fail(Reason.PCR_VALUE_MISMATCH, f"PCR {bank}:{i} is expected but not quoted")
+            if have != bytes(value):
+                raise _fail(Reason.PCR_VALUE_MISMATCH,
+                            f"PCR {bank}:{i} is {have.hex()}, expected {bytes(value).hex()}")
+
+
 # -- the verifier ---------------------------------------------------------------------------------
 
 
@@ -449,7 +589,10 @@ def verify_quote(
         if _LAYOUT_KEY(f) != layout[1]:
             layout = None
     if layout is None:
-        f, layout = _parse_attest(attest)
+        try:
+            f, layout = _parse_attest(attest)
+        except _SeveralBanks as several:
+            return _verify_banks(several.att, attest, nonce, pcrs, pcr_hash, expected_pcrs, allow_sha1)
     if f[5] > 1:
         raise _fail(Reason.MALFORMED, f"TPMS_CLOCK_INFO.safe is {f[5]}")
 
