@@ -82,6 +82,35 @@ def test_a_quote_over_two_banks_verifies_and_reports_both(made: Callable[[str, s
     assert e.value.reason != Reason.PCR_SELECTION
 
 
+def test_verify_quote_command_takes_tpm2_quote_files_over_two_banks(sw: EmbeddedSwtpm, tmp_path: Path) -> None:
+    import json
+    import sys
+
+    env = {**os.environ, **sw.tools_env()}
+
+    def tools(*args: str) -> None:
+        res = subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=60)
+        subprocess.run(["tpm2_flushcontext", "-t"], env=env, capture_output=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+
+    d = str(tmp_path)
+    tools("tpm2_createek", "-c", f"{d}/ek.ctx", "-G", "rsa")
+    tools("tpm2_createak", "-C", f"{d}/ek.ctx", "-c", f"{d}/ak.ctx", "-G", "ecc", "-g", "sha256", "-s", "ecdsa",
+          "-u", f"{d}/ak.pub")
+    tools("tpm2_quote", "-c", f"{d}/ak.ctx", "-l", "sha1:0,16+sha256:0,16", "-q", NONCE.hex(), "-m", f"{d}/q.msg",
+          "-s", f"{d}/q.sig", "-o", f"{d}/q.pcrs")
+    args = [sys.executable, "-m", "tpm2_attest.cli", "verify-quote", "--json", "--ak", f"{d}/ak.pub",
+            "--message", f"{d}/q.msg", "--signature", f"{d}/q.sig", "--pcrs-file", f"{d}/q.pcrs",
+            "--nonce", NONCE.hex()]
+    res = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = json.loads(res.stdout)
+    text = json.dumps(out)
+    assert '"sha1"' in text and '"sha256"' in text
+    bad = subprocess.run([*args[:-1], "00" * 8], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 1 and "NONCE_MISMATCH" in bad.stdout
+
+
 def test_a_single_bank_result_reports_one_bank(made: Callable[[str, str], Quoted]) -> None:
     ak, attest, sig, pcrs = made("ecc", "sha256:0,16")
     res = verify_quote(ak, (attest, sig, pcrs), nonce=NONCE)

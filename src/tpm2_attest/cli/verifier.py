@@ -151,7 +151,10 @@ def cmd_verify_quote(args: argparse.Namespace) -> int:
     obj = {"ok": True, "bank": res.bank, "pcrs": {str(i): v.hex() for i, v in res.pcrs.items()},
            "expected_checked": sorted(i for v in (expected or {}).values() for i in v),
            "ak": kind}
-    emit(args, obj, lambda: print(f"Quote OK ({len(res.pcrs)} {res.bank} PCRs"
+    if len(res.banks) > 1:  # tpm2_quote -l sha1:..+sha256:..: every bank was verified
+        obj["banks"] = {b: {str(i): v.hex() for i, v in vals.items()} for b, vals in res.banks.items()}
+    counted = " + ".join(f"{len(vals)} {b}" for b, vals in res.banks.items())
+    emit(args, obj, lambda: print(f"Quote OK ({counted} PCRs"
                                   f"{', expected values match' if expected else ''})"))
     return EXIT_OK
 
