@@ -117,6 +117,25 @@ def test_a_single_bank_result_reports_one_bank(made: Callable[[str, str], Quoted
     assert dict(res.banks) == {"sha256": res.pcrs} and "banks" not in res.to_dict()
 
 
+def test_expectations_of_one_pcr_under_two_spellings_are_each_checked(made: Callable[[str, str], Quoted]) -> None:
+    """{0: A} with {"sha256": {0: B}}, or a bank under its name and its TPM_ALG id, are two
+    expectations: a value meeting only one of them fails, whichever is given last."""
+    for selection in ("sha256:0,16", "sha1:0,1,16+sha256:0,16"):
+        ak, attest, sig, pcrs = made("ecc", selection)
+        have, wrong = pcrs["sha256"][16], bytes(32)
+        for expected in ({16: wrong, "sha256": {16: have}}, {"sha256": {16: wrong}, 16: have},
+                         {"sha256": {16: wrong}, 0x000B: {16: have}}, {0x000B: {16: wrong}, "SHA256": {16: have}}):
+            with pytest.raises(VerificationError) as e:
+                verify_quote(ak, (attest, sig, pcrs), nonce=NONCE, expected_pcrs=expected)
+            assert e.value.reason == Reason.PCR_VALUE_MISMATCH and "sha256:16" in e.value.detail, (selection, e.value)
+        verify_quote(ak, (attest, sig, pcrs), nonce=NONCE, expected_pcrs={16: have, "sha256": {16: have}})
+    ak, attest, sig, pcrs = made("ecc", "sha1:0,1,16+sha256:0,16")
+    with pytest.raises(VerificationError) as e:
+        verify_quote(ak, (attest, sig, pcrs), nonce=NONCE,
+                     expected_pcrs={"sha1": {16: bytes(20)}, 0x0004: {16: pcrs["sha1"][16]}})
+    assert e.value.reason == Reason.PCR_VALUE_MISMATCH and "sha1:16" in e.value.detail
+
+
 def _refused(reason: Reason, ak: AkPublic, attest: bytes, sig: bytes, pcrs: Any, **kw: Any) -> str:
     with pytest.raises(VerificationError) as e:
         verify_quote(ak, (attest, sig, pcrs), **{"nonce": NONCE, **kw})

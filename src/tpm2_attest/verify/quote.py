@@ -378,10 +378,12 @@ def _selection_mismatch(values: PcrValues, idx: tuple[int, ...], bank: str) -> V
 def _check_expected(expected: ExpectedPcrs, bank: str, bank_alg: int, idx: tuple[int, ...],
                     vals: tuple[bytes, ...]) -> None:
     got = dict(zip(idx, vals, strict=True))
-    flat: dict[int, bytes] = {}
+    # Every expectation is checked, never merged: {0: A} and {"sha256": {0: B}} (or the bank
+    # under two spellings) are two expectations, and a value meeting only one of them fails.
+    wanted: list[tuple[int, Any]] = []
     for k, v in expected.items():
         if isinstance(k, int) and not isinstance(v, Mapping):
-            flat[k] = v
+            wanted.append((k, v))
             continue
         alg = HASH_BY_NAME.get(k.lower()) if isinstance(k, str) else k
         if not isinstance(v, Mapping):
@@ -390,8 +392,8 @@ def _check_expected(expected: ExpectedPcrs, bank: str, bank_alg: int, idx: tuple
             if v:
                 raise _fail(Reason.PCR_VALUE_MISMATCH, f"expected values for bank {k}, the quote covers {bank}")
             continue
-        flat.update(v)
-    for i, want in sorted(flat.items()):
+        wanted.extend(v.items())
+    for i, want in sorted(wanted, key=lambda e: e[0]):
         have = got.get(i)
         if have is None:
             raise _fail(Reason.PCR_VALUE_MISMATCH, f"PCR {bank}:{i} is expected but not quoted")
@@ -496,10 +498,10 @@ def _supplied_banks(pcrs: PcrInput, chosen: list[tuple[str, int, int, tuple[int,
 def _check_expected_banks(expected: ExpectedPcrs, banks: Mapping[str, Mapping[int, bytes]],
                           primary: str) -> None:
     """``expected_pcrs`` against a quote over several banks: {index: value} is for ``primary``."""
-    by_bank: dict[str, dict[int, Any]] = {}
+    by_bank: dict[str, list[tuple[int, Any]]] = {}  # every expectation, never merged (see _check_expected)
     for k, v in expected.items():
         if isinstance(k, int) and not isinstance(v, Mapping):
-            by_bank.setdefault(primary, {})[k] = v
+            by_bank.setdefault(primary, []).append((k, v))
             continue
         if not isinstance(v, Mapping):
             raise TypeError("expected_pcrs: {index: bytes} or {bank: {index: bytes}}")
@@ -510,10 +512,10 @@ def _check_expected_banks(expected: ExpectedPcrs, banks: Mapping[str, Mapping[in
                 raise _fail(Reason.PCR_VALUE_MISMATCH,
                             f"expected values for bank {k}, the quote covers {', '.join(banks)}")
             continue
-        by_bank.setdefault(name, {}).update(v)
+        by_bank.setdefault(name, []).extend(v.items())
     for bank, want in by_bank.items():
         got = banks[bank]
-        for i, value in sorted(want.items()):
+        for i, value in sorted(want, key=lambda e: e[0]):
             have = got.get(i)
             if have is None:
                 raise _fail(Reason.PCR_VALUE_MISMATCH, f"PCR {bank}:{i} is expected but not quoted")
