@@ -709,3 +709,19 @@ def test_fresh_request_ids_are_unique_within_and_across_processes() -> None:
     os.close(read)
     os.close(write)
     assert len(child) == 16 and child[:8] != ids[0][:8] and child not in ids
+
+
+def test_request_ids_need_no_fork_hook_where_the_os_has_none() -> None:
+    """Windows has no os.register_at_fork (its workers are spawned, each importing afresh):
+    the service's logging must still import there and number requests."""
+    import subprocess
+    import sys
+
+    code = ("import os, secrets  # random, under secrets, hooks fork only where os.fork exists\n"
+            "del os.register_at_fork\n"
+            "from tpm2_attest.service.logs import new_request_id\n"
+            "a, b = new_request_id(None), new_request_id(None)\n"
+            "assert len(a) == 16 and a != b and a[:8] == b[:8], (a, b)\n"
+            "print('ok')")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 0 and res.stdout.strip() == "ok", res.stderr

@@ -41,7 +41,8 @@ def _new_id_source() -> None:
 
 _ids: list[Any] = []
 _new_id_source()
-os.register_at_fork(after_in_child=_new_id_source)  # a forked worker gets a prefix of its own
+if hasattr(os, "register_at_fork"):  # not on Windows, where workers are spawned, not forked
+    os.register_at_fork(after_in_child=_new_id_source)  # a forked worker gets a prefix of its own
 
 
 class RequestIdFilter(logging.Filter):
