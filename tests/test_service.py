@@ -552,6 +552,29 @@ def test_one_active_device_per_ek_is_a_database_constraint(backend_settings: Set
         store.close()
 
 
+def test_a_hot_connection_left_in_a_transaction_goes_back_rolled_back_and_transactional(
+        backend_settings: Settings) -> None:
+    """The hot path's connection (autocommit on PostgreSQL) is returned rolled back if not
+    committed, and the ORM's next transaction on it is still one: a statement of a block that
+    raises is undone."""
+    from sqlalchemy import text
+
+    store = Store(backend_settings.database_url, pool_size=1, max_overflow=0)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(text("CREATE TABLE hot_probe (x INTEGER)"))
+        with store.hot.connection() as db:
+            db.begin()
+            db.execute(f"INSERT INTO hot_probe (x) VALUES ({store.hot.p})", (1,))  # never committed
+        with pytest.raises(RuntimeError), store.transaction() as s:  # the same pooled connection
+            s.execute(text("INSERT INTO hot_probe (x) VALUES (2)"))
+            raise RuntimeError("the block fails: its insert must not stay")
+        with store.engine.connect() as conn:
+            assert conn.execute(text("SELECT count(*) FROM hot_probe")).scalar() == 0
+    finally:
+        store.close()
+
+
 def test_enroll_and_attest_on_each_backend(backend_settings: Settings, tpm: Tpm, clock: Clock) -> None:
     with TestClient(create_app(backend_settings.replace(challenge_rate=0), clock=clock)) as c:  # no rate limit
         dev = enroll(tpm, InProcess(c))

@@ -165,7 +165,12 @@ class HotPath:
         finally:
             if self.autocommit:
                 with contextlib.suppress(Exception):  # a broken connection is discarded by the pool
-                    _driver(raw).autocommit = False  # the ORM's sessions expect transactions
+                    driver = _driver(raw)
+                    # A transaction begun and left open ends here (psycopg sends nothing when
+                    # none is): autocommit cannot be turned off inside one, and a connection
+                    # back in the pool in autocommit would run the ORM's sessions without one.
+                    driver.rollback()
+                    driver.autocommit = False  # the ORM's sessions expect transactions
             raw.close()
 
 
