@@ -575,6 +575,39 @@ def test_a_hot_connection_left_in_a_transaction_goes_back_rolled_back_and_transa
         store.close()
 
 
+def test_a_hot_connection_whose_server_session_died_is_not_pooled_again() -> None:
+    """PostgreSQL ends the session under a request (a restart, pg_terminate_backend): the
+    connection cannot be put back out of autocommit, so it is discarded, never pooled in
+    autocommit; the next request gets a working, transactional connection."""
+    from tpm2_attest.service.hotpath import DatabaseError
+
+    if not POSTGRES_URL:
+        pytest.skip("set TPM2_ATTEST_TEST_POSTGRES_URL to run against PostgreSQL")
+    from sqlalchemy import text
+
+    reset_postgres(POSTGRES_URL)
+    store = Store(POSTGRES_URL, pool_size=1, max_overflow=0)
+    try:
+        with store.engine.begin() as conn:
+            conn.execute(text("CREATE TABLE hot_probe (x INTEGER)"))
+        with pytest.raises(DatabaseError), store.hot.connection() as db:
+            pid = db.execute("SELECT pg_backend_pid()", ()).fetchone()[0]
+            killer = Store(POSTGRES_URL, pool_size=1, max_overflow=0, create_schema=False)
+            try:
+                with killer.engine.begin() as conn:
+                    conn.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            finally:
+                killer.close()
+            db.execute("SELECT 1", ())  # the session is gone
+        with pytest.raises(RuntimeError), store.transaction() as s:  # a fresh, transactional connection
+            s.execute(text("INSERT INTO hot_probe (x) VALUES (2)"))
+            raise RuntimeError("the block fails: its insert must not stay")
+        with store.hot.connection() as db:
+            assert db.execute("SELECT count(*) FROM hot_probe", ()).fetchone()[0] == 0
+    finally:
+        store.close()
+
+
 def test_enroll_and_attest_on_each_backend(backend_settings: Settings, tpm: Tpm, clock: Clock) -> None:
     with TestClient(create_app(backend_settings.replace(challenge_rate=0), clock=clock)) as c:  # no rate limit
         dev = enroll(tpm, InProcess(c))

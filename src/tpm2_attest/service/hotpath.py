@@ -150,11 +150,11 @@ class HotPath:
         """A pooled driver connection for one request (returned rolled back if not committed)."""
         try:
             raw = self.engine.raw_connection()
-            if self.autocommit:
-                _driver(raw).autocommit = True  # no round trip: idle between requests
         except Exception as exc:
             raise DatabaseError(str(exc)) from exc
         try:
+            if self.autocommit:
+                _driver(raw).autocommit = True  # no round trip: idle between requests
             yield HotConnection(self, raw)
         except self._errors as exc:
             _rollback(raw)
@@ -164,13 +164,16 @@ class HotPath:
             raise
         finally:
             if self.autocommit:
-                with contextlib.suppress(Exception):  # a broken connection is discarded by the pool
+                try:
                     driver = _driver(raw)
                     # A transaction begun and left open ends here (psycopg sends nothing when
                     # none is): autocommit cannot be turned off inside one, and a connection
                     # back in the pool in autocommit would run the ORM's sessions without one.
                     driver.rollback()
                     driver.autocommit = False  # the ORM's sessions expect transactions
+                except Exception:
+                    with contextlib.suppress(Exception):
+                        raw.invalidate()  # never back in the pool in autocommit: closed instead
             raw.close()
 
 
