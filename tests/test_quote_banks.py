@@ -111,6 +111,21 @@ def test_verify_quote_command_takes_tpm2_quote_files_over_two_banks(sw: Embedded
     assert bad.returncode == 1 and "NONCE_MISMATCH" in bad.stdout
 
 
+def test_a_policy_judges_each_listed_bank_a_two_bank_quote_covers(made: Callable[[str, str], Quoted]) -> None:
+    from tpm2_attest.policy import Policy, learn
+
+    ak, attest, sig, pcrs = made("rsa", "sha1:0,1,16+sha256:0,16")
+    res = verify_quote(ak, (attest, sig, pcrs), nonce=NONCE)
+    learned = learn(res, sections=["pcrs"])
+    assert learned.to_dict()["pcrs"].keys() == {"sha1", "sha256"} and learned.evaluate(res).ok
+    sha1_only = Policy.from_dict({"pcrs": {"sha1": {"16": pcrs["sha1"][16].hex()}}})
+    assert sha1_only.evaluate(res).ok  # judged in the SHA-1 bank the quote also covers
+    wrong = Policy.from_dict({"pcrs": {"sha1": {"16": "00" * 20}, "sha256": {"16": pcrs["sha256"][16].hex()}}})
+    assert wrong.evaluate(res).failed_rules() == ["pcrs.value"]
+    other = Policy.from_dict({"pcrs": {"sha384": {"16": "00" * 48}}})
+    assert other.evaluate(res).failed_rules() == ["pcrs.bank"]
+
+
 def test_a_single_bank_result_reports_one_bank(made: Callable[[str, str], Quoted]) -> None:
     ak, attest, sig, pcrs = made("ecc", "sha256:0,16")
     res = verify_quote(ak, (attest, sig, pcrs), nonce=NONCE)

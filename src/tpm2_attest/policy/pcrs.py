@@ -6,7 +6,8 @@
 
 Each PCR lists the value it must have, or several acceptable values. The quote must be of
 one of the listed banks (a device quoting another bank cannot be judged by this section and
-fails it), and must cover every listed PCR of that bank.
+fails it), and must cover every listed PCR of that bank. A quote over several banks is judged
+in each listed bank it covers.
 
 Rule ids: ``pcrs.no_quote`` (no verified quote to judge), ``pcrs.bank`` (the quoted bank has no
 expectations), ``pcrs.not_quoted`` (a listed PCR is missing from the quote), ``pcrs.value``
@@ -81,29 +82,39 @@ class PcrSection(Section):
             yield Violation("pcrs.no_quote", "no verified quote: expected PCR values cannot be checked",
                             wanted=sorted(self.banks))
             return
-        expected = self.banks.get(quote.bank)
-        if expected is None:
-            yield Violation("pcrs.bank", f"the quote is of the {quote.bank} bank; the policy expects "
-                            f"values for {', '.join(self.banks)}", seen=quote.bank, wanted=sorted(self.banks))
+        quoted_banks = _banks_of(quote)
+        judged = [bank for bank in quoted_banks if bank in self.banks]
+        if not judged:
+            seen = quote.bank if len(quoted_banks) == 1 else sorted(quoted_banks)
+            yield Violation("pcrs.bank", f"the quote is of the {' and '.join(quoted_banks)} bank; the policy "
+                            f"expects values for {', '.join(self.banks)}", seen=seen, wanted=sorted(self.banks))
             return
-        quoted = quote.pcrs
-        for index, allowed in expected.items():
-            value = quoted.get(index)
-            if value is None:
-                yield Violation("pcrs.not_quoted", f"{quote.bank} PCR {index} is not in the quote",
-                                seen=sorted(quoted), wanted=index)
-            elif value not in allowed:
-                wanted = [v.hex() for v in allowed]
-                yield Violation("pcrs.value", f"{quote.bank} PCR {index} is {value.hex()}, expected "
-                                f"{' or '.join(wanted)}", seen={str(index): value.hex()},
-                                wanted={str(index): wanted[0] if len(wanted) == 1 else wanted})
+        for bank in judged:
+            quoted = quoted_banks[bank]
+            for index, allowed in self.banks[bank].items():
+                value = quoted.get(index)
+                if value is None:
+                    yield Violation("pcrs.not_quoted", f"{bank} PCR {index} is not in the quote",
+                                    seen=sorted(quoted), wanted=index)
+                elif value not in allowed:
+                    wanted = [v.hex() for v in allowed]
+                    yield Violation("pcrs.value", f"{bank} PCR {index} is {value.hex()}, expected "
+                                    f"{' or '.join(wanted)}", seen={str(index): value.hex()},
+                                    wanted={str(index): wanted[0] if len(wanted) == 1 else wanted})
 
     @classmethod
     def learn(cls, evidence: Evidence) -> PcrSection | None:
         """Every quoted PCR at exactly its quoted value."""
         if evidence.quote is None:
             return None
-        return cls({evidence.quote.bank: {i: (v,) for i, v in sorted(evidence.quote.pcrs.items())}})
+        return cls({bank: {i: (v,) for i, v in sorted(pcrs.items())}
+                    for bank, pcrs in _banks_of(evidence.quote).items()})
+
+
+def _banks_of(quote: Any) -> Mapping[str, Mapping[int, bytes]]:
+    """Every bank a verified quote covers (one, unless it was made over several)."""
+    banks = getattr(quote, "banks", None)
+    return banks if isinstance(banks, Mapping) else {quote.bank: quote.pcrs}
 
 
 __all__ = ["PcrSection"]
