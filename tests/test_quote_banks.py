@@ -4,16 +4,29 @@ tpm2-tools on swtpm: verified whole, every bank reported, every tampering refuse
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec, utils
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
-from tpm2_attest.embedded import EmbeddedSwtpm, swtpm_available
+from tpm2_attest.tpm2 import templates
+from tpm2_attest.tpm2.constants import TPM_ALG, TPM_GENERATED_VALUE, TPM_ST
+from tpm2_attest.tpm2.structures import (
+    TPM2B_PUBLIC,
+    TPML_PCR_SELECTION,
+    TPMS_ATTEST,
+    TPMS_CLOCK_INFO,
+    TPMS_ECC_POINT,
+    TPMS_PCR_SELECTION,
+    TPMS_QUOTE_INFO,
+    TPMT_SIGNATURE,
+)
 from tpm2_attest.verify import AkPublic, Reason, VerificationError, verify_event_log, verify_quote
 from tpm2_attest.verify.inputs import quote_from_files
 
@@ -21,24 +34,15 @@ NONCE = bytes.fromhex("c0ffee0123456789")
 Quoted = tuple[AkPublic, bytes, bytes, dict[str, dict[int, bytes]]]
 
 
-@pytest.fixture(scope="module")
-def sw() -> Iterator[EmbeddedSwtpm]:
-    if not swtpm_available() or shutil.which("tpm2_quote") is None:
-        pytest.skip("needs swtpm and tpm2-tools")
-    with EmbeddedSwtpm() as s:
-        yield s
+try:
+    from test_cli_interop import Tools, sw, tools
+except ImportError:  # pragma: no cover - run from the repository root
+    from tests.test_cli_interop import Tools, sw, tools  # type: ignore[no-redef]  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")
-def made(sw: EmbeddedSwtpm, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Quoted]:
+def made(tools: Tools, tmp_path_factory: pytest.TempPathFactory) -> Callable[[str, str], Quoted]:
     d = tmp_path_factory.mktemp("banks")
-    env = {**os.environ, **sw.tools_env()}
-
-    def tools(*args: str) -> None:
-        res = subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=60)
-        subprocess.run(["tpm2_flushcontext", "-t"], env=env, capture_output=True, timeout=60)
-        assert res.returncode == 0, f"{' '.join(args)}: {res.stderr}"
-
     tools("tpm2_pcrextend", f"16:sha1={hashlib.sha1(b'x').hexdigest()},sha256={hashlib.sha256(b'x').hexdigest()}")
     tools("tpm2_createek", "-c", f"{d}/ek.ctx", "-G", "rsa")
     made: dict[tuple[str, str], Quoted] = {}
@@ -82,16 +86,9 @@ def test_a_quote_over_two_banks_verifies_and_reports_both(made: Callable[[str, s
     assert e.value.reason != Reason.PCR_SELECTION
 
 
-def test_verify_quote_command_takes_tpm2_quote_files_over_two_banks(sw: EmbeddedSwtpm, tmp_path: Path) -> None:
+def test_verify_quote_command_takes_tpm2_quote_files_over_two_banks(tools: Tools, tmp_path: Path) -> None:
     import json
     import sys
-
-    env = {**os.environ, **sw.tools_env()}
-
-    def tools(*args: str) -> None:
-        res = subprocess.run(list(args), env=env, capture_output=True, text=True, timeout=60)
-        subprocess.run(["tpm2_flushcontext", "-t"], env=env, capture_output=True, timeout=60)
-        assert res.returncode == 0, res.stderr
 
     d = str(tmp_path)
     tools("tpm2_createek", "-c", f"{d}/ek.ctx", "-G", "rsa")
@@ -179,24 +176,6 @@ def test_every_tampering_of_a_two_bank_quote_is_refused(made: Callable[[str, str
 
 
 # -- a hostile AK owner: any selection, signed ----------------------------------------------------
-
-from cryptography.hazmat.primitives import hashes  # noqa: E402
-from cryptography.hazmat.primitives.asymmetric import ec, utils  # noqa: E402
-from hypothesis import HealthCheck, given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
-
-from tpm2_attest.tpm2 import templates  # noqa: E402
-from tpm2_attest.tpm2.constants import TPM_ALG, TPM_GENERATED_VALUE, TPM_ST  # noqa: E402
-from tpm2_attest.tpm2.structures import (  # noqa: E402
-    TPM2B_PUBLIC,
-    TPML_PCR_SELECTION,
-    TPMS_ATTEST,
-    TPMS_CLOCK_INFO,
-    TPMS_ECC_POINT,
-    TPMS_PCR_SELECTION,
-    TPMS_QUOTE_INFO,
-    TPMT_SIGNATURE,
-)
 
 _KEY = ec.generate_private_key(ec.SECP256R1())
 _N = _KEY.public_key().public_numbers()
