@@ -191,6 +191,12 @@ def test_malformed_quote_json_is_a_verifier_error(files: Path, tmp_path: Path) -
     assert "made by another TPM" not in res.stderr
 
 
+def test_an_ek_given_as_the_ak_is_refused_naming_the_option(files: Path) -> None:
+    res = run_cli("verify-ak", "--ak", str(files / "ek.pub"))
+    assert res.returncode == EXIT_FAIL
+    assert res.stderr.startswith(f"verification failed: AK_ATTRIBUTES: --ak {files / 'ek.pub'}: objectAttributes")
+
+
 def test_a_tpm2_tools_context_file_as_ak_says_what_to_give_instead(files: Path) -> None:
     res = run_cli("verify-quote", "--ak", str(files / "ak.ctx"), "--message", str(files / "q.msg"),
                   "--signature", str(files / "q.sig"), "--pcrs-file", str(files / "q.pcrs"))

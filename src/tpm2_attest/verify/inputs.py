@@ -120,10 +120,13 @@ def load_ak(data: bytes, what: str = "AK", *, signature: bytes | None = None,
         raise _fail(Reason.UNSUPPORTED_FORMAT,
                     f"{what}: a public key carries no creation evidence to bind a nonce to; "
                     "only an AK blob does")
-    if isinstance(public, bytes):
-        return AkPublic.from_public(public, allow_sha1=allow_sha1), "public"
-    scheme, h = _scheme_of(signature, hash_alg)
-    return AkPublic.from_key(public, scheme=scheme, hash_alg=h, allow_sha1=allow_sha1), "key"
+    try:
+        if isinstance(public, bytes):
+            return AkPublic.from_public(public, allow_sha1=allow_sha1), "public"
+        scheme, h = _scheme_of(signature, hash_alg)
+        return AkPublic.from_key(public, scheme=scheme, hash_alg=h, allow_sha1=allow_sha1), "key"
+    except VerificationError as exc:  # name the input: "--ak ek.pub: objectAttributes ..."
+        raise _fail(exc.reason, f"{what}: {exc.detail}") from None
 
 
 def _coordinate_size(ak: AkPublic) -> int:
