@@ -25,50 +25,21 @@ Run: ``python bench/bench_stateless.py [--rounds N] [--batch N] [--software] [--
 
 from __future__ import annotations
 
-import argparse
 import cProfile
 import os
 import pstats
 import statistics
 import sys
-import time
-from collections.abc import Callable
 
-from bench_verify import bare_check, software_quotes, tpm_quotes
+from bench_verify import bare_check, options, setup, timed
 
 from tpm2_attest.verify import quote as quote_module
 from tpm2_attest.verify import verify_quote
 
-CLOCK: Callable[[], int] = time.thread_time_ns
-
-
-def timed(fn: Callable[[], object], n: int) -> float:
-    clock = CLOCK
-    t0 = clock()
-    for _ in range(n):
-        fn()
-    return (clock() - t0) / n
-
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--rounds", type=int, default=30)
-    ap.add_argument("--batch", type=int, default=0, help="calls per round (default: ~15 ms of work)")
-    ap.add_argument("--tcti", default=None)
-    ap.add_argument("--software", action="store_true", help="software-signed quotes, no TPM")
-    ap.add_argument("--profile", action="store_true", help="cProfile the cold call and print the top")
-    ap.add_argument("--wall", action="store_true", help="wall-clock time instead of thread CPU time")
-    args = ap.parse_args(argv)
-    global CLOCK
-    if args.wall:
-        CLOCK = time.perf_counter_ns
-    if args.software:
-        source, quotes = "software keys (--software)", software_quotes()
-    else:
-        try:
-            source, quotes = tpm_quotes(args.tcti)
-        except Exception as exc:  # no swtpm: still measure the verifier
-            source, quotes = f"software keys (no TPM: {type(exc).__name__}: {exc})", software_quotes()
+    args = options(__doc__, rounds=30, profile="cProfile the cold call and print the top").parse_args(argv)
+    source, quotes = setup(args)
     print(f"quotes made by {source}; {args.rounds} interleaved rounds, "
           f"{'wall-clock' if args.wall else 'thread CPU'} time; load average {os.getloadavg()[0]:.2f}")
     print(f"python {sys.version.split()[0]}; AK and quote as bytes + JSON on every call")

@@ -177,26 +177,34 @@ def measure(ak: AkPublic, quote: Quote, nonce: bytes, rounds: int, batch: int,
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    ap.add_argument("--rounds", type=int, default=40)
-    ap.add_argument("--batch", type=int, default=0, help="calls per round (default: ~20 ms of work)")
+def options(doc: str | None, *, rounds: int, profile: str) -> argparse.ArgumentParser:
+    """The options the verifier benches share."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0] if doc else None)
+    ap.add_argument("--rounds", type=int, default=rounds)
+    ap.add_argument("--batch", type=int, default=0, help="calls per round (default: ~15-20 ms of work)")
     ap.add_argument("--tcti", default=None, help="TPM to make the quotes with (default: embedded swtpm)")
     ap.add_argument("--software", action="store_true", help="software-signed quotes, no TPM")
-    ap.add_argument("--profile", action="store_true", help="cProfile the full check and print the top")
+    ap.add_argument("--profile", action="store_true", help=profile)
     ap.add_argument("--wall", action="store_true", help="wall-clock time instead of thread CPU time")
-    args = ap.parse_args(argv)
+    return ap
+
+
+def setup(args: argparse.Namespace) -> tuple[str, dict[str, tuple[AkPublic, Quote, bytes]]]:
+    """Apply --wall to ``timed`` and make the quotes: (where they came from, {kind: quote})."""
     global CLOCK
     if args.wall:
         CLOCK = time.perf_counter_ns
-
     if args.software:
-        source, quotes = "software keys (--software)", software_quotes()
-    else:
-        try:
-            source, quotes = tpm_quotes(args.tcti)
-        except Exception as exc:  # no swtpm, no transport: still measure the verifier
-            source, quotes = f"software keys (no TPM: {type(exc).__name__}: {exc})", software_quotes()
+        return "software keys (--software)", software_quotes()
+    try:
+        return tpm_quotes(args.tcti)
+    except Exception as exc:  # no swtpm, no transport: still measure the verifier
+        return f"software keys (no TPM: {type(exc).__name__}: {exc})", software_quotes()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = options(__doc__, rounds=40, profile="cProfile the full check and print the top").parse_args(argv)
+    source, quotes = setup(args)
     print(f"quotes: PCRs {','.join(map(str, PCRS))} sha256, 32-byte nonce; made by {source}")
     print(f"python {sys.version.split()[0]}, one core, {args.rounds} interleaved rounds, "
           f"{'wall-clock' if args.wall else 'thread CPU'} time; load average {os.getloadavg()[0]:.2f}")
