@@ -1001,24 +1001,33 @@ _u16_at = struct.Struct(">H").unpack_from
 _u32_at = struct.Struct(">I").unpack_from
 
 
-def creation_attest_fields(data: bytes) -> tuple[int, bytes, bytes, bytes, bytes] | None:
-    """(magic, qualifiedSigner, extraData, objectName, creationHash) of a TPMS_ATTEST of type
-    ATTEST_CREATION, or None (another type, or bytes TPMS_ATTEST.from_bytes would refuse)."""
+def _attest_head(data: bytes, typ: int) -> tuple[int, int, int, int] | None:
+    """(magic, qualifiedSigner size, extraData size, offset of the attested union) of a
+    TPMS_ATTEST of type ``typ``, or None (another type, or a head TPMS_ATTEST would refuse)."""
     n = len(data)
     if n < 8:
         return None
-    magic, typ, ns = _ATTEST_HEAD.unpack_from(data)
-    if typ != TPM_ST.ATTEST_CREATION or ns > 66:
+    magic, t, ns = _ATTEST_HEAD.unpack_from(data)
+    if t != typ or ns > 66:
         return None
     o = 8 + ns
     if o + 2 > n:
         return None
     (ne,) = _u16_at(data, o)
-    e0 = o + 2
-    o = e0 + ne
+    o += 2 + ne
     if ne > 66 or o + 25 > n or data[o + 16] > 1:  # clock u64, resetCount, restartCount, safe, fw u64
         return None
-    o += 25
+    return magic, ns, ne, o + 25
+
+
+def creation_attest_fields(data: bytes) -> tuple[int, bytes, bytes, bytes, bytes] | None:
+    """(magic, qualifiedSigner, extraData, objectName, creationHash) of a TPMS_ATTEST of type
+    ATTEST_CREATION, or None (another type, or bytes TPMS_ATTEST.from_bytes would refuse)."""
+    head = _attest_head(data, TPM_ST.ATTEST_CREATION)
+    if head is None:
+        return None
+    magic, ns, ne, o = head
+    n, e0 = len(data), 10 + ns
     if o + 2 > n:
         return None
     (nn,) = _u16_at(data, o)
@@ -1109,20 +1118,11 @@ def _skip_pcr_selection(data: bytes, o: int, n: int) -> int | None:
 def quote_attest_digest(data: bytes) -> bytes | None:
     """pcrDigest of a TPMS_ATTEST of type ATTEST_QUOTE, or None (another type, or bytes
     TPMS_ATTEST.from_bytes would refuse): what a device checks its PCR reads against."""
+    head = _attest_head(data, TPM_ST.ATTEST_QUOTE)
+    if head is None:
+        return None
     n = len(data)
-    if n < 8:
-        return None
-    _magic, typ, ns = _ATTEST_HEAD.unpack_from(data)
-    if typ != TPM_ST.ATTEST_QUOTE or ns > 66:
-        return None
-    o = 8 + ns
-    if o + 2 > n:
-        return None
-    (ne,) = _u16_at(data, o)
-    o += 2 + ne
-    if ne > 66 or o + 25 > n or data[o + 16] > 1:
-        return None
-    end = _skip_pcr_selection(data, o + 25, n)
+    end = _skip_pcr_selection(data, head[3], n)
     if end is None or end + 2 > n:
         return None
     (nd,) = _u16_at(data, end)
