@@ -1,5 +1,6 @@
 """``tpm2-attest serve`` as a real process on a free loopback port, for tests of what crosses
-process boundaries: TLS, signals, webhooks from a running service."""
+process boundaries: TLS, signals, webhooks from a running service; and an app under uvicorn
+in a thread (``in_thread``), for tests that need real sockets but not a process."""
 
 from __future__ import annotations
 
@@ -12,9 +13,36 @@ import ssl
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+
+@contextmanager
+def in_thread(app: Any, **config: Any) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a free loopback port in a thread; yields its base URL.
+    ``config``: more ``uvicorn.Config`` options (e.g. ``http=`` a protocol class path)."""
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.bind(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on", **config))
+    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not srv.started:
+        assert thread.is_alive() and time.monotonic() < deadline
+        time.sleep(0.01)
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        srv.should_exit = True
+        thread.join(timeout=10)
+        sock.close()
 
 
 def free_port() -> int:

@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
-import threading
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -47,9 +44,11 @@ from tpm2_attest.service.store import Store  # noqa: E402
 
 try:
     import eventlog_synth as synth
+    from serveproc import in_thread
     from test_service import BACKENDS, POSTGRES_URL, reset_postgres
 except ImportError:  # pragma: no cover - run from the repository root
     from tests import eventlog_synth as synth  # type: ignore[no-redef]
+    from tests.serveproc import in_thread  # type: ignore[no-redef]
     from tests.test_service import BACKENDS, POSTGRES_URL, reset_postgres  # type: ignore[no-redef]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
@@ -107,25 +106,6 @@ class Fleet:
     shots: Path
 
 
-def _serve(app: Any) -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config) -> Iterator[Fleet]:
     """A served fleet: ``good`` passed, ``bad`` was refused by policy ``kiosk`` (its tag),
@@ -138,7 +118,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config)
     with EmbeddedSwtpm() as sw, EmbeddedSwtpm(fresh_identity=True) as sw2:
         settings = Settings(database_url=f"sqlite:///{tmp / 'service.db'}", ek_roots=(Path(sw.ca_root_path),),
                             ek_intermediates=(Path(sw.ca_intermediate_path),), sweep_interval=0)
-        for base in _serve(create_app(settings)):
+        with in_thread(create_app(settings)) as base:
             admin_token = make_token(settings.database_url, "root", "admin")
             api = ServiceClient(base, token=admin_token)
             log = hostile_log()

@@ -10,7 +10,6 @@ import io
 import json
 import socket
 import sqlite3
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -42,26 +41,30 @@ from tpm2_attest.service.http import parse_json
 from tpm2_attest.service.store import Store
 
 try:
+    from serveproc import in_thread
     from test_service import (
         Clock,
         InProcess,
         TestClient,
         b64,
         challenge,
+        device,
         post_quote,
         refused,
-        uvicorn,
+        tpm,
     )
 except ImportError:  # pragma: no cover - run from the repository root
-    from tests.test_service import (  # type: ignore[no-redef]
+    from tests.serveproc import in_thread  # type: ignore[no-redef]
+    from tests.test_service import (  # type: ignore[no-redef]  # noqa: F401 (fixtures)
         Clock,
         InProcess,
         TestClient,
         b64,
         challenge,
+        device,
         post_quote,
         refused,
-        uvicorn,
+        tpm,
     )
 
 
@@ -87,17 +90,6 @@ def http(settings: Settings, clock: Clock, changes: list[StatusChange]) -> Itera
     hooks.subscribe(changes.append)
     with TestClient(create_app(settings, clock=clock, hooks=hooks)) as c:
         yield c
-
-
-@pytest.fixture
-def tpm(swtpm: EmbeddedSwtpm) -> Iterator[Tpm]:
-    with Tpm.open(swtpm.tcti) as t:
-        yield t
-
-
-@pytest.fixture
-def device(http: TestClient, tpm: Tpm) -> Enrollment:
-    return enroll(tpm, InProcess(http))
 
 
 def make_token(settings: Settings, name: str, role: str) -> str:
@@ -331,24 +323,9 @@ def test_policies_are_versioned_validated_and_applied_without_restart(
 
 @pytest.fixture(params=["GuardedH11Protocol", "GuardedHttpToolsProtocol"])
 def server(settings: Settings, request: pytest.FixtureRequest) -> Iterator[str]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings.replace(header_timeout=1.0, max_connections=4)),
-                                        log_level="warning", lifespan="on",
-                                        http=f"tpm2_attest.service.http:{request.param}"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
+    with in_thread(create_app(settings.replace(header_timeout=1.0, max_connections=4)),
+                   http=f"tpm2_attest.service.http:{request.param}") as url:
+        yield url
 
 
 def test_admin_cli(server: str, settings: Settings, swtpm: EmbeddedSwtpm, tmp_path: Path,
