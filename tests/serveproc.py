@@ -35,7 +35,7 @@ def in_thread(app: Any, **config: Any) -> Iterator[str]:
     thread.start()
     deadline = time.monotonic() + 10
     while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline
+        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
         time.sleep(0.01)
     try:
         yield f"http://127.0.0.1:{port}"
@@ -43,6 +43,7 @@ def in_thread(app: Any, **config: Any) -> Iterator[str]:
         srv.should_exit = True
         thread.join(timeout=10)
         sock.close()
+        assert not thread.is_alive(), "uvicorn did not stop"
 
 
 def free_port() -> int:

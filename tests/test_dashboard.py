@@ -46,10 +46,12 @@ try:
     import eventlog_synth as synth
     from serveproc import in_thread
     from test_service import BACKENDS, POSTGRES_URL, reset_postgres
+    from test_service_operate import make_token as operator_token
 except ImportError:  # pragma: no cover - run from the repository root
     from tests import eventlog_synth as synth  # type: ignore[no-redef]
     from tests.serveproc import in_thread  # type: ignore[no-redef]
     from tests.test_service import BACKENDS, POSTGRES_URL, reset_postgres  # type: ignore[no-redef]
+    from tests.test_service_operate import make_token as operator_token  # type: ignore[no-redef]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -83,14 +85,7 @@ def hostile_log() -> synth.LogBuilder:
 
 
 def make_token(url: str, name: str, role: str) -> str:
-    store = Store(url)
-    try:
-        with store.session() as s:
-            _rec, token = auth.create_token(s, name, role, "test", datetime.now(UTC))
-            s.commit()
-        return token
-    finally:
-        store.close()
+    return operator_token(Settings(database_url=url), name, role)
 
 
 @dataclass

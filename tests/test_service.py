@@ -9,10 +9,7 @@ import base64
 import hashlib
 import json
 import os
-import socket
 import sys
-import threading
-import time
 import warnings
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -53,8 +50,10 @@ from tpm2_attest.service.store import (  # noqa: E402 (needs the extra)
 
 try:
     import eventlog_synth as synth
+    from serveproc import in_thread
 except ImportError:  # pragma: no cover - run from the repository root
     from tests import eventlog_synth as synth  # type: ignore[no-redef]
+    from tests.serveproc import in_thread  # type: ignore[no-redef]
 
 
 def b64(data: bytes) -> str:
@@ -636,24 +635,8 @@ def test_enroll_and_attest_on_each_backend(backend_settings: Settings, tpm: Tpm,
 @pytest.fixture
 def server(settings: Settings) -> Iterator[str]:
     """uvicorn on a free 127.0.0.1 port (bound by the test), stopped at the end."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    srv = uvicorn.Server(uvicorn.Config(create_app(settings), log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.01)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        srv.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
-        assert not thread.is_alive()
+    with in_thread(create_app(settings)) as url:
+        yield url
 
 
 def test_cli_against_uvicorn(server: str, swtpm: EmbeddedSwtpm, tmp_path: Path,
