@@ -375,31 +375,35 @@ def _selection_mismatch(values: PcrValues, idx: tuple[int, ...], bank: str) -> V
     return _fail(Reason.PCR_SELECTION, f"bank {bank}: " + "; ".join(parts or ["index mismatch"]))
 
 
-def _check_expected(expected: ExpectedPcrs, bank: str, bank_alg: int, idx: tuple[int, ...],
-                    vals: tuple[bytes, ...]) -> None:
-    got = dict(zip(idx, vals, strict=True))
-    # Every expectation is checked, never merged: {0: A} and {"sha256": {0: B}} (or the bank
-    # under two spellings) are two expectations, and a value meeting only one of them fails.
-    wanted: list[tuple[int, Any]] = []
+def _check_expected(expected: ExpectedPcrs, banks: Mapping[str, Mapping[int, bytes]], primary: str) -> None:
+    """``expected_pcrs`` against the quoted ``banks``: {index: value} is for ``primary``.
+
+    Every expectation is checked, never merged: {0: A} and {"sha256": {0: B}} (or one bank
+    under two spellings) are two expectations, and a value meeting only one of them fails."""
+    by_bank: dict[str, list[tuple[int, Any]]] = {}
     for k, v in expected.items():
         if isinstance(k, int) and not isinstance(v, Mapping):
-            wanted.append((k, v))
+            by_bank.setdefault(primary, []).append((k, v))
             continue
-        alg = HASH_BY_NAME.get(k.lower()) if isinstance(k, str) else k
         if not isinstance(v, Mapping):
             raise TypeError("expected_pcrs: {index: bytes} or {bank: {index: bytes}}")
-        if alg != bank_alg:
+        alg = HASH_BY_NAME.get(k.lower()) if isinstance(k, str) else k
+        name = HASH_NAMES.get(alg) if isinstance(alg, int) else None
+        if name is None or name not in banks:
             if v:
-                raise _fail(Reason.PCR_VALUE_MISMATCH, f"expected values for bank {k}, the quote covers {bank}")
+                raise _fail(Reason.PCR_VALUE_MISMATCH,
+                            f"expected values for bank {k}, the quote covers {', '.join(banks)}")
             continue
-        wanted.extend(v.items())
-    for i, want in sorted(wanted, key=lambda e: e[0]):
-        have = got.get(i)
-        if have is None:
-            raise _fail(Reason.PCR_VALUE_MISMATCH, f"PCR {bank}:{i} is expected but not quoted")
-        if bytes(have) != bytes(want):
-            raise _fail(Reason.PCR_VALUE_MISMATCH,
-                        f"PCR {bank}:{i} is {bytes(have).hex()}, expected {bytes(want).hex()}")
+        by_bank.setdefault(name, []).extend(v.items())
+    for bank, want in by_bank.items():
+        got = banks[bank]
+        for i, value in sorted(want, key=lambda e: e[0]):
+            have = got.get(i)
+            if have is None:
+                raise _fail(Reason.PCR_VALUE_MISMATCH, f"PCR {bank}:{i} is expected but not quoted")
+            if have != bytes(value):
+                raise _fail(Reason.PCR_VALUE_MISMATCH,
+                            f"PCR {bank}:{i} is {have.hex()}, expected {bytes(value).hex()}")
 
 
 # -- quotes over several banks ------------------------------------------------------------------
@@ -423,8 +427,6 @@ def _verify_banks(att: Any, attest: bytes, nonce: bytes, pcrs: PcrInput, pcr_has
     """Steps 3 to 6 for a quote whose selection names several banks (or none)."""
     info = att.attested
     assert isinstance(info, TPMS_QUOTE_INFO)
-    if int(att.clock_info.safe) > 1:  # pragma: no cover - the generic parse reads a TPMI_YES_NO
-        raise _fail(Reason.MALFORMED, "TPMS_CLOCK_INFO.safe is not 0 or 1")
     if not _compare_digest(att.extra_data, nonce):
         raise _fail(Reason.NONCE_MISMATCH, "extraData of the quote is not the nonce")
     chosen: list[tuple[str, int, int, tuple[int, ...], bytes]] = []  # name, alg, size, indices, bitmap
@@ -460,7 +462,7 @@ def _verify_banks(att: Any, attest: bytes, nonce: bytes, pcrs: PcrInput, pcr_has
     primary = next((c for p in _PREFERRED for c in chosen if c[0] == p), chosen[0])
     name, alg, size, idx, bitmap = primary
     if expected_pcrs is not None:
-        _check_expected_banks(expected_pcrs, banks, name)
+        _check_expected(expected_pcrs, banks, name)
     signer, extra, digest = bytes(att.qualified_signer), bytes(att.extra_data), bytes(info.pcr_digest)
     f = (att.magic, att.type, len(signer), len(extra), extra, int(att.clock_info.safe), len(chosen), alg,
          len(bitmap), bitmap, len(digest), digest)
@@ -493,35 +495,6 @@ def _supplied_banks(pcrs: PcrInput, chosen: list[tuple[str, int, int, tuple[int,
         raise _fail(Reason.PCR_SELECTION, f"PCR values supplied for bank(s) {names or 'none'}; the quote "
                     f"covers {', '.join(c[0] for c in chosen)}")
     return {c[0]: by_alg[c[1]] for c in chosen}
-
-
-def _check_expected_banks(expected: ExpectedPcrs, banks: Mapping[str, Mapping[int, bytes]],
-                          primary: str) -> None:
-    """``expected_pcrs`` against a quote over several banks: {index: value} is for ``primary``."""
-    by_bank: dict[str, list[tuple[int, Any]]] = {}  # every expectation, never merged (see _check_expected)
-    for k, v in expected.items():
-        if isinstance(k, int) and not isinstance(v, Mapping):
-            by_bank.setdefault(primary, []).append((k, v))
-            continue
-        if not isinstance(v, Mapping):
-            raise TypeError("expected_pcrs: {index: bytes} or {bank: {index: bytes}}")
-        alg = HASH_BY_NAME.get(k.lower()) if isinstance(k, str) else k
-        name = HASH_NAMES.get(alg) if isinstance(alg, int) else None
-        if name is None or name not in banks:
-            if v:
-                raise _fail(Reason.PCR_VALUE_MISMATCH,
-                            f"expected values for bank {k}, the quote covers {', '.join(banks)}")
-            continue
-        by_bank.setdefault(name, []).extend(v.items())
-    for bank, want in by_bank.items():
-        got = banks[bank]
-        for i, value in sorted(want, key=lambda e: e[0]):
-            have = got.get(i)
-            if have is None:
-                raise _fail(Reason.PCR_VALUE_MISMATCH, f"PCR {bank}:{i} is expected but not quoted")
-            if have != bytes(value):
-                raise _fail(Reason.PCR_VALUE_MISMATCH,
-                            f"PCR {bank}:{i} is {have.hex()}, expected {bytes(value).hex()}")
 
 
 # -- the verifier ---------------------------------------------------------------------------------
@@ -639,7 +612,7 @@ def verify_quote(
 
     # 6. Expected values.
     if expected_pcrs is not None:
-        _check_expected(expected_pcrs, bank, f[7], idx, kept)
+        _check_expected(expected_pcrs, {bank: dict(zip(idx, kept, strict=True))}, bank)
 
     res = _new(QuoteResult)
     _set(res, "_v", (f, bank, idx, kept, attest, layout))
