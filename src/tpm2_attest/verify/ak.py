@@ -87,6 +87,17 @@ _HASHES: Final[dict[int, tuple[Callable[[], hashes.HashAlgorithm], Callable[...,
 }
 """Hashes we verify signatures with: (`cryptography` class, hashlib constructor)."""
 
+_DIGEST_INFO: Final[dict[int, bytes]] = {
+    TPM_ALG.SHA1: bytes.fromhex("3021300906052b0e03021a05000414"),
+    TPM_ALG.SHA256: bytes.fromhex("3031300d060960864801650304020105000420"),
+    TPM_ALG.SHA384: bytes.fromhex("3041300d060960864801650304020205000430"),
+    TPM_ALG.SHA512: bytes.fromhex("3051300d060960864801650304020305000440"),
+}
+"""DER DigestInfo before the digest in a PKCS#1 v1.5 signature (RFC 8017 9.2, note 1; NULL
+parameters, as TPMs write it): an RSASSA signature verifies when what the public operation
+recovers, after OpenSSL has checked the 00 01 FF..FF 00 frame, is exactly this || H(message).
+"""
+
 _KIND_RSASSA: Final = 0
 _KIND_RSAPSS: Final = 1
 _KIND_ECDSA: Final = 2
@@ -158,8 +169,8 @@ def ecdsa_der(r: bytes, s: bytes) -> bytes:
 
 
 _PADDINGS: dict[tuple[int, int], tuple[Any, Any]] = {}
-"""(kind, hash) -> (padding, Prehashed hash for RSA / hash object for ECDSA): immutable
-`cryptography` objects shared by AKs."""
+"""(kind, hash) -> (padding, DigestInfo prefix for RSASSA / Prehashed hash for RSAPSS / hash
+object for ECDSA): immutable objects shared by AKs."""
 
 
 def _padding(kind: int, hash_alg: int) -> tuple[Any, Any]:
@@ -173,9 +184,12 @@ def _padding(kind: int, hash_alg: int) -> tuple[Any, Any]:
             pad = padding.PSS(mgf=padding.MGF1(hash_obj), salt_length=padding.PSS.AUTO)
         else:
             pad = ec.ECDSA(hash_obj)
-        # RSA: the message is hashed by us (hashlib), the key verifies the digest: the same
-        # PKCS#1 v1.5 / PSS check as verify(message, hash), a little cheaper in cryptography.
-        got = _PADDINGS[kind, hash_alg] = (pad, utils.Prehashed(hash_obj) if kind != _KIND_ECDSA else hash_obj)
+        # RSA: the message is hashed by us (hashlib). RSASSA is checked as RFC 8017 8.2.2 does
+        # (EMSA-PKCS1-v1_5 encode and compare) on what the public operation recovers, which
+        # costs OpenSSL less than its verify; RSAPSS by the key's verify of the digest.
+        second = (_DIGEST_INFO[hash_alg] if kind == _KIND_RSASSA
+                  else utils.Prehashed(hash_obj) if kind == _KIND_RSAPSS else hash_obj)
+        got = _PADDINGS[kind, hash_alg] = (pad, second)
     return got
 
 
@@ -200,15 +214,16 @@ class AkPublic:
     format: AkFormat | None
     # Private: the checked fields and bytes, the lazily derived views (unset until first use),
     # and the hot-path tuples verify.quote unpacks in one step:
-    # _q = (kind, expected TPMT_SIGNATURE head, RSA signature length, key.verify, padding,
-    #       Prehashed(hash) for RSA, hashlib constructor of the scheme hash, uses SHA-1);
+    # _q = (kind, expected TPMT_SIGNATURE head, RSA signature length, key.verify (RSASSA:
+    #       key.recover_data_from_signature), padding, DigestInfo prefix for RSASSA /
+    #       Prehashed(hash) for RSAPSS, hashlib constructor of the scheme hash, uses SHA-1);
     # _e = (coordinate size, u16 of it, DER heads, DER mids, full ECDSA signature length).
     _fields: PublicFields
     _tpmt: bytes
     _area: TPMT_PUBLIC
     _der: bytes
     _name: bytes
-    _q: tuple[int, bytes, int, Callable[..., None], Any, Any, Callable[..., Any], bool]
+    _q: tuple[int, bytes, int, Callable[..., Any], Any, Any, Callable[..., Any], bool]
     _e: _EcdsaFrames
 
     def __setattr__(self, name: str, value: object) -> None:
@@ -399,7 +414,8 @@ class AkPublic:
         _set(self, "_tpmt", tpmt)
         if area is not None:
             _set(self, "_area", area)
-        _set(self, "_q", (kind, head, sig_len, key.verify, pad, hash_obj, hash_pair[1], sha1))
+        verify = key.recover_data_from_signature if kind == _KIND_RSASSA else key.verify  # type: ignore[union-attr]
+        _set(self, "_q", (kind, head, sig_len, verify, pad, hash_obj, hash_pair[1], sha1))
         _set(self, "_e", _ecdsa_frames(coord) if coord else _NO_ECDSA)
         return self
 
@@ -435,7 +451,11 @@ class AkPublic:
                 if len(sig) != sig_len or sig[4:6] != head[4:6]:
                     raise _fail(Reason.MALFORMED,
                                 f"RSA TPMT_SIGNATURE of {len(sig)} bytes, expected {sig_len}")
-                verify(sig[6:], pcr_hash(message).digest(), pad, hash_obj)
+                if kind == _KIND_RSASSA:
+                    if verify(sig[6:], pad, None) != hash_obj + pcr_hash(message).digest():
+                        raise InvalidSignature
+                else:
+                    verify(sig[6:], pcr_hash(message).digest(), pad, hash_obj)
         except InvalidSignature:
             raise _fail(Reason.BAD_SIGNATURE, "the signature does not verify under the AK") from None
 

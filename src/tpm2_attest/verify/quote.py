@@ -56,7 +56,7 @@ from ..tpm2.constants import (
     TPM_ST,
 )
 from ..tpm2.structures import TPMS_CLOCK_INFO, TPMS_QUOTE_INFO, TPMT_PUBLIC
-from .ak import _KIND_ECDSA, AkPublic, check_ak, parse_attest
+from .ak import _KIND_ECDSA, _KIND_RSASSA, AkPublic, check_ak, parse_attest
 from .errors import Reason, VerificationError
 
 __all__ = ["QuoteResult", "verify_quote"]
@@ -552,7 +552,11 @@ def verify_quote(
         else:
             if len(sig) != sig_len or not sig.startswith(head):
                 ak.verify_signature(attest, sig, allow_sha1=allow_sha1)  # raises the precise error
-            verify(sig[6:], pcr_hash(attest).digest(), pad, hash_obj)  # hash_obj: Prehashed
+            if kind == _KIND_RSASSA:  # what the key recovers is DigestInfo || H(attest), exactly
+                if verify(sig[6:], pad, None) != hash_obj + pcr_hash(attest).digest():
+                    raise InvalidSignature
+            else:
+                verify(sig[6:], pcr_hash(attest).digest(), pad, hash_obj)  # hash_obj: Prehashed
     except InvalidSignature:
         raise _fail(Reason.BAD_SIGNATURE, "the quote signature does not verify under the AK") from None
 
