@@ -103,7 +103,7 @@ def test_mutated_quote_json(evidence: tuple[AkBlob, Quote], data: st.DataObject)
 def test_json_type_confusion(evidence: tuple[AkBlob, Quote]) -> None:
     _, quote = evidence
     base = quote.to_dict()
-    for patch in ({"version": 2}, {"attest": 5}, {"pcrs": []}, {"pcrs": {"sha256": {"x": "AA=="}}},
+    for patch in ({"version": 2}, {"version": True}, {"version": 1.0}, {"version": "1"}, {"attest": 5}, {"pcrs": []}, {"pcrs": {"sha256": {"x": "AA=="}}},
                   {"pcrs": {"md5": {}}}, {"pcrs": {"sha256": {"0": "not base64!"}}},
                   {"pcrs": {"sha256": {"0": "AAAA"}}}):
         with pytest.raises(TpmError) as ei:

@@ -417,15 +417,15 @@ def quote_parts(obj: object) -> tuple[bytes, bytes, PcrBanks]:
     """Attest bytes, signature bytes and PCR banks from a decoded quote JSON object; raises
     BAD_BLOB naming the field. Strict: base64 alphabet and padding, canonical PCR indices,
     each value exactly its bank's digest size."""
-    if not isinstance(obj, dict) or obj.get("version") != QUOTE_JSON_VERSION:
+    if type(obj) is not dict or type(version := obj.get("version")) is not int or version != QUOTE_JSON_VERSION:
         raise _bad("quote JSON: missing or unsupported version")
-    pcrs_in = obj.get("pcrs", {})
-    if not isinstance(pcrs_in, dict):
+    pcrs_in = obj.get("pcrs", _NO_PCRS)
+    if type(pcrs_in) is not dict:
         raise _bad("quote JSON: pcrs must be an object")
     pcrs: PcrBanks = {}
     for bank, vals in pcrs_in.items():
         alg = HASH_BY_NAME.get(bank)
-        if alg is None or not isinstance(vals, dict):
+        if alg is None or type(vals) is not dict:
             raise _bad(f"quote JSON: unknown PCR bank {bank!r}")
         size = HASH_SIZES[alg]
         # Fast path: canonical indices ("0".."999") and base64 strings of `size` bytes; any
@@ -434,9 +434,10 @@ def quote_parts(obj: object) -> tuple[bytes, bytes, PcrBanks]:
         try:
             out = {_INDEX[k]: _a2b(v, strict_mode=True) for k, v in vals.items() if type(v) is str}
         except (KeyError, TypeError, ValueError):
-            out = None
-        if out is None or len(out) != len(vals) or not _all_of_size(out, size):
             out = _pcr_bank(bank, vals, size)
+        else:
+            if len(out) != len(vals) or not _all_of_size(out, size):
+                out = _pcr_bank(bank, vals, size)
         pcrs[bank] = out
     attest, sig = obj.get("attest"), obj.get("signature")
     try:  # the common case inline; b64d names the field of anything else
@@ -445,6 +446,9 @@ def quote_parts(obj: object) -> tuple[bytes, bytes, PcrBanks]:
     except ValueError:
         pass
     return b64d(attest, "attest"), b64d(sig, "signature"), pcrs
+
+
+_NO_PCRS: Final[dict[str, Any]] = {}
 
 
 def _all_of_size(values: dict[int, bytes], size: int) -> bool:

@@ -519,7 +519,8 @@ def verify_quote(
     order of checks and the ``Reason`` of each failure.
     """
     if type(ak) is not AkPublic:
-        ak = _to_ak(ak, allow_sha1)
+        # AK bytes seen before (the stateless verifier's common case): straight from the cache.
+        ak = (type(ak) is bytes and _AKS.get((ak, allow_sha1))) or _to_ak(ak, allow_sha1)
     sized = False  # True: every PCR value is bytes of its bank's size (quote_json_parts checked)
     if type(quote) is Quote:
         attest = quote.attest
