@@ -64,6 +64,16 @@ def _pcr_read_fast(data: bytes) -> Any:
     return None if res is None else (res.update_counter, res.selection, res.digests)
 
 
+def _pcr_read_bank(data: bytes) -> Any:
+    res = commands._pcr_read_bank(data, 0, TPM_ALG.SHA256, 32)
+    return None if res is None else (res[0], tuple(res[1]), tuple(res[2]))
+
+
+def _pcr_read_bank_generic(data: bytes) -> Any:
+    counter, sel, digests = _pcr_read_generic(data)
+    return counter, tuple(i for s in sel.selections for i in s.indices()), tuple(digests)
+
+
 def _quote_generic(data: bytes) -> Any:
     att = TPMS_ATTEST.from_bytes(data)
     return att.attested.pcr_digest if isinstance(att.attested, TPMS_QUOTE_INFO) else "another type"
@@ -73,7 +83,8 @@ def test_fast_device_readers_agree_with_the_generic_parser(quote_attests: list[b
     """The device side's quote and PCR_Read readers: same acceptance, same values."""
     rng = random.Random("device")
     for fast, generic, samples in ((quote_attest_digest, _quote_generic, quote_attests),
-                                   (_pcr_read_fast, _pcr_read_generic, [_pcr_read_output()])):
+                                   (_pcr_read_fast, _pcr_read_generic, [_pcr_read_output()]),
+                                   (_pcr_read_bank, _pcr_read_bank_generic, [_pcr_read_output()])):
         accepted = 0
         for data in samples:
             assert fast(data) is not None

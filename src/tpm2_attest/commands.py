@@ -58,6 +58,7 @@ from .tpm2.structures import (
     TPMT_SIGNATURE,
     TPMT_SYM_DEF_OBJECT,
     TPMT_TK_CREATION,
+    bitmap_indices,
     signature_is_exact,
 )
 
@@ -503,7 +504,9 @@ class TpmCommands:
 
     def _pcr_read(self, params: bytes) -> PcrReadResult:
         _, r = self.execute(TPM_CC.PCR_Read, params=params)
+        return self._pcr_read_result(r)
 
+    def _pcr_read_result(self, r: Reader) -> PcrReadResult:
         fast = _pcr_read_fast(r.buffer, r.pos)
         if fast is not None:
             return fast
@@ -528,24 +531,34 @@ class TpmCommands:
         size = HASH_SIZES.get(bank)
         restarts = 0
         while len(values) < len(wanted):
-            todo = tuple(i for i in wanted if i not in values)
-            res = self._pcr_read(_pcr_read_params(bank, todo))
-            got = [i for s in res.selection.selections if s.hash == bank for i in s.indices()]
-            if len(got) != len(res.digests):
+            todo = tuple(i for i in wanted if i not in values) if values else tuple(wanted)
+            _, r = self.execute(TPM_CC.PCR_Read, params=_pcr_read_params(bank, todo))
+            one = _pcr_read_bank(r.buffer, r.pos, bank, size) if size is not None else None
+            digests: Sequence[bytes]
+            if one is not None:  # the usual answer: this bank's selection, digests of its size
+                update_counter, got, digests = one
+            else:
+                res = self._pcr_read_result(r)
+                update_counter, digests = res.update_counter, res.digests
+                got = tuple(i for s in res.selection.selections if s.hash == bank for i in s.indices())
+            if len(got) != len(digests):
                 raise TpmError("PCR_Read returned a selection and digests that disagree",
                                code=ErrorCode.BAD_RESPONSE, command="TPM2_PCR_Read")
             if not got:
                 raise TpmError(f"the TPM returned none of the requested PCRs of bank 0x{bank:04x} "
                                "(bank not allocated or PCR index out of range)",
                                code=ErrorCode.INVALID_ARGUMENT, command="TPM2_PCR_Read")
-            for i, d in zip(got, res.digests, strict=True):
-                if i not in todo or (size is not None and len(d) != size):
-                    raise TpmError("PCR_Read returned an unrequested PCR or a wrong-size digest",
-                                   code=ErrorCode.BAD_RESPONSE, command="TPM2_PCR_Read")
-                values[i] = d
+            if one is not None and set(todo).issuperset(got):  # sizes checked, indices distinct
+                values.update(zip(got, digests, strict=True))
+            else:
+                for i, d in zip(got, digests, strict=True):
+                    if i not in todo or (size is not None and len(d) != size):
+                        raise TpmError("PCR_Read returned an unrequested PCR or a wrong-size digest",
+                                       code=ErrorCode.BAD_RESPONSE, command="TPM2_PCR_Read")
+                    values[i] = d
             if first_counter is None:
-                first_counter = res.update_counter
-            elif res.update_counter != first_counter:
+                first_counter = update_counter
+            elif update_counter != first_counter:
                 # A PCR changed between the partial reads: start over for a consistent set,
                 # a bounded number of times (IMA can extend PCR 10 between every two reads).
                 restarts += 1
@@ -555,7 +568,7 @@ class TpmCommands:
                 values.clear()
                 first_counter = None
                 continue
-            counter = res.update_counter
+            counter = update_counter
         return counter, values
 
     def pcr_extend(self, index: int, digests: Sequence[TPMT_HA], auth: bytes = b"") -> None:
@@ -856,6 +869,40 @@ def _pcr_read_fast(data: bytes, o: int) -> PcrReadResult | None:
     if o != n:
         return None
     return PcrReadResult(counter, TPML_PCR_SELECTION(tuple(sels)), tuple(digests))
+
+
+_ONE_SELECTION: Final = struct.Struct(">IIHB")
+"""PCR_Read output head with one selection: pcrUpdateCounter, count (1), hash, sizeofSelect."""
+
+
+def _pcr_read_bank(data: bytes, o: int, bank: int, size: int
+                   ) -> tuple[int, tuple[int, ...], Sequence[bytes]] | None:
+    """PCR_Read output holding one selection, of ``bank``, and as many digests of ``size`` bytes
+    as it selects (at most MAX_DIGESTS), every byte consumed: (pcrUpdateCounter, indices,
+    digests) by offsets. None for anything else: the generic parse then reads or refuses it."""
+    n = len(data)
+    if o + 11 > n:
+        return None
+    counter, count, alg, nsel = _ONE_SELECTION.unpack_from(data, o)
+    o += 11
+    if count != 1 or alg != bank or nsel > MAX_PCR_SELECT or o + nsel + 4 > n:
+        return None
+    got = bitmap_indices(data[o : o + nsel])
+    o += nsel
+    step = 2 + size
+    if len(got) > MAX_DIGESTS or _U32.unpack_from(data, o)[0] != len(got) or o + 4 + len(got) * step != n:
+        return None
+    st, sizes = _digest_list(len(got), size)
+    fields = st.unpack_from(data, o + 4)
+    if fields[0::2] != sizes:
+        return None
+    return counter, got, fields[1::2]
+
+
+@functools.lru_cache(maxsize=64)
+def _digest_list(count: int, size: int) -> tuple[struct.Struct, tuple[int, ...]]:
+    """The unpacker of ``count`` TPM2B_DIGESTs of ``size`` bytes, and the sizes it must read."""
+    return struct.Struct(">" + f"H{size}s" * count), (size,) * count
 
 
 @functools.lru_cache(maxsize=64)

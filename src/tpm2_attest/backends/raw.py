@@ -52,6 +52,7 @@ from ..tpm2.keys import object_name, parse_public
 from ..tpm2.marshal import ParseError
 from ..tpm2.rc import TPM_RC, decode
 from ..tpm2.structures import (
+    TPML_PCR_SELECTION,
     TPMS_ATTEST,
     TPMS_ECC_POINT,
     TPMS_QUOTE_INFO,
@@ -582,6 +583,12 @@ def _qualified_signer(attest: bytes) -> bytes:
     return attest[8 : 8 + size]
 
 
+@functools.lru_cache(maxsize=64)
+def _quote_selection(bank: int, pcrs: tuple[int, ...]) -> TPML_PCR_SELECTION:
+    """The selection a quote of ``pcrs`` sends (immutable; a device quotes the same PCRs each time)."""
+    return pcr_selection(bank, pcrs)
+
+
 def quote_consistent(cmd: TpmCommands, handle: int, *, scheme: TPMT_SCHEME, bank: int,
                      pcrs: list[int], qualifying_data: bytes,
                      attempts: int = QUOTE_ATTEMPTS) -> Quote:
@@ -593,7 +600,7 @@ def quote_consistent(cmd: TpmCommands, handle: int, *, scheme: TPMT_SCHEME, bank
     SHA-1 for PCP keys quoting with scheme NULL), otherwise a PCR moved in between and we quote
     again, up to ``attempts`` times (then RETRY_EXHAUSTED).
     """
-    sel = pcr_selection(bank, pcrs)
+    sel = _quote_selection(bank, tuple(pcrs))
     for _ in range(attempts):
         signed = cmd.quote(handle, qualifying_data, scheme, sel)
         pcr_digest = quote_attest_digest(signed.attest)  # by offsets when it is a plain quote
@@ -615,9 +622,7 @@ def quote_consistent(cmd: TpmCommands, handle: int, *, scheme: TPMT_SCHEME, bank
             raise TpmError(f"TPM2_Quote signed with unknown hash 0x{hash_alg:04x}",
                            code=ErrorCode.BAD_RESPONSE, command="TPM2_Quote")
         _counter, values = cmd.pcr_read(bank, pcrs)
-        h = hashlib.new(digest_name)
-        for i in sorted(values):
-            h.update(values[i])
+        h = hashlib.new(digest_name, b"".join([values[i] for i in sorted(values)]))
         if hmac.compare_digest(h.digest(), pcr_digest):
             return Quote(signed.attest, signed.signature, {bank_name(bank): values})
     raise TpmError(f"PCRs kept changing during {attempts} quote attempts",

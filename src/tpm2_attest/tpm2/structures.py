@@ -9,6 +9,7 @@ their selector. Unknown selectors raise :class:`ParseError`.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable, Sequence
 from dataclasses import field
@@ -184,12 +185,7 @@ class TPMS_PCR_SELECTION(Marshallable):
 
     def indices(self) -> list[int]:
         """Selected PCR indices, ascending (the order the TPM digests them in)."""
-        out: list[int] = []
-        for j, byte in enumerate(self.pcr_select):
-            if byte:
-                base = 8 * j
-                out.extend(base + i for i in _BITS[byte])
-        return out
+        return list(bitmap_indices(self.pcr_select))
 
 
 @frozen
@@ -983,6 +979,12 @@ class TPM2B_NV_PUBLIC(Marshallable):
 
     def marshal(self, w: Writer) -> None:
         w.tpm2b(self.nv_public.to_bytes())
+
+
+@functools.lru_cache(maxsize=256)
+def bitmap_indices(bitmap: bytes) -> tuple[int, ...]:
+    """The PCR indices a pcrSelect bitmap selects, ascending (bitmaps repeat: computed once each)."""
+    return tuple(8 * j + i for j, byte in enumerate(bitmap) for i in _BITS[byte])
 
 
 def pcr_selection(bank: int, indices: Sequence[int], size: int = 3) -> TPML_PCR_SELECTION:
