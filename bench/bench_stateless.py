@@ -32,6 +32,7 @@ import statistics
 import sys
 
 from bench_verify import bare_check, options, setup, timed
+from targets import record
 
 from tpm2_attest.verify import quote as quote_module
 from tpm2_attest.verify import verify_quote
@@ -77,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             q = statistics.quantiles(ratios, n=4)
             print(f"{label:<13}{path:<11}{statistics.median(f) / 1e3:>9.2f}{statistics.median(xs) / 1e3:>9.2f}"
                   f"{statistics.median(ratios):>8.3f}{f'{q[0]:.3f}-{q[2]:.3f}':>14}{min(xs) / min(f):>11.3f}")
+            record(f"stateless {path}, {label} / floor", statistics.median(ratios),
+                   None if path == "cold floor" else 1.5, spread=f"{q[0]:.3f}-{q[2]:.3f}")
         cold_ratios = [x / y for x, y in zip(got["cold"], got["cold floor"], strict=True)]
         print(f"{label:<13}cold / cold floor: {statistics.median(cold_ratios):.3f} "
               f"(the parse and checks a first call adds to any verifier's first call)")
