@@ -13,7 +13,7 @@ import pytest
 from tpm2_attest import Tpm, commands
 from tpm2_attest.evidence import AkBlob
 from tpm2_attest.tpm2.constants import TPM_ALG
-from tpm2_attest.tpm2.keys import area_fields, public_fields
+from tpm2_attest.tpm2.keys import area_fields, public_fields, storage_area_fields, storage_fields
 from tpm2_attest.tpm2.marshal import ParseError, Reader, Writer
 from tpm2_attest.tpm2.structures import (
     TPML_DIGEST,
@@ -150,6 +150,52 @@ def test_fast_reader_agrees_with_the_generic_parser(blobs: list[AkBlob], part: s
             if part != "signature":
                 assert got == want
     assert accepted > 100
+
+
+@pytest.fixture(scope="module")
+def ek_publics(swtpm: Any) -> list[bytes]:
+    with Tpm.open(swtpm.tcti) as tpm:
+        return [tpm.ek(kind).public for kind in ("rsa", "ecc")]
+
+
+def test_storage_fields_agree_with_the_generic_parser(ek_publics: list[bytes]) -> None:
+    """The EK reader make_credential uses: what it accepts, the generic parser reads the same."""
+    rng = random.Random("ek")
+    accepted = 0
+    for pub in ek_publics:
+        tpmt = pub[2:]
+        assert storage_fields(tpmt) is not None, "the fast reader must take the EKs TPMs have"
+        for v in [tpmt, *_variants(tpmt, rng)]:
+            got = storage_fields(v)
+            if got is None:
+                continue
+            accepted += 1
+            assert got == _generic(lambda d: storage_area_fields(TPMT_PUBLIC.from_bytes(d)), v), v.hex()
+    assert accepted > 100
+
+
+def _ek_outcome(data: bytes, need_area: bool) -> Any:
+    from tpm2_attest.verify import VerificationError
+    from tpm2_attest.verify.credential import _ek_parameters
+
+    try:
+        key, *params, _area = _ek_parameters(data, need_area=need_area)
+    except VerificationError as exc:
+        return exc.reason
+    return key.public_numbers(), params
+
+
+def test_ek_checks_give_the_same_verdict_on_both_paths(ek_publics: list[bytes]) -> None:
+    """make_credential's one-unpack EK path and check_ek's full parse: the same key and
+    parameters, or the same refusal, on the real EKs and on mutations of them."""
+    rng = random.Random("ek-verdict")
+    reasons = set()
+    for pub in ek_publics:
+        for v in [pub, *_variants(pub, rng)[::5]]:
+            full = _ek_outcome(v, True)
+            assert _ek_outcome(v, False) == full, v.hex()
+            reasons.add(full if not isinstance(full, tuple) else "ok")
+    assert {"ok", "MALFORMED", "EK_ATTRIBUTES"} <= {getattr(r, "name", r) for r in reasons}
 
 
 def test_blob_read_with_fast_readers_keeps_its_views(blobs: list[AkBlob]) -> None:

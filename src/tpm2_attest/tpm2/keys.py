@@ -245,3 +245,73 @@ def area_fields(area: TPMT_PUBLIC) -> PublicFields:
         return (area.type, area.name_alg, area.object_attributes, params.scheme.scheme,
                 params.scheme.hash_alg, 0, 0, params.curve_id, point.x, point.y)
     return area.type, area.name_alg, area.object_attributes, _NULL, _NULL, 0, 0, 0, b"", b""
+
+
+StorageFields: TypeAlias = tuple[int, int, int, int, int, int, int, int, bytes, bytes]
+"""(type, nameAlg, objectAttributes, symmetric algorithm, its keyBits, its mode, RSA keyBits or
+ECC curveID, RSA exponent, unique (RSA modulus or ECC x), ECC y) of a storage key's public area
+(an EK's): what a credential is made from."""
+_STORAGE_SHAPES: dict[tuple[int, int, int], struct.Struct] = {}
+_XOR: Final = int(TPM_ALG.XOR)
+
+
+def _storage_shape(typ: int, plen: int, ulen: int) -> struct.Struct:
+    st = _STORAGE_SHAPES.get((typ, plen, ulen))
+    if st is None:
+        if typ == _RSA:  # type nameAlg attrs |policy| policy sym symBits symMode scheme keyBits exponent |n| n
+            st = struct.Struct(f">HHIH{plen}xHHHHHIH{ulen}s")
+        else:  # ... sym symBits symMode scheme curveID kdf |x| x |y| y
+            st = struct.Struct(f">HHIH{plen}xHHHHHHH{ulen}sH{ulen}s")
+        if len(_STORAGE_SHAPES) >= _MAX_SHAPES:
+            _STORAGE_SHAPES.clear()
+        _STORAGE_SHAPES[typ, plen, ulen] = st
+    return st
+
+
+def storage_fields(tpmt: bytes) -> StorageFields | None:
+    """The fields of the usual storage-key public areas (an RSA or ECC EK: a block-cipher
+    symmetric definition, no scheme, no KDF) by one precompiled unpack; None for anything else,
+    which the generic parser then reads (or refuses). Like ``public_fields``, it accepts only
+    bytes the generic parser reads to the same values."""
+    n = len(tpmt)
+    if n < 26:
+        return None
+    typ, name_alg, attrs, plen = _TPMT_HEAD.unpack_from(tpmt)
+    if plen > 64:
+        return None
+    if typ == _RSA:
+        ulen = n - 26 - plen
+        if not 0 < ulen <= 512:
+            return None
+        (_t, _n, _a, _p, sym, sym_bits, mode, scheme, key_bits, exponent, usize,
+         modulus) = _storage_shape(typ, plen, ulen).unpack(tpmt)
+        if sym in (_NULL, _XOR) or scheme != _NULL or usize != ulen:
+            return None
+        return typ, name_alg, attrs, sym, sym_bits, mode, key_bits, exponent, modulus, b""
+    if typ == _ECC:
+        rest = n - 26 - plen
+        if rest <= 0 or rest & 1 or rest > 256:
+            return None
+        c = rest >> 1
+        (_t, _n, _a, _p, sym, sym_bits, mode, scheme, curve, kdf, xs, x, ys,
+         y) = _storage_shape(typ, plen, c).unpack(tpmt)
+        if sym in (_NULL, _XOR) or scheme != _NULL or kdf != _NULL or xs != c or ys != c:
+            return None
+        return typ, name_alg, attrs, sym, sym_bits, mode, curve, 0, x, y
+    return None
+
+
+def storage_area_fields(area: TPMT_PUBLIC) -> StorageFields:
+    """The same fields from a parsed public area (any type; the caller refuses what is not an EK)."""
+    params = area.parameters
+    if isinstance(params, TPMS_RSA_PARMS):
+        sym = params.symmetric
+        modulus = area.unique if isinstance(area.unique, bytes) else b""
+        return (area.type, area.name_alg, area.object_attributes, sym.algorithm, sym.key_bits, sym.mode,
+                params.key_bits, params.exponent, modulus, b"")
+    if isinstance(params, TPMS_ECC_PARMS):
+        sym = params.symmetric
+        point = area.unique if isinstance(area.unique, TPMS_ECC_POINT) else TPMS_ECC_POINT()
+        return (area.type, area.name_alg, area.object_attributes, sym.algorithm, sym.key_bits, sym.mode,
+                params.curve_id, 0, point.x, point.y)
+    return area.type, area.name_alg, area.object_attributes, _NULL, 0, _NULL, 0, 0, b"", b""

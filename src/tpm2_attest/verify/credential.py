@@ -20,9 +20,16 @@ from .._frozen import frozen
 from ..evidence import CredentialChallenge, EkInfo, PublicKey
 from ..tpm2 import crypto
 from ..tpm2.constants import HASH_SIZES, TPM_ALG, TPM_ECC_CURVE, TPMA_OBJECT
-from ..tpm2.keys import CURVE_BYTES, object_name, public_key_from_public
+from ..tpm2.keys import (
+    CURVE_BYTES,
+    ecc_public_key,
+    object_name,
+    rsa_public_key,
+    storage_area_fields,
+    storage_fields,
+)
 from ..tpm2.marshal import ParseError
-from ..tpm2.structures import TPMS_ECC_PARMS, TPMS_RSA_PARMS, TPMT_PUBLIC
+from ..tpm2.structures import TPMT_PUBLIC
 from .ak import AkPublic
 from .errors import Reason, VerificationError
 
@@ -73,9 +80,11 @@ def check_ek(ek_public: EkPublicInput) -> EkPublic:
 
 
 def _ek_parameters(
-    ek_public: EkPublicInput,
+    ek_public: EkPublicInput, *, need_area: bool = True,
 ) -> tuple[rsa.RSAPublicKey | ec.EllipticCurvePublicKey, int, int, int, TPMT_PUBLIC | None]:
-    """(key, nameAlg, symmetric algorithm, key bits, public area) of an EK; refuses non-EK keys."""
+    """(key, nameAlg, symmetric algorithm, key bits, public area) of an EK; refuses non-EK keys.
+    Without ``need_area``, EK bytes of the usual shape are read by one unpack and the public
+    area comes back None (``make_credential`` needs only the key and the parameters)."""
     if type(ek_public) is not bytes and isinstance(ek_public, rsa.RSAPublicKey | ec.EllipticCurvePublicKey):
         key = ek_public
         if isinstance(key, rsa.RSAPublicKey) and key.key_size < MIN_RSA_EK_BITS:
@@ -86,47 +95,56 @@ def _ek_parameters(
         return key, TPM_ALG.SHA256, TPM_ALG.AES, 128, None
     if isinstance(ek_public, EkInfo | PublicKey):
         ek_public = ek_public.public
+    area: TPMT_PUBLIC | None = None
     if isinstance(ek_public, TPMT_PUBLIC):
         area = ek_public
+        fields = storage_area_fields(area)
     else:
         data = bytes(ek_public)
         if len(data) >= 2 and int.from_bytes(data[:2], "big") == len(data) - 2:
             data = data[2:]
-        try:
-            area = TPMT_PUBLIC.from_bytes(data)
-        except ParseError as exc:
-            raise _fail(Reason.MALFORMED, f"EK public area: {exc}") from exc
-    attrs = area.object_attributes
+        fast = None if need_area else storage_fields(data)
+        if fast is None:
+            try:
+                area = TPMT_PUBLIC.from_bytes(data)
+            except ParseError as exc:
+                raise _fail(Reason.MALFORMED, f"EK public area: {exc}") from exc
+            fields = storage_area_fields(area)
+        else:
+            fields = fast
+    typ, name_alg, attrs, sym_alg, sym_bits, sym_mode, size_or_curve, exponent, unique, y = fields
     if attrs & _EK_ATTRS != _EK_WANTED:  # restricted and decrypt set, sign clear
         raise _fail(Reason.EK_ATTRIBUTES,
                     f"objectAttributes 0x{attrs:08x}: an EK is a restricted decryption key that does not sign")
-    params = area.parameters
-    if not isinstance(params, TPMS_RSA_PARMS | TPMS_ECC_PARMS):
-        raise _fail(Reason.UNSUPPORTED_FORMAT, f"EK of type 0x{area.type:04x}: only RSA and ECC EKs")
-    sym = params.symmetric
-    if sym.algorithm != TPM_ALG.AES or sym.mode != TPM_ALG.CFB or sym.key_bits not in (128, 192, 256):
+    if typ != TPM_ALG.RSA and typ != TPM_ALG.ECC:
+        raise _fail(Reason.UNSUPPORTED_FORMAT, f"EK of type 0x{typ:04x}: only RSA and ECC EKs")
+    if sym_alg != TPM_ALG.AES or sym_mode != TPM_ALG.CFB or sym_bits not in (128, 192, 256):
         raise _fail(Reason.EK_ATTRIBUTES,
-                    f"EK symmetric definition 0x{sym.algorithm:04x}/{sym.key_bits}/0x{sym.mode:04x}: "
+                    f"EK symmetric definition 0x{sym_alg:04x}/{sym_bits}/0x{sym_mode:04x}: "
                     "a storage key needs AES-CFB")
-    if area.name_alg not in crypto.SUPPORTED_HASHES:
-        raise _fail(Reason.UNSUPPORTED_FORMAT, f"EK nameAlg 0x{area.name_alg:04x}")
-    if isinstance(params, TPMS_RSA_PARMS) and params.key_bits < MIN_RSA_EK_BITS:
-        raise _fail(Reason.WEAK_KEY, f"RSA EK of {params.key_bits} bits")
-    if isinstance(params, TPMS_ECC_PARMS) and params.curve_id in WEAK_EK_CURVES:
-        raise _fail(Reason.WEAK_KEY, f"ECC EK on {TPM_ECC_CURVE(params.curve_id).name}")
+    if name_alg not in crypto.SUPPORTED_HASHES:
+        raise _fail(Reason.UNSUPPORTED_FORMAT, f"EK nameAlg 0x{name_alg:04x}")
     try:
-        key = public_key_from_public(area)
+        if typ == TPM_ALG.RSA:
+            if size_or_curve < MIN_RSA_EK_BITS:
+                raise _fail(Reason.WEAK_KEY, f"RSA EK of {size_or_curve} bits")
+            key = rsa_public_key(unique, exponent)
+        else:
+            if size_or_curve in WEAK_EK_CURVES:
+                raise _fail(Reason.WEAK_KEY, f"ECC EK on {TPM_ECC_CURVE(size_or_curve).name}")
+            key = ecc_public_key(size_or_curve, unique, y)
     except ParseError as exc:
-        if isinstance(params, TPMS_ECC_PARMS) and params.curve_id not in CURVE_BYTES:
-            raise _fail(Reason.UNSUPPORTED_FORMAT, f"EK curve 0x{params.curve_id:04x}") from exc
+        if typ == TPM_ALG.ECC and size_or_curve not in CURVE_BYTES:
+            raise _fail(Reason.UNSUPPORTED_FORMAT, f"EK curve 0x{size_or_curve:04x}") from exc
         raise _fail(Reason.MALFORMED, f"EK public key: {exc}") from exc
-    if isinstance(key, rsa.RSAPublicKey):
+    if typ == TPM_ALG.RSA:
+        assert isinstance(key, rsa.RSAPublicKey)
         if key.key_size < MIN_RSA_EK_BITS:  # keyBits is only a claim
             raise _fail(Reason.WEAK_KEY, f"RSA EK modulus of {key.key_size} bits")
-        if not _oaep_usable(key, area.name_alg):
+        if not _oaep_usable(key, name_alg):
             raise _fail(Reason.UNSUPPORTED_FORMAT,
-                        f"RSA EK nameAlg 0x{area.name_alg:04x}: no RSA-OAEP with this hash here")
-    return key, area.name_alg, sym.algorithm, sym.key_bits, area
+                        f"RSA EK nameAlg 0x{name_alg:04x}: no RSA-OAEP with this hash here")
+    return key, name_alg, sym_alg, sym_bits, area
 
 
 def _oaep_usable(key: rsa.RSAPublicKey, name_alg: int) -> bool:
@@ -160,7 +178,7 @@ def make_credential(
     ``name_what`` names where a Name that is not one came from (e.g. a command-line option).
     Send ``challenge`` (``to_bytes()`` / ``to_json()``) to the device, keep ``secret``.
     """
-    key, name_alg, sym_alg, sym_bits, _area = _ek_parameters(ek_public)
+    key, name_alg, sym_alg, sym_bits, _area = _ek_parameters(ek_public, need_area=False)
     name = ak_name.name if isinstance(ak_name, AkPublic) else bytes(ak_name)
     size = HASH_SIZES[name_alg]
     if len(name) < 2 or HASH_SIZES.get(int.from_bytes(name[:2], "big")) != len(name) - 2:
