@@ -5,7 +5,8 @@ from __future__ import annotations
 import functools
 import hashlib
 import struct
-from typing import Final, TypeAlias, cast
+from collections.abc import Callable
+from typing import Any, Final, TypeAlias, TypeVar, cast
 
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
@@ -175,8 +176,8 @@ def read_public_reader(r: Reader) -> TPMT_PUBLIC:
 
 
 _TPMT_HEAD: Final = struct.Struct(">HHIH")
-_SHAPES: dict[tuple[int, int, int], struct.Struct] = {}
-"""(type, authPolicy size, unique size) -> the struct of an AK public area of that shape."""
+_SHAPES: dict[tuple[str, int, int, int], struct.Struct] = {}
+"""(parameters format, type, authPolicy size, unique size) -> the struct of a public area of that shape."""
 _MAX_SHAPES: Final = 64
 _NULL: Final = int(TPM_ALG.NULL)
 _RSA: Final = int(TPM_ALG.RSA)
@@ -189,17 +190,51 @@ PublicFields: TypeAlias = tuple[int, int, int, int, int, int, int, int, bytes, b
 (RSA modulus or ECC x), ECC y) of a public area: what an AkPublic is built from."""
 
 
-def _shape(typ: int, plen: int, ulen: int) -> struct.Struct:
-    st = _SHAPES.get((typ, plen, ulen))
+_SIGNING_RSA: Final = "HHHHI"  # symmetric (NULL), scheme, scheme hash, keyBits, exponent
+_SIGNING_ECC: Final = "HHHHH"  # symmetric (NULL), scheme, scheme hash, curveID, kdf
+_STORAGE_RSA: Final = "HHHHHI"  # symmetric algorithm, keyBits, mode, scheme (NULL), keyBits, exponent
+_STORAGE_ECC: Final = "HHHHHH"  # symmetric algorithm, keyBits, mode, scheme (NULL), curveID, kdf
+_PARAMS_SIZE: Final = {f: struct.calcsize(">" + f) for f in (_SIGNING_RSA, _SIGNING_ECC, _STORAGE_RSA, _STORAGE_ECC)}
+
+
+def _shape(params: str, typ: int, plen: int, ulen: int) -> struct.Struct:
+    """The struct of a public area: type nameAlg attrs |policy| policy, ``params``, then the
+    unique field: |n| n (RSA) or |x| x |y| y (ECC, coordinates of ``ulen`` bytes each)."""
+    key = (params, typ, plen, ulen)
+    st = _SHAPES.get(key)
     if st is None:
-        if typ == _RSA:  # type nameAlg attrs |policy| policy sym scheme hash keyBits exponent |n| n
-            st = struct.Struct(f">HHIH{plen}xHHHHIH{ulen}s")
-        else:  # ... sym scheme hash curveID kdf |x| x |y| y
-            st = struct.Struct(f">HHIH{plen}xHHHHHH{ulen}sH{ulen}s")
+        point = "" if typ == _RSA else f"H{ulen}s"
+        st = struct.Struct(f">HHIH{plen}x{params}H{ulen}s{point}")
         if len(_SHAPES) >= _MAX_SHAPES:
             _SHAPES.clear()
-        _SHAPES[typ, plen, ulen] = st
+        _SHAPES[key] = st
     return st
+
+
+def _unpack_area(tpmt: bytes, rsa_params: str, ecc_params: str) -> tuple[Any, ...] | None:
+    """An RSA or ECC public area unpacked in one step when its framing is exact (authPolicy at most
+    64 bytes, an RSA modulus of 1..512 bytes, ECC coordinates of one size up to 128 bytes, every
+    size field agreeing with the length); None for anything else."""
+    n = len(tpmt)
+    if n < 10:
+        return None
+    typ, _name_alg, _attrs, plen = _TPMT_HEAD.unpack_from(tpmt)
+    if plen > 64:
+        return None
+    if typ == _RSA:
+        ulen = n - 12 - plen - _PARAMS_SIZE[rsa_params]
+        if not 0 < ulen <= 512:
+            return None
+        f = _shape(rsa_params, typ, plen, ulen).unpack(tpmt)
+        return f if f[-2] == ulen else None
+    if typ == _ECC:
+        rest = n - 14 - plen - _PARAMS_SIZE[ecc_params]
+        if rest <= 0 or rest & 1 or rest > 256:
+            return None
+        c = rest >> 1
+        f = _shape(ecc_params, typ, plen, c).unpack(tpmt)
+        return f if f[-4] == c and f[-2] == c else None
+    return None
 
 
 def public_fields(tpmt: bytes) -> PublicFields | None:
@@ -207,30 +242,18 @@ def public_fields(tpmt: bytes) -> PublicFields | None:
     algorithm, no KDF) by one precompiled unpack; None for anything else, which the generic
     parser then reads (and refuses with its precise error). It accepts only bytes that the
     generic parser reads to the same values: same bounds, and every size field must agree."""
-    n = len(tpmt)
-    if n < 24:
+    f = _unpack_area(tpmt, _SIGNING_RSA, _SIGNING_ECC)
+    if f is None:
         return None
-    typ, name_alg, attrs, plen = _TPMT_HEAD.unpack_from(tpmt)
-    if plen > 64:
-        return None
-    if typ == _RSA:
-        ulen = n - 24 - plen
-        if not 0 < ulen <= 512:
-            return None
-        _t, _n, _a, _p, sym, scheme, hash_alg, bits, exponent, usize, modulus = _shape(typ, plen, ulen).unpack(tpmt)
-        if sym != _NULL or scheme not in _RSA_SIG or usize != ulen:
+    if f[0] == _RSA:
+        typ, name_alg, attrs, _p, sym, scheme, hash_alg, bits, exponent, _u, modulus = f
+        if sym != _NULL or scheme not in _RSA_SIG:
             return None
         return typ, name_alg, attrs, scheme, hash_alg, bits, exponent, 0, modulus, b""
-    if typ == _ECC:
-        rest = n - 24 - plen
-        if rest <= 0 or rest & 1 or rest > 256:
-            return None
-        c = rest >> 1
-        _t, _n, _a, _p, sym, scheme, hash_alg, curve, kdf, xs, x, ys, y = _shape(typ, plen, c).unpack(tpmt)
-        if sym != _NULL or scheme != _ECDSA or kdf != _NULL or xs != c or ys != c:
-            return None
-        return typ, name_alg, attrs, scheme, hash_alg, 0, 0, curve, x, y
-    return None
+    typ, name_alg, attrs, _p, sym, scheme, hash_alg, curve, kdf, _xs, x, _ys, y = f
+    if sym != _NULL or scheme != _ECDSA or kdf != _NULL:
+        return None
+    return typ, name_alg, attrs, scheme, hash_alg, 0, 0, curve, x, y
 
 
 def area_fields(area: TPMT_PUBLIC) -> PublicFields:
@@ -251,21 +274,7 @@ StorageFields: TypeAlias = tuple[int, int, int, int, int, int, int, int, bytes, 
 """(type, nameAlg, objectAttributes, symmetric algorithm, its keyBits, its mode, RSA keyBits or
 ECC curveID, RSA exponent, unique (RSA modulus or ECC x), ECC y) of a storage key's public area
 (an EK's): what a credential is made from."""
-_STORAGE_SHAPES: dict[tuple[int, int, int], struct.Struct] = {}
 _XOR: Final = int(TPM_ALG.XOR)
-
-
-def _storage_shape(typ: int, plen: int, ulen: int) -> struct.Struct:
-    st = _STORAGE_SHAPES.get((typ, plen, ulen))
-    if st is None:
-        if typ == _RSA:  # type nameAlg attrs |policy| policy sym symBits symMode scheme keyBits exponent |n| n
-            st = struct.Struct(f">HHIH{plen}xHHHHHIH{ulen}s")
-        else:  # ... sym symBits symMode scheme curveID kdf |x| x |y| y
-            st = struct.Struct(f">HHIH{plen}xHHHHHHH{ulen}sH{ulen}s")
-        if len(_STORAGE_SHAPES) >= _MAX_SHAPES:
-            _STORAGE_SHAPES.clear()
-        _STORAGE_SHAPES[typ, plen, ulen] = st
-    return st
 
 
 def storage_fields(tpmt: bytes) -> StorageFields | None:
@@ -273,32 +282,18 @@ def storage_fields(tpmt: bytes) -> StorageFields | None:
     symmetric definition, no scheme, no KDF) by one precompiled unpack; None for anything else,
     which the generic parser then reads (or refuses). Like ``public_fields``, it accepts only
     bytes the generic parser reads to the same values."""
-    n = len(tpmt)
-    if n < 26:
+    f = _unpack_area(tpmt, _STORAGE_RSA, _STORAGE_ECC)
+    if f is None:
         return None
-    typ, name_alg, attrs, plen = _TPMT_HEAD.unpack_from(tpmt)
-    if plen > 64:
-        return None
-    if typ == _RSA:
-        ulen = n - 26 - plen
-        if not 0 < ulen <= 512:
-            return None
-        (_t, _n, _a, _p, sym, sym_bits, mode, scheme, key_bits, exponent, usize,
-         modulus) = _storage_shape(typ, plen, ulen).unpack(tpmt)
-        if sym in (_NULL, _XOR) or scheme != _NULL or usize != ulen:
+    if f[0] == _RSA:
+        typ, name_alg, attrs, _p, sym, sym_bits, mode, scheme, key_bits, exponent, _u, modulus = f
+        if sym in (_NULL, _XOR) or scheme != _NULL:
             return None
         return typ, name_alg, attrs, sym, sym_bits, mode, key_bits, exponent, modulus, b""
-    if typ == _ECC:
-        rest = n - 26 - plen
-        if rest <= 0 or rest & 1 or rest > 256:
-            return None
-        c = rest >> 1
-        (_t, _n, _a, _p, sym, sym_bits, mode, scheme, curve, kdf, xs, x, ys,
-         y) = _storage_shape(typ, plen, c).unpack(tpmt)
-        if sym in (_NULL, _XOR) or scheme != _NULL or kdf != _NULL or xs != c or ys != c:
-            return None
-        return typ, name_alg, attrs, sym, sym_bits, mode, curve, 0, x, y
-    return None
+    typ, name_alg, attrs, _p, sym, sym_bits, mode, scheme, curve, kdf, _xs, x, _ys, y = f
+    if sym in (_NULL, _XOR) or scheme != _NULL or kdf != _NULL:
+        return None
+    return typ, name_alg, attrs, sym, sym_bits, mode, curve, 0, x, y
 
 
 def storage_area_fields(area: TPMT_PUBLIC) -> StorageFields:
@@ -315,3 +310,17 @@ def storage_area_fields(area: TPMT_PUBLIC) -> StorageFields:
         return (area.type, area.name_alg, area.object_attributes, sym.algorithm, sym.key_bits, sym.mode,
                 params.curve_id, 0, point.x, point.y)
     return area.type, area.name_alg, area.object_attributes, _NULL, 0, _NULL, 0, 0, b"", b""
+
+
+_F = TypeVar("_F")
+
+
+def read_fields(tpmt: bytes, fast: Callable[[bytes], _F | None],
+                from_area: Callable[[TPMT_PUBLIC], _F]) -> tuple[_F, TPMT_PUBLIC | None]:
+    """A public area's fields by a fast reader, else by the full parse (then also returned);
+    ParseError when the bytes are no public area."""
+    fields = fast(tpmt)
+    if fields is not None:
+        return fields, None
+    area = TPMT_PUBLIC.from_bytes(tpmt)
+    return from_area(area), area

@@ -49,6 +49,7 @@ from ..tpm2.keys import (
     ecc_public_key,
     public_der,
     public_fields,
+    read_fields,
     rsa_public_key,
 )
 from ..tpm2.marshal import ParseError
@@ -308,14 +309,10 @@ class AkPublic:
     @classmethod
     def _from_tpmt(cls, tpmt: bytes, allow_sha1: bool, fmt: AkFormat | None) -> AkPublic:
         """Check TPMT_PUBLIC bytes: the usual shapes by one unpack, anything else parsed in full."""
-        fields = public_fields(tpmt)
-        area = None
-        if fields is None:
-            try:
-                area = TPMT_PUBLIC.from_bytes(tpmt)
-            except ParseError as exc:
-                raise _fail(Reason.MALFORMED, f"AK public area: {exc}") from exc
-            fields = area_fields(area)
+        try:
+            fields, area = read_fields(tpmt, public_fields, area_fields)
+        except ParseError as exc:
+            raise _fail(Reason.MALFORMED, f"AK public area: {exc}") from exc
         return cls._build(fields, tpmt, area, allow_sha1, fmt)
 
     @classmethod

@@ -24,6 +24,7 @@ from ..tpm2.keys import (
     CURVE_BYTES,
     ecc_public_key,
     object_name,
+    read_fields,
     rsa_public_key,
     storage_area_fields,
     storage_fields,
@@ -103,15 +104,10 @@ def _ek_parameters(
         data = bytes(ek_public)
         if len(data) >= 2 and int.from_bytes(data[:2], "big") == len(data) - 2:
             data = data[2:]
-        fast = None if need_area else storage_fields(data)
-        if fast is None:
-            try:
-                area = TPMT_PUBLIC.from_bytes(data)
-            except ParseError as exc:
-                raise _fail(Reason.MALFORMED, f"EK public area: {exc}") from exc
-            fields = storage_area_fields(area)
-        else:
-            fields = fast
+        try:
+            fields, area = read_fields(data, _no_fields if need_area else storage_fields, storage_area_fields)
+        except ParseError as exc:
+            raise _fail(Reason.MALFORMED, f"EK public area: {exc}") from exc
     typ, name_alg, attrs, sym_alg, sym_bits, sym_mode, size_or_curve, exponent, unique, y = fields
     if attrs & _EK_ATTRS != _EK_WANTED:  # restricted and decrypt set, sign clear
         raise _fail(Reason.EK_ATTRIBUTES,
@@ -145,6 +141,11 @@ def _ek_parameters(
             raise _fail(Reason.UNSUPPORTED_FORMAT,
                         f"RSA EK nameAlg 0x{name_alg:04x}: no RSA-OAEP with this hash here")
     return key, name_alg, sym_alg, sym_bits, area
+
+
+def _no_fields(_tpmt: bytes) -> None:
+    """No fast reading: the full parse, for a caller that needs the public area."""
+    return None
 
 
 def _oaep_usable(key: rsa.RSAPublicKey, name_alg: int) -> bool:
