@@ -299,6 +299,22 @@ def test_rsa_keys_from_a_der_template_equal_rsapublicnumbers(bits: int, exponent
     assert got_even == want_even
 
 
+@pytest.mark.parametrize("top", [0x01, 0x7F, 0x80, 0xFF])
+@pytest.mark.parametrize("size", [63, 64, 65])
+def test_rsa_key_size_floor_is_512_bits_on_both_paths(top: int, size: int) -> None:
+    """The template path decides "at least 512 bits" from the top byte: a 64-byte modulus whose
+    top byte is 0x01 has 505 bits and is refused, as the integer path refuses it."""
+    from tpm2_attest.tpm2.keys import rsa_public_key
+
+    modulus = bytes([top]) + b"\x5a" * (size - 2) + b"\x01"
+    bits = int.from_bytes(modulus, "big").bit_length()
+    if bits < 512:
+        with pytest.raises(ParseError):
+            rsa_public_key(modulus, 0)
+    else:
+        assert rsa_public_key(modulus, 0).public_numbers().n == int.from_bytes(modulus, "big")
+
+
 def test_evidence_knows_the_tpm2_tools_credential_magic() -> None:
     """evidence.py reads tpm2-tools credential files without importing tpm2.crypto (ciphers)
     until it sees one: its copy of the magic is the one tpm2.crypto writes."""

@@ -90,13 +90,15 @@ def rsa_public_key(modulus: bytes, exponent: int) -> rsa.RSAPublicKey:
     if not modulus:
         raise ParseError("RSA public area without a modulus", None, "TPMT_PUBLIC")
     e = exponent or DEFAULT_RSA_EXPONENT
+    top = modulus[0]
+    if top and modulus[-1] & 1 and (len(modulus) - 1) * 8 + top.bit_length() >= 512 and 3 <= e < 1 << 32 and e & 1:
+        # Full width (no leading zero byte), odd, >= 512 bits, e odd and < n: what
+        # RSAPublicNumbers checks. A SubjectPublicKeyInfo from a template loads faster.
+        prefix, suffix = _rsa_spki_frame(len(modulus), e, top >= 0x80)
+        return cast(rsa.RSAPublicKey, serialization.load_der_public_key(prefix + modulus + suffix))
     n = int.from_bytes(modulus, "big")
     if n.bit_length() < 512 or e < 3 or e % 2 == 0:
         raise ParseError("RSA public key parameters out of range", None, "TPMT_PUBLIC")
-    if modulus[0] and n & 1:  # full width and odd (what RSAPublicNumbers checks; e < n here)
-        # A SubjectPublicKeyInfo from a template loads faster than RSAPublicNumbers.
-        prefix, suffix = _rsa_spki_frame(len(modulus), e, modulus[0] >= 0x80)
-        return cast(rsa.RSAPublicKey, serialization.load_der_public_key(prefix + modulus + suffix))
     try:
         return rsa.RSAPublicNumbers(e, n).public_key()
     except ValueError as exc:

@@ -378,7 +378,8 @@ class AkPublic:
         key: PublicKey
         try:
             if typ == _RSA:
-                bits = int.from_bytes(unique, "big").bit_length()
+                bits = ((len(unique) - 1) * 8 + unique[0].bit_length() if unique and unique[0]
+                        else int.from_bytes(unique, "big").bit_length())
                 if key_bits < MIN_RSA_BITS or bits < MIN_RSA_BITS:
                     raise _fail(Reason.WEAK_KEY, f"RSA key of {min(key_bits, bits)} bits (< {MIN_RSA_BITS})")
                 if key_bits % 8 or len(unique) * 8 != key_bits or bits != key_bits:
