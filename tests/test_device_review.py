@@ -172,6 +172,33 @@ def test_pcr_read_counter_moving_once_recovers_and_reads_4_byte_bitmaps() -> Non
     assert values == {i: bytes([i]) * 32 for i in range(24)}
 
 
+@pytest.mark.parametrize("case", ["unrequested PCR", "PCR already read"])
+def test_pcr_read_refuses_pcrs_it_did_not_ask_for(case: str) -> None:
+    """A well-formed one-bank answer (the one-unpack reader takes it) that carries a PCR the
+    read did not ask for: BAD_RESPONSE, never a value kept. Asking 0..23 in reads of 8, the
+    TPM answers PCR 30 (never asked) or, on the second read, PCR 7 again (asked and read)."""
+
+    def answer(cmd: bytes) -> bytes:
+        (s,) = TPML_PCR_SELECTION.unmarshal(Reader(cmd, 10)).selections
+        got = s.indices()[:8]
+        if case == "unrequested PCR":
+            got[-1] = 30
+        elif got[0] == 8:
+            got = [7, *got[:7]]
+        out = TPML_PCR_SELECTION((TPMS_PCR_SELECTION.from_indices(s.hash, got, 4),))
+        w = Writer().u32(1)
+        out.marshal(w)
+        w.u32(len(got))
+        for i in got:
+            w.tpm2b(bytes([i]) * 32)
+        return response(w.getvalue())
+
+    with pytest.raises(TpmError) as ei:
+        TpmCommands(Scripted(answer)).pcr_read(TPM_ALG.SHA256, range(24))
+    assert ei.value.code == ErrorCode.BAD_RESPONSE
+    assert "unrequested" in str(ei.value)
+
+
 # ---------------------------------------------------------------------------------------------
 # TPMs lacking an algorithm of our templates: a clear UNSUPPORTED, not a bare TPM_ERROR.
 

@@ -62,11 +62,11 @@ def raw_sign(em: bytes) -> bytes:
     return pow(int.from_bytes(em, "big") % n, nums.d, n).to_bytes(256, "big")
 
 
-def attest_for(alg: int) -> tuple[bytes, dict[int, bytes]]:
+def attest_for(alg: int, clock: int = 10) -> tuple[bytes, dict[int, bytes]]:
     values = {0: bytes(32), 7: b"\x07" * 32}
     digest = hashlib.new(HASHES[alg][0], b"".join(values[i] for i in sorted(values))).digest()
     att = TPMS_ATTEST(TPM_GENERATED_VALUE, TPM_ST.ATTEST_QUOTE, b"\x00\x0b" + bytes(32), NONCE,
-                      TPMS_CLOCK_INFO(10, 1, 0, True), 7,
+                      TPMS_CLOCK_INFO(clock, 1, 0, True), 7,
                       TPMS_QUOTE_INFO(pcr_selection(TPM_ALG.SHA256, sorted(values)), digest)).to_bytes()
     return att, values
 
@@ -89,6 +89,8 @@ def cases(alg: int, att: bytes) -> dict[str, bytes]:
         "a byte after the digest": frame(t + b"\x00", ff=256 - 3 - len(t) - 1),
         "a byte before the DigestInfo": frame(b"\x00" + t, ff=256 - 3 - len(t) - 1),
         "a zero inside the FF run": frame(t)[:40] + b"\x00" + frame(t)[41:],
+        "FE inside the FF run": frame(t)[:40] + b"\xfe" + frame(t)[41:],
+        "01 as the last padding byte": frame(t)[: 256 - len(t) - 2] + b"\x01" + frame(t)[256 - len(t) - 1 :],
         "no zero separator": frame(t, sep=b"\xff"),
         "leading byte 01": b"\x01" + frame(t)[1:],
     }
@@ -137,3 +139,33 @@ def test_signature_not_below_the_modulus_is_refused() -> None:
         quote = Quote(att, TPMT_SIGNATURE(TPM_ALG.RSASSA, TPM_ALG.SHA256, raw).to_bytes(), {"sha256": values})
         assert not openssl_says(raw, att, TPM_ALG.SHA256)
         assert not ours_says(lambda q=quote: verify_quote(ak, q, nonce=NONCE))
+
+
+def test_signature_shorter_than_the_modulus_is_refused() -> None:
+    """RFC 8017 8.2.2 step 1: a signature is exactly k octets. OpenSSL's recover takes a valid
+    signature with its leading zero byte dropped (its verify does not): the TPMT_SIGNATURE
+    length check is what keeps the recover-and-compare check equal to verify there."""
+    ak = AkPublic.from_key(KEY.public_key())
+    for clock in range(10, 20_000):  # a valid signature whose top byte is zero (about 1 in 200)
+        att, values = attest_for(TPM_ALG.SHA256, clock)
+        raw = KEY.sign(att, padding.PKCS1v15(), hashes.SHA256())
+        if raw[0] == 0:
+            break
+    else:
+        pytest.fail("no signature with a leading zero byte")
+    assert len(raw) == 256 and openssl_says(raw, att, TPM_ALG.SHA256)
+    assert not openssl_says(raw[1:], att, TPM_ALG.SHA256)
+    recovered = KEY.public_key().recover_data_from_signature(raw[1:], padding.PKCS1v15(), None)
+    assert recovered == digest_info(TPM_ALG.SHA256, hashlib.sha256(att).digest())  # the gap
+    for sig, ok in ((raw, True), (raw[1:], False)):
+        tpmt = TPMT_SIGNATURE(TPM_ALG.RSASSA, TPM_ALG.SHA256, sig).to_bytes()
+        quote = Quote(att, tpmt, {"sha256": values})
+        for check in (lambda t=tpmt: ak.verify_signature(att, t),
+                      lambda q=quote: verify_quote(ak, q, nonce=NONCE),
+                      lambda q=quote: verify_quote(ak.public, q.to_json(), nonce=NONCE)):
+            if ok:
+                check()
+            else:
+                with pytest.raises(VerificationError) as ei:
+                    check()
+                assert ei.value.reason == Reason.MALFORMED
