@@ -452,6 +452,10 @@ def test_oversized_and_invalid_bodies(http: TestClient, settings: Settings) -> N
     err = refused(http.post("/v1/enroll/finish", json={"enrollment_id": "e", "secret": secret}), 422, "INVALID_REQUEST")
     assert "secret" in err["detail"] and secret not in json.dumps(err)  # named, never echoed
     refused(http.post("/v1/attest/challenge", json={"device_id": "d", "extra": 1}), 422, "INVALID_REQUEST")
+    for version in ("1", 1.0, True):  # the quote's version is the integer 1, as Quote.from_json reads it
+        quote = {"version": version, "attest": "AA==", "signature": "AA==", "pcrs": {}}
+        err = refused(http.post("/v1/attest", json={"challenge_id": "c", "quote": quote}), 422, "INVALID_REQUEST")
+        assert "version" in err["detail"], err
     refused(http.post("/v1/attest/challenge", content=b"not json", headers={"content-type": "application/json"}),
             422, "INVALID_REQUEST")
     refused(http.get("/v1/nothing-here"), 404, "NOT_FOUND")

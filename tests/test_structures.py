@@ -178,6 +178,7 @@ def test_pcr_selection_bitmap() -> None:
     assert s.pcr_select == b"\x81\x01\x80"
     assert s.indices() == [0, 7, 8, 23]
     assert TPMS_PCR_SELECTION.from_indices(TPM_ALG.SHA1, [30]).pcr_select == b"\0\0\0\x40"
+    assert TPMS_PCR_SELECTION(TPM_ALG.SHA256, bytearray(b"\x81\x01\x80")).indices() == [0, 7, 8, 23]
 
 
 def test_names_and_public_keys() -> None:

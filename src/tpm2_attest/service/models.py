@@ -20,6 +20,7 @@ from pydantic import (
     EncoderProtocol,
     Field,
     PlainSerializer,
+    StrictInt,
     WithJsonSchema,
     field_validator,
 )
@@ -146,7 +147,7 @@ class ChallengeResponse(Response):
 class QuoteModel(Request):
     """``Quote.to_dict()``: base64 TPMS_ATTEST and TPMT_SIGNATURE, PCR values by bank and index."""
 
-    version: int
+    version: StrictInt = Field(description="1 (a JSON integer, as Quote.from_json requires)")
     attest: str
     signature: str
     pcrs: dict[str, dict[str, str]]

@@ -185,7 +185,7 @@ class TPMS_PCR_SELECTION(Marshallable):
 
     def indices(self) -> list[int]:
         """Selected PCR indices, ascending (the order the TPM digests them in)."""
-        return list(bitmap_indices(self.pcr_select))
+        return list(bitmap_indices(bytes(self.pcr_select)))  # (a bytearray too; bytes is not copied)
 
 
 @frozen
