@@ -24,6 +24,12 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+import eventlog_synth
+import ima_synth
+from serveproc import Serve, free_port
+from test_service import InProcess, TestClient
+from test_service_client import _counting, _threaded
+from test_service_ima import Machine
 from tpm2_attest import Tpm
 from tpm2_attest.agent import (
     Agent,
@@ -37,21 +43,6 @@ from tpm2_attest.agent import (
 from tpm2_attest.cli import main
 from tpm2_attest.embedded import EmbeddedSwtpm
 from tpm2_attest.service import ServiceClient, Settings, create_app, enroll
-
-try:
-    import eventlog_synth
-    import ima_synth
-    from serveproc import Serve, free_port
-    from test_service import InProcess, TestClient
-    from test_service_client import _counting, _threaded
-    from test_service_ima import Machine
-except ImportError:  # pragma: no cover - run from the repository root
-    from tests import eventlog_synth, ima_synth  # type: ignore[no-redef]
-    from tests.serveproc import Serve, free_port  # type: ignore[no-redef]
-    from tests.test_service import InProcess, TestClient  # type: ignore[no-redef]
-    from tests.test_service_client import _counting, _threaded  # type: ignore[no-redef]
-    from tests.test_service_ima import Machine  # type: ignore[no-redef]
-
 
 # -- durations and the schedule ----------------------------------------------------------------------
 

@@ -29,6 +29,10 @@ pytest.importorskip("fastapi")
 pytest.importorskip("jinja2")
 uvicorn = pytest.importorskip("uvicorn")
 
+import eventlog_synth as synth  # noqa: E402
+from serveproc import in_thread  # noqa: E402
+from test_service import BACKENDS, POSTGRES_URL, reset_postgres  # noqa: E402
+from test_service_operate import make_token as operator_token  # noqa: E402
 from tpm2_attest import Tpm  # noqa: E402
 from tpm2_attest.embedded import EmbeddedSwtpm  # noqa: E402
 from tpm2_attest.service import (  # noqa: E402
@@ -41,17 +45,6 @@ from tpm2_attest.service import (  # noqa: E402
     enroll,
 )
 from tpm2_attest.service.store import Store  # noqa: E402
-
-try:
-    import eventlog_synth as synth
-    from serveproc import in_thread
-    from test_service import BACKENDS, POSTGRES_URL, reset_postgres
-    from test_service_operate import make_token as operator_token
-except ImportError:  # pragma: no cover - run from the repository root
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
-    from tests.serveproc import in_thread  # type: ignore[no-redef]
-    from tests.test_service import BACKENDS, POSTGRES_URL, reset_postgres  # type: ignore[no-redef]
-    from tests.test_service_operate import make_token as operator_token  # type: ignore[no-redef]
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
@@ -471,7 +464,6 @@ def test_secure_cookie_and_opting_out(fleet: Fleet) -> None:
     with TestClient(create_app(fleet.settings.replace(dashboard=False))) as c:
         assert c.get("/dashboard/login").status_code == 404
         assert c.get("/dashboard/static/dashboard.css").status_code == 404
-
 
 
 def test_the_api_serves_one_attestation(fleet: Fleet) -> None:

@@ -13,15 +13,11 @@ from pathlib import Path
 
 import pytest
 
+import eventlog_synth as synth
 from tpm2_attest.backends import eventlog_source as retrieve
 from tpm2_attest.cli import eventlog as cli
 from tpm2_attest.errors import ErrorCode, TpmError
 from tpm2_attest.eventlog import parse_event_log
-
-try:
-    import eventlog_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
 LOGS = synth.LOGS_DIR
 REAL = sorted(LOGS.glob("*"))

@@ -15,12 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import eventlog_synth as synth
 from tpm2_attest.eventlog import EventLogError, parse_event_log
-
-try:
-    import eventlog_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
 SEEDS = synth.seed_logs()
 

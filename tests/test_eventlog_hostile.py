@@ -9,6 +9,7 @@ import time
 
 import pytest
 
+import eventlog_synth as synth
 from tpm2_attest.eventlog import (
     EventLogError,
     GptInfo,
@@ -17,11 +18,6 @@ from tpm2_attest.eventlog import (
     parse_event_log,
     secure_boot_state,
 )
-
-try:
-    import eventlog_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
 LOGS = synth.LOGS_DIR
 SHA1, SHA256, SHA384 = 0x4, 0xB, 0xC

@@ -7,6 +7,7 @@ import struct
 
 import pytest
 
+import eventlog_synth as synth
 from tpm2_attest.eventlog import (
     EventLogBankError,
     EventLogError,
@@ -35,11 +36,6 @@ from tpm2_attest.eventlog import (
     resolve_bank,
 )
 from tpm2_attest.tpm2.constants import TPM_ALG
-
-try:
-    import eventlog_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
 LOGS = synth.LOGS_DIR
 REAL = sorted(LOGS.glob("*")) if LOGS.is_dir() else []

@@ -20,12 +20,8 @@ from pathlib import Path
 
 import pytest
 
+import eventlog_synth as synth
 from tpm2_attest.eventlog import EventLog, parse_event_log
-
-try:
-    import eventlog_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
 LOGS = synth.LOGS_DIR
 REAL = sorted(p for p in LOGS.glob("*") if p.is_file()) if LOGS.is_dir() else []

@@ -4,13 +4,9 @@ from __future__ import annotations
 
 import struct
 
+import eventlog_synth as synth
 from tpm2_attest.eventlog import SeparatorInfo, parse_event_log
 from tpm2_attest.verify.eventlog import verify_event_log
-
-try:
-    import eventlog_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
 
 def test_windows_wbcl_separators_are_not_errors() -> None:

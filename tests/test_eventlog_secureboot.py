@@ -8,6 +8,7 @@ import json
 import pytest
 from cryptography.hazmat.primitives.serialization import Encoding
 
+import eventlog_synth as synth
 from tpm2_attest import policy, verify
 from tpm2_attest.eventlog import (
     KNOWN_ACTIONS,
@@ -18,11 +19,6 @@ from tpm2_attest.eventlog import (
     secure_boot_state,
 )
 from tpm2_attest.policy import Policy
-
-try:
-    import eventlog_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
 LOGS = synth.LOGS_DIR
 

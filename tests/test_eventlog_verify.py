@@ -8,14 +8,10 @@ from types import SimpleNamespace
 
 import pytest
 
+import eventlog_synth as synth
 from tpm2_attest.eventlog import EventType, parse_event_log
 from tpm2_attest.verify.errors import Reason, VerificationError
 from tpm2_attest.verify.eventlog import EventLogResult, verify_event_log
-
-try:
-    import eventlog_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
 LOGS = synth.LOGS_DIR
 REAL = sorted(p for p in LOGS.glob("*") if p.name != "short_no_action_eventlog")

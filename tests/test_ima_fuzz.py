@@ -15,12 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import ima_synth as synth
 from tpm2_attest.ima import ImaLogError, parse_ima_log
-
-try:
-    import ima_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import ima_synth as synth  # type: ignore[no-redef]
 
 SEEDS = synth.seed_lists()
 U32_VALUES = [0, 1, 2, 3, 4, 10, 20, 32, 255, 256, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF]

@@ -9,13 +9,9 @@ from pathlib import Path
 
 import pytest
 
+import ima_synth as synth
 from tpm2_attest import ima
 from tpm2_attest.ima import ImaLogError, parse_ima_log
-
-try:
-    import ima_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import ima_synth as synth  # type: ignore[no-redef]
 
 DATA = Path(__file__).parent / "data" / "ima"
 LIST_ALGS = ("sha1", "sha256", "sha384", "sha512")

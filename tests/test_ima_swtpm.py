@@ -13,15 +13,11 @@ from typing import Any
 
 import pytest
 
+import ima_synth as synth
 from tpm2_attest import Tpm, TpmError, verify
 from tpm2_attest.errors import ErrorCode
 from tpm2_attest.ima import parse_ima_log
 from tpm2_attest.verify import Reason, VerificationError, verify_ima_log
-
-try:
-    import ima_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import ima_synth as synth  # type: ignore[no-redef]
 
 QUOTED = list(range(12))
 

@@ -13,13 +13,9 @@ from typing import Any
 
 import pytest
 
+import ima_synth as synth
 from tpm2_attest.ima import parse_ima_log
 from tpm2_attest.verify import ImaResult, ImaState, Reason, VerificationError, verify_ima_log
-
-try:
-    import ima_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import ima_synth as synth  # type: ignore[no-redef]
 
 KERNEL = {"sha1": "sha1", "sha256": "sha256", "sha384": "sha384", "sha512": "sha512"}
 

@@ -14,6 +14,8 @@ from typing import Any
 import pytest
 from cryptography import x509
 
+import eventlog_synth as synth
+from replay_quote import quote_replayed
 from tpm2_attest import verify
 from tpm2_attest.embedded import EmbeddedSwtpm
 from tpm2_attest.eventlog import (
@@ -26,13 +28,6 @@ from tpm2_attest.eventlog import (
     well_known_certificate,
 )
 from tpm2_attest.eventlog import wellknown as wk
-
-try:
-    import eventlog_synth as synth
-    from replay_quote import quote_replayed
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
-    from tests.replay_quote import quote_replayed  # type: ignore[no-redef]
 
 LOGS = synth.LOGS_DIR
 DATA = Path(__file__).resolve().parent / "data"

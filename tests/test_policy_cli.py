@@ -10,16 +10,11 @@ from pathlib import Path
 
 import pytest
 
+import eventlog_synth as synth
+from replay_quote import quote_replayed
 from tpm2_attest.cli import main
 from tpm2_attest.embedded import EmbeddedSwtpm
 from tpm2_attest.policy import Policy
-
-try:
-    import eventlog_synth as synth
-    from replay_quote import quote_replayed
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
-    from tests.replay_quote import quote_replayed  # type: ignore[no-redef]
 
 LOGS = synth.LOGS_DIR
 UBUNTU = LOGS / "ubuntu_2104_shielded_vm_no_secure_boot_eventlog"

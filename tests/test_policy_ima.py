@@ -18,15 +18,11 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import NameOID
 
+import ima_synth as synth
 from tpm2_attest import policy
 from tpm2_attest.ima import parse_ima_log
 from tpm2_attest.policy import ImaSection, Policy, PolicyError, from_keylime_runtime_policy
 from tpm2_attest.verify import ImaResult, verify_ima_log
-
-try:
-    import ima_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import ima_synth as synth  # type: ignore[no-redef]
 
 DATA = Path(__file__).parent / "data" / "ima"
 KEYLIME_LINES = (DATA / "keylime_ima_sig.ascii").read_bytes().splitlines(keepends=True)

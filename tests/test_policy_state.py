@@ -12,18 +12,13 @@ from typing import Any
 
 import pytest
 
+import eventlog_synth as synth
+from replay_quote import quote_replayed
 from tpm2_attest import policy, verify
 from tpm2_attest.embedded import EmbeddedSwtpm
 from tpm2_attest.eventlog import parse_event_log
 from tpm2_attest.eventlog import wellknown as wk
 from tpm2_attest.policy import BootSection, Policy, PolicyError, SecureBootSection
-
-try:
-    import eventlog_synth as synth
-    from replay_quote import quote_replayed
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
-    from tests.replay_quote import quote_replayed  # type: ignore[no-redef]
 
 LOGS = synth.LOGS_DIR
 ROOT = Path(__file__).resolve().parent.parent

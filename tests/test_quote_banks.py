@@ -15,6 +15,9 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from test_cli_interop import Tools
+from test_cli_interop import sw as sw  # fixtures: re-exported for the tests that take them
+from test_cli_interop import tools as tools
 from tpm2_attest.tpm2 import templates
 from tpm2_attest.tpm2.constants import TPM_ALG, TPM_GENERATED_VALUE, TPM_ST
 from tpm2_attest.tpm2.structures import (
@@ -32,12 +35,6 @@ from tpm2_attest.verify.inputs import quote_from_files
 
 NONCE = bytes.fromhex("c0ffee0123456789")
 Quoted = tuple[AkPublic, bytes, bytes, dict[str, dict[int, bytes]]]
-
-
-try:
-    from test_cli_interop import Tools, sw, tools
-except ImportError:  # pragma: no cover - run from the repository root
-    from tests.test_cli_interop import Tools, sw, tools  # type: ignore[no-redef]  # noqa: F401 (fixtures)
 
 
 @pytest.fixture(scope="module")

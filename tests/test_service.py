@@ -41,19 +41,14 @@ with warnings.catch_warnings():  # newest Starlette prefers httpx2 for its TestC
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
+import eventlog_synth as synth  # noqa: E402
+from serveproc import in_thread  # noqa: E402
 from tpm2_attest.service.store import (  # noqa: E402 (needs the extra)
     FAILED,
     DeviceRecord,
     EnrollmentRecord,
     Store,
 )
-
-try:
-    import eventlog_synth as synth
-    from serveproc import in_thread
-except ImportError:  # pragma: no cover - run from the repository root
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
-    from tests.serveproc import in_thread  # type: ignore[no-redef]
 
 
 def b64(data: bytes) -> str:

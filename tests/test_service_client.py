@@ -21,16 +21,11 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
+import pki
+from serveproc import Serve, free_port
 from tpm2_attest.cli import main
 from tpm2_attest.embedded import EmbeddedSwtpm
 from tpm2_attest.service import Enrollment, ServiceClient, ServiceError
-
-try:
-    import pki
-    from serveproc import Serve, free_port
-except ImportError:  # pragma: no cover - run from the repository root
-    from tests import pki  # type: ignore[no-redef]
-    from tests.serveproc import Serve, free_port  # type: ignore[no-redef]
 
 
 @pytest.fixture(scope="module")

@@ -26,10 +26,7 @@ with warnings.catch_warnings():
     warnings.simplefilter("ignore")
     from fastapi.testclient import TestClient
 
-try:
-    import ima_synth as synth
-except ImportError:  # pragma: no cover
-    from tests import ima_synth as synth  # type: ignore[no-redef]
+import ima_synth as synth
 
 
 class InProcess(ServiceClient):

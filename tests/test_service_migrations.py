@@ -21,6 +21,7 @@ pytest.importorskip("fastapi")
 
 from sqlalchemy import create_engine, text
 
+from test_service import POSTGRES_URL, TestClient, reset_postgres
 from tpm2_attest import Tpm
 from tpm2_attest.cli import main
 from tpm2_attest.embedded import EmbeddedSwtpm
@@ -30,11 +31,6 @@ from tpm2_attest.service import (
     migrate,
 )
 from tpm2_attest.service.store import Store, normalize_url
-
-try:
-    from test_service import POSTGRES_URL, TestClient, reset_postgres
-except ImportError:  # pragma: no cover - run from the repository root
-    from tests.test_service import POSTGRES_URL, TestClient, reset_postgres  # type: ignore[no-redef]
 
 DATA = Path(__file__).parent / "data" / "schema"
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(

@@ -21,6 +21,18 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
+from serveproc import in_thread
+from test_service import (
+    Clock,
+    InProcess,
+    TestClient,
+    b64,
+    challenge,
+    post_quote,
+    refused,
+)
+from test_service import device as device  # a fixture: re-exported for the tests that take it
+from test_service import tpm as tpm  # a fixture
 from tpm2_attest import Tpm
 from tpm2_attest.cli import main
 from tpm2_attest.embedded import EmbeddedSwtpm
@@ -39,33 +51,6 @@ from tpm2_attest.service import (
 )
 from tpm2_attest.service.http import parse_json
 from tpm2_attest.service.store import Store
-
-try:
-    from serveproc import in_thread
-    from test_service import (
-        Clock,
-        InProcess,
-        TestClient,
-        b64,
-        challenge,
-        device,
-        post_quote,
-        refused,
-        tpm,
-    )
-except ImportError:  # pragma: no cover - run from the repository root
-    from tests.serveproc import in_thread  # type: ignore[no-redef]
-    from tests.test_service import (  # type: ignore[no-redef]  # noqa: F401 (fixtures)
-        Clock,
-        InProcess,
-        TestClient,
-        b64,
-        challenge,
-        device,
-        post_quote,
-        refused,
-        tpm,
-    )
 
 
 @pytest.fixture

@@ -23,18 +23,13 @@ pytest.importorskip("fastapi")
 
 from sqlalchemy import text
 
+from serveproc import Serve
+from test_service import POSTGRES_URL, InProcess, TestClient, reset_postgres
 from tpm2_attest import Tpm
 from tpm2_attest.embedded import EmbeddedSwtpm
 from tpm2_attest.evidence import CredentialChallenge
 from tpm2_attest.service import Settings, create_app, enroll
 from tpm2_attest.service.store import Store
-
-try:
-    from serveproc import Serve
-    from test_service import POSTGRES_URL, InProcess, TestClient, reset_postgres
-except ImportError:  # pragma: no cover - run from the repository root
-    from tests.serveproc import Serve  # type: ignore[no-redef]
-    from tests.test_service import POSTGRES_URL, InProcess, TestClient, reset_postgres  # type: ignore[no-redef]
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.skipif(
     not POSTGRES_URL, reason="set TPM2_ATTEST_TEST_POSTGRES_URL to run against PostgreSQL"))]

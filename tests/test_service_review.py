@@ -13,6 +13,26 @@ import pytest
 
 pytest.importorskip("fastapi")
 
+from test_service import (
+    BACKENDS,
+    POSTGRES_URL,
+    Clock,
+    InProcess,
+    TestClient,
+    b64,
+    challenge,
+    post_quote,
+    refused,
+    reset_postgres,
+)
+from test_service_operate import (
+    changes as changes,  # fixtures: re-exported for the tests that take them
+)
+from test_service_operate import clock as clock
+from test_service_operate import device as device
+from test_service_operate import http as http
+from test_service_operate import make_token, ok
+from test_service_operate import tpm as tpm
 from tpm2_attest import Tpm
 from tpm2_attest.service import (
     Enrollment,
@@ -24,51 +44,6 @@ from tpm2_attest.service import (
 )
 from tpm2_attest.service.store import Store
 from tpm2_attest.service.tables import REVOKED, DeviceRecord
-
-try:
-    from test_service import (
-        BACKENDS,
-        POSTGRES_URL,
-        Clock,
-        InProcess,
-        TestClient,
-        b64,
-        challenge,
-        post_quote,
-        refused,
-        reset_postgres,
-    )
-    from test_service_operate import (  # fixtures too
-        changes,
-        clock,
-        device,
-        http,
-        make_token,
-        ok,
-        tpm,
-    )
-except ImportError:  # pragma: no cover - run from the repository root
-    from tests.test_service import (  # type: ignore[no-redef]
-        BACKENDS,
-        POSTGRES_URL,
-        Clock,
-        InProcess,
-        TestClient,
-        b64,
-        challenge,
-        post_quote,
-        refused,
-        reset_postgres,
-    )
-    from tests.test_service_operate import (  # type: ignore[no-redef]  # noqa: F401 (fixtures)
-        changes,
-        clock,
-        device,
-        http,
-        make_token,
-        ok,
-        tpm,
-    )
 
 
 @pytest.fixture(params=BACKENDS)

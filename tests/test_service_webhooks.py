@@ -22,6 +22,8 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("prometheus_client")
 
+from serveproc import Serve
+from test_service import BACKENDS, POSTGRES_URL, InProcess, TestClient, reset_postgres
 from tpm2_attest import Tpm
 from tpm2_attest.cli import main
 from tpm2_attest.embedded import EmbeddedSwtpm
@@ -35,19 +37,6 @@ from tpm2_attest.service.webhooks import (
     sign,
     verify_signature,
 )
-
-try:
-    from serveproc import Serve
-    from test_service import BACKENDS, POSTGRES_URL, InProcess, TestClient, reset_postgres
-except ImportError:  # pragma: no cover - run from the repository root
-    from tests.serveproc import Serve  # type: ignore[no-redef]
-    from tests.test_service import (  # type: ignore[no-redef]
-        BACKENDS,
-        POSTGRES_URL,
-        InProcess,
-        TestClient,
-        reset_postgres,
-    )
 
 SECRET = b"0123456789abcdef-webhook-test-secret"
 

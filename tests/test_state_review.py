@@ -15,14 +15,10 @@ from typing import Any
 
 import pytest
 
+import eventlog_synth as synth
 from tpm2_attest import policy, verify
 from tpm2_attest.eventlog import MachineState, parse_event_log
 from tpm2_attest.policy import Policy, PolicyError
-
-try:
-    import eventlog_synth as synth
-except ModuleNotFoundError:  # tests/ imported as a package
-    from tests import eventlog_synth as synth  # type: ignore[no-redef]
 
 LOGS = synth.LOGS_DIR
 CENTOS = (LOGS / "centos_stream9_secure_boot_shim_grub_eventlog").read_bytes()
