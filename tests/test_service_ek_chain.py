@@ -15,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from pki import der, make_ca, make_leaf, name, pem
 from test_ek_chain import nv_put, swtpm_issuer
+from test_service import refused
 from test_service_trust import InProcess, ek_public_for
 from tpm2_attest import Tpm, trust
 from tpm2_attest.embedded import EmbeddedSwtpm
@@ -58,8 +59,7 @@ def test_enroll_sends_the_nv_chain_and_the_service_verifies_through_it(
     with app(ek_roots=(Path(fresh_swtpm.ca_root_path),)) as http, Tpm.open(fresh_swtpm.tcti) as tpm:
         ek = tpm.ek("rsa")
         assert ek.certificate is not None and len(ek.chain) == 1
-        r = http.post("/v1/enroll/begin", json={"ek_public": b64(ek.public), "ek_certificate": b64(ek.certificate)})
-        assert r.status_code == 403 and r.json()["error"]["code"] == "EK_CERT_CHAIN", r.text
+        refused(http.post("/v1/enroll/begin", json={"ek_public": b64(ek.public), "ek_certificate": b64(ek.certificate)}), 403, "EK_CERT_CHAIN")
         done = enroll(tpm, InProcess(http))
         assert done.info["ek_certificate_verified"] is True
 
@@ -77,8 +77,7 @@ def test_a_chain_from_the_device_never_makes_an_untrusted_root_pass(app: Callabl
         cert, public = rsa_leaf(ica)
         body = {"ek_public": b64(public), "ek_certificate": b64(cert), "ek_chain": [b64(der(ica[0])), b64(der(top[0]))]}
         with app(ek_roots=(tmp_path / "root.der",)) as http:
-            r = http.post("/v1/enroll/begin", json=body)
-        assert r.status_code == 403 and r.json()["error"]["code"] == "EK_CERT_CHAIN", r.text
+            refused(http.post("/v1/enroll/begin", json=body), 403, "EK_CERT_CHAIN")
     # the same shape under the trusted root passes: the chain is used
     ica = make_ca("Good EK CA", trusted)
     cert, public = rsa_leaf(ica)
@@ -133,8 +132,7 @@ def test_missing_issuers_are_fetched_from_the_top_of_the_device_chain(app: Calla
             "ek_chain": [b64(der(kernel[0])), b64(der(ptt[0]))]}
     assert trust.chain_top(cert, [der(kernel[0]), der(ptt[0])]) == der(kernel[0])
     with app(ek_roots=(tmp_path / "root.der",)) as http:  # fetching off: the chain alone is not enough
-        r = http.post("/v1/enroll/begin", json=body)
-        assert r.status_code == 403 and r.json()["error"]["code"] == "EK_CERT_CHAIN", r.text
+        refused(http.post("/v1/enroll/begin", json=body), 403, "EK_CERT_CHAIN")
     assert loopback.requests == []
     with app(ek_roots=(tmp_path / "root.der",), ca_issuer_hosts=("127.0.0.1",)) as http:
         r = http.post("/v1/enroll/begin", json=body)
@@ -143,8 +141,7 @@ def test_missing_issuers_are_fetched_from_the_top_of_the_device_chain(app: Calla
     other = make_ca("Not This Root")
     (tmp_path / "other.der").write_bytes(der(other[0]))
     with app(ek_roots=(tmp_path / "other.der",), ca_issuer_hosts=("127.0.0.1",)) as http:
-        r = http.post("/v1/enroll/begin", json=body)
-        assert r.status_code == 403 and r.json()["error"]["code"] == "EK_CERT_CHAIN", r.text
+        refused(http.post("/v1/enroll/begin", json=body), 403, "EK_CERT_CHAIN")
 
 
 def test_chain_top_climbs_by_name_and_stops() -> None:

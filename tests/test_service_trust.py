@@ -16,6 +16,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gce import provision
 from pki import der, make_ca, pem
+from test_service import refused
 from tpm2_attest import Tpm, trust
 from tpm2_attest.service import ServiceClient, ServiceError, Settings, attest, create_app, enroll
 from tpm2_attest.service.settings import parse_ca_spec
@@ -81,8 +82,7 @@ def test_vendor_bundle_as_ek_roots(app) -> None:  # type: ignore[no-untyped-def]
     public = ek_public_for(stm[:4 + int.from_bytes(stm[2:4], "big")])
     for kw in ({"ek_vendor_cas": ("Intel",)}, {"ek_vendor_cas": True, "ek_ca_exclude": (stm_inter.sha256,)}):
         with app(**kw) as http:
-            r = http.post("/v1/enroll/begin", json={"ek_public": b64(public), "ek_certificate": b64(stm)})
-            assert r.status_code == 403 and r.json()["error"]["code"] == "EK_CERT_CHAIN", r.text
+            refused(http.post("/v1/enroll/begin", json={"ek_public": b64(public), "ek_certificate": b64(stm)}), 403, "EK_CERT_CHAIN")
 
 
 def test_unusable_ek_name_alg_is_a_json_refusal(app) -> None:  # type: ignore[no-untyped-def]
@@ -90,8 +90,7 @@ def test_unusable_ek_name_alg_is_a_json_refusal(app) -> None:  # type: ignore[no
     n = rsa.generate_private_key(public_exponent=65537, key_size=2048).public_key().public_numbers().n
     public = TPM2B_PUBLIC(replace(T.EK_RSA_TEMPLATE, name_alg=TPM_ALG.SHA3_256, unique=n.to_bytes(256, "big")))
     with app(require_ek_certificate=False) as http:
-        r = http.post("/v1/enroll/begin", json={"ek_public": b64(public.to_bytes())})
-    assert r.status_code == 403 and r.json()["error"]["code"] == "UNSUPPORTED_FORMAT", r.text
+        refused(http.post("/v1/enroll/begin", json={"ek_public": b64(public.to_bytes())}), 403, "UNSUPPORTED_FORMAT")
 
 
 def test_serve_options() -> None:
@@ -219,12 +218,10 @@ def test_missing_ek_intermediate_fetched_from_allowed_hosts(app, loopback, tmp_p
     (tmp_path / "root.der").write_bytes(root)
     body = {"ek_public": b64(public), "ek_certificate": b64(cert)}
     with app(ek_roots=(tmp_path / "root.der",)) as http:  # off by default: nothing fetched
-        r = http.post("/v1/enroll/begin", json=body)
-        assert r.status_code == 403 and r.json()["error"]["code"] == "EK_CERT_CHAIN", r.text
+        refused(http.post("/v1/enroll/begin", json=body), 403, "EK_CERT_CHAIN")
     assert loopback.requests == []
     with app(ek_roots=(tmp_path / "root.der",), ca_issuer_hosts=("example.org",)) as http:  # not allowed
-        r = http.post("/v1/enroll/begin", json=body)
-        assert r.status_code == 403 and r.json()["error"]["code"] == "EK_CERT_CHAIN", r.text
+        refused(http.post("/v1/enroll/begin", json=body), 403, "EK_CERT_CHAIN")
     assert loopback.requests == []
     with app(ek_roots=(tmp_path / "root.der",), ca_issuer_hosts=("127.0.0.1",)) as http:
         r = http.post("/v1/enroll/begin", json=body)
@@ -236,8 +233,7 @@ def test_missing_ek_intermediate_fetched_from_allowed_hosts(app, loopback, tmp_p
     other = make_ca("Another Root")
     (tmp_path / "other.der").write_bytes(der(other[0]))
     with app(ek_roots=(tmp_path / "other.der",), ca_issuer_hosts=("127.0.0.1",)) as http:
-        r = http.post("/v1/enroll/begin", json=body)
-        assert r.status_code == 403 and r.json()["error"]["code"] == "EK_CERT_CHAIN", r.text
+        refused(http.post("/v1/enroll/begin", json=body), 403, "EK_CERT_CHAIN")
 
 
 def test_fetch_issuers_option() -> None:
